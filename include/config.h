@@ -1,0 +1,76 @@
+/* config.h: gangway's configuration, loaded from a Lua file (config.lua).
+ *
+ * The file is loaded as text in an empty environment with a few pure
+ * libraries (string, table, math), run under an instruction limit, and must
+ * return a table. Every value is checked; unknown keys are errors. Errors read
+ * "FILE:LINE: message" (the file does not load or run) or
+ * "FILE: key.path: message" (a value is wrong). */
+#ifndef GW_CONFIG_H
+#define GW_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "frame.h"
+
+typedef enum { GW_ON_ERROR_PASS = 0, GW_ON_ERROR_DROP, GW_ON_ERROR_CLOSE } gw_on_error;
+typedef enum { GW_LOG_DEBUG = 0, GW_LOG_INFO, GW_LOG_WARN, GW_LOG_ERROR } gw_log_level;
+typedef enum { GW_LOG_TEXT = 0, GW_LOG_JSON } gw_log_format;
+
+#define GW_ADDR_MAX 300 /* "host:port" as written, with IPv6 brackets */
+
+typedef struct gw_listener_config {
+  char *name;                       /* unique among listeners */
+  char listen[GW_ADDR_MAX];         /* as written, e.g. "[::1]:1973" */
+  struct sockaddr_storage listen_addr;
+  char upstream[GW_ADDR_MAX];
+  struct sockaddr_storage upstream_addr; /* resolved at load time */
+  gw_framing framing;
+  char **scripts;                   /* absolute or relative to the config's
+                                       directory, resolved to a path */
+  size_t nscripts;
+  gw_on_error on_error;
+  bool unsafe;                      /* scripts get io/os/debug/C modules */
+} gw_listener_config;
+
+typedef struct gw_config {
+  char *path;                       /* the file it came from */
+  gw_listener_config *listeners;
+  size_t nlisteners;
+  /* timeouts */
+  uint32_t connect_ms;              /* default 5000 */
+  uint32_t idle_ms;                 /* default 300000; 0 = none */
+  uint32_t drain_ms;                /* default 10000 */
+  /* limits */
+  uint32_t max_sessions;            /* default 10000; 0 = no limit */
+  uint64_t handler_instructions;    /* default 1000000 */
+  uint32_t lua_memory_mb;           /* default 64 */
+  uint32_t write_high_water;        /* bytes; default 256 KiB */
+  uint32_t write_low_water;         /* bytes; default 64 KiB */
+  /* log */
+  gw_log_level log_level;           /* default info */
+  gw_log_format log_format;         /* default text */
+  /* reload */
+  bool watch;                       /* reload when a script or config changes */
+  char *control;                    /* control socket path; default
+                                       "gangway.sock" next to the config; "" off */
+} gw_config;
+
+/* Loads and checks path into *cfg (zeroed first). Returns 0, or -EINVAL with
+ * one message in err ("config.lua: listeners[1].upstream: expected ...").
+ * Scripts are only checked for existence here; loading them is the script
+ * layer's job. */
+int gw_config_load(const char *path, gw_config *cfg, char *err, size_t errlen);
+void gw_config_free(gw_config *cfg);
+
+/* Parses "host:port" / "[v6]:port" into addr (numeric hosts, or a name
+ * resolved with getaddrinfo when resolve is set). Returns 0 or -EINVAL with
+ * a message. */
+int gw_parse_addr(const char *s, struct sockaddr_storage *addr, bool resolve,
+                  char *err, size_t errlen);
+/* Formats addr as "ip:port" / "[ip]:port". */
+void gw_format_addr(const struct sockaddr *addr, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,127 @@
+/* script.h: the Lua side of gangway, as the relay (or the busted harness)
+ * sees it.
+ *
+ * One gw_script is one Lua 5.4 state, owned by the event loop, with a capped
+ * allocator. Each listener's scripts run there, each with its own _ENV, and
+ * register handlers into that listener's gw_handlers. The relay never knows
+ * what a handler is: it asks gw_handlers_want() per frame (a C table lookup)
+ * and calls gw_script_frame() only for frames some handler asked for. The
+ * script layer never touches a socket: whatever it sends goes out through
+ * gw_host_ops.emit, in order.
+ *
+ * Nothing here depends on libuv, so the same code is built into the
+ * `gangway.core` Lua module that busted specs load. */
+#ifndef GW_SCRIPT_H
+#define GW_SCRIPT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "frame.h"
+
+typedef struct gw_script gw_script;
+
+/* Per session, embedded in the host's session struct (get back to it with
+ * container_of). The host fills the first block before
+ * gw_script_session_open; the rest belongs to the script layer. */
+typedef struct gw_script_session {
+  uint64_t id;
+  char client[64];                  /* "ip:port" */
+  char upstream[64];
+  /* script layer only */
+  struct gw_script_session *prev, *next; /* live sessions, for gw.sessions() */
+  struct gw_handlers *handlers;     /* the listener's, fixed at open */
+  int ref;                          /* session userdata in the registry,
+                                       LUA_NOREF until it first enters Lua */
+  bool closed;
+} gw_script_session;
+
+/* What the script layer needs from its host. */
+typedef struct gw_host_ops {
+  /* Sends len bytes (one whole frame) toward side `to`. When data is the
+   * frame being handled (passed on, maybe edited in place), the host may
+   * reference it instead of copying; anything else must be copied before
+   * emit returns. Returns 0 or a negative errno (session gone). */
+  int (*emit)(gw_script_session *ss, gw_side to, const uint8_t *data,
+              size_t len);
+  /* Closes the session after what was emitted so far has been written. */
+  void (*close)(gw_script_session *ss, const char *reason);
+  /* Milliseconds on a monotonic clock, and a request to have
+   * gw_script_run_timers() called at (or after) when_ms. */
+  uint64_t (*now_ms)(void *host);
+  void (*wake_at)(void *host, uint64_t when_ms);
+} gw_host_ops;
+
+typedef struct gw_script_limits {
+  uint64_t handler_instructions;    /* per handler call */
+  size_t memory_bytes;              /* whole Lua state */
+} gw_script_limits;
+
+/* Which frames a listener's handlers asked for: a C table by side and
+ * opcode, swapped at reload. Public so the check inlines into the relay. */
+typedef struct gw_handlers {
+  bool any[GW_SIDES];               /* some handler for this side at all */
+  bool all[GW_SIDES];               /* a "*" handler */
+  uint8_t *bits[GW_SIDES];          /* 65536-bit map of wanted opcodes */
+  bool wide[GW_SIDES];              /* handlers on opcodes >= 65536 */
+  /* script layer only */
+  char *listener;
+  gw_framing framing;
+  gw_on_error on_error;
+  void *priv;
+} gw_handlers;
+
+static inline bool gw_handlers_want(const gw_handlers *h, gw_side side,
+                                    const gw_frame_info *fi) {
+  if (!h || !h->any[side]) return false;
+  if (h->all[side]) return true;
+  if (!fi->has_opcode) return false;
+  if (fi->opcode < 65536)
+    return h->bits[side] && (h->bits[side][fi->opcode >> 3] >> (fi->opcode & 7)) & 1;
+  return h->wide[side];
+}
+
+gw_script *gw_script_new(const gw_script_limits *limits,
+                         const gw_host_ops *ops, void *host);
+void gw_script_free(gw_script *s);
+
+/* Loads every listener's scripts from cfg into a new generation and runs
+ * them to completion. Only if all of them load is it swapped in: old
+ * generation timers cancelled, handlers replaced, gw.on_reload functions
+ * run. Otherwise nothing changes and err holds "FILE:LINE: message".
+ * Returns 0 or a negative errno. The first call is the initial load. */
+int gw_script_load(gw_script *s, const gw_config *cfg, char *err,
+                   size_t errlen);
+/* The current handlers of listener `name` (stable pointer for the life of
+ * the gw_script), or NULL if no such listener was loaded. */
+gw_handlers *gw_script_handlers(gw_script *s, const char *name);
+
+/* A new session of the listener whose handlers are h: links it in and runs
+ * gw.on_connect. Returns 0, or -ECONNREFUSED if a handler refused it. */
+int gw_script_session_open(gw_script *s, gw_handlers *h,
+                           gw_script_session *ss);
+/* Runs gw.on_close, cancels the session's timers and releases it. */
+void gw_script_session_close(gw_script *s, gw_script_session *ss,
+                             const char *reason);
+
+/* Hands one frame (from side `from`, fi as gw_frame_next found it) to the
+ * handlers. data is writable: in-place edits are what passes on. Whatever
+ * the handlers send goes out through ops->emit, in order: the frame (or its
+ * replacement) first, then injected frames. Returns 0, or -ECONNRESET if
+ * the session was closed (by a handler or its on_error policy). */
+int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
+                    uint8_t *data, const gw_frame_info *fi);
+
+/* Runs the timers that are due. */
+void gw_script_run_timers(gw_script *s);
+
+/* Counters, for logs and the control socket. */
+typedef struct gw_script_stats {
+  uint64_t frames, dropped, replaced, injected, errors, timeouts;
+  size_t memory_bytes;
+} gw_script_stats;
+void gw_script_get_stats(const gw_script *s, gw_script_stats *st);
+
+#endif

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything gangway builds, tests and benchmarks with, from Debian's
+# packages by name. Safe to run again: apt skips what is already there.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+pkgs=(
+  build-essential cmake pkg-config git
+  libuv1-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev
+  lua-busted libcmocka-dev
+  clang libclang-rt-14-dev valgrind
+  haproxy procps python3 netcat-openbsd
+)
+need=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
