@@ -411,7 +411,7 @@ static int validate_side(const gw_framing *f, gw_side s, uint32_t smallest,
     return FAIL("min_frame.%s: must be at most max_frame.%s (%u), got %u",
                 name, name, f->max_frame[s], f->min_frame[s]);
   if (f->max_frame[s] < smallest)
-    return FAIL("max_frame.%s: must be at least the header's %u bytes, got %u",
+    return FAIL("max_frame.%s: must be at least the header's size (%u), got %u",
                 name, smallest, f->max_frame[s]);
   return 0;
 }
