@@ -1,0 +1,478 @@
+/* main.c: gangway's command line, signals, control socket and live reload.
+ *
+ *   gangway [-c FILE]          run the proxy (default ./config.lua)
+ *   gangway check [-c FILE]    load the config and every script, exit
+ *   gangway reload [-c FILE]   ask the running gangway to reload
+ *   gangway stats [-c FILE]    print the running gangway's counters (JSON)
+ *
+ * Exit codes: 0 success; 1 invalid config or script (or a failed reload);
+ * 2 usage error; 3 runtime failure (cannot listen, no running gangway). */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <lua.h>
+#include <uv.h>
+
+#include "config.h"
+#include "log.h"
+#include "relay.h"
+#include "script.h"
+
+#define EXIT_INVALID 1
+#define EXIT_USAGE 2
+#define EXIT_RUNTIME 3
+#define WATCH_DEBOUNCE_MS 200
+#define CONTROL_LINE_MAX 256
+
+static const char usage[] =
+    "usage: gangway [-c FILE]            run the proxy (default ./config.lua)\n"
+    "       gangway check [-c FILE]      validate the config and its scripts\n"
+    "       gangway reload [-c FILE]     reload the running gangway's config and scripts\n"
+    "       gangway stats [-c FILE]      print the running gangway's counters as JSON\n"
+    "       gangway --version | --help\n"
+    "\n"
+    "Signals: SIGHUP reloads; SIGINT/SIGTERM drain (stop accepting, let sessions\n"
+    "finish for up to timeouts.drain_ms, then close the rest); a second one quits.\n"
+    "Exit codes: 0 ok, 1 invalid config or script (or failed reload), 2 usage,\n"
+    "3 runtime failure (cannot listen, no running gangway to talk to).\n";
+
+/* ---- the running proxy -------------------------------------------------- */
+
+typedef struct control_client {
+  uv_pipe_t pipe;
+  char line[CONTROL_LINE_MAX];
+  size_t len;
+  bool answered;
+} control_client;
+
+typedef struct watch_entry {
+  uv_fs_event_t ev;
+  struct watch_entry *next;
+} watch_entry;
+
+typedef struct app {
+  uv_loop_t loop;
+  const char *config_path;
+  gw_relay *relay;
+  uv_signal_t sig_int, sig_term, sig_hup;
+  uv_pipe_t control;
+  bool control_open;
+  char control_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+  uv_timer_t watch_timer;
+  watch_entry *watches;
+  bool stopping;
+  uint64_t generation;
+} app;
+
+static void app_close_watches(app *a);
+static void app_watch(app *a);
+
+static int load_config(const char *path, gw_config **out, char *err, size_t errlen) {
+  gw_config *cfg = calloc(1, sizeof *cfg);
+  if (!cfg) {
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
+  }
+  int rc = gw_config_load(path, cfg, err, errlen);
+  if (rc < 0) {
+    gw_config_free(cfg);
+    free(cfg);
+    return rc;
+  }
+  *out = cfg;
+  return 0;
+}
+
+/* Loads the config again and swaps it in; err says why not. */
+static int app_reload(app *a, const char *trigger, char *err, size_t errlen) {
+  uint64_t t0 = uv_hrtime();
+  gw_config *cfg;
+  int rc = load_config(a->config_path, &cfg, err, errlen);
+  if (rc == 0) rc = gw_relay_reload(a->relay, cfg, err, errlen);
+  double ms = (double)(uv_hrtime() - t0) / 1e6;
+  if (rc < 0) {
+    gw_error("reload (%s) failed, still running generation %llu: %s", trigger,
+             (unsigned long long)a->generation, err);
+    return rc;
+  }
+  a->generation++;
+  snprintf(err, errlen, "generation %llu active after %.1f ms",
+           (unsigned long long)a->generation, ms);
+  gw_info("reload (%s): %s", trigger, err);
+  if (gw_relay_config(a->relay)->watch || a->watches) app_watch(a);
+  return 0;
+}
+
+static void on_drained(gw_relay *r, void *ud) {
+  app *a = ud;
+  (void)r;
+  gw_info("drained, exiting");
+  gw_relay_close(a->relay);
+  uv_close((uv_handle_t *)&a->sig_int, NULL);
+  uv_close((uv_handle_t *)&a->sig_term, NULL);
+  uv_close((uv_handle_t *)&a->sig_hup, NULL);
+  uv_close((uv_handle_t *)&a->watch_timer, NULL);
+  app_close_watches(a);
+  if (a->control_open) {
+    a->control_open = false;
+    uv_close((uv_handle_t *)&a->control, NULL);
+    unlink(a->control_path);
+  }
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  app *a = h->data;
+  if (signum == SIGHUP) {
+    char err[1024];
+    app_reload(a, "SIGHUP", err, sizeof err);
+    return;
+  }
+  if (a->stopping) {
+    gw_info("second %s: closing every session now", strsignal(signum));
+    on_drained(a->relay, a);
+    return;
+  }
+  a->stopping = true;
+  gw_info("%s received", strsignal(signum));
+  gw_relay_drain(a->relay, on_drained, a);
+}
+
+/* ---- control socket: one line in, one answer out ------------------------ */
+
+static void control_client_closed(uv_handle_t *h) { free(h->data); }
+
+static void control_write_cb(uv_write_t *req, int status) {
+  (void)status;
+  uv_handle_t *h = (uv_handle_t *)req->handle;
+  free(req);
+  if (!uv_is_closing(h)) uv_close(h, control_client_closed);
+}
+
+static void control_answer(control_client *c, const char *text) {
+  c->answered = true;
+  uv_read_stop((uv_stream_t *)&c->pipe);
+  size_t n = strlen(text);
+  uv_write_t *req = malloc(sizeof *req + n);
+  if (!req) {
+    uv_close((uv_handle_t *)&c->pipe, control_client_closed);
+    return;
+  }
+  char *copy = (char *)(req + 1);
+  memcpy(copy, text, n);
+  uv_buf_t b = uv_buf_init(copy, (unsigned)n);
+  if (uv_write(req, (uv_stream_t *)&c->pipe, &b, 1, control_write_cb) < 0) {
+    free(req);
+    uv_close((uv_handle_t *)&c->pipe, control_client_closed);
+  }
+}
+
+static void control_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  control_client *c = h->data;
+  *buf = uv_buf_init(c->line + c->len, (unsigned)(sizeof c->line - 1 - c->len));
+}
+
+static void control_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  (void)buf;
+  control_client *c = st->data;
+  app *a = st->loop->data;
+  if (nread < 0) {
+    if (!uv_is_closing((uv_handle_t *)st)) uv_close((uv_handle_t *)st, control_client_closed);
+    return;
+  }
+  c->len += (size_t)nread;
+  c->line[c->len] = '\0';
+  char *nl = strchr(c->line, '\n');
+  if (!nl) {
+    if (c->len == sizeof c->line - 1) control_answer(c, "error: command too long\n");
+    return;
+  }
+  *nl = '\0';
+  char answer[4096];
+  if (strcmp(c->line, "reload") == 0) {
+    char err[2048];
+    int rc = app_reload(a, "control socket", err, sizeof err);
+    snprintf(answer, sizeof answer, "%s: %s\n", rc == 0 ? "ok" : "error", err);
+  } else if (strcmp(c->line, "stats") == 0) {
+    if (gw_relay_stats_json(a->relay, answer, sizeof answer - 1) == 0) strcat(answer, "\n");
+    else snprintf(answer, sizeof answer, "error: stats too large\n");
+  } else {
+    snprintf(answer, sizeof answer, "error: unknown command \"%.64s\" (reload, stats)\n", c->line);
+  }
+  control_answer(c, answer);
+}
+
+static void control_connection(uv_stream_t *server, int status) {
+  if (status < 0) return;
+  control_client *c = calloc(1, sizeof *c);
+  if (!c) return;
+  uv_pipe_init(server->loop, &c->pipe, 0);
+  c->pipe.data = c;
+  if (uv_accept(server, (uv_stream_t *)&c->pipe) < 0) {
+    uv_close((uv_handle_t *)&c->pipe, control_client_closed);
+    return;
+  }
+  uv_read_start((uv_stream_t *)&c->pipe, control_alloc, control_read);
+}
+
+/* Is a gangway already answering on path? */
+static bool control_in_use(const char *path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+  bool used = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+  close(fd);
+  return used;
+}
+
+static int control_open(app *a, const char *path, char *err, size_t errlen) {
+  if (!path || !*path) return 0;
+  if (strlen(path) >= sizeof a->control_path) {
+    snprintf(err, errlen, "control socket path too long: %s", path);
+    return -ENAMETOOLONG;
+  }
+  if (control_in_use(path)) {
+    snprintf(err, errlen, "control socket %s: another gangway is running there", path);
+    return -EADDRINUSE;
+  }
+  unlink(path); /* stale, from a gangway that did not exit cleanly */
+  snprintf(a->control_path, sizeof a->control_path, "%s", path);
+  uv_pipe_init(&a->loop, &a->control, 0);
+  a->control_open = true;
+  int rc = uv_pipe_bind(&a->control, path);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&a->control, 16, control_connection);
+  if (rc < 0) {
+    snprintf(err, errlen, "control socket %s: %s", path, uv_strerror(rc));
+    return rc;
+  }
+  chmod(path, 0600); /* reload is an admin's right */
+  return 0;
+}
+
+/* ---- watch = true: reload when the config or a script changes ----------- */
+
+static void watch_timer_cb(uv_timer_t *t) {
+  app *a = t->data;
+  char err[1024];
+  app_reload(a, "file change", err, sizeof err);
+}
+
+static void watch_event(uv_fs_event_t *h, const char *filename, int events, int status) {
+  (void)filename;
+  (void)events;
+  app *a = h->loop->data;
+  if (status < 0 || a->stopping) return;
+  /* Editors write a file in several steps: wait until they are done. */
+  uv_timer_start(&a->watch_timer, watch_timer_cb, WATCH_DEBOUNCE_MS, 0);
+}
+
+static void watch_closed(uv_handle_t *h) { free(h); }
+
+static void app_close_watches(app *a) {
+  while (a->watches) {
+    watch_entry *w = a->watches;
+    a->watches = w->next;
+    uv_close((uv_handle_t *)&w->ev, watch_closed);
+  }
+}
+
+static void watch_add(app *a, const char *path) {
+  /* Watch the directory: editors replace files by rename, which ends a
+   * watch on the file itself. */
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (slash) *slash = '\0';
+  else snprintf(dir, sizeof dir, ".");
+  for (watch_entry *w = a->watches; w; w = w->next) {
+    char have[4096];
+    size_t n = sizeof have;
+    if (uv_fs_event_getpath(&w->ev, have, &n) == 0 && strcmp(have, dir) == 0) return;
+  }
+  watch_entry *w = calloc(1, sizeof *w);
+  if (!w) return;
+  uv_fs_event_init(&a->loop, &w->ev);
+  if (uv_fs_event_start(&w->ev, watch_event, dir, 0) < 0) {
+    gw_warn("watch: cannot watch %s", dir);
+    uv_close((uv_handle_t *)&w->ev, watch_closed);
+    return;
+  }
+  w->next = a->watches;
+  a->watches = w;
+}
+
+static void app_watch(app *a) {
+  app_close_watches(a);
+  const gw_config *cfg = gw_relay_config(a->relay);
+  if (!cfg->watch) return;
+  watch_add(a, a->config_path);
+  for (size_t i = 0; i < cfg->nlisteners; i++)
+    for (size_t j = 0; j < cfg->listeners[i].nscripts; j++)
+      watch_add(a, cfg->listeners[i].scripts[j]);
+}
+
+static int run(const char *config_path) {
+  char err[2048];
+  gw_config *cfg;
+  if (load_config(config_path, &cfg, err, sizeof err) < 0) {
+    fprintf(stderr, "gangway: %s\n", err);
+    return EXIT_INVALID;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  app a = {.config_path = config_path, .generation = 1};
+  uv_loop_init(&a.loop);
+  a.loop.data = &a;
+  char *control = cfg->control ? strdup(cfg->control) : NULL;
+  int rc = gw_relay_new(&a.loop, cfg, &a.relay, err, sizeof err);
+  int code = 0;
+  if (rc == 0) rc = control_open(&a, control, err, sizeof err);
+  free(control);
+  if (rc < 0) {
+    gw_error("%s", err);
+    code = rc == -EINVAL || rc == -ENOENT ? EXIT_INVALID : EXIT_RUNTIME;
+    if (a.relay) gw_relay_close(a.relay);
+    if (a.control_open) uv_close((uv_handle_t *)&a.control, NULL);
+  } else {
+    uv_signal_init(&a.loop, &a.sig_int);
+    uv_signal_init(&a.loop, &a.sig_term);
+    uv_signal_init(&a.loop, &a.sig_hup);
+    a.sig_int.data = a.sig_term.data = a.sig_hup.data = &a;
+    uv_signal_start(&a.sig_int, on_signal, SIGINT);
+    uv_signal_start(&a.sig_term, on_signal, SIGTERM);
+    uv_signal_start(&a.sig_hup, on_signal, SIGHUP);
+    uv_timer_init(&a.loop, &a.watch_timer);
+    a.watch_timer.data = &a;
+    app_watch(&a);
+    gw_info("gangway %s running (config %s, pid %d)", GW_VERSION, config_path, (int)getpid());
+  }
+  uv_run(&a.loop, UV_RUN_DEFAULT);
+  gw_relay_free(a.relay);
+  if (uv_loop_close(&a.loop) != 0) gw_warn("event loop closed with handles open");
+  return code;
+}
+
+/* ---- commands that talk to a running gangway --------------------------- */
+
+static int control_command(const char *config_path, const char *cmd) {
+  char err[2048];
+  gw_config *cfg;
+  if (load_config(config_path, &cfg, err, sizeof err) < 0) {
+    fprintf(stderr, "gangway: %s\n", err);
+    return EXIT_INVALID;
+  }
+  char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+  snprintf(path, sizeof path, "%s", cfg->control ? cfg->control : "");
+  gw_config_free(cfg);
+  free(cfg);
+  if (!*path) {
+    fprintf(stderr, "gangway: %s: control socket disabled (control = \"\")\n", config_path);
+    return EXIT_RUNTIME;
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    fprintf(stderr, "gangway: no gangway answers on %s: %s\n", path, strerror(errno));
+    if (fd >= 0) close(fd);
+    return EXIT_RUNTIME;
+  }
+  char line[64];
+  int n = snprintf(line, sizeof line, "%s\n", cmd);
+  if (write(fd, line, (size_t)n) != n) {
+    fprintf(stderr, "gangway: %s: %s\n", path, strerror(errno));
+    close(fd);
+    return EXIT_RUNTIME;
+  }
+  char answer[8192];
+  size_t len = 0;
+  struct pollfd pfd = {.fd = fd, .events = POLLIN};
+  while (len < sizeof answer - 1 && poll(&pfd, 1, 30000) > 0) {
+    ssize_t k = read(fd, answer + len, sizeof answer - 1 - len);
+    if (k <= 0) break;
+    len += (size_t)k;
+  }
+  close(fd);
+  answer[len] = '\0';
+  if (!len) {
+    fprintf(stderr, "gangway: no answer on %s\n", path);
+    return EXIT_RUNTIME;
+  }
+  bool failed = strncmp(answer, "error", 5) == 0;
+  fputs(answer, failed ? stderr : stdout);
+  return failed ? EXIT_INVALID : 0;
+}
+
+/* The script layer needs a host even to only load scripts. */
+static int check_emit(gw_script_session *ss, gw_side to, const uint8_t *d, size_t n) {
+  (void)ss, (void)to, (void)d, (void)n;
+  return -ENOTCONN;
+}
+static void check_close(gw_script_session *ss, const char *reason) { (void)ss, (void)reason; }
+static uint64_t check_now(void *host) { (void)host; return 0; }
+static void check_wake(void *host, uint64_t when) { (void)host, (void)when; }
+
+static int check(const char *config_path) {
+  char err[2048];
+  gw_config *cfg;
+  if (load_config(config_path, &cfg, err, sizeof err) < 0) {
+    fprintf(stderr, "%s\n", err);
+    return EXIT_INVALID;
+  }
+  gw_log_setup(GW_LOG_WARN, GW_LOG_TEXT);
+  static const gw_host_ops ops = {check_emit, check_close, check_now, check_wake};
+  gw_script_limits limits = {cfg->handler_instructions, (size_t)cfg->lua_memory_mb << 20};
+  gw_script *s = gw_script_new(&limits, &ops, NULL);
+  int rc = s ? gw_script_load(s, cfg, err, sizeof err) : -ENOMEM;
+  size_t nscripts = 0;
+  for (size_t i = 0; i < cfg->nlisteners; i++) nscripts += cfg->listeners[i].nscripts;
+  if (rc < 0) fprintf(stderr, "%s\n", s ? err : "out of memory");
+  else printf("%s: ok (%zu listener(s), %zu script(s))\n", config_path, cfg->nlisteners, nscripts);
+  gw_script_free(s);
+  gw_config_free(cfg);
+  free(cfg);
+  return rc < 0 ? EXIT_INVALID : 0;
+}
+
+int main(int argc, char **argv) {
+  const char *cmd = "run";
+  int argi = 1;
+  if (argc > 1 && argv[1][0] != '-') {
+    cmd = argv[1];
+    argi = 2;
+  }
+  const char *config_path = "config.lua";
+  static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {"version", no_argument, NULL, 'V'},
+                                       {NULL, 0, NULL, 0}};
+  optind = argi;
+  int c;
+  while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+    switch (c) {
+    case 'c': config_path = optarg; break;
+    case 'h': fputs(usage, stdout); return 0;
+    case 'V': printf("gangway %s (libuv %s, %s)\n", GW_VERSION, uv_version_string(), LUA_RELEASE); return 0;
+    default: fputs(usage, stderr); return EXIT_USAGE;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "gangway: unexpected argument \"%s\"\n%s", argv[optind], usage);
+    return EXIT_USAGE;
+  }
+  if (strcmp(cmd, "run") == 0) return run(config_path);
+  if (strcmp(cmd, "check") == 0) return check(config_path);
+  if (strcmp(cmd, "reload") == 0 || strcmp(cmd, "stats") == 0)
+    return control_command(config_path, cmd);
+  fprintf(stderr, "gangway: unknown command \"%s\"\n%s", cmd, usage);
+  return EXIT_USAGE;
+}

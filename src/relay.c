@@ -1,0 +1,972 @@
+/* relay.c: listeners and sessions on the libuv loop (see relay.h).
+ *
+ * Data flows one way: socket -> read buffer (pool) -> framer -> dispatch ->
+ * (script layer) -> per-side output batch -> one uv_write per batch.
+ *
+ * Ownership of bytes: a direction's read buffer (gw_dir.rbuf) is referenced
+ * by the direction while it holds unconsumed bytes, and by every write
+ * request whose iovecs point into it. Frames nobody handles are written
+ * straight from it. Bytes the script layer makes (rewrites, injections) are
+ * copied into an "arena" pool buffer owned the same way. */
+#include "relay.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "frame.h"
+#include "log.h"
+#include "pool.h"
+#include "script.h"
+
+#define GW_BUF_SIZE (64 * 1024) /* one read; holds any top frame */
+#define GW_MIN_READ 4096        /* never read into less free space */
+#define GW_POOL_KEEP 256        /* idle buffers kept: 16 MiB at most */
+#define GW_OUT_IOV 8            /* iovecs per batch; libuv copies > 4 */
+#define GW_OUT_REFS 4           /* buffers one write request references */
+#define GW_SOFT_CLOSE_MS 2000   /* how long a scripted close may flush */
+
+#define container_of(ptr, type, member) \
+  ((type *)((char *)(ptr) - offsetof(type, member)))
+
+typedef struct gw_listener gw_listener;
+typedef struct gw_session gw_session;
+
+struct gw_listener {
+  uv_tcp_t tcp;
+  gw_relay *relay;
+  gw_listener *next;
+  char *name;
+  char listen[GW_ADDR_MAX];
+  char upstream[GW_ADDR_MAX];
+  struct sockaddr_storage upstream_addr;
+  gw_framing framing;           /* for new sessions; sessions copy it */
+  gw_handlers *handlers;        /* stable for the life of the gw_script */
+  uint32_t sessions;            /* live sessions that point here */
+  bool listening;               /* tcp is open (not closed or closing) */
+  bool handle_open;             /* until tcp's close callback */
+  bool removed;                 /* gone from the config: free when idle */
+};
+
+/* Bytes read from one side. */
+typedef struct gw_dir {
+  gw_buf *rbuf;                 /* unconsumed bytes are data[start, end) */
+  uint32_t start, end;
+  uint32_t need;                /* size of the partial frame at start, 0 if
+                                   its length field is not complete */
+  uint64_t bytes, frames;
+  bool eof;
+  bool paused;                  /* read stopped for backpressure */
+} gw_dir;
+
+/* Bytes waiting to be written toward one side, in order. */
+typedef struct gw_out {
+  uv_buf_t iov[GW_OUT_IOV];
+  gw_buf *refs[GW_OUT_REFS];    /* one reference each, moved to the write */
+  gw_buf *arena;                /* where copies go; also in refs */
+  uint8_t niov, nrefs;
+} gw_out;
+
+/* A write in flight; owns its buffer references until write_cb. */
+typedef struct gw_wreq {
+  uv_write_t req;
+  struct gw_wreq *next_free;
+  gw_session *session;
+  gw_buf *refs[GW_OUT_REFS];
+  uint8_t nrefs;
+  uint8_t to;
+} gw_wreq;
+
+enum { S_CONNECTING, S_OPEN, S_CLOSING };
+
+struct gw_session {
+  uv_tcp_t tcp[GW_SIDES];       /* [GW_CLIENT] accepted, [GW_SERVER] upstream */
+  uv_timer_t timer;             /* connect, idle, and soft-close deadlines */
+  uv_connect_t connect;
+  uv_shutdown_t shutdown[GW_SIDES];
+  gw_relay *relay;
+  gw_listener *listener;
+  gw_session *prev, *next;      /* relay->sessions */
+  gw_session *dirty_next;       /* relay->dirty: has output to flush */
+  gw_framing framing;
+  gw_script_session ss;
+  gw_dir dir[GW_SIDES];         /* by the side read from */
+  gw_out out[GW_SIDES];         /* by the side written to */
+  const uint8_t *cur_frame;     /* the frame in a handler, for zero-copy pass */
+  uint64_t opened_ms, last_active_ms;
+  uint8_t state;
+  uint8_t handles;              /* open handles; freed when it reaches 0 */
+  bool dirty;
+  bool soft_close;              /* closing after output is written */
+  bool shut_sent[GW_SIDES], shut_done[GW_SIDES];
+  char reason[128];
+};
+
+struct gw_relay {
+  uv_loop_t *loop;
+  gw_config *cfg;
+  gw_pool pool;
+  gw_script *script;
+  gw_listener *listeners;
+  gw_session *sessions;
+  gw_session *dirty;
+  gw_wreq *free_wreqs;
+  size_t nfree_wreqs;
+  uv_timer_t script_timer;
+  uv_timer_t drain_timer;
+  uint64_t next_id;
+  uint32_t active;
+  bool draining, closed;
+  void (*drain_done)(gw_relay *r, void *ud);
+  void *drain_ud;
+  gw_relay_stats stats;
+};
+
+static void session_close(gw_session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* A listener gone from the config is freed once its handle is closed and
+ * its last session has ended. */
+static void listener_maybe_free(gw_listener *l) {
+  if (!l->removed || l->sessions || l->handle_open) return;
+  gw_listener **pp = &l->relay->listeners;
+  while (*pp && *pp != l) pp = &(*pp)->next;
+  if (*pp) *pp = l->next;
+  free(l->name);
+  free(l);
+}
+static int flush_out(gw_session *s, gw_side to);
+
+static inline gw_side other(gw_side side) { return side == GW_CLIENT ? GW_SERVER : GW_CLIENT; }
+
+static inline gw_side side_of(gw_session *s, const uv_handle_t *h) {
+  return h == (const uv_handle_t *)&s->tcp[GW_CLIENT] ? GW_CLIENT : GW_SERVER;
+}
+
+/* ---- output batches ---------------------------------------------------- */
+
+static void mark_dirty(gw_session *s) {
+  if (s->dirty) return;
+  s->dirty = true;
+  s->dirty_next = s->relay->dirty;
+  s->relay->dirty = s;
+}
+
+static void flush_dirty(gw_relay *r) {
+  while (r->dirty) {
+    gw_session *s = r->dirty;
+    r->dirty = s->dirty_next;
+    s->dirty = false;
+    s->dirty_next = NULL;
+    if (s->state == S_CLOSING) continue;
+    for (int to = 0; to < GW_SIDES; to++)
+      if (s->out[to].niov && flush_out(s, (gw_side)to) < 0) break;
+  }
+}
+
+static void out_release(gw_relay *r, gw_out *o) {
+  for (unsigned i = 0; i < o->nrefs; i++) gw_buf_unref(&r->pool, o->refs[i]);
+  o->niov = o->nrefs = 0;
+  o->arena = NULL;
+}
+
+/* Makes room for one more iovec and one more reference, flushing the batch
+ * early if it is full. Fails only before the upstream is connected. */
+static int out_room(gw_session *s, gw_side to) {
+  gw_out *o = &s->out[to];
+  if (o->niov < GW_OUT_IOV && o->nrefs < GW_OUT_REFS) return 0;
+  int rc = flush_out(s, to);
+  if (rc < 0) return rc;
+  return o->niov ? -ENOBUFS : 0; /* still full: nowhere to write yet */
+}
+
+static bool out_has_ref(const gw_out *o, const gw_buf *b) {
+  for (unsigned i = 0; i < o->nrefs; i++)
+    if (o->refs[i] == b) return true;
+  return false;
+}
+
+static void out_append(gw_out *o, const uint8_t *p, size_t len) {
+  if (o->niov) {
+    uv_buf_t *last = &o->iov[o->niov - 1];
+    if ((const uint8_t *)last->base + last->len == p) {
+      last->len += len;
+      return;
+    }
+  }
+  o->iov[o->niov++] = uv_buf_init((char *)p, (unsigned)len);
+}
+
+/* Queues len bytes at p, which lie in b, without copying them. */
+static int out_ref(gw_session *s, gw_side to, gw_buf *b, const uint8_t *p, size_t len) {
+  gw_out *o = &s->out[to];
+  int rc = out_room(s, to);
+  if (rc < 0) return rc;
+  if (!out_has_ref(o, b)) {
+    gw_buf_ref(b);
+    o->refs[o->nrefs++] = b;
+  }
+  out_append(o, p, len);
+  mark_dirty(s);
+  return 0;
+}
+
+/* Queues a copy of len bytes (frames the script layer made). */
+static int out_copy(gw_session *s, gw_side to, const uint8_t *p, size_t len) {
+  gw_out *o = &s->out[to];
+  int rc = out_room(s, to);
+  if (rc < 0) return rc;
+  if (!o->arena || o->arena->cap - o->arena->used < len) {
+    if (o->arena && (rc = out_room(s, to)) < 0) return rc;
+    if (o->nrefs == GW_OUT_REFS && (rc = flush_out(s, to)) < 0) return rc;
+    if (o->nrefs == GW_OUT_REFS) return -ENOBUFS;
+    gw_buf *a = gw_buf_get(&s->relay->pool, len);
+    if (!a) return -ENOMEM;
+    o->refs[o->nrefs++] = a;
+    o->arena = a;
+  }
+  uint8_t *dst = o->arena->data + o->arena->used;
+  memcpy(dst, p, len);
+  o->arena->used += (uint32_t)len;
+  out_append(o, dst, len);
+  mark_dirty(s);
+  return 0;
+}
+
+static gw_wreq *wreq_get(gw_relay *r) {
+  gw_wreq *w = r->free_wreqs;
+  if (w) {
+    r->free_wreqs = w->next_free;
+    r->nfree_wreqs--;
+    return w;
+  }
+  return malloc(sizeof *w);
+}
+
+static void wreq_put(gw_relay *r, gw_wreq *w) {
+  for (unsigned i = 0; i < w->nrefs; i++) gw_buf_unref(&r->pool, w->refs[i]);
+  if (r->nfree_wreqs < 1024) {
+    w->next_free = r->free_wreqs;
+    r->free_wreqs = w;
+    r->nfree_wreqs++;
+  } else {
+    free(w);
+  }
+}
+
+static void pause_reading(gw_session *s, gw_side side) {
+  gw_dir *d = &s->dir[side];
+  if (d->paused || d->eof) return;
+  d->paused = true;
+  uv_read_stop((uv_stream_t *)&s->tcp[side]);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+
+static void resume_reading(gw_session *s, gw_side side) {
+  gw_dir *d = &s->dir[side];
+  if (!d->paused || d->eof || s->state != S_OPEN || s->soft_close) return;
+  d->paused = false;
+  uv_read_start((uv_stream_t *)&s->tcp[side], alloc_cb, read_cb);
+}
+
+static void write_cb(uv_write_t *req, int status) {
+  gw_wreq *w = container_of(req, gw_wreq, req);
+  gw_session *s = w->session;
+  gw_side to = (gw_side)w->to;
+  wreq_put(s->relay, w);
+  if (status < 0) {
+    if (status != UV_ECANCELED)
+      session_close(s, "%s write failed: %s", gw_side_name(to), uv_strerror(status));
+    return;
+  }
+  if (s->state == S_CLOSING) return;
+  if (s->dir[other(to)].paused &&
+      uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp[to]) <= s->relay->cfg->write_low_water)
+    resume_reading(s, other(to));
+}
+
+/* Writes the batch toward `to` in one uv_write. */
+static int flush_out(gw_session *s, gw_side to) {
+  gw_out *o = &s->out[to];
+  gw_relay *r = s->relay;
+  if (!o->niov) return 0;
+  if (s->state == S_CLOSING) {
+    out_release(r, o);
+    return -ECONNRESET;
+  }
+  if (to == GW_SERVER && s->state == S_CONNECTING) return 0; /* after connect */
+  gw_wreq *w = wreq_get(r);
+  if (!w) {
+    session_close(s, "out of memory");
+    return -ENOMEM;
+  }
+  w->session = s;
+  w->to = (uint8_t)to;
+  w->nrefs = o->nrefs;
+  memcpy(w->refs, o->refs, o->nrefs * sizeof o->refs[0]);
+  int rc = uv_write(&w->req, (uv_stream_t *)&s->tcp[to], o->iov, o->niov, write_cb);
+  o->niov = o->nrefs = 0;
+  o->arena = NULL;
+  if (rc < 0) {
+    wreq_put(r, w);
+    session_close(s, "%s write failed: %s", gw_side_name(to), uv_strerror(rc));
+    return rc;
+  }
+  if (uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp[to]) > r->cfg->write_high_water)
+    pause_reading(s, other(to));
+  return 0;
+}
+
+/* ---- session lifecycle ------------------------------------------------- */
+
+static void session_free(gw_session *s) {
+  gw_relay *r = s->relay;
+  for (int i = 0; i < GW_SIDES; i++) {
+    if (s->dir[i].rbuf) gw_buf_unref(&r->pool, s->dir[i].rbuf);
+    out_release(r, &s->out[i]);
+  }
+  gw_listener *l = s->listener;
+  l->sessions--;
+  free(s);
+  r->active--;
+  listener_maybe_free(l);
+  if (r->draining && !r->active && r->drain_done) {
+    uv_timer_stop(&r->drain_timer);
+    void (*done)(gw_relay *, void *) = r->drain_done;
+    r->drain_done = NULL;
+    done(r, r->drain_ud);
+  }
+}
+
+static void session_handle_closed(uv_handle_t *h) {
+  gw_session *s = h->data;
+  if (--s->handles == 0) session_free(s);
+}
+
+static void close_handle(uv_handle_t *h) {
+  if (!uv_is_closing(h)) uv_close(h, session_handle_closed);
+}
+
+static void session_close(gw_session *s, const char *fmt, ...) {
+  if (s->state == S_CLOSING) return;
+  gw_relay *r = s->relay;
+  char reason[sizeof s->reason]; /* fmt's arguments may point at s->reason */
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+  memcpy(s->reason, reason, sizeof reason);
+  s->state = S_CLOSING;
+  gw_script_session_close(r->script, &s->ss, s->reason);
+
+  gw_info("session %" PRIu64 " close listener=%s client=%s upstream=%s "
+          "client_bytes=%" PRIu64 " server_bytes=%" PRIu64 " duration_ms=%" PRIu64
+          " reason=\"%s\"",
+          s->ss.id, s->listener->name, s->ss.client, s->ss.upstream, s->dir[GW_CLIENT].bytes,
+          s->dir[GW_SERVER].bytes, uv_now(r->loop) - s->opened_ms, s->reason);
+
+  if (s->prev) s->prev->next = s->next;
+  else r->sessions = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->prev = s->next = NULL;
+
+  for (int i = 0; i < GW_SIDES; i++) out_release(r, &s->out[i]);
+  close_handle((uv_handle_t *)&s->tcp[GW_CLIENT]);
+  close_handle((uv_handle_t *)&s->tcp[GW_SERVER]);
+  close_handle((uv_handle_t *)&s->timer);
+}
+
+static void check_finished(gw_session *s) {
+  if (s->state == S_CLOSING) return;
+  bool both_shut = s->shut_done[GW_CLIENT] && s->shut_done[GW_SERVER];
+  if (s->soft_close) {
+    /* Every shutdown we sent has completed: what was emitted is written. */
+    bool done = true;
+    for (int i = 0; i < GW_SIDES; i++)
+      if (s->shut_sent[i] && !s->shut_done[i]) done = false;
+    if (done) session_close(s, "%s", s->reason);
+    return;
+  }
+  if (s->dir[GW_CLIENT].eof && s->dir[GW_SERVER].eof && both_shut)
+    session_close(s, "%s", s->reason[0] ? s->reason : "closed");
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+  gw_session *s = req->handle->data;
+  gw_side side = side_of(s, (uv_handle_t *)req->handle);
+  s->shut_done[side] = true;
+  if (status < 0 && status != UV_ECANCELED && s->state != S_CLOSING) {
+    session_close(s, "%s shutdown failed: %s", gw_side_name(side), uv_strerror(status));
+    return;
+  }
+  check_finished(s);
+}
+
+/* Sends FIN toward side once everything queued for it is written. */
+static void shutdown_side(gw_session *s, gw_side side) {
+  if (s->shut_sent[side]) return;
+  s->shut_sent[side] = true;
+  if (flush_out(s, side) < 0) return;
+  int rc = uv_shutdown(&s->shutdown[side], (uv_stream_t *)&s->tcp[side], shutdown_cb);
+  if (rc < 0) session_close(s, "%s shutdown failed: %s", gw_side_name(side), uv_strerror(rc));
+}
+
+static void timer_cb(uv_timer_t *t);
+
+/* A scripted close: stop reading, write what was emitted, FIN both sides,
+ * then close (or after GW_SOFT_CLOSE_MS at most). */
+static void session_close_soft(gw_session *s, const char *reason) {
+  if (s->state == S_CLOSING || s->soft_close) return;
+  snprintf(s->reason, sizeof s->reason, "%s", reason);
+  s->soft_close = true;
+  for (int i = 0; i < GW_SIDES; i++) {
+    if (!s->dir[i].eof && s->state == S_OPEN) uv_read_stop((uv_stream_t *)&s->tcp[i]);
+  }
+  uv_timer_start(&s->timer, timer_cb, GW_SOFT_CLOSE_MS, 0);
+  shutdown_side(s, GW_CLIENT);
+  /* Before the upstream is up there is nothing to deliver to it; connect_cb
+   * sends it what on_connect queued, if it connects in time. */
+  if (s->state == S_OPEN) shutdown_side(s, GW_SERVER);
+  if (s->state != S_CLOSING) check_finished(s);
+}
+
+static void timer_cb(uv_timer_t *t) {
+  gw_session *s = container_of(t, gw_session, timer);
+  const gw_config *cfg = s->relay->cfg;
+  if (s->soft_close) {
+    session_close(s, "%s (flush timed out)", s->reason);
+  } else if (s->state == S_CONNECTING) {
+    session_close(s, "upstream connect timeout after %u ms", cfg->connect_ms);
+  } else {
+    uint64_t idle = uv_now(s->relay->loop) - s->last_active_ms;
+    if (idle >= cfg->idle_ms)
+      session_close(s, "idle timeout after %u ms", cfg->idle_ms);
+    else
+      uv_timer_start(&s->timer, timer_cb, cfg->idle_ms - idle, 0);
+  }
+}
+
+/* ---- reading and framing ----------------------------------------------- */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  gw_session *s = h->data;
+  gw_dir *d = &s->dir[side_of(s, h)];
+  gw_pool *pool = &s->relay->pool;
+  uint32_t tail = d->end - d->start;
+  size_t want = GW_MIN_READ;
+  if (d->need > tail && d->need - tail > want) want = d->need - tail;
+
+  if (!d->rbuf) {
+    d->rbuf = gw_buf_get(pool, want);
+    d->start = d->end = 0;
+  } else if (d->rbuf->cap - d->end < want) {
+    /* Move only the partial tail: in place when nobody else points into
+     * this buffer, else into a fresh one. */
+    if (d->rbuf->refs == 1 && d->rbuf->cap >= tail + want) {
+      memmove(d->rbuf->data, d->rbuf->data + d->start, tail);
+    } else {
+      gw_buf *nb = gw_buf_get(pool, tail + want);
+      if (nb) memcpy(nb->data, d->rbuf->data + d->start, tail);
+      gw_buf_unref(pool, d->rbuf);
+      d->rbuf = nb;
+    }
+    d->start = 0;
+    d->end = tail;
+  }
+  if (!d->rbuf) {
+    *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
+    return;
+  }
+  *buf = uv_buf_init((char *)d->rbuf->data + d->end, d->rbuf->cap - d->end);
+}
+
+static void protocol_error(gw_session *s, gw_side side, const gw_frame_info *fi) {
+  gw_dir *d = &s->dir[side];
+  uint64_t offset = d->bytes - (d->end - d->start);
+  s->relay->stats.protocol_errors++;
+  gw_warn("session %" PRIu64 " protocol error from %s side at stream offset %" PRIu64
+          ": %s (framing %s)",
+          s->ss.id, gw_side_name(side), offset, gw_frame_strerror(fi->error), s->framing.name);
+  session_close(s, "protocol error from %s side at offset %" PRIu64 ": %s",
+                gw_side_name(side), offset, gw_frame_strerror(fi->error));
+}
+
+/* Cuts what was read from side into frames and queues them toward the other
+ * side: runs of frames nobody handles as one zero-copy range, the rest
+ * through the script layer. */
+static void process(gw_session *s, gw_side side) {
+  gw_dir *d = &s->dir[side];
+  gw_side to = other(side);
+  gw_buf *b = d->rbuf;
+  uint8_t *base = b->data;
+
+  if (s->framing.raw) {
+    out_ref(s, to, b, base + d->start, d->end - d->start);
+    d->start = d->end;
+    return;
+  }
+  gw_handlers *h = s->ss.handlers;
+  uint32_t run = d->start;
+  while (d->start < d->end) {
+    uint32_t avail = d->end - d->start;
+    if (d->need > avail) break; /* still waiting for the rest of a frame */
+    gw_frame_info fi;
+    int rc = gw_frame_next(&s->framing, side, base + d->start, avail, &fi);
+    if (rc == -EAGAIN) {
+      d->need = (uint32_t)fi.need;
+      break;
+    }
+    if (rc < 0) {
+      protocol_error(s, side, &fi);
+      return;
+    }
+    d->need = 0;
+    d->frames++;
+    if (!gw_handlers_want(h, side, &fi)) {
+      d->start += (uint32_t)fi.len;
+      continue;
+    }
+    if (run < d->start && out_ref(s, to, b, base + run, d->start - run) < 0) return;
+    s->cur_frame = base + d->start;
+    d->start += (uint32_t)fi.len;
+    run = d->start;
+    rc = gw_script_frame(s->relay->script, &s->ss, side, (uint8_t *)s->cur_frame, &fi);
+    s->cur_frame = NULL;
+    if (rc < 0 || s->state == S_CLOSING || s->soft_close) return;
+  }
+  if (run < d->start) out_ref(s, to, b, base + run, d->start - run);
+}
+
+static void on_eof(gw_session *s, gw_side side) {
+  gw_dir *d = &s->dir[side];
+  d->eof = true;
+  if (!s->reason[0]) snprintf(s->reason, sizeof s->reason, "%s closed", gw_side_name(side));
+  if (d->rbuf && d->end > d->start) {
+    /* A frame cut short by FIN: pass what came, as a direct connection
+     * would, and let the peer's own parser judge it. */
+    gw_debug("session %" PRIu64 ": %u bytes of an unfinished frame at %s FIN",
+             s->ss.id, d->end - d->start, gw_side_name(side));
+    out_ref(s, other(side), d->rbuf, d->rbuf->data + d->start, d->end - d->start);
+    d->start = d->end;
+  }
+  shutdown_side(s, other(side));
+}
+
+static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  (void)buf;
+  gw_session *s = st->data;
+  gw_side side = side_of(s, (uv_handle_t *)st);
+  gw_dir *d = &s->dir[side];
+  gw_relay *r = s->relay;
+
+  if (nread > 0) {
+    d->end += (uint32_t)nread;
+    d->bytes += (uint64_t)nread;
+    r->stats.bytes[side] += (uint64_t)nread;
+    s->last_active_ms = uv_now(r->loop);
+    process(s, side);
+  } else if (nread == UV_EOF) {
+    on_eof(s, side);
+  } else if (nread < 0) {
+    if (nread == UV_ENOBUFS) session_close(s, "out of memory for %s read", gw_side_name(side));
+    else session_close(s, "%s read error: %s", gw_side_name(side), uv_strerror((int)nread));
+  }
+  /* An idle direction gives its buffer back to the pool. */
+  if (d->rbuf && d->start == d->end) {
+    gw_buf_unref(&r->pool, d->rbuf);
+    d->rbuf = NULL;
+    d->start = d->end = 0;
+  }
+  flush_dirty(r);
+  if (s->state != S_CLOSING && d->eof) check_finished(s);
+}
+
+/* ---- connecting -------------------------------------------------------- */
+
+static void connect_cb(uv_connect_t *req, int status) {
+  gw_session *s = container_of(req, gw_session, connect);
+  gw_relay *r = s->relay;
+  if (status == UV_ECANCELED || s->state == S_CLOSING) return;
+  if (status < 0) {
+    gw_warn("session %" PRIu64 " upstream %s: connect failed: %s", s->ss.id, s->ss.upstream,
+            uv_strerror(status));
+    session_close(s, "upstream connect failed: %s", uv_strerror(status));
+    return;
+  }
+  s->state = S_OPEN;
+  s->last_active_ms = uv_now(r->loop);
+  uv_tcp_nodelay(&s->tcp[GW_SERVER], 1);
+  uv_timer_stop(&s->timer);
+  if (r->cfg->idle_ms) uv_timer_start(&s->timer, timer_cb, r->cfg->idle_ms, 0);
+  if (s->soft_close) { /* closed while connecting: deliver what was sent */
+    shutdown_side(s, GW_SERVER);
+    return;
+  }
+  for (int i = 0; i < GW_SIDES; i++)
+    uv_read_start((uv_stream_t *)&s->tcp[i], alloc_cb, read_cb);
+  if (s->out[GW_SERVER].niov) mark_dirty(s);
+  flush_dirty(r);
+}
+
+static void refuse_cb(uv_handle_t *h) { free(h); }
+
+static void accept_cb(uv_stream_t *server, int status) {
+  gw_listener *l = container_of(server, gw_listener, tcp);
+  gw_relay *r = l->relay;
+  if (status < 0) {
+    gw_warn("listener %s: accept failed: %s", l->name, uv_strerror(status));
+    return;
+  }
+  if (r->cfg->max_sessions && r->active >= r->cfg->max_sessions) {
+    /* Take it off the backlog and close it, or libuv keeps calling us. */
+    uv_tcp_t *t = malloc(sizeof *t);
+    if (!t) return;
+    uv_tcp_init(r->loop, t);
+    if (uv_accept(server, (uv_stream_t *)t) == 0)
+      gw_warn("listener %s: session limit %u reached, connection refused", l->name,
+              r->cfg->max_sessions);
+    uv_close((uv_handle_t *)t, refuse_cb);
+    return;
+  }
+  gw_session *s = calloc(1, sizeof *s);
+  if (!s) return;
+  s->relay = r;
+  s->listener = l;
+  s->framing = l->framing;
+  uv_tcp_init(r->loop, &s->tcp[GW_CLIENT]);
+  s->tcp[GW_CLIENT].data = s;
+  s->handles = 1;
+  l->sessions++;
+  r->active++;
+  int rc = uv_accept(server, (uv_stream_t *)&s->tcp[GW_CLIENT]);
+  if (rc < 0) {
+    gw_warn("listener %s: accept failed: %s", l->name, uv_strerror(rc));
+    s->state = S_CLOSING;
+    uv_close((uv_handle_t *)&s->tcp[GW_CLIENT], session_handle_closed);
+    return;
+  }
+  uv_tcp_init(r->loop, &s->tcp[GW_SERVER]);
+  s->tcp[GW_SERVER].data = s;
+  uv_timer_init(r->loop, &s->timer);
+  s->timer.data = s;
+  s->handles = 3;
+  uv_tcp_nodelay(&s->tcp[GW_CLIENT], 1);
+
+  s->ss.id = ++r->next_id;
+  r->stats.sessions_total++;
+  struct sockaddr_storage peer;
+  int plen = sizeof peer;
+  if (uv_tcp_getpeername(&s->tcp[GW_CLIENT], (struct sockaddr *)&peer, &plen) == 0)
+    gw_format_addr((struct sockaddr *)&peer, s->ss.client, sizeof s->ss.client);
+  else
+    snprintf(s->ss.client, sizeof s->ss.client, "?");
+  gw_format_addr((struct sockaddr *)&l->upstream_addr, s->ss.upstream, sizeof s->ss.upstream);
+  s->opened_ms = s->last_active_ms = uv_now(r->loop);
+  s->state = S_CONNECTING;
+  s->next = r->sessions;
+  if (r->sessions) r->sessions->prev = s;
+  r->sessions = s;
+  gw_info("session %" PRIu64 " open listener=%s client=%s upstream=%s", s->ss.id, l->name,
+          s->ss.client, s->ss.upstream);
+
+  if (gw_script_session_open(r->script, l->handlers, &s->ss) < 0) {
+    session_close(s, "refused by on_connect");
+    return;
+  }
+  if (s->state == S_CLOSING) return;
+  rc = uv_tcp_connect(&s->connect, &s->tcp[GW_SERVER],
+                      (const struct sockaddr *)&l->upstream_addr, connect_cb);
+  if (rc < 0) {
+    session_close(s, "upstream connect failed: %s", uv_strerror(rc));
+    return;
+  }
+  if (!s->soft_close) uv_timer_start(&s->timer, timer_cb, r->cfg->connect_ms, 0);
+  flush_dirty(r); /* anything on_connect sent toward the client */
+}
+
+/* ---- script host ------------------------------------------------------- */
+
+static int host_emit(gw_script_session *ss, gw_side to, const uint8_t *data, size_t len) {
+  gw_session *s = container_of(ss, gw_session, ss);
+  if (s->state == S_CLOSING || s->shut_sent[to]) return -ECONNRESET;
+  int rc;
+  gw_dir *d = &s->dir[other(to)];
+  if (data == s->cur_frame && d->rbuf)
+    rc = out_ref(s, to, d->rbuf, data, len); /* passed on, maybe edited in place */
+  else
+    rc = out_copy(s, to, data, len);
+  if (rc < 0 && rc != -ECONNRESET) session_close(s, "cannot queue frame: %s", strerror(-rc));
+  return rc;
+}
+
+static void host_close(gw_script_session *ss, const char *reason) {
+  gw_session *s = container_of(ss, gw_session, ss);
+  session_close_soft(s, reason && *reason ? reason : "closed by script");
+}
+
+static uint64_t host_now(void *host) { return uv_now(((gw_relay *)host)->loop); }
+
+static void script_timer_cb(uv_timer_t *t) {
+  gw_relay *r = container_of(t, gw_relay, script_timer);
+  gw_script_run_timers(r->script);
+  flush_dirty(r);
+}
+
+static void host_wake_at(void *host, uint64_t when_ms) {
+  gw_relay *r = host;
+  if (r->closed) return;
+  uint64_t now = uv_now(r->loop);
+  uv_timer_start(&r->script_timer, script_timer_cb, when_ms > now ? when_ms - now : 0, 0);
+}
+
+static const gw_host_ops host_ops = {
+    .emit = host_emit, .close = host_close, .now_ms = host_now, .wake_at = host_wake_at};
+
+/* ---- listeners --------------------------------------------------------- */
+
+static void listener_closed(uv_handle_t *h) {
+  gw_listener *l = container_of(h, gw_listener, tcp);
+  l->handle_open = false;
+  listener_maybe_free(l);
+}
+
+static void listener_stop(gw_listener *l) {
+  if (!l->listening) return;
+  l->listening = false;
+  uv_close((uv_handle_t *)&l->tcp, listener_closed);
+}
+
+static int listener_bind(gw_relay *r, gw_listener *l, const gw_listener_config *lc,
+                         char *err, size_t errlen) {
+  uv_tcp_init(r->loop, &l->tcp);
+  l->listening = l->handle_open = true;
+  unsigned flags = lc->listen_addr.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
+  int rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&lc->listen_addr, flags);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&l->tcp, 511, accept_cb);
+  if (rc < 0) {
+    snprintf(err, errlen, "listener %s: cannot listen on %s: %s", lc->name, lc->listen,
+             uv_strerror(rc));
+    return rc;
+  }
+  snprintf(l->listen, sizeof l->listen, "%s", lc->listen);
+  return 0;
+}
+
+/* Points l at lc's upstream, framing and handlers (for new sessions). */
+static void listener_update(gw_relay *r, gw_listener *l, const gw_listener_config *lc) {
+  snprintf(l->upstream, sizeof l->upstream, "%s", lc->upstream);
+  l->upstream_addr = lc->upstream_addr;
+  l->framing = lc->framing;
+  l->handlers = gw_script_handlers(r->script, lc->name);
+  l->removed = false;
+}
+
+static gw_listener *listener_find(gw_relay *r, const char *name) {
+  for (gw_listener *l = r->listeners; l; l = l->next)
+    if (!l->removed && strcmp(l->name, name) == 0) return l;
+  return NULL;
+}
+
+/* ---- the relay --------------------------------------------------------- */
+
+static void apply_log(const gw_config *cfg) { gw_log_setup(cfg->log_level, cfg->log_format); }
+
+int gw_relay_new(uv_loop_t *loop, gw_config *cfg, gw_relay **out, char *err, size_t errlen) {
+  *out = NULL;
+  gw_relay *r = calloc(1, sizeof *r);
+  if (!r) {
+    gw_config_free(cfg);
+    free(cfg);
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
+  }
+  r->loop = loop;
+  r->cfg = cfg;
+  gw_pool_init(&r->pool, GW_BUF_SIZE, GW_POOL_KEEP);
+  uv_timer_init(loop, &r->script_timer);
+  uv_timer_init(loop, &r->drain_timer);
+  apply_log(cfg);
+  gw_script_limits limits = {.handler_instructions = cfg->handler_instructions,
+                             .memory_bytes = (size_t)cfg->lua_memory_mb << 20};
+  r->script = gw_script_new(&limits, &host_ops, r);
+  int rc = r->script ? gw_script_load(r->script, cfg, err, errlen) : -ENOMEM;
+  if (!r->script) snprintf(err, errlen, "cannot create the Lua state: out of memory");
+  for (size_t i = 0; rc == 0 && i < cfg->nlisteners; i++) {
+    gw_listener *l = calloc(1, sizeof *l);
+    if (!l || !(l->name = strdup(cfg->listeners[i].name))) {
+      free(l);
+      snprintf(err, errlen, "out of memory");
+      rc = -ENOMEM;
+      break;
+    }
+    l->relay = r;
+    l->next = r->listeners;
+    r->listeners = l;
+    listener_update(r, l, &cfg->listeners[i]);
+    rc = listener_bind(r, l, &cfg->listeners[i], err, errlen);
+    if (rc == 0)
+      gw_info("listener %s: listening on %s, upstream %s, framing %s, %zu script(s)", l->name,
+              l->listen, l->upstream, l->framing.name, cfg->listeners[i].nscripts);
+  }
+  *out = r;
+  if (rc == 0) flush_dirty(r);
+  return rc;
+}
+
+const gw_config *gw_relay_config(const gw_relay *r) { return r->cfg; }
+
+int gw_relay_reload(gw_relay *r, gw_config *cfg, char *err, size_t errlen) {
+  /* 1. New listeners and moved addresses are bound first, so that a port in
+   *    use fails the reload before anything changes. (A move onto a port
+   *    the old address still holds fails too: move in two reloads.) */
+  gw_listener *fresh = NULL;
+  int rc = 0;
+  for (size_t i = 0; i < cfg->nlisteners && rc == 0; i++) {
+    const gw_listener_config *lc = &cfg->listeners[i];
+    gw_listener *old = listener_find(r, lc->name);
+    if (old && strcmp(old->listen, lc->listen) == 0) continue;
+    gw_listener *l = calloc(1, sizeof *l);
+    if (!l || !(l->name = strdup(lc->name))) {
+      free(l);
+      snprintf(err, errlen, "out of memory");
+      rc = -ENOMEM;
+      break;
+    }
+    l->relay = r;
+    l->next = fresh;
+    fresh = l;
+    rc = listener_bind(r, l, lc, err, errlen);
+  }
+  /* 2. Scripts: all or nothing. */
+  if (rc == 0) rc = gw_script_load(r->script, cfg, err, errlen);
+  /* 3. Link the fresh listeners in; on failure they go away again. */
+  while (fresh) {
+    gw_listener *l = fresh;
+    fresh = l->next;
+    l->next = r->listeners;
+    r->listeners = l;
+    if (rc < 0) {
+      l->removed = true;
+      listener_stop(l);
+    }
+  }
+  if (rc < 0) {
+    gw_config_free(cfg);
+    free(cfg);
+    return rc;
+  }
+  /* 4. Commit: listeners that moved or went away stop accepting; the rest
+   *    take the new upstream, framing and handlers for new sessions. */
+  for (gw_listener *l = r->listeners; l; l = l->next) {
+    if (l->removed) continue;
+    const gw_listener_config *lc = NULL;
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+      if (strcmp(cfg->listeners[i].name, l->name) == 0) lc = &cfg->listeners[i];
+    if (lc && strcmp(lc->listen, l->listen) == 0) {
+      listener_update(r, l, lc);
+    } else {
+      l->removed = true;
+      listener_stop(l);
+    }
+  }
+  gw_config_free(r->cfg);
+  free(r->cfg);
+  r->cfg = cfg;
+  apply_log(cfg);
+  flush_dirty(r); /* whatever on_reload sent */
+  return 0;
+}
+
+static void drain_timer_cb(uv_timer_t *t) {
+  gw_relay *r = container_of(t, gw_relay, drain_timer);
+  gw_info("drain: %u session(s) still open after %u ms, closing them", r->active,
+          r->cfg->drain_ms);
+  for (gw_session *s = r->sessions, *next; s; s = next) {
+    next = s->next;
+    session_close(s, "shutdown");
+  }
+}
+
+void gw_relay_drain(gw_relay *r, void (*done)(gw_relay *, void *), void *ud) {
+  if (r->draining) return;
+  r->draining = true;
+  r->drain_done = done;
+  r->drain_ud = ud;
+  for (gw_listener *l = r->listeners; l; l = l->next) listener_stop(l);
+  gw_info("draining: no new sessions, %u open, waiting up to %u ms", r->active,
+          r->cfg->drain_ms);
+  if (!r->active) {
+    r->drain_done = NULL;
+    done(r, ud);
+    return;
+  }
+  uv_timer_start(&r->drain_timer, drain_timer_cb, r->cfg->drain_ms, 0);
+}
+
+void gw_relay_close(gw_relay *r) {
+  if (r->closed) return;
+  r->closed = true;
+  for (gw_session *s = r->sessions, *next; s; s = next) {
+    next = s->next;
+    session_close(s, "shutdown");
+  }
+  for (gw_listener *l = r->listeners; l; l = l->next) {
+    l->removed = true;
+    listener_stop(l);
+  }
+  uv_close((uv_handle_t *)&r->script_timer, NULL);
+  uv_close((uv_handle_t *)&r->drain_timer, NULL);
+}
+
+void gw_relay_free(gw_relay *r) {
+  if (!r) return;
+  while (r->listeners) {
+    gw_listener *l = r->listeners;
+    r->listeners = l->next;
+    free(l->name);
+    free(l);
+  }
+  gw_script_free(r->script);
+  while (r->free_wreqs) {
+    gw_wreq *w = r->free_wreqs;
+    r->free_wreqs = w->next_free;
+    free(w);
+  }
+  gw_pool_destroy(&r->pool);
+  gw_config_free(r->cfg);
+  free(r->cfg);
+  free(r);
+}
+
+void gw_relay_get_stats(const gw_relay *r, gw_relay_stats *st) {
+  *st = r->stats;
+  st->sessions_active = r->active;
+  st->pool_live = r->pool.live;
+  st->pool_free = r->pool.nfree;
+}
+
+int gw_relay_stats_json(const gw_relay *r, char *out, size_t outlen) {
+  gw_relay_stats st;
+  gw_script_stats ss;
+  gw_relay_get_stats(r, &st);
+  gw_script_get_stats(r->script, &ss);
+  int n = snprintf(out, outlen,
+                   "{\"sessions_active\":%u,\"sessions_total\":%" PRIu64
+                   ",\"client_bytes\":%" PRIu64 ",\"server_bytes\":%" PRIu64
+                   ",\"protocol_errors\":%" PRIu64 ",\"pool_buffers_live\":%zu"
+                   ",\"pool_buffers_free\":%zu,\"handler_frames\":%" PRIu64
+                   ",\"handler_dropped\":%" PRIu64 ",\"handler_replaced\":%" PRIu64
+                   ",\"handler_injected\":%" PRIu64 ",\"handler_errors\":%" PRIu64
+                   ",\"handler_timeouts\":%" PRIu64 ",\"lua_memory_bytes\":%zu}",
+                   st.sessions_active, st.sessions_total, st.bytes[GW_CLIENT],
+                   st.bytes[GW_SERVER], st.protocol_errors, st.pool_live, st.pool_free,
+                   ss.frames, ss.dropped, ss.replaced, ss.injected, ss.errors, ss.timeouts,
+                   ss.memory_bytes);
+  return n < 0 || (size_t)n >= outlen ? -ENOBUFS : 0;
+}
