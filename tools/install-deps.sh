@@ -10,7 +10,7 @@ pkgs=(
   libuv1-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev
   lua-busted libcmocka-dev
   clang libclang-rt-14-dev valgrind
-  haproxy procps python3 netcat-openbsd
+  haproxy procps python3 netcat-openbsd iproute2 linux-perf
 )
 need=()
 for p in "${pkgs[@]}"; do

@@ -1,0 +1,351 @@
+#!/usr/bin/env bash
+# run.sh: gangway's benchmark suite in one command. Builds the Release tools,
+# then measures every scenario against every contender on loopback, several
+# rounds with the contenders alternating, and prints a table of medians and
+# ratios (also written as markdown to the results file).
+#
+# Contenders: direct (loadgen -> echo, no proxy), haproxy (Debian's, TCP mode,
+# nbthread 1), gangway raw, gangway top (framed, no handler), gangway lua (a
+# trivial handler on every frame), gangway rewrite (a handler that writes a
+# u32 into every frame, which the load generator checks on the echo).
+# Scenarios: bulk (64 KiB frames), small (64-byte frames, 50 sessions
+# pipelined), lat1 / lat1000 (round trips at a fixed moderate rate over 1 and
+# 1,000 sessions), idle (as many mostly idle sessions as the fd limit allows:
+# RSS per session).
+#
+# Every process it starts is a child killed on exit; every measurement is
+# bounded by the load generator's deadline and by timeout(1).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD="$ROOT/build-bench"
+ROUNDS=3
+MODE=full        # full, quick (< 60 s), smoke (tools only, < 30 s)
+PIN=1
+BUILD_FIRST=1
+OUT=""
+SCENARIOS="bulk small lat1 lat1000 idle"
+CONTENDERS="direct haproxy gw-raw gw-top gw-lua gw-rewrite"
+
+usage() {
+  cat <<EOF
+usage: bench/run.sh [options]
+  --rounds N          rounds per scenario (default $ROUNDS); medians are reported
+  --quick             one short round of everything (under 60 s)
+  --smoke             checks the tools only: loadgen against gw-echo, every
+                      mode, echoes verified (under 30 s); for ctest
+  --scenarios "A B"   subset of: $SCENARIOS
+  --contenders "A B"  subset of: $CONTENDERS
+  --no-pin            let the scheduler place every process (default: proxy
+                      on CPU 1, load generator and echo server on CPU 0)
+  --build-dir DIR     where to build and find the tools (default build-bench)
+  --no-build          use the binaries already in the build directory
+  --out FILE          markdown results (default BUILD/bench-results-MODE.md;
+                      the raw JSON lines go next to it as .jsonl)
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift ;;
+    --quick) MODE=quick ;;
+    --smoke) MODE=smoke ;;
+    --scenarios) SCENARIOS=$2; shift ;;
+    --contenders) CONTENDERS=$2; shift ;;
+    --no-pin) PIN=0 ;;
+    --build-dir) BUILD=$(realpath -m "$2"); shift ;;
+    --no-build) BUILD_FIRST=0 ;;
+    --out) OUT=$2; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+[ -n "$OUT" ] || OUT="$BUILD/bench-results-$MODE.md"
+JSONL="${OUT%.md}.jsonl"
+
+LOADGEN="$BUILD/bench/gw-loadgen"
+ECHO="$BUILD/bench/gw-echo"
+GANGWAY="$BUILD/gangway"
+SCRIPTS="$ROOT/bench/scripts"
+REWRITE_VALUE=67617779 # what bench/scripts/rewrite.lua writes, in hex
+
+# ---- processes: every child is remembered and killed on exit ----
+PIDS=()
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gw-bench.XXXXXX")
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Stops one child: TERM, then KILL if it is still there after 2 s.
+stop_pid() {
+  local pid=$1 i
+  kill "$pid" 2>/dev/null || true
+  for i in $(seq 20); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+  PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+# A loopback port below the ephemeral range with no socket on it at all
+# (TIME_WAIT included), so each run starts on a clean port.
+free_port() {
+  local p
+  for _ in $(seq 200); do
+    p=$((20000 + RANDOM % 12000))
+    if [ -z "$(ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null)" ]; then
+      echo "$p"
+      return
+    fi
+  done
+  echo "run.sh: no free port" >&2
+  exit 1
+}
+
+# Waits (5 s at most) until something listens on 127.0.0.1:port.
+wait_listen() {
+  local port=$1 pid=$2
+  for _ in $(seq 100); do
+    [ -n "$(ss -Hltn "sport = :$port" 2>/dev/null)" ] && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+
+NCPU=$(nproc)
+[ "$NCPU" -ge 2 ] || PIN=0
+[ "$MODE" = smoke ] && PIN=0
+# Command prefixes, not functions: a function run with & would put a subshell
+# between $! and the process (taskset execs, so $! is the process itself).
+PIN_LOAD=(); PIN_PROXY=()
+if [ "$PIN" = 1 ]; then PIN_LOAD=(taskset -c 0); PIN_PROXY=(taskset -c 1); fi
+
+# The open-files limit bounds the idle scenario: raise the soft limit to the
+# hard one, then fit the proxy's two sockets per session under it.
+ulimit -Sn "$(ulimit -Hn)"
+FD_LIMIT=$(ulimit -Sn)
+IDLE_MAX=$(( (FD_LIMIT - 1000) / 2 / 500 * 500 ))
+[ "$IDLE_MAX" -le 10000 ] || IDLE_MAX=10000
+
+# ---- scenario sizes ----
+case "$MODE" in
+  full)  DUR=5;   WARM=1;   IDLE_N=$IDLE_MAX; HOLD=3 ;;
+  quick) DUR=0.8; WARM=0.3; IDLE_N=1000;      HOLD=0.5; ROUNDS=1 ;;
+  smoke) DUR=0.5; WARM=0.2; IDLE_N=200;       HOLD=0.2; ROUNDS=1
+         CONTENDERS="direct" ;;
+esac
+
+# loadgen arguments per scenario (after --target).
+scenario_args() {
+  case "$1" in
+    bulk)
+      if [ "$MODE" = smoke ]; then echo "-m pipeline -c 2 -D 2 -s 65535"
+      else echo "-m pipeline -c 4 -D 4 -s 65535"; fi ;;
+    small)
+      if [ "$MODE" = smoke ]; then echo "-m pipeline -c 4 -D 4 -s 64"
+      else echo "-m pipeline -c 50 -D 16 -s 64"; fi ;;
+    lat1) echo "-m rate -c 1 -r 1000 -s 64" ;;
+    lat1000)
+      if [ "$MODE" = smoke ]; then echo "-m rate -c 50 -r 1000 -s 64"
+      else echo "-m rate -c 1000 -r 10000 -s 64"; fi ;;
+    # Spread over 4 source addresses so rounds never run out of ports.
+    idle) echo "-m idle -c $IDLE_N -H $HOLD -S 4" ;;
+  esac
+}
+
+# ---- build ----
+if [ "$BUILD_FIRST" = 1 ]; then
+  echo "== building (Release) in $BUILD" >&2
+  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$BUILD" --target gw-loadgen gw-echo -j "$NCPU" >/dev/null
+  if [ "$MODE" != smoke ] && ! cmake --build "$BUILD" --target gangway -j "$NCPU" \
+       >"$WORK/gangway-build.log" 2>&1; then
+    echo "run.sh: gangway does not build; its contenders are skipped" >&2
+    tail -5 "$WORK/gangway-build.log" >&2
+  fi
+fi
+for t in "$LOADGEN" "$ECHO"; do
+  [ -x "$t" ] || { echo "run.sh: $t is missing (build first)" >&2; exit 1; }
+done
+
+# Drops contenders this machine cannot run.
+have_gangway=0; [ -x "$GANGWAY" ] && have_gangway=1
+have_haproxy=0; command -v haproxy >/dev/null && have_haproxy=1
+active=()
+for c in $CONTENDERS; do
+  case "$c" in
+    haproxy) [ "$have_haproxy" = 1 ] || { echo "run.sh: no haproxy, skipped" >&2; continue; } ;;
+    gw-*) [ "$have_gangway" = 1 ] || { echo "run.sh: no gangway binary, $c skipped" >&2; continue; } ;;
+  esac
+  active+=("$c")
+done
+
+# ---- contenders ----
+# Starts the proxy of contender $1 in front of upstream port $2 listening on
+# port $3; sets PROXY_PID (empty for direct).
+start_proxy() {
+  local c=$1 up=$2 port=$3 dir="$WORK/$1"
+  PROXY_PID=""
+  [ "$c" = direct ] && return 0
+  mkdir -p "$dir"
+  case "$c" in
+    haproxy)
+      # maxconn leaves room for the idle scenario; timeouts outlast any run.
+      cat >"$dir/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn $((IDLE_MAX + 100))
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+frontend bench
+  bind 127.0.0.1:$port
+  maxconn $((IDLE_MAX + 100))
+  default_backend echo
+backend echo
+  server echo 127.0.0.1:$up
+EOF
+      "${PIN_PROXY[@]+"${PIN_PROXY[@]}"}" haproxy -db -f "$dir/haproxy.cfg" >"$dir/log" 2>&1 &
+      ;;
+    gw-*)
+      local framing scripts=""
+      # 64 KiB frames: top's u16 length allows them, its preset's client
+      # limit (the game server's, 16 KiB) does not.
+      framing='{ preset = "top", max_frame = 65535 }'
+      case "$c" in
+        gw-raw) framing='"raw"' ;;
+        gw-lua) scripts="\"$SCRIPTS/trivial.lua\"" ;;
+        gw-rewrite) scripts="\"$SCRIPTS/rewrite.lua\"" ;;
+      esac
+      cat >"$dir/config.lua" <<EOF
+return {
+  listeners = { {
+    name = "bench", listen = "127.0.0.1:$port", upstream = "127.0.0.1:$up",
+    framing = $framing, scripts = { $scripts },
+  } },
+  limits = { max_sessions = $((IDLE_MAX + 100)) },
+  log = { level = "warn" },
+  control = "",
+}
+EOF
+      "${PIN_PROXY[@]+"${PIN_PROXY[@]}"}" "$GANGWAY" -c "$dir/config.lua" >"$dir/log" 2>&1 &
+      ;;
+  esac
+  PROXY_PID=$!
+  PIDS+=("$PROXY_PID")
+  if ! wait_listen "$port" "$PROXY_PID"; then
+    echo "run.sh: $c did not start; its log:" >&2
+    cat "$dir/log" >&2
+    return 1
+  fi
+}
+
+FAILED=0
+: >"$JSONL"
+
+# One measurement: fresh echo server and proxy on fresh ports, one loadgen.
+run_one() {
+  local scenario=$1 c=$2 round=$3 up port args extra=()
+  PROXY_PID=""
+  up=$(free_port)
+  "${PIN_LOAD[@]+"${PIN_LOAD[@]}"}" "$ECHO" "127.0.0.1:$up" >"$WORK/echo.log" 2>&1 &
+  local echo_pid=$!
+  PIDS+=("$echo_pid")
+  wait_listen "$up" "$echo_pid" || { echo "run.sh: gw-echo did not start" >&2; exit 1; }
+  port=$up
+  if [ "$c" != direct ]; then
+    port=$(free_port)
+    while [ "$port" = "$up" ]; do port=$(free_port); done
+    if ! start_proxy "$c" "$up" "$port"; then
+      FAILED=1
+      stop_pid "$echo_pid"
+      return
+    fi
+    extra+=(--watch-pid "$PROXY_PID")
+  fi
+  [ "$c" = gw-rewrite ] && extra+=(--expect-scratch "$REWRITE_VALUE")
+  # shellcheck disable=SC2207
+  args=($(scenario_args "$scenario"))
+  local deadline
+  deadline=$(awk -v d="$DUR" -v w="$WARM" -v h="$HOLD" 'BEGIN { print int(d + w + h + 40) }')
+  local line rc=0
+  line=$("${PIN_LOAD[@]+"${PIN_LOAD[@]}"}" timeout -k 2 "$((deadline + 5))" "$LOADGEN" -t "127.0.0.1:$port" \
+           "${args[@]}" -d "$DUR" -w "$WARM" -T "$deadline" -l "$c" \
+           "${extra[@]+"${extra[@]}"}" 2>"$WORK/loadgen.err") || rc=$?
+  grep -v '^gw-loadgen: session' "$WORK/loadgen.err" | sed "s/^/  [$scenario r$round] /" >&2 || true
+  if [ "$rc" != 0 ] || [ -z "$line" ]; then
+    echo "run.sh: $scenario/$c round $round FAILED (exit $rc)" >&2
+    head -5 "$WORK/loadgen.err" >&2
+    FAILED=1
+  fi
+  [ -n "$line" ] && echo "{\"scenario\":\"$scenario\",\"contender\":\"$c\",\"round\":$round,\"ok\":$([ "$rc" = 0 ] && echo true || echo false),${line#\{}" >>"$JSONL"
+  if [ -n "$PROXY_PID" ]; then
+    if ! kill -0 "$PROXY_PID" 2>/dev/null; then
+      echo "run.sh: $c died during $scenario; its log:" >&2
+      tail -20 "$WORK/$c/log" >&2
+      FAILED=1
+    fi
+    stop_pid "$PROXY_PID"
+  fi
+  stop_pid "$echo_pid"
+}
+
+# The smoke run also proves the checker catches a wrong echo: gw-echo does
+# not rewrite, so expecting a rewritten u32 must fail.
+smoke_negative() {
+  local up rc=0
+  up=$(free_port)
+  "$ECHO" "127.0.0.1:$up" >/dev/null 2>&1 &
+  local echo_pid=$!
+  PIDS+=("$echo_pid")
+  wait_listen "$up" "$echo_pid" || exit 1
+  "$LOADGEN" -t "127.0.0.1:$up" -c 2 -d 0.3 -w 0 -x "$REWRITE_VALUE" -T 10 \
+    -l negative >"$WORK/neg.json" 2>/dev/null || rc=$?
+  stop_pid "$echo_pid"
+  if [ "$rc" = 0 ] || grep -q '"mismatches":0,' "$WORK/neg.json"; then
+    echo "run.sh: smoke: the checker missed an echo that differs" >&2
+    FAILED=1
+  fi
+}
+
+# ---- the run ----
+{
+  echo "== gangway benchmarks: mode $MODE, $ROUNDS round(s), $NCPU CPUs, pinning $([ "$PIN" = 1 ] && echo 'proxy on CPU 1, loadgen+echo on CPU 0' || echo off)"
+  echo "== contenders: ${active[*]}; idle sessions: $IDLE_N (fd limit $FD_LIMIT)"
+} >&2
+start=$(date +%s)
+for round in $(seq "$ROUNDS"); do
+  for scenario in $SCENARIOS; do
+    # Rotate the order each round so no contender always runs first.
+    n=${#active[@]}
+    for i in $(seq 0 $((n - 1))); do
+      c=${active[$(( (i + round - 1) % n ))]}
+      # The idle scenario measures a proxy's memory: nothing to say direct.
+      [ "$scenario" = idle ] && [ "$c" = direct ] && [ "$MODE" != smoke ] && continue
+      run_one "$scenario" "$c" "$round"
+    done
+  done
+done
+[ "$MODE" = smoke ] && smoke_negative
+echo "== done in $(( $(date +%s) - start )) s" >&2
+
+# ---- the table ----
+meta="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), kernel $(uname -r)"
+[ "$have_haproxy" = 1 ] && meta="$meta, $(haproxy -v 2>/dev/null | sed -n '1s/^\(HAProxy version [^ ]*\).*/\1/p')"
+meta="$meta; mode $MODE, $ROUNDS round(s), ${DUR} s per run; pinning: $([ "$PIN" = 1 ] && echo 'proxy CPU 1, loadgen+echo CPU 0' || echo none)"
+lua5.4 "$ROOT/bench/report.lua" "$JSONL" "$meta" | tee "$OUT"
+echo "(results: $OUT, raw: $JSONL)" >&2
+exit "$FAILED"
