@@ -274,11 +274,26 @@ static void resume_reading(gw_session *s, gw_side side) {
   uv_read_start((uv_stream_t *)&s->tcp[side], alloc_cb, read_cb);
 }
 
+/* A direction whose buffer holds nothing unconsumed and no write points into
+ * gives it back to the pool, so an idle session holds no buffer. While
+ * writes are in flight it keeps reading into the same buffer's free space:
+ * queued bytes then cost about their own size in memory, not a whole
+ * buffer per small read. */
+static void release_idle_rbuf(gw_session *s, gw_side side) {
+  gw_dir *d = &s->dir[side];
+  if (d->rbuf && d->start == d->end && d->rbuf->refs == 1) {
+    gw_buf_unref(&s->relay->pool, d->rbuf);
+    d->rbuf = NULL;
+    d->start = d->end = 0;
+  }
+}
+
 static void write_cb(uv_write_t *req, int status) {
   gw_wreq *w = container_of(req, gw_wreq, req);
   gw_session *s = w->session;
   gw_side to = (gw_side)w->to;
   wreq_put(s->relay, w);
+  if (s->state != S_CLOSING) release_idle_rbuf(s, other(to));
   if (status < 0) {
     if (status != UV_ECANCELED)
       session_close(s, "%s write failed: %s", gw_side_name(to), uv_strerror(status));
@@ -300,6 +315,28 @@ static int flush_out(gw_session *s, gw_side to) {
     return -ECONNRESET;
   }
   if (to == GW_SERVER && s->state == S_CONNECTING) return 0; /* after connect */
+  /* Most writes go out at once: then no request is made and the read
+   * buffer is free for the next read straight away. */
+  uv_stream_t *dst = (uv_stream_t *)&s->tcp[to];
+  int n = uv_try_write(dst, o->iov, o->niov);
+  if (n < 0 && n != UV_EAGAIN) {
+    out_release(r, o);
+    session_close(s, "%s write failed: %s", gw_side_name(to), uv_strerror(n));
+    return n;
+  }
+  unsigned first = 0;
+  for (size_t left = n > 0 ? (size_t)n : 0; left && first < o->niov; first++) {
+    if (o->iov[first].len > left) {
+      o->iov[first].base += left;
+      o->iov[first].len -= left;
+      break;
+    }
+    left -= o->iov[first].len;
+  }
+  if (first == o->niov) {
+    out_release(r, o);
+    return 0;
+  }
   gw_wreq *w = wreq_get(r);
   if (!w) {
     session_close(s, "out of memory");
@@ -309,7 +346,7 @@ static int flush_out(gw_session *s, gw_side to) {
   w->to = (uint8_t)to;
   w->nrefs = o->nrefs;
   memcpy(w->refs, o->refs, o->nrefs * sizeof o->refs[0]);
-  int rc = uv_write(&w->req, (uv_stream_t *)&s->tcp[to], o->iov, o->niov, write_cb);
+  int rc = uv_write(&w->req, dst, o->iov + first, o->niov - first, write_cb);
   o->niov = o->nrefs = 0;
   o->arena = NULL;
   if (rc < 0) {
@@ -317,7 +354,7 @@ static int flush_out(gw_session *s, gw_side to) {
     session_close(s, "%s write failed: %s", gw_side_name(to), uv_strerror(rc));
     return rc;
   }
-  if (uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp[to]) > r->cfg->write_high_water)
+  if (uv_stream_get_write_queue_size(dst) > r->cfg->write_high_water)
     pause_reading(s, other(to));
   return 0;
 }
@@ -577,13 +614,8 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     if (nread == UV_ENOBUFS) session_close(s, "out of memory for %s read", gw_side_name(side));
     else session_close(s, "%s read error: %s", gw_side_name(side), uv_strerror((int)nread));
   }
-  /* An idle direction gives its buffer back to the pool. */
-  if (d->rbuf && d->start == d->end) {
-    gw_buf_unref(&r->pool, d->rbuf);
-    d->rbuf = NULL;
-    d->start = d->end = 0;
-  }
   flush_dirty(r);
+  if (s->state != S_CLOSING) release_idle_rbuf(s, side);
   if (s->state != S_CLOSING && d->eof) check_finished(s);
 }
 

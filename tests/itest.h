@@ -36,8 +36,9 @@ void it_write(const char *dir, const char *name, const char *fmt, ...)
 char *it_slurp(const char *path);
 
 /* Writes config_fmt to g->dir/config.lua and starts `gangway -c` on it, with
- * stderr to g->log. Waits (5 s at most) until wait_port accepts TCP on
- * 127.0.0.1, unless wait_port is 0. Fails the test if it does not. */
+ * stderr to g->log. Unless wait_port is 0, waits (5 s at most) until the log
+ * says gangway is running, i.e. every listener is bound. Fails the test if
+ * it does not. */
 void it_gangway_start(it_gangway *g, int wait_port, const char *config_fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Like it_gangway_start, with the temp dir already made and files written
