@@ -52,6 +52,7 @@
 #define LG_RBUF (256 * 1024)     /* shared read buffer */
 #define LG_DIRECT_MIN 4096       /* read straight into the carry past this */
 #define LG_MAX_SOURCES 64
+#define LG_MAX_CPUS 64
 
 typedef enum { MODE_PIPELINE, MODE_RATE, MODE_IDLE } lg_mode;
 static const char *const mode_names[] = {"pipeline", "rate", "idle"};
@@ -121,6 +122,10 @@ struct lg {
   /* the watched process and this one, at the start and end of measuring */
   long rss_before_kb, rss_after_kb;
   double cpu0_s, cpu1_s, self0_s, self1_s;
+  /* every CPU's busy share over the window: who else was running */
+  int ncpus;
+  uint64_t busy0[LG_MAX_CPUS], total0[LG_MAX_CPUS];
+  double busy_pct[LG_MAX_CPUS];
 };
 
 static void session_start_connect(lg *g);
@@ -173,6 +178,29 @@ static double cpu_seconds(int pid) {
                    &ut, &st) != 2)
     return -1;
   return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Busy and total jiffies of each CPU from /proc/stat; returns the count. */
+static int cpu_times(uint64_t busy[LG_MAX_CPUS], uint64_t total[LG_MAX_CPUS]) {
+  FILE *f = fopen("/proc/stat", "r");
+  if (!f) return 0;
+  char line[512];
+  int n = 0;
+  while (n < LG_MAX_CPUS && fgets(line, sizeof line, f)) {
+    unsigned long long v[8] = {0};
+    int cpu;
+    if (strncmp(line, "cpu", 3) || line[3] < '0' || line[3] > '9') continue; /* not the sum */
+    if (sscanf(line, "cpu%d %llu %llu %llu %llu %llu %llu %llu %llu", &cpu, &v[0],
+               &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) < 5)
+      continue;
+    uint64_t t = 0;
+    for (int i = 0; i < 8; i++) t += v[i];
+    total[n] = t;
+    busy[n] = t - v[3] - v[4]; /* all but idle and iowait */
+    n++;
+  }
+  fclose(f);
+  return n;
 }
 
 static double self_cpu_seconds(void) {
@@ -511,6 +539,7 @@ static void measure_begin(lg *g) {
   g->t_measure = uv_hrtime();
   if (g->o.watch_pid) g->cpu0_s = cpu_seconds(g->o.watch_pid);
   g->self0_s = self_cpu_seconds();
+  g->ncpus = cpu_times(g->busy0, g->total0);
 }
 
 static void measure_end(lg *g) {
@@ -521,6 +550,13 @@ static void measure_end(lg *g) {
     g->rss_after_kb = rss_kb(g->o.watch_pid);
   }
   g->self1_s = self_cpu_seconds();
+  uint64_t busy1[LG_MAX_CPUS], total1[LG_MAX_CPUS];
+  if (cpu_times(busy1, total1) != g->ncpus) g->ncpus = 0;
+  for (int i = 0; i < g->ncpus; i++)
+    g->busy_pct[i] = total1[i] > g->total0[i]
+                         ? 100.0 * (double)(busy1[i] - g->busy0[i]) /
+                               (double)(total1[i] - g->total0[i])
+                         : 0;
 }
 
 static void on_drain_timeout(uv_timer_t *t) {
@@ -575,7 +611,7 @@ static void on_tick(uv_timer_t *t) {
         fprintf(stderr, "gw-loadgen: only %u of %u sessions came up\n",
                 g->idle_ready, g->o.sessions);
     }
-    if ((double)(now - g->t_measure) / 1e9 >= g->o.hold) stop(g);
+    if (now > g->t_measure && (double)(now - g->t_measure) / 1e9 >= g->o.hold) stop(g);
     return;
   }
   if (!g->measuring && g->t_measure == 0 && el >= g->o.warmup) measure_begin(g);
@@ -623,11 +659,14 @@ static void report(lg *g) {
          "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,\"max_us\":%.2f,"
          "\"mismatches\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"skipped\":%" PRIu64 ","
          "\"ready\":%u,\"loadgen_cpu_pct\":%.1f,\"watch_cpu_pct\":%.1f,"
-         "\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,\"rss_per_session_b\":%.0f}\n",
+         "\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,\"rss_per_session_b\":%.0f,"
+         "\"cpus_busy_pct\":[",
          o->label, mode_names[o->mode], o->target_str, o->sessions, o->size,
          o->depth, o->rate, win, g->frames, fps, mbps, p50, p99, p999, pmax,
          g->mismatches, g->errors, g->skipped, g->idle_ready, self_pct,
          watch_pct, g->rss_before_kb, g->rss_after_kb, rss_per);
+  for (int i = 0; i < g->ncpus; i++) printf("%s%.1f", i ? "," : "", g->busy_pct[i]);
+  printf("]}\n");
   fflush(stdout);
   fprintf(stderr,
           "%-12s %-8s %5u sessions %5u B x%-3u %10.0f frames/s %9.1f MB/s  "
@@ -640,6 +679,10 @@ static void report(lg *g) {
     fprintf(stderr, "  rss %+ld KiB = %.0f B/session", g->rss_after_kb - g->rss_before_kb,
             rss_per);
   if (g->skipped) fprintf(stderr, "  skipped %" PRIu64, g->skipped);
+  if (g->ncpus) {
+    fprintf(stderr, "  cpus busy");
+    for (int i = 0; i < g->ncpus; i++) fprintf(stderr, " %.0f%%", g->busy_pct[i]);
+  }
   fputc('\n', stderr);
 }
 

@@ -179,6 +179,23 @@ if #targets > 0 then
   for _, t in ipairs(targets) do emit(t) end
 end
 
+-- The lat1 direct runs load the machine least (one frame in flight): what
+-- their CPUs show busy beyond that is other work sharing the machine.
+local quiet = {}
+for _, r in ipairs((runs.lat1 or {}).direct or {}) do
+  for i, b in ipairs(r.cpus_busy_pct or {}) do
+    quiet[i] = quiet[i] or {}
+    table.insert(quiet[i], b)
+  end
+end
+if #quiet > 0 then
+  local parts = {}
+  for i, xs in ipairs(quiet) do parts[#parts + 1] = string.format("CPU%d %.0f%%", i - 1, median(xs)) end
+  emit("")
+  emit("Machine load during the lightest runs (lat1 direct, whose own share is"
+    .. " a few %): " .. table.concat(parts, ", ") .. " busy (median).")
+end
+
 emit("")
 if #bad > 0 then
   emit("Runs that failed or saw a wrong echo (left out of the medians):")

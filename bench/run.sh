@@ -24,6 +24,7 @@ MODE=full        # full, quick (< 60 s), smoke (tools only, < 30 s)
 PIN=1
 BUILD_FIRST=1
 OUT=""
+PROFILE=""
 SCENARIOS="bulk small lat1 lat1000 idle"
 CONTENDERS="direct haproxy gw-raw gw-top gw-lua gw-rewrite"
 
@@ -40,6 +41,9 @@ usage: bench/run.sh [options]
                       on CPU 1, load generator and echo server on CPU 0)
   --build-dir DIR     where to build and find the tools (default build-bench)
   --no-build          use the binaries already in the build directory
+ --profile NAME      perf record -g the proxy of contender NAME over the
+                      measured window (default: small scenario, one round);
+                      the report goes to BUILD/perf-NAME.txt
   --out FILE          markdown results (default BUILD/bench-results-MODE.md;
                       the raw JSON lines go next to it as .jsonl)
 EOF
@@ -56,11 +60,18 @@ while [ $# -gt 0 ]; do
     --build-dir) BUILD=$(realpath -m "$2"); shift ;;
     --no-build) BUILD_FIRST=0 ;;
     --out) OUT=$2; shift ;;
+    --profile) PROFILE=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
   shift
 done
+if [ -n "$PROFILE" ]; then
+  CONTENDERS=$PROFILE
+  [ "$SCENARIOS" = "bulk small lat1 lat1000 idle" ] && SCENARIOS=small
+  ROUNDS=1
+  command -v perf >/dev/null || { echo "run.sh: --profile needs perf (linux-perf)" >&2; exit 1; }
+fi
 [ -n "$OUT" ] || OUT="$BUILD/bench-results-$MODE.md"
 JSONL="${OUT%.md}.jsonl"
 
@@ -92,8 +103,13 @@ stop_pid() {
   done
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
+  forget_pid "$pid"
+}
+
+# Takes a child that has ended off the list cleanup kills.
+forget_pid() {
   local keep=() p
-  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
   PIDS=("${keep[@]+"${keep[@]}"}")
 }
 
@@ -281,6 +297,14 @@ run_one() {
   args=($(scenario_args "$scenario"))
   local deadline
   deadline=$(awk -v d="$DUR" -v w="$WARM" -v h="$HOLD" 'BEGIN { print int(d + w + h + 40) }')
+  local perf_pid=""
+  if [ -n "$PROFILE" ] && [ -n "$PROXY_PID" ]; then
+    # Samples the measured window only, not the connects and warm-up.
+    (sleep "$WARM"; exec perf record -g -p "$PROXY_PID" -o "$BUILD/perf-$c.data" \
+       -- sleep "$DUR") >"$WORK/perf.log" 2>&1 &
+    perf_pid=$!
+    PIDS+=("$perf_pid")
+  fi
   local line rc=0
   line=$("${PIN_LOAD[@]+"${PIN_LOAD[@]}"}" timeout -k 2 "$((deadline + 5))" "$LOADGEN" -t "127.0.0.1:$port" \
            "${args[@]}" -d "$DUR" -w "$WARM" -T "$deadline" -l "$c" \
@@ -292,6 +316,21 @@ run_one() {
     FAILED=1
   fi
   [ -n "$line" ] && echo "{\"scenario\":\"$scenario\",\"contender\":\"$c\",\"round\":$round,\"ok\":$([ "$rc" = 0 ] && echo true || echo false),${line#\{}" >>"$JSONL"
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid" || true
+    forget_pid "$perf_pid"
+    {
+      echo "# $c, $scenario scenario: self time by binary, then by function"
+      perf report -i "$BUILD/perf-$c.data" --no-children --sort dso --stdio \
+        -g none 2>/dev/null | grep -v '^#' | grep . | sed 's/ *$//'
+      echo
+      perf report -i "$BUILD/perf-$c.data" --no-children --sort dso,symbol \
+        --percent-limit 0.5 --stdio -g none 2>/dev/null | grep -v '^#' | grep . |
+        sed 's/[ -]*$//'
+    } >"$BUILD/perf-$c.txt" || true
+    echo "== perf: $c, $scenario, top functions by self time ($BUILD/perf-$c.txt)" >&2
+    head -40 "$BUILD/perf-$c.txt" >&2
+  fi
   if [ -n "$PROXY_PID" ]; then
     if ! kill -0 "$PROXY_PID" 2>/dev/null; then
       echo "run.sh: $c died during $scenario; its log:" >&2
