@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# gangway's main job on its bundled default, from a fresh machine: installs
+# what is needed, builds, starts the demo Tales of Pirates server (topd) on
+# 127.0.0.1:1974, gangway in front of it on 127.0.0.1:1973 with config.lua's
+# example scripts live, and a few bots (one of them a speed hacker). The
+# console shows what the rules do. Ctrl-C stops everything.
+#   DEMO_SECONDS=N tools/demo.sh   stops by itself after N seconds
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash tools/install-deps.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$(nproc)" >/dev/null
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+prefix() { sed -u "s/^/$1 /"; }
+build/topd -l 127.0.0.1:1974 > >(prefix "[server] ") 2>&1 &
+pids+=($!)
+build/gangway -c config.lua > >(prefix "[gangway]") 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do
+  build/gangway stats -c config.lua >/dev/null 2>&1 && break
+  sleep 0.1
+done
+secs=${DEMO_SECONDS:-86400}
+build/topbot -c 127.0.0.1:1973 -n 3 -d "$secs" > >(prefix "[bots]   ") 2>&1 &
+pids+=($!)
+build/topbot -c 127.0.0.1:1973 -n 1 -x -d "$secs" > >(prefix "[hacker] ") 2>&1 &
+pids+=($!)
+echo "gangway demo running: chat with the bots in another terminal with"
+echo "  build/topchat -c 127.0.0.1:1973"
+echo "edit scripts/*.lua and save: watch = true reloads them live. Ctrl-C stops."
+if [ -n "${DEMO_SECONDS:-}" ]; then
+  sleep "$DEMO_SECONDS"
+else
+  wait
+fi
