@@ -91,7 +91,7 @@ static void check_frame(const gw_framing *f, gw_side side, const uint8_t *p,
   size_t header = f->length_offset + field_size(f, p, &shortest);
   CHECK(info->error == GW_FRAME_OK && info->need == 0);
   CHECK(len >= header);
-  CHECK(len <= f->max_frame[side] || (f->keepalive && len == header));
+  CHECK(len <= f->max_frame[side]);
   CHECK(len >= f->min_frame[side] || (f->keepalive && len == header));
   bool opcode = f->opcode_size && f->opcode_offset + f->opcode_size <= len;
   CHECK(info->has_opcode == opcode);

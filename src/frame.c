@@ -262,15 +262,15 @@ int gw_frame_next(const gw_framing *f, gw_side side, const uint8_t *p,
     info->error = GW_FRAME_SHORT_HEADER;
     return -EPROTO;
   }
-  if (!(f->keepalive && (uint64_t)len == header)) {
-    if ((uint64_t)len < f->min_frame[side]) {
-      info->error = GW_FRAME_TOO_SMALL;
-      return -EPROTO;
-    }
-    if ((uint64_t)len > f->max_frame[side]) {
-      info->error = GW_FRAME_TOO_LARGE;
-      return -EPROTO;
-    }
+  /* A keep-alive (the length field alone) is exempt from min_frame only. */
+  if ((uint64_t)len < f->min_frame[side] &&
+      !(f->keepalive && (uint64_t)len == header)) {
+    info->error = GW_FRAME_TOO_SMALL;
+    return -EPROTO;
+  }
+  if ((uint64_t)len > f->max_frame[side]) {
+    info->error = GW_FRAME_TOO_LARGE;
+    return -EPROTO;
   }
   if ((uint64_t)len > n) {
     info->need = (size_t)len;

@@ -435,6 +435,14 @@ static void test_varint(void **state)
                5 + (size_t)UINT32_MAX - 0x80000000u);
   f.length_adjust = 0;
   assert_int_equal(gw_frame_length_field_size(&f, 5 + (1u << 28)), 5);
+  /* A keep-alive is exempt from min_frame, not from max_frame. */
+  gw_framing k = preset("varint");
+  k.keepalive = true;
+  k.min_frame[GW_SERVER] = k.max_frame[GW_SERVER] = 2;
+  expect_frame(&k, GW_SERVER, (const uint8_t *)"\x00", 1, 1, -1);
+  expect_frame(&k, GW_SERVER, (const uint8_t *)"\x80\x00", 2, 2, -1);
+  expect_error(&k, GW_SERVER, (const uint8_t *)"\x80\x80\x00", 3, GW_FRAME_TOO_LARGE);
+  expect_error(&k, GW_SERVER, (const uint8_t *)"\x02", 1, GW_FRAME_TOO_LARGE);
   /* The encoder's field is 32 bits; no memory is touched for -ERANGE. */
   assert_int_equal(gw_frame_encode(&f, GW_CLIENT, NULL, 0, NULL, NULL,
                                    (size_t)UINT32_MAX + 1), -ERANGE);
