@@ -1,0 +1,706 @@
+/* luamod.c: the `gangway.core` Lua module, which lets busted specs drive the
+ * real script layer through a simulated host (lua/gangway/testing.lua is the
+ * friendly face of it).
+ *
+ * A host here is what the relay is in the proxy: it loads the config with
+ * gw_config_load, owns one gw_script, frames each session's byte streams
+ * with gw_frame_next, asks gw_handlers_want which frames go to Lua, passes
+ * the others on untouched, and records what comes out (emits, drops,
+ * closes) instead of writing to sockets. Its clock only moves when a spec
+ * says so. Nothing of the script layer is re-implemented. */
+#include <errno.h>
+#include <inttypes.h>
+#include <lauxlib.h>
+#include <limits.h>
+#include <lua.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "script.h"
+#include "script_int.h"
+
+#define HOST_MT "gangway.core.host"
+#define SESSION_MT "gangway.core.session"
+
+/* A queue of frames, oldest first. */
+typedef struct hframe {
+  struct hframe *next;
+  size_t len;
+  uint8_t data[];
+} hframe;
+
+typedef struct fqueue {
+  hframe *head, **tail;
+} fqueue;
+
+typedef struct hbuf {
+  uint8_t *p;
+  size_t len, cap;
+} hbuf;
+
+typedef struct host host;
+
+typedef struct hsession {
+  gw_script_session ss;   /* what the script layer sees */
+  host *h;                /* NULL once the host is gone */
+  gw_handlers *hd;        /* the listener's, as at connect */
+  struct hsession *prev, *next;
+  hbuf in[GW_SIDES];      /* bytes from each side not yet framed */
+  fqueue out[GW_SIDES];   /* frames sent toward each side */
+  fqueue dropped;
+  bool close_requested;   /* by the script layer (ops->close) */
+  bool ended;             /* gw_script_session_close done, or refused */
+  bool refused;
+  char reason[200];
+} hsession;
+
+typedef struct logline {
+  gw_log_level level;
+  char *text;
+} logline;
+
+struct host {
+  gw_script *s;
+  gw_config cfg;
+  bool has_cfg;
+  char listener[128];
+  uint64_t now, wake;
+  uint64_t next_id;
+  hsession *sessions;
+  logline *logs;
+  size_t nlogs, caplogs;
+};
+
+/* ---- frame queues ---- */
+
+static void fq_init(fqueue *q) {
+  q->head = NULL;
+  q->tail = &q->head;
+}
+
+static int fq_push(fqueue *q, const uint8_t *data, size_t len) {
+  hframe *f = malloc(sizeof *f + len);
+  if (!f) return -ENOMEM;
+  f->next = NULL;
+  f->len = len;
+  memcpy(f->data, data, len);
+  *q->tail = f;
+  q->tail = &f->next;
+  return 0;
+}
+
+static void fq_clear(fqueue *q) {
+  for (hframe *f = q->head, *n; f; f = n) {
+    n = f->next;
+    free(f);
+  }
+  fq_init(q);
+}
+
+/* Pushes the queue as a list of strings and empties it. */
+static void fq_take(lua_State *L, fqueue *q) {
+  lua_newtable(L);
+  lua_Integer i = 0;
+  for (hframe *f = q->head; f; f = f->next) {
+    lua_pushlstring(L, (const char *)f->data, f->len);
+    lua_rawseti(L, -2, ++i);
+  }
+  fq_clear(q);
+}
+
+/* ---- the simulated host ---- */
+
+static int h_emit(gw_script_session *ss, gw_side to, const uint8_t *data,
+                  size_t len) {
+  hsession *hs = gw_container_of(ss, hsession, ss);
+  return fq_push(&hs->out[to], data, len);
+}
+
+static void h_close(gw_script_session *ss, const char *reason) {
+  hsession *hs = gw_container_of(ss, hsession, ss);
+  if (hs->close_requested) return;
+  hs->close_requested = true;
+  snprintf(hs->reason, sizeof hs->reason, "%s", reason ? reason : "closed");
+}
+
+static uint64_t h_now(void *ud) { return ((host *)ud)->now; }
+
+static void h_wake_at(void *ud, uint64_t when) {
+  host *h = ud;
+  if (when < h->wake) h->wake = when;
+}
+
+static const gw_host_ops host_ops = {h_emit, h_close, h_now, h_wake_at};
+
+static void log_sink(gw_log_level level, const char *line, void *ud) {
+  host *h = ud;
+  if (h->nlogs == h->caplogs) {
+    size_t cap = h->caplogs ? h->caplogs * 2 : 64;
+    logline *l = realloc(h->logs, cap * sizeof *l);
+    if (!l) return;
+    h->logs = l;
+    h->caplogs = cap;
+  }
+  /* "2026-11-25T13:15:19.123Z info  msg": keep "msg" */
+  const char *msg = strchr(line, ' ');
+  msg = msg ? msg + 1 : line;
+  while (*msg && *msg != ' ') msg++;
+  while (*msg == ' ') msg++;
+  char *text = strdup(msg);
+  if (!text) return;
+  h->logs[h->nlogs++] = (logline){level, text};
+}
+
+/* Every call into the script layer logs into this host. */
+static void enter(host *h) { gw_log_set_sink(log_sink, h); }
+
+/* Ends the sessions the script layer asked to close, as the relay does
+ * once their output is written. */
+static void settle(host *h) {
+  bool again = true;
+  while (again) {
+    again = false;
+    for (hsession *hs = h->sessions; hs; hs = hs->next) {
+      if (hs->close_requested && !hs->ended) {
+        hs->ended = true;
+        gw_script_session_close(h->s, &hs->ss, hs->reason);
+        again = true;
+        break;
+      }
+    }
+  }
+}
+
+static void session_end(host *h, hsession *hs, const char *reason) {
+  if (hs->ended) return;
+  hs->ended = true;
+  if (!hs->close_requested) {
+    hs->close_requested = true;
+    snprintf(hs->reason, sizeof hs->reason, "%s", reason);
+  }
+  gw_script_session_close(h->s, &hs->ss, reason);
+}
+
+static void host_free(host *h) {
+  if (!h->s) return;
+  enter(h);
+  for (hsession *hs = h->sessions, *n; hs; hs = n) {
+    n = hs->next;
+    session_end(h, hs, "host closed");
+    hs->h = NULL;
+    hs->prev = hs->next = NULL;
+  }
+  h->sessions = NULL;
+  gw_script_free(h->s);
+  h->s = NULL;
+  if (h->has_cfg) gw_config_free(&h->cfg);
+  h->has_cfg = false;
+  for (size_t i = 0; i < h->nlogs; i++) free(h->logs[i].text);
+  free(h->logs);
+  h->logs = NULL;
+  h->nlogs = h->caplogs = 0;
+  gw_log_set_sink(NULL, NULL);
+}
+
+static host *check_host(lua_State *L, int idx) {
+  host *h = luaL_checkudata(L, idx, HOST_MT);
+  if (!h->s) luaL_error(L, "this test host was closed");
+  return h;
+}
+
+/* core.new{ config = path, listener = name, instructions = n,
+ * memory = bytes } -> host | nil, err */
+static int core_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "config");
+  const char *path = luaL_checkstring(L, -1);
+  lua_getfield(L, 1, "listener");
+  const char *listener = luaL_optstring(L, -1, NULL);
+  lua_getfield(L, 1, "instructions");
+  lua_Integer instructions = luaL_optinteger(L, -1, -1);
+  lua_getfield(L, 1, "memory");
+  lua_Integer memory = luaL_optinteger(L, -1, -1);
+
+  host *h = lua_newuserdatauv(L, sizeof *h, 0);
+  memset(h, 0, sizeof *h);
+  h->wake = UINT64_MAX;
+  luaL_setmetatable(L, HOST_MT);
+  enter(h);
+  char err[512];
+  if (gw_config_load(path, &h->cfg, err, sizeof err) != 0) {
+    gw_log_set_sink(NULL, NULL);
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  h->has_cfg = true;
+  snprintf(h->listener, sizeof h->listener, "%s",
+           listener ? listener : h->cfg.listeners[0].name);
+  gw_script_limits lim = {
+    .handler_instructions = instructions >= 0 ? (uint64_t)instructions
+                                              : h->cfg.handler_instructions,
+    .memory_bytes = memory >= 0 ? (size_t)memory
+                                : (size_t)h->cfg.lua_memory_mb << 20,
+  };
+  h->s = gw_script_new(&lim, &host_ops, h);
+  if (!h->s) {
+    gw_config_free(&h->cfg);
+    h->has_cfg = false;
+    lua_pushnil(L);
+    lua_pushliteral(L, "cannot create the Lua state (memory limit too low?)");
+    return 2;
+  }
+  int rc = gw_script_load(h->s, &h->cfg, err, sizeof err);
+  if (rc == 0 && !gw_script_handlers(h->s, h->listener)) {
+    snprintf(err, sizeof err, "%s: no listener named %s", path, h->listener);
+    rc = -ENOENT;
+  }
+  if (rc != 0) {
+    host_free(h);
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  return 1;
+}
+
+static int host_gc(lua_State *L) {
+  host_free(luaL_checkudata(L, 1, HOST_MT));
+  return 0;
+}
+
+/* host:reload([config]) -> true | nil, err */
+static int host_reload(lua_State *L) {
+  host *h = check_host(L, 1);
+  const char *path = luaL_optstring(L, 2, h->cfg.path);
+  gw_config cfg;
+  char err[512];
+  enter(h);
+  int rc = gw_config_load(path, &cfg, err, sizeof err);
+  if (rc == 0) {
+    rc = gw_script_load(h->s, &cfg, err, sizeof err);
+    if (rc == 0) {
+      gw_config_free(&h->cfg);
+      h->cfg = cfg;
+    } else {
+      gw_config_free(&cfg);
+    }
+  }
+  settle(h);
+  if (rc != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static const gw_listener_config *host_listener(host *h) {
+  for (size_t i = 0; i < h->cfg.nlisteners; i++)
+    if (!strcmp(h->cfg.listeners[i].name, h->listener))
+      return &h->cfg.listeners[i];
+  return NULL;
+}
+
+/* host:connect(client) -> session (refused ones are ended already) */
+static int host_connect(lua_State *L) {
+  host *h = check_host(L, 1);
+  const char *client = luaL_optstring(L, 2, "127.0.0.1:50000");
+  gw_handlers *hd = gw_script_handlers(h->s, h->listener);
+  if (!hd) return luaL_error(L, "no listener named %s", h->listener);
+  hsession *hs = lua_newuserdatauv(L, sizeof *hs, 1);
+  memset(hs, 0, sizeof *hs);
+  for (int i = 0; i < GW_SIDES; i++) fq_init(&hs->out[i]);
+  fq_init(&hs->dropped);
+  luaL_setmetatable(L, SESSION_MT);
+  lua_pushvalue(L, 1); /* the session keeps its host alive */
+  lua_setiuservalue(L, -2, 1);
+  hs->h = h;
+  hs->hd = hd;
+  hs->ss.id = ++h->next_id;
+  snprintf(hs->ss.client, sizeof hs->ss.client, "%s", client);
+  const gw_listener_config *lc = host_listener(h);
+  snprintf(hs->ss.upstream, sizeof hs->ss.upstream, "%.*s",
+           (int)sizeof hs->ss.upstream - 1, lc ? lc->upstream : "");
+  hs->next = h->sessions;
+  if (h->sessions) h->sessions->prev = hs;
+  h->sessions = hs;
+  enter(h);
+  if (gw_script_session_open(h->s, hd, &hs->ss) == -ECONNREFUSED) {
+    hs->refused = hs->ended = hs->close_requested = true;
+    snprintf(hs->reason, sizeof hs->reason, "refused");
+  }
+  settle(h);
+  return 1;
+}
+
+/* host:advance(ms): moves the clock, running timers as they come due. */
+static int host_advance(lua_State *L) {
+  host *h = check_host(L, 1);
+  lua_Integer ms = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, ms >= 0, 2, "time only moves forward");
+  uint64_t target = h->now + (uint64_t)ms;
+  enter(h);
+  for (int rounds = 0; h->wake <= target; rounds++) {
+    if (rounds > 1000000)
+      return luaL_error(L, "timers keep coming due without the clock moving");
+    if (h->wake > h->now) h->now = h->wake;
+    h->wake = UINT64_MAX;
+    gw_script_run_timers(h->s);
+    settle(h);
+  }
+  h->now = target;
+  return 0;
+}
+
+static int host_now(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)check_host(L, 1)->now);
+  return 1;
+}
+
+/* host:logs() -> { "level message", ... } */
+static int host_logs(lua_State *L) {
+  host *h = check_host(L, 1);
+  lua_createtable(L, (int)h->nlogs, 0);
+  for (size_t i = 0; i < h->nlogs; i++) {
+    lua_pushfstring(L, "%s %s", gw_log_level_name(h->logs[i].level),
+                    h->logs[i].text);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
+static void set_count(lua_State *L, const char *k, uint64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
+static int host_stats(lua_State *L) {
+  host *h = check_host(L, 1);
+  gw_script_stats st;
+  gw_script_get_stats(h->s, &st);
+  lua_createtable(L, 0, 7);
+  set_count(L, "frames", st.frames);
+  set_count(L, "dropped", st.dropped);
+  set_count(L, "replaced", st.replaced);
+  set_count(L, "injected", st.injected);
+  set_count(L, "errors", st.errors);
+  set_count(L, "timeouts", st.timeouts);
+  set_count(L, "memory", st.memory_bytes);
+  return 1;
+}
+
+/* host:want(side, opcode|nil) -> whether the relay would hand such a frame
+ * to Lua (gw_handlers_want, the relay's own test). */
+static int host_want(lua_State *L) {
+  static const char *const sides[] = {"client", "server", NULL};
+  host *h = check_host(L, 1);
+  gw_side side = (gw_side)luaL_checkoption(L, 2, NULL, sides);
+  gw_frame_info fi = {0};
+  if (!lua_isnoneornil(L, 3)) {
+    fi.has_opcode = true;
+    fi.opcode = (uint32_t)luaL_checkinteger(L, 3);
+  }
+  lua_pushboolean(L, gw_handlers_want(gw_script_handlers(h->s, h->listener),
+                                      side, &fi));
+  return 1;
+}
+
+static const gw_framing *host_framing(host *h) {
+  gw_handlers *hd = gw_script_handlers(h->s, h->listener);
+  return hd ? &hd->framing : &h->cfg.listeners[0].framing;
+}
+
+/* host:build(opcode, body) -> frame, with the listener's framing */
+static int host_build(lua_State *L) {
+  host *h = check_host(L, 1);
+  lua_Integer op = lua_isnoneornil(L, 2) ? -1 : luaL_checkinteger(L, 2);
+  size_t n = 0;
+  const uint8_t *body = lua_isnoneornil(L, 3) ? (const uint8_t *)""
+                                              : gw_body_arg(L, 3, &n);
+  gw_frame_push_built(L, host_framing(h), op, body, n);
+  return 1;
+}
+
+static int host_writer(lua_State *L) {
+  gw_writer_push(L, host_framing(check_host(L, 1)));
+  return 1;
+}
+
+/* host:parse(frame, side) -> packet (a copy), to read fields in specs */
+static int host_parse(lua_State *L) {
+  static const char *const sides[] = {"client", "server", NULL};
+  host *h = check_host(L, 1);
+  size_t n;
+  const uint8_t *d = (const uint8_t *)luaL_checklstring(L, 2, &n);
+  gw_side side = (gw_side)luaL_checkoption(L, 3, "server", sides);
+  gw_packet_push_copy(L, host_framing(h), side, d, n);
+  return 1;
+}
+
+static int host_close(lua_State *L) {
+  host_free(luaL_checkudata(L, 1, HOST_MT));
+  return 0;
+}
+
+/* ---- sessions ---- */
+
+static hsession *check_session(lua_State *L, int idx) {
+  hsession *hs = luaL_checkudata(L, idx, SESSION_MT);
+  if (!hs->h) luaL_error(L, "this session's host was closed");
+  return hs;
+}
+
+static int hbuf_append(hbuf *b, const uint8_t *p, size_t n) {
+  if (b->len + n > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n) cap *= 2;
+    uint8_t *q = realloc(b->p, cap);
+    if (!q) return -ENOMEM;
+    b->p = q;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+/* session:from(side, bytes): bytes arriving from that side, framed and
+ * handed on as the relay does. */
+static int hs_from(lua_State *L) {
+  static const char *const sides[] = {"client", "server", NULL};
+  hsession *hs = check_session(L, 1);
+  host *h = hs->h;
+  gw_side side = (gw_side)luaL_checkoption(L, 2, NULL, sides);
+  size_t n;
+  const uint8_t *bytes = (const uint8_t *)luaL_checklstring(L, 3, &n);
+  if (hs->close_requested || hs->ended) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  hbuf *b = &hs->in[side];
+  if (hbuf_append(b, bytes, n)) return luaL_error(L, "out of memory");
+  enter(h);
+  gw_side to = side == GW_CLIENT ? GW_SERVER : GW_CLIENT;
+  size_t pos = 0;
+  int err = 0;
+  while (!hs->close_requested && !hs->ended && pos < b->len) {
+    gw_frame_info fi;
+    int rc = gw_frame_next(&hs->hd->framing, side, b->p + pos, b->len - pos,
+                           &fi);
+    if (rc == -EAGAIN) break;
+    if (rc < 0) {
+      char why[160];
+      snprintf(why, sizeof why, "protocol error from the %s: %s",
+               gw_side_name(side), gw_frame_strerror(fi.error));
+      session_end(h, hs, why);
+      break;
+    }
+    uint8_t *frame = b->p + pos;
+    if (gw_handlers_want(hs->hd, side, &fi)) {
+      gw_script_stats before, after;
+      gw_script_get_stats(h->s, &before);
+      uint8_t *orig = malloc(fi.len ? fi.len : 1);
+      if (!orig) {
+        err = -ENOMEM;
+        break;
+      }
+      memcpy(orig, frame, fi.len);
+      rc = gw_script_frame(h->s, &hs->ss, side, frame, &fi);
+      gw_script_get_stats(h->s, &after);
+      if (after.dropped > before.dropped) err = fq_push(&hs->dropped, orig, fi.len);
+      free(orig);
+      if (rc == -ECONNRESET) break;
+    } else {
+      err = fq_push(&hs->out[to], frame, fi.len); /* the zero-copy path */
+    }
+    if (err) break;
+    pos += fi.len;
+  }
+  memmove(b->p, b->p + pos, b->len - pos);
+  b->len -= pos;
+  settle(h);
+  if (err) return luaL_error(L, "out of memory");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* session:take(side) -> frames sent toward side since the last take */
+static int hs_take(lua_State *L) {
+  static const char *const sides[] = {"client", "server", NULL};
+  hsession *hs = luaL_checkudata(L, 1, SESSION_MT);
+  fq_take(L, &hs->out[luaL_checkoption(L, 2, NULL, sides)]);
+  return 1;
+}
+
+static int hs_dropped(lua_State *L) {
+  fq_take(L, &((hsession *)luaL_checkudata(L, 1, SESSION_MT))->dropped);
+  return 1;
+}
+
+/* session:closed() -> the reason it was closed for, or nil */
+static int hs_closed(lua_State *L) {
+  hsession *hs = luaL_checkudata(L, 1, SESSION_MT);
+  if (!hs->close_requested && !hs->ended) return 0;
+  lua_pushstring(L, hs->reason);
+  return 1;
+}
+
+static int hs_refused(lua_State *L) {
+  lua_pushboolean(L, ((hsession *)luaL_checkudata(L, 1, SESSION_MT))->refused);
+  return 1;
+}
+
+static int hs_id(lua_State *L) {
+  hsession *hs = luaL_checkudata(L, 1, SESSION_MT);
+  lua_pushinteger(L, (lua_Integer)hs->ss.id);
+  return 1;
+}
+
+/* session:close(reason): the connection ends (a peer hung up). */
+static int hs_close(lua_State *L) {
+  hsession *hs = check_session(L, 1);
+  const char *reason = luaL_optstring(L, 2, "client closed");
+  enter(hs->h);
+  session_end(hs->h, hs, reason);
+  settle(hs->h);
+  return 0;
+}
+
+static int hs_gc(lua_State *L) {
+  hsession *hs = luaL_checkudata(L, 1, SESSION_MT);
+  host *h = hs->h;
+  if (h) {
+    enter(h);
+    session_end(h, hs, "collected");
+    if (hs->prev)
+      hs->prev->next = hs->next;
+    else
+      h->sessions = hs->next;
+    if (hs->next) hs->next->prev = hs->prev;
+    hs->h = NULL;
+  }
+  for (int i = 0; i < GW_SIDES; i++) {
+    fq_clear(&hs->out[i]);
+    free(hs->in[i].p);
+    hs->in[i].p = NULL;
+  }
+  fq_clear(&hs->dropped);
+  return 0;
+}
+
+/* ---- module ---- */
+
+/* core.realpath(path) -> absolute path | nil, err */
+static int core_realpath(lua_State *L) {
+  char *p = realpath(luaL_checkstring(L, 1), NULL);
+  if (!p) {
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(errno));
+    return 2;
+  }
+  lua_pushstring(L, p);
+  free(p);
+  return 1;
+}
+
+/* core.mkdtemp() -> a new private directory */
+static int core_mkdtemp(lua_State *L) {
+  const char *tmp = getenv("TMPDIR");
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/gangway-spec-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+  if (!mkdtemp(path)) return luaL_error(L, "mkdtemp: %s", strerror(errno));
+  lua_pushstring(L, path);
+  return 1;
+}
+
+static int core_rmdir(lua_State *L) {
+  lua_pushboolean(L, rmdir(luaL_checkstring(L, 1)) == 0);
+  return 1;
+}
+
+static int get_preset(lua_State *L, int idx, gw_framing *f) {
+  const char *name = luaL_checkstring(L, idx);
+  if (gw_framing_preset(name, f))
+    return luaL_error(L, "unknown framing preset \"%s\"", name);
+  return 0;
+}
+
+/* core.build(preset, opcode, body) -> frame */
+static int core_build(lua_State *L) {
+  gw_framing f;
+  get_preset(L, 1, &f);
+  lua_Integer op = lua_isnoneornil(L, 2) ? -1 : luaL_checkinteger(L, 2);
+  size_t n = 0;
+  const uint8_t *body = lua_isnoneornil(L, 3) ? (const uint8_t *)""
+                                              : gw_body_arg(L, 3, &n);
+  gw_frame_push_built(L, &f, op, body, n);
+  return 1;
+}
+
+static int core_writer(lua_State *L) {
+  gw_framing f;
+  get_preset(L, 1, &f);
+  gw_writer_push(L, &f);
+  return 1;
+}
+
+/* core.parse(preset, frame [, side]) -> packet (a copy) */
+static int core_parse(lua_State *L) {
+  static const char *const sides[] = {"client", "server", NULL};
+  gw_framing f;
+  get_preset(L, 1, &f);
+  size_t n;
+  const uint8_t *d = (const uint8_t *)luaL_checklstring(L, 2, &n);
+  gw_side side = (gw_side)luaL_checkoption(L, 3, "server", sides);
+  gw_packet_push_copy(L, &f, side, d, n);
+  return 1;
+}
+
+static const luaL_Reg host_methods[] = {
+  {"reload", host_reload}, {"connect", host_connect}, {"advance", host_advance},
+  {"now", host_now},       {"logs", host_logs},       {"stats", host_stats},
+  {"want", host_want},     {"build", host_build},     {"writer", host_writer},
+  {"parse", host_parse},   {"close", host_close},     {NULL, NULL},
+};
+
+static const luaL_Reg session_methods[] = {
+  {"from", hs_from},     {"take", hs_take},     {"dropped", hs_dropped},
+  {"closed", hs_closed}, {"refused", hs_refused}, {"id", hs_id},
+  {"close", hs_close},   {NULL, NULL},
+};
+
+static const luaL_Reg core_funcs[] = {
+  {"new", core_new},       {"realpath", core_realpath},
+  {"mkdtemp", core_mkdtemp}, {"rmdir", core_rmdir},
+  {"build", core_build},   {"writer", core_writer},
+  {"parse", core_parse},   {NULL, NULL},
+};
+
+static void new_class(lua_State *L, const char *name, lua_CFunction gc,
+                      const luaL_Reg *methods) {
+  luaL_newmetatable(L, name);
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__gc");
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
+
+int luaopen_gangway_core(lua_State *L) {
+  /* Specs see every line, debug included. */
+  gw_log_setup(GW_LOG_DEBUG, GW_LOG_TEXT);
+  gw_packet_open(L);
+  new_class(L, HOST_MT, host_gc, host_methods);
+  new_class(L, SESSION_MT, hs_gc, session_methods);
+  luaL_newlib(L, core_funcs);
+  lua_pushliteral(L, GW_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}

@@ -1,0 +1,604 @@
+/* script.c: the Lua state behind include/script.h: its capped allocator,
+ * the instruction limit, protected calls, the frame dispatcher, the outbox
+ * that orders what handlers send, and the counters.
+ *
+ * Every call into Lua goes through gw__pcall: a lua_pcall with a message
+ * handler that adds a traceback, under the count hook. What Lua sends is
+ * queued and emitted after the call, so the host is never re-entered from
+ * inside Lua, and a frame's verdict always goes out before what its
+ * handlers injected. */
+#include <errno.h>
+#include <inttypes.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "script_int.h"
+
+/* ---- memory ---- */
+
+/* Lua's allocator, counting what the state holds and refusing to grow past
+ * limits.memory_bytes: Lua turns a NULL into a memory error the call's
+ * protected mode catches (HAProxy's hlua_alloc). Shrinking never fails. */
+static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  gw_script *s = ud;
+  size_t old = ptr ? osize : 0;
+  if (nsize == 0) {
+    free(ptr);
+    s->mem -= old;
+    return NULL;
+  }
+  if (nsize > old && s->limits.memory_bytes &&
+      s->mem - old + nsize > s->limits.memory_bytes)
+    return NULL;
+  void *p = realloc(ptr, nsize);
+  if (!p) return NULL;
+  s->mem = s->mem - old + nsize;
+  return p;
+}
+
+/* C-side buffers that grow with what scripts do (the outbox) come from the
+ * same allocator, so a script cannot get around the limit through them. */
+static void *grow(gw_script *s, void *p, size_t *cap, size_t need,
+                  size_t elem) {
+  if (need <= *cap) return p;
+  size_t n = *cap ? *cap : 16;
+  while (n < need) n *= 2;
+  if (n > SIZE_MAX / elem) return NULL;
+  void *q = l_alloc(s, p, *cap * elem, n * elem);
+  if (q) *cap = n;
+  return q;
+}
+
+void gw__format_bytes(char *out, size_t outlen, size_t bytes) {
+  if (bytes >= (1u << 20) && bytes % (1u << 20) == 0)
+    snprintf(out, outlen, "%zu MiB", bytes >> 20);
+  else if (bytes >= 1024 && bytes % 1024 == 0)
+    snprintf(out, outlen, "%zu KiB", bytes >> 10);
+  else
+    snprintf(out, outlen, "%zu bytes", bytes);
+}
+
+/* ---- the instruction limit ---- */
+
+static int hook_interval(const gw_script *s) {
+  uint64_t lim = s->limits.handler_instructions;
+  return lim && lim < GW_HOOK_INTERVAL ? (int)lim : GW_HOOK_INTERVAL;
+}
+
+/* Counts instructions in steps of the hook interval. Past the limit it
+ * raises, and from then on fires at every instruction of every function so
+ * that a pcall in the script only catches the error for the next
+ * instruction to raise it again (Redis' luaMaskCountHook, HAProxy's
+ * hlua_hook). gw__pcall clears it. */
+static void count_hook(lua_State *L, lua_Debug *ar) {
+  gw_script *s = gw_script_of(L);
+  if (!s->timed_out) {
+    int interval = hook_interval(s);
+    if (lua_gethookcount(L) != interval) {
+      /* a coroutine left at every-instruction by an earlier call */
+      lua_sethook(L, count_hook, LUA_MASKCOUNT, interval);
+      return;
+    }
+    s->instructions += (uint64_t)interval;
+    if (s->instructions < s->limits.handler_instructions) return;
+    s->timed_out = true;
+  }
+  lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+  if (L != s->L) lua_sethook(s->L, count_hook, LUA_MASKCOUNT, 1);
+  lua_getinfo(L, "Sl", ar);
+  if (ar->currentline > 0)
+    lua_pushfstring(L, "%s:%d: instruction limit exceeded (%I per call)",
+                    ar->short_src, ar->currentline,
+                    (lua_Integer)s->limits.handler_instructions);
+  else
+    lua_pushfstring(L, "instruction limit exceeded (%I per call)",
+                    (lua_Integer)s->limits.handler_instructions);
+  lua_error(L);
+}
+
+/* The message handler of every call: the error and a traceback (lua.c). */
+static int msgh(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (!msg) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      return 1;
+    msg = lua_pushfstring(L, "(error object is a %s value)",
+                          luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+int gw__pcall(gw_script *s, int nargs) {
+  lua_State *L = s->L;
+  s->instructions = 0;
+  s->timed_out = false;
+  if (s->limits.handler_instructions)
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, hook_interval(s));
+  s->depth++;
+  int st = lua_pcall(L, nargs, 0, GW_SLOT_MSGH);
+  s->depth--;
+  lua_sethook(L, NULL, 0, 0);
+  return st;
+}
+
+/* ---- errors ---- */
+
+#define ERRLOG_PER_SECOND 20
+
+/* Logs one failed call: the message's first line (FILE:LINE: message) as an
+ * error, the traceback at debug level. At most ERRLOG_PER_SECOND lines a
+ * second, so a handler failing on every frame cannot flood the log. */
+static void report(gw_script *s, const char *listener, const char *what,
+                   const char *msg, bool timeout) {
+  s->stats.errors++;
+  if (timeout) s->stats.timeouts++;
+  uint64_t now = s->ops.now_ms ? s->ops.now_ms(s->host) : 0;
+  if (now - s->errlog_window >= 1000 || now < s->errlog_window) {
+    s->errlog_window = now;
+    s->errlog_count = 0;
+  }
+  if (++s->errlog_count > ERRLOG_PER_SECOND) {
+    s->errlog_suppressed++;
+    return;
+  }
+  const char *nl = strchr(msg, '\n');
+  int first = nl ? (int)(nl - msg) : (int)strlen(msg);
+  if (s->errlog_suppressed)
+    gw_error("%s: %s: %.*s (%" PRIu64 " more errors were not logged)",
+             listener, what, first, msg, s->errlog_suppressed);
+  else
+    gw_error("%s: %s: %.*s", listener, what, first, msg);
+  s->errlog_suppressed = 0;
+  if (nl && gw_log_enabled(GW_LOG_DEBUG)) {
+    /* one line per event: the traceback's lines joined */
+    char tb[1800];
+    size_t n = 0;
+    for (const char *p = nl + 1; *p && n + 4 < sizeof tb; p++) {
+      if (*p == '\n') {
+        memcpy(tb + n, " | ", 3);
+        n += 3;
+      } else if (*p != '\t') {
+        tb[n++] = *p;
+      }
+    }
+    tb[n] = 0;
+    gw_debug("%s: %s: %s", listener, what, tb);
+  }
+}
+
+void gw__report_error(gw_script *s, int status, const char *listener,
+                      const char *what) {
+  lua_State *L = s->L;
+  char buf[160];
+  const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                   : "(no error message)";
+  if (status == LUA_ERRMEM) {
+    char lim[32];
+    gw__format_bytes(lim, sizeof lim, s->limits.memory_bytes);
+    snprintf(buf, sizeof buf, "not enough memory (the scripts' limit is %s)",
+             lim);
+    msg = buf;
+  }
+  report(s, listener, what, msg, s->timed_out);
+  lua_settop(L, GW_SLOT_BASE);
+}
+
+/* ---- the outbox ---- */
+
+void gw__send(lua_State *L, gw_script_session *ss, gw_side to,
+              const uint8_t *data, size_t len) {
+  gw_script *s = gw_script_of(L);
+  void *out = grow(s, s->out, &s->capout, s->nout + 1, sizeof *s->out);
+  if (!out) luaL_error(L, "not enough memory");
+  s->out = out;
+  if (len > SIZE_MAX / 2 - s->arena_len) luaL_error(L, "not enough memory");
+  void *arena = grow(s, s->arena, &s->arena_cap, s->arena_len + len, 1);
+  if (!arena) luaL_error(L, "not enough memory");
+  s->arena = arena;
+  memcpy(s->arena + s->arena_len, data, len);
+  s->out[s->nout++] = (gw_outmsg){ss, to, s->arena_len, len};
+  s->arena_len += len;
+  s->stats.injected++;
+}
+
+void gw__request_close(gw_script *s, gw_script_session *ss, const char *reason) {
+  if (ss->closed) return;
+  ss->closed = true;
+  gw_closereq *c = grow(s, s->closes, &s->capcloses, s->ncloses + 1,
+                        sizeof *s->closes);
+  if (!c) {
+    /* cannot queue it: close now rather than never */
+    if (s->ops.close) s->ops.close(ss, reason);
+    return;
+  }
+  s->closes = c;
+  c = &s->closes[s->ncloses++];
+  c->ss = ss;
+  snprintf(c->reason, sizeof c->reason, "%s", reason ? reason : "closed");
+}
+
+void gw__flush(gw_script *s) {
+  if (s->flushing) return; /* a close the host did at once: the outer loop
+                              picks up what it queued */
+  s->flushing = true;
+  while (s->nout || s->ncloses) {
+    for (size_t i = 0; i < s->nout; i++) {
+      gw_outmsg m = s->out[i];
+      if (m.ss && s->ops.emit(m.ss, m.to, s->arena + m.off, m.len) < 0)
+        m.ss->closed = true; /* gone: the host will close it */
+    }
+    s->nout = 0;
+    s->arena_len = 0;
+    for (size_t i = 0; i < s->ncloses && !s->nout; i++) {
+      gw_closereq c = s->closes[i];
+      s->closes[i].ss = NULL;
+      if (c.ss && s->ops.close) s->ops.close(c.ss, c.reason);
+    }
+    if (!s->nout) s->ncloses = 0;
+  }
+  s->flushing = false;
+}
+
+/* Forgets ss in what is queued: it is being released. */
+void gw__outbox_forget(gw_script *s, gw_script_session *ss) {
+  for (size_t i = 0; i < s->nout; i++)
+    if (s->out[i].ss == ss) s->out[i].ss = NULL;
+  for (size_t i = 0; i < s->ncloses; i++)
+    if (s->closes[i].ss == ss) s->closes[i].ss = NULL;
+}
+
+/* ---- counters ---- */
+
+#define OPSTAT_MAX 4096 /* distinct (side, opcode) pairs counted */
+
+static uint64_t opkey(gw_side side, bool has_opcode, uint32_t opcode) {
+  return (uint64_t)side << 33 | (uint64_t)!has_opcode << 32 | opcode;
+}
+
+static size_t ophash(uint64_t key, size_t cap) {
+  return (size_t)((key * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & (cap - 1);
+}
+
+gw_opstat *gw__opstat(gw_listener_rt *rt, gw_side side, bool has_opcode,
+                      uint32_t opcode) {
+  uint64_t key = opkey(side, has_opcode, opcode);
+  if (rt->capops) {
+    for (size_t i = ophash(key, rt->capops);; i = (i + 1) & (rt->capops - 1)) {
+      if (rt->ops[i].key == key) return &rt->ops[i];
+      if (rt->ops[i].key == UINT64_MAX) break;
+    }
+  }
+  if (rt->nops >= OPSTAT_MAX) return NULL;
+  if ((rt->nops + 1) * 2 > rt->capops) {
+    size_t cap = rt->capops ? rt->capops * 2 : 64;
+    gw_opstat *ops = malloc(cap * sizeof *ops);
+    if (!ops) return NULL;
+    for (size_t i = 0; i < cap; i++) ops[i].key = UINT64_MAX;
+    for (size_t j = 0; j < rt->capops; j++) {
+      if (rt->ops[j].key == UINT64_MAX) continue;
+      size_t i = ophash(rt->ops[j].key, cap);
+      while (ops[i].key != UINT64_MAX) i = (i + 1) & (cap - 1);
+      ops[i] = rt->ops[j];
+    }
+    free(rt->ops);
+    rt->ops = ops;
+    rt->capops = cap;
+  }
+  size_t i = ophash(key, rt->capops);
+  while (rt->ops[i].key != UINT64_MAX) i = (i + 1) & (rt->capops - 1);
+  rt->ops[i] = (gw_opstat){.key = key};
+  rt->nops++;
+  return &rt->ops[i];
+}
+
+void gw_script_get_stats(const gw_script *s, gw_script_stats *st) {
+  *st = s->stats;
+  st->memory_bytes = s->mem;
+}
+
+/* ---- frames ---- */
+
+gw_listener_rt *gw__rt_of(const gw_handlers *h) {
+  return gw_container_of(h, gw_listener_rt, h);
+}
+
+/* "file.lua:12: " for handler i of the chain at index chain. */
+static void push_handler_where(lua_State *L, int chain, lua_Integer i) {
+  lua_Debug ar;
+  lua_rawgeti(L, chain, i);
+  if (lua_getinfo(L, ">S", &ar) && ar.linedefined > 0)
+    lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.linedefined);
+  else
+    lua_pushliteral(L, "");
+}
+
+/* What the handler that just returned asks for. Returns true when the
+ * chain ends here. Raises for a result that is not a verdict. */
+static bool take_result(lua_State *L, gw_script *s, gw_frame_ctx *c) {
+  const uint8_t *data = NULL;
+  size_t len = 0;
+  switch (lua_type(L, -1)) {
+  case LUA_TNIL:
+    return false;
+  case LUA_TSTRING:
+    data = (const uint8_t *)lua_tolstring(L, -1, &len);
+    break;
+  case LUA_TUSERDATA: {
+    void *u = lua_touserdata(L, -1);
+    if (u == s->verdicts[GW_VERDICT_PASS]) return false;
+    if (u == s->verdicts[GW_VERDICT_DROP] || u == s->verdicts[GW_VERDICT_CLOSE]) {
+      c->verdict = u == s->verdicts[GW_VERDICT_DROP] ? GW_VERDICT_DROP
+                                                      : GW_VERDICT_CLOSE;
+      return true;
+    }
+    gw_packet *p = gw_packet_test(L, -1);
+    if (p == c->pkt) return false;
+    if (p && p->valid) {
+      data = p->data;
+      len = p->len;
+    } else if (p) {
+      push_handler_where(L, 2, c->handler);
+      luaL_error(L, "%shandler returned a packet whose handler had returned",
+                 lua_tostring(L, -1));
+    }
+    break;
+  }
+  }
+  if (!data) {
+    push_handler_where(L, 2, c->handler);
+    luaL_error(L, "%shandler returned a %s; expected nothing, gw.PASS, "
+               "gw.DROP, gw.CLOSE, a frame (string) or a packet",
+               lua_tostring(L, -1), luaL_typename(L, -2));
+  }
+  char why[160];
+  if (gw_frame_check(&c->rt->h.framing, c->from, data, len, why,
+                     sizeof why) < 0) {
+    push_handler_where(L, 2, c->handler);
+    luaL_error(L, "%shandler returned a replacement that is not one frame: %s",
+               lua_tostring(L, -1), why);
+  }
+  gw_packet_replace(L, c->pkt, data, len);
+  return false;
+}
+
+/* Runs the handlers of the frame in s->cur, in protected mode. Stack:
+ * 1 the side's map, 2 the chain, 3 the packet, 4 the session. */
+static int dispatch(lua_State *L) {
+  gw_script *s = gw_script_of(L);
+  gw_frame_ctx *c = &s->cur;
+  if (lua_rawgeti(L, LUA_REGISTRYINDEX, c->rt->cur.map_ref[c->from]) !=
+      LUA_TTABLE)
+    return 0;
+  int t = c->fi->has_opcode ? lua_rawgeti(L, 1, (lua_Integer)c->fi->opcode)
+                            : LUA_TNIL;
+  if (t == LUA_TNIL) {
+    lua_pop(L, 1);
+    t = lua_rawgeti(L, 1, -1);
+  }
+  if (t != LUA_TTABLE) return 0;
+  c->pkt = gw_packet_push_borrowed(L, &c->rt->h.framing, c->from, c->data,
+                                   c->fi->len);
+  gw__push_session(L, c->ss);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+  for (lua_Integer i = 1; i <= n && !c->ss->closed; i++) {
+    c->handler = i;
+    lua_rawgeti(L, 2, i);
+    lua_pushvalue(L, 3);
+    lua_pushvalue(L, 4);
+    lua_call(L, 2, 1);
+    if (take_result(L, s, c)) break;
+    lua_settop(L, 4);
+  }
+  return 0;
+}
+
+static void frame_what(char *out, size_t outlen, const gw_frame_ctx *c) {
+  if (c->fi->has_opcode)
+    snprintf(out, outlen, "%s frame %" PRIu32 " of session %" PRIu64,
+             gw_side_name(c->from), c->fi->opcode, c->ss->id);
+  else
+    snprintf(out, outlen, "%s frame of session %" PRIu64,
+             gw_side_name(c->from), c->ss->id);
+}
+
+int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
+                    uint8_t *data, const gw_frame_info *fi) {
+  if (!ss->handlers || ss->closed) return -ECONNRESET;
+  if (s->depth) return -EDEADLK; /* a host callback came back in */
+  lua_State *L = s->L;
+  gw_listener_rt *rt = gw__rt_of(ss->handlers);
+  gw_frame_ctx *c = &s->cur;
+  *c = (gw_frame_ctx){.rt = rt, .ss = ss, .from = from, .data = data,
+                      .fi = fi, .verdict = GW_VERDICT_PASS};
+  s->stats.frames++;
+  gw_opstat *os = gw__opstat(rt, from, fi->has_opcode, fi->opcode);
+  if (os) os->frames++;
+
+  lua_pushvalue(L, GW_SLOT_DISPATCH);
+  int st = gw__pcall(s, 0);
+  gw_packet *p = c->pkt;
+  gw_verdict v = c->verdict;
+  bool failed = st != LUA_OK, broken = false;
+  char what[96];
+  if (failed) {
+    frame_what(what, sizeof what, c);
+    gw__report_error(s, st, rt->h.listener, what);
+  }
+  /* In-place edits may have broken the framing (a length field written
+   * over): such a frame never goes out. */
+  char why[160];
+  if (p && p->dirty &&
+      gw_frame_check(&rt->h.framing, from, p->data, p->len, why, sizeof why)) {
+    broken = true;
+    if (!failed) {
+      char msg[300];
+      frame_what(what, sizeof what, c);
+      snprintf(msg, sizeof msg, "handler edits broke the frame: %s", why);
+      report(s, rt->h.listener, what, msg, false);
+    }
+  }
+  if (failed || broken) {
+    if (os) os->errors++;
+    switch (rt->h.on_error) {
+    case GW_ON_ERROR_PASS: v = broken ? GW_VERDICT_DROP : GW_VERDICT_PASS; break;
+    case GW_ON_ERROR_DROP: v = GW_VERDICT_DROP; break;
+    case GW_ON_ERROR_CLOSE: v = GW_VERDICT_CLOSE; break;
+    }
+  }
+  const uint8_t *out = p ? p->data : data;
+  size_t outlen = p ? p->len : fi->len;
+  switch (v) {
+  case GW_VERDICT_PASS:
+    if (p && p->replaced) {
+      s->stats.replaced++;
+      if (os) os->replaced++;
+    }
+    if (s->ops.emit(ss, from == GW_CLIENT ? GW_SERVER : GW_CLIENT, out,
+                    outlen) < 0)
+      ss->closed = true;
+    break;
+  case GW_VERDICT_DROP:
+  case GW_VERDICT_CLOSE:
+    s->stats.dropped++;
+    if (os) os->dropped++;
+    if (v == GW_VERDICT_CLOSE)
+      gw__request_close(s, ss, failed || broken ? "handler error"
+                                                : "closed by a handler");
+    break;
+  case GW_VERDICTS:
+    break;
+  }
+  if (p) gw_packet_invalidate(L, p);
+  c->pkt = NULL;
+  lua_settop(L, GW_SLOT_BASE);
+  bool closed = ss->closed;
+  gw__flush(s);
+  gw__timers_wake(s);
+  return closed ? -ECONNRESET : 0;
+}
+
+/* ---- the state ---- */
+
+static int verdict_tostring(lua_State *L) {
+  gw_script *s = gw_script_of(L);
+  void *u = lua_touserdata(L, 1);
+  lua_pushstring(L, u == s->verdicts[GW_VERDICT_DROP]    ? "gw.DROP"
+                    : u == s->verdicts[GW_VERDICT_CLOSE] ? "gw.CLOSE"
+                                                         : "gw.PASS");
+  return 1;
+}
+
+static int init_state(lua_State *L) {
+  gw_script *s = gw_script_of(L);
+  luaL_openlibs(L);
+  gw_packet_open(L);
+  gw__session_open_lib(L);
+  gw__timer_open_lib(L);
+  luaL_newmetatable(L, GW_VERDICT_MT);
+  lua_pushcfunction(L, verdict_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+  /* gw.PASS, gw.DROP, gw.CLOSE: unique values no string or number can be
+   * mistaken for; anchored in the registry for the state's life. */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, "gangway.verdicts");
+  for (int i = 0; i < GW_VERDICTS; i++) {
+    s->verdicts[i] = lua_newuserdatauv(L, 1, 0);
+    luaL_setmetatable(L, GW_VERDICT_MT);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pop(L, 1);
+  return gw__load_init(L);
+}
+
+gw_script *gw_script_new(const gw_script_limits *limits,
+                         const gw_host_ops *ops, void *host) {
+  gw_script *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->limits = *limits;
+  s->ops = *ops;
+  s->host = host;
+  s->wake = UINT64_MAX;
+  s->shared_ref = s->base_ref = s->modules_ref = LUA_NOREF;
+  s->next_modules_ref = s->reload_ref = LUA_NOREF;
+  lua_State *L = lua_newstate(l_alloc, s);
+  if (!L) {
+    free(s);
+    return NULL;
+  }
+  s->L = L;
+  *(gw_script **)lua_getextraspace(L) = s; /* new threads copy it */
+  lua_pushcfunction(L, init_state);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    gw_error("scripts: cannot set up the Lua state: %s",
+             lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+    lua_close(L);
+    free(s);
+    return NULL;
+  }
+  lua_settop(L, 0);
+  lua_pushcfunction(L, msgh);     /* GW_SLOT_MSGH */
+  lua_pushcfunction(L, dispatch); /* GW_SLOT_DISPATCH */
+  return s;
+}
+
+void gw__gen_tables_clear(gw_script *s, gw_gen_tables *g) {
+  for (int i = 0; i < GW_SIDES; i++) {
+    luaL_unref(s->L, LUA_REGISTRYINDEX, g->map_ref[i]);
+    free(g->bits[i]);
+  }
+  luaL_unref(s->L, LUA_REGISTRYINDEX, g->connect_ref);
+  luaL_unref(s->L, LUA_REGISTRYINDEX, g->close_ref);
+  memset(g, 0, sizeof *g);
+  g->map_ref[0] = g->map_ref[1] = LUA_NOREF;
+  g->connect_ref = g->close_ref = LUA_NOREF;
+}
+
+void gw_script_free(gw_script *s) {
+  if (!s) return;
+  /* Sessions the host did not close: detach them, so a late call is a
+   * harmless no-op. */
+  for (gw_script_session *ss = s->sessions, *next; ss; ss = next) {
+    next = ss->next;
+    ss->prev = ss->next = NULL;
+    ss->handlers = NULL;
+    ss->closed = true;
+    ss->ref = LUA_NOREF;
+  }
+  s->sessions = NULL;
+  /* Finalizers scripts set run now, still under the instruction limit, and
+   * may reach listeners: those are freed after. */
+  s->instructions = 0;
+  s->timed_out = false;
+  s->depth = 1;
+  if (s->limits.handler_instructions)
+    lua_sethook(s->L, count_hook, LUA_MASKCOUNT, hook_interval(s));
+  lua_close(s->L);
+  for (size_t i = 0; i < s->nlisteners; i++) {
+    gw_listener_rt *rt = s->listeners[i];
+    for (int j = 0; j < GW_SIDES; j++) {
+      free(rt->cur.bits[j]);
+      free(rt->next.bits[j]);
+    }
+    free(rt->ops);
+    free(rt->h.listener);
+    free(rt);
+  }
+  free(s->listeners);
+  /* these came from l_alloc, which only needs s */
+  l_alloc(s, s->out, s->capout * sizeof *s->out, 0);
+  l_alloc(s, s->arena, s->arena_cap, 0);
+  l_alloc(s, s->closes, s->capcloses * sizeof *s->closes, 0);
+  l_alloc(s, s->heap, s->capheap * sizeof *s->heap, 0);
+  free(s);
+}
+
+/* The heap array grows through the state's allocator too. */
+void *gw__grow(gw_script *s, void *p, size_t *cap, size_t need, size_t elem) {
+  return grow(s, p, cap, need, elem);
+}

@@ -1,0 +1,282 @@
+/* script_int.h: private to the script layer (src/script*.c and the
+ * gangway.core Lua module). Not part of any contract: the relay only sees
+ * include/script.h.
+ *
+ * The layer is split by concern:
+ *   script.c          the state: allocator, instruction hook, protected
+ *                     calls, frame dispatch, outbox, errors, counters
+ *   script_load.c     sandbox, require, the `gangway` module, generations
+ *                     and reload
+ *   script_session.c  session userdata, session open/close
+ *   script_timer.c    the timer heap and timer userdata
+ *   script_packet.c   packet and writer userdata (state-independent: the
+ *                     busted module registers them in its own state too) */
+#ifndef GW_SCRIPT_INT_H
+#define GW_SCRIPT_INT_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stddef.h>
+
+#include "script.h"
+
+#define GW_PACKET_MT "gangway.packet"
+#define GW_WRITER_MT "gangway.writer"
+#define GW_SESSION_MT "gangway.session"
+#define GW_TIMER_MT "gangway.timer"
+#define GW_BINDING_MT "gangway.binding"
+#define GW_VERDICT_MT "gangway.verdict"
+
+/* Instructions between two calls of the count hook: the limit is enforced to
+ * within this many instructions (HAProxy and Redis use a few thousand). */
+#define GW_HOOK_INTERVAL 1000
+
+/* Fixed slots at the bottom of the main thread's stack, pushed once by
+ * gw_script_new, so a call into Lua pushes no new values for them. */
+#define GW_SLOT_MSGH 1     /* message handler: error + traceback */
+#define GW_SLOT_DISPATCH 2 /* the frame dispatcher closure */
+#define GW_SLOT_BASE 2     /* stack top between calls */
+
+#define gw_container_of(p, type, member) \
+  ((type *)((char *)(p) - offsetof(type, member)))
+
+typedef enum {
+  GW_VERDICT_PASS = 0,
+  GW_VERDICT_DROP,
+  GW_VERDICT_CLOSE,
+  GW_VERDICTS
+} gw_verdict;
+
+/* ---- packets and writers (script_packet.c) ---- */
+
+typedef struct gw_packet {
+  uint8_t *data;         /* the frame: the host's buffer, or buf */
+  size_t len;
+  uint8_t *buf;          /* owned storage from the state's allocator, or NULL
+                            while data is the host's frame */
+  size_t cap;
+  const gw_framing *f;   /* the listener's, or own_f for a copy */
+  gw_side side;          /* where the frame comes from */
+  bool valid;            /* false once its handler returned */
+  bool dirty;            /* edited in place: check the framing again */
+  bool replaced;         /* rebuilt or replaced: no longer the host's frame */
+  gw_framing own_f;      /* copies only: the framing they were made with */
+} gw_packet;
+
+/* Registers the packet and writer metatables in L (any state). */
+void gw_packet_open(lua_State *L);
+/* Pushes a packet over the host's frame at data (valid until invalidated).
+ * Raises a memory error. */
+gw_packet *gw_packet_push_borrowed(lua_State *L, const gw_framing *f,
+                                   gw_side side, uint8_t *data, size_t len);
+/* Pushes a packet holding its own copy of data and of f. */
+gw_packet *gw_packet_push_copy(lua_State *L, const gw_framing *f,
+                               gw_side side, const uint8_t *data, size_t len);
+gw_packet *gw_packet_test(lua_State *L, int idx);
+/* Replaces p's bytes with a copy of data (one whole frame, already checked). */
+void gw_packet_replace(lua_State *L, gw_packet *p, const uint8_t *data,
+                       size_t len);
+/* Ends a borrowed packet's life: frees its storage with the state's
+ * allocator; any later use raises. Never raises. */
+void gw_packet_invalidate(lua_State *L, gw_packet *p);
+/* Pushes a new writer for framing f. */
+void gw_writer_push(lua_State *L, const gw_framing *f);
+/* Builds opcode + body into a frame and pushes it as a string (gw.packet);
+ * raises a clear error when the framing cannot carry it. */
+void gw_frame_push_built(lua_State *L, const gw_framing *f, lua_Integer opcode,
+                         const uint8_t *body, size_t body_len);
+/* Checks that data is exactly one valid frame from side `from`. Returns 0,
+ * or -EPROTO with a reason in why. */
+int gw_frame_check(const gw_framing *f, gw_side from, const uint8_t *data,
+                   size_t len, char *why, size_t whylen);
+/* Reads the bytes of a frame argument: a string or a packet. Raises. */
+const uint8_t *gw_frame_arg(lua_State *L, int idx, size_t *len);
+/* Reads a body argument: a string or a writer's bytes. Raises. */
+const uint8_t *gw_body_arg(lua_State *L, int idx, size_t *len);
+
+/* ---- the state (script.c) ---- */
+
+/* One listener in the state: the public gw_handlers (stable address, the
+ * relay keeps it) and its Lua tables, current and being loaded. */
+typedef struct gw_gen_tables {
+  int map_ref[GW_SIDES]; /* opcode -> chain (array of functions); key -1 is
+                            the "*" chain, used for frames without a chain
+                            of their own and for frames without an opcode */
+  int connect_ref;       /* arrays of functions, LUA_NOREF when empty */
+  int close_ref;
+  uint8_t *bits[GW_SIDES];
+  bool any[GW_SIDES], all[GW_SIDES], wide[GW_SIDES];
+} gw_gen_tables;
+
+typedef struct gw_opstat {
+  uint64_t key;          /* side << 32 | opcode; UINT64_MAX when free */
+  uint64_t frames, dropped, replaced, errors;
+} gw_opstat;
+
+typedef struct gw_listener_rt {
+  gw_handlers h;         /* h.priv points back here */
+  gw_script *s;
+  bool published;        /* has loaded once: gw_script_handlers finds it */
+  bool in_next;          /* part of the generation being loaded */
+  gw_gen_tables cur;     /* the generation the relay runs */
+  gw_gen_tables next;    /* the generation being loaded */
+  gw_framing next_framing;
+  gw_on_error next_on_error;
+  gw_opstat *ops;        /* per-opcode counters, open addressing */
+  size_t nops, capops;
+} gw_listener_rt;
+
+typedef struct gw_outmsg {
+  gw_script_session *ss; /* NULL once the session was released */
+  gw_side to;
+  size_t off, len;       /* in the outbox arena */
+} gw_outmsg;
+
+typedef struct gw_closereq {
+  gw_script_session *ss;
+  char reason[96];
+} gw_closereq;
+
+typedef struct gw_timer gw_timer;
+
+/* The frame being handled, for the dispatcher. */
+typedef struct gw_frame_ctx {
+  gw_listener_rt *rt;
+  gw_script_session *ss;
+  gw_side from;
+  uint8_t *data;
+  const gw_frame_info *fi;
+  gw_packet *pkt;        /* NULL until the dispatcher makes one */
+  gw_verdict verdict;
+  lua_Integer handler;   /* index in the chain of the handler running */
+} gw_frame_ctx;
+
+struct gw_script {
+  lua_State *L;
+  gw_host_ops ops;
+  void *host;
+  gw_script_limits limits;
+  size_t mem;            /* bytes the state holds */
+
+  /* the instruction limit of the call under way */
+  uint64_t instructions;
+  bool timed_out;
+  int depth;             /* calls into Lua under way (0 or 1) */
+
+  unsigned gen;          /* generation the relay runs */
+  unsigned loading_gen;  /* generation being loaded, 0 when none */
+  bool loaded;
+  gw_listener_rt **listeners;
+  size_t nlisteners;
+
+  gw_script_session *sessions; /* live ones, newest first */
+  size_t nsessions;
+
+  gw_frame_ctx cur;
+
+  gw_outmsg *out;        /* frames sent from Lua, emitted after the call */
+  size_t nout, capout;
+  uint8_t *arena;
+  size_t arena_len, arena_cap;
+  gw_closereq *closes;   /* closes asked for from Lua, done after the call */
+  size_t ncloses, capcloses;
+  bool flushing;
+
+  gw_timer **heap;       /* min-heap on (when, seq) */
+  size_t nheap, capheap;
+  uint64_t timer_seq;
+  uint64_t wake;         /* last wake_at asked of the host, UINT64_MAX none */
+
+  gw_script_stats stats;
+  uint64_t errlog_window; /* start of the second that errlog_count counts */
+  unsigned errlog_count;
+  uint64_t errlog_suppressed;
+
+  int shared_ref;        /* gw.shared */
+  int base_ref;          /* the read-only base of sandboxed _ENVs */
+  int modules_ref;       /* require cache of the generation being loaded */
+  int next_modules_ref;
+  int reload_ref;        /* gw.on_reload functions of the loading gen */
+  void *verdicts[GW_VERDICTS]; /* gw.PASS, gw.DROP, gw.CLOSE */
+};
+
+static inline gw_script *gw_script_of(lua_State *L) {
+  return *(gw_script **)lua_getextraspace(L);
+}
+
+/* Runs the function below its nargs arguments on the stack, protected,
+ * under the instruction limit. Returns the lua_pcall status; on error the
+ * message (with traceback) is left on the stack. */
+int gw__pcall(gw_script *s, int nargs);
+/* Logs a failed call (rate-limited) and counts it. what says which call
+ * ("client frame 1", "timer"...). Pops the message. */
+void gw__report_error(gw_script *s, int status, const char *listener,
+                      const char *what);
+/* Queues a frame toward `to` of ss, sent after the call under way. */
+void gw__send(lua_State *L, gw_script_session *ss, gw_side to,
+              const uint8_t *data, size_t len);
+/* Asks for ss to be closed after the call under way. */
+void gw__request_close(gw_script *s, gw_script_session *ss, const char *reason);
+/* Emits what Lua sent, then does the closes it asked for. */
+void gw__flush(gw_script *s);
+/* Forgets ss in the outbox: it is being released. */
+void gw__outbox_forget(gw_script *s, gw_script_session *ss);
+/* Grows an array of *cap elements to hold need, with the state's
+ * allocator (counted toward the memory limit). NULL when refused. */
+void *gw__grow(gw_script *s, void *p, size_t *cap, size_t need, size_t elem);
+/* The state's memory limit in words for messages ("64 MiB"). */
+void gw__format_bytes(char *out, size_t outlen, size_t bytes);
+gw_listener_rt *gw__rt_of(const gw_handlers *h);
+/* Counters of one opcode of a listener (NULL if it could not grow). */
+gw_opstat *gw__opstat(gw_listener_rt *rt, gw_side side, bool has_opcode,
+                      uint32_t opcode);
+
+/* ---- loading (script_load.c) ---- */
+/* Creates the base environment and the registry tables. Runs protected. */
+int gw__load_init(lua_State *L);
+void gw__gen_tables_clear(gw_script *s, gw_gen_tables *g);
+/* Registers gw.* of a binding; pushes its framing for packets and writers. */
+const gw_framing *gw__binding_framing(lua_State *L, int idx);
+
+/* ---- sessions (script_session.c) ---- */
+typedef struct gw_session_ud {
+  gw_script_session *ss; /* NULL once the session was released */
+  uint64_t id;
+  char client[64];
+  char upstream[64];
+  gw_listener_rt *rt;
+  gw_timer *timers;      /* its timers, to cancel at release */
+} gw_session_ud;
+
+/* Pushes ss's userdata, creating it on first use. Raises memory errors. */
+gw_session_ud *gw__push_session(lua_State *L, gw_script_session *ss);
+void gw__session_open_lib(lua_State *L);
+/* Pushes a list of the live sessions of rt. */
+void gw__push_sessions(lua_State *L, gw_listener_rt *rt);
+
+/* ---- timers (script_timer.c) ---- */
+struct gw_timer {
+  uint64_t when, seq, interval; /* interval 0: fires once */
+  size_t idx;            /* in the heap, SIZE_MAX when not scheduled */
+  int ref;               /* this userdata in the registry while scheduled */
+  unsigned gen;          /* generation that made it */
+  gw_listener_rt *rt;    /* listener whose script made it, for logs */
+  gw_script_session *ss; /* session timers: its session */
+  gw_session_ud *sud;
+  gw_timer *sprev, *snext; /* in sud->timers */
+};
+
+void gw__timer_open_lib(lua_State *L);
+/* Pushes a new timer calling the function at fidx after ms (every ms when
+ * repeat); sud: the session it belongs to, or NULL. Raises. */
+gw_timer *gw__timer_start(lua_State *L, gw_listener_rt *rt, gw_session_ud *sud,
+                          lua_Integer ms, bool repeat, int fidx);
+void gw__timer_cancel(gw_script *s, gw_timer *t);
+/* Cancels every timer of a generation older than gen (or == gen when
+ * exact). */
+void gw__timers_cancel_gen(gw_script *s, unsigned gen, bool exact);
+void gw__timers_cancel_session(gw_script *s, gw_session_ud *sud);
+/* Tells the host when the next timer is due, if that changed. */
+void gw__timers_wake(gw_script *s);
+
+#endif

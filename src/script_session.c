@@ -1,0 +1,301 @@
+/* script_session.c: sessions as scripts see them: the session userdata
+ * (made the first time a session enters Lua, so sessions no handler looks
+ * at cost no Lua object), gw.on_connect and gw.on_close, and the release
+ * of a session's Lua side when it ends.
+ *
+ * After its session ends a userdata keeps id, client, upstream, listener
+ * and state readable; its methods raise. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "script_int.h"
+
+static gw_session_ud *check_session(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, GW_SESSION_MT);
+}
+
+/* The session's live gw_script_session, or an error naming the method. */
+static gw_script_session *live(lua_State *L, gw_session_ud *u,
+                               const char *method) {
+  if (!u->ss)
+    luaL_error(L, "session:%s: session %I has ended", method,
+               (lua_Integer)u->id);
+  return u->ss;
+}
+
+gw_session_ud *gw__push_session(lua_State *L, gw_script_session *ss) {
+  if (ss->ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ss->ref);
+    return lua_touserdata(L, -1);
+  }
+  gw_session_ud *u = lua_newuserdatauv(L, sizeof *u, 1); /* 1: state */
+  memset(u, 0, sizeof *u);
+  u->ss = ss;
+  u->id = ss->id;
+  snprintf(u->client, sizeof u->client, "%s", ss->client);
+  snprintf(u->upstream, sizeof u->upstream, "%s", ss->upstream);
+  u->rt = gw__rt_of(ss->handlers);
+  luaL_setmetatable(L, GW_SESSION_MT);
+  lua_pushvalue(L, -1);
+  ss->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return u;
+}
+
+void gw__push_sessions(lua_State *L, gw_listener_rt *rt) {
+  gw_script *s = gw_script_of(L);
+  lua_createtable(L, (int)(s->nsessions < 1024 ? s->nsessions : 1024), 0);
+  /* oldest first: the list is newest first */
+  gw_script_session *ss = s->sessions;
+  while (ss && ss->next) ss = ss->next;
+  lua_Integer n = 0;
+  for (; ss; ss = ss->prev) {
+    if (ss->closed || ss->handlers != &rt->h) continue;
+    gw__push_session(L, ss);
+    lua_rawseti(L, -2, ++n);
+  }
+}
+
+/* ---- methods ---- */
+
+static int send_to(lua_State *L, gw_side to, const char *method) {
+  gw_session_ud *u = check_session(L, 1);
+  gw_script_session *ss = live(L, u, method);
+  size_t len;
+  const uint8_t *data = gw_frame_arg(L, 2, &len);
+  if (ss->closed) {
+    lua_pushboolean(L, 0); /* closing: nothing more goes out */
+    return 1;
+  }
+  /* A frame toward the client comes from the server side, and the other
+   * way round: check it against that side's limits. */
+  gw_side from = to == GW_CLIENT ? GW_SERVER : GW_CLIENT;
+  char why[160];
+  if (gw_frame_check(&u->rt->h.framing, from, data, len, why, sizeof why))
+    return luaL_error(L, "session:%s: %s", method, why);
+  gw__send(L, ss, to, data, len);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int s_send_to_client(lua_State *L) {
+  return send_to(L, GW_CLIENT, "send_to_client");
+}
+
+static int s_send_to_server(lua_State *L) {
+  return send_to(L, GW_SERVER, "send_to_server");
+}
+
+static int s_close(lua_State *L) {
+  gw_session_ud *u = check_session(L, 1);
+  const char *reason = luaL_optstring(L, 2, "closed by a script");
+  bool open = u->ss && !u->ss->closed;
+  if (open) gw__request_close(gw_script_of(L), u->ss, reason);
+  lua_pushboolean(L, open);
+  return 1;
+}
+
+static int s_timer(lua_State *L, bool repeat, const char *method) {
+  gw_session_ud *u = check_session(L, 1);
+  live(L, u, method);
+  lua_Number ms = luaL_checknumber(L, 2);
+  if (!(ms >= 0 && ms < 1e15)) luaL_argerror(L, 2, "milliseconds >= 0");
+  gw__timer_start(L, u->rt, u, (lua_Integer)ms, repeat, 3);
+  return 1;
+}
+
+static int s_after(lua_State *L) { return s_timer(L, false, "after"); }
+static int s_every(lua_State *L) { return s_timer(L, true, "every"); }
+
+static int s_index(lua_State *L) {
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+  gw_session_ud *u = check_session(L, 1);
+  const char *k = lua_tostring(L, 2);
+  if (!k) {
+  } else if (!strcmp(k, "id")) {
+    lua_pushinteger(L, (lua_Integer)u->id);
+    return 1;
+  } else if (!strcmp(k, "client")) {
+    lua_pushstring(L, u->client);
+    return 1;
+  } else if (!strcmp(k, "upstream")) {
+    lua_pushstring(L, u->upstream);
+    return 1;
+  } else if (!strcmp(k, "listener")) {
+    lua_pushstring(L, u->rt->h.listener);
+    return 1;
+  } else if (!strcmp(k, "closed")) {
+    lua_pushboolean(L, !u->ss || u->ss->closed);
+    return 1;
+  } else if (!strcmp(k, "state")) {
+    if (lua_getiuservalue(L, 1, 1) == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_newtable(L);
+      lua_pushvalue(L, -1);
+      lua_setiuservalue(L, 1, 1);
+    }
+    return 1;
+  }
+  return luaL_error(L, "session has no field %s", luaL_tolstring(L, 2, NULL));
+}
+
+static int s_newindex(lua_State *L) {
+  return luaL_error(L, "session fields cannot be set (keep your data in "
+                    "session.state)");
+}
+
+static int s_tostring(lua_State *L) {
+  gw_session_ud *u = check_session(L, 1);
+  lua_pushfstring(L, "gangway.session %I (%s%s)", (lua_Integer)u->id,
+                  u->client, u->ss ? "" : ", ended");
+  return 1;
+}
+
+static const luaL_Reg s_methods[] = {
+  {"send_to_client", s_send_to_client}, {"send_to_server", s_send_to_server},
+  {"close", s_close}, {"after", s_after}, {"every", s_every},
+  {NULL, NULL},
+};
+
+void gw__session_open_lib(lua_State *L) {
+  luaL_newmetatable(L, GW_SESSION_MT);
+  lua_pushcfunction(L, s_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, s_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_newtable(L);
+  luaL_setfuncs(L, s_methods, 0);
+  lua_pushcclosure(L, s_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
+
+/* ---- open and close ---- */
+
+/* Protected: the on_connect functions for the session (arg 1). Sets
+ * s->cur.verdict to CLOSE when one refuses it. */
+static int run_connect(lua_State *L) {
+  gw_script *s = gw_script_of(L);
+  gw_script_session *ss = lua_touserdata(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, gw__rt_of(ss->handlers)->cur.connect_ref);
+  gw__push_session(L, ss);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+  for (lua_Integer i = 1; i <= n && !ss->closed; i++) {
+    lua_rawgeti(L, 2, i);
+    lua_pushvalue(L, 3);
+    lua_call(L, 1, 1);
+    if (lua_touserdata(L, -1) == s->verdicts[GW_VERDICT_CLOSE]) {
+      s->cur.verdict = GW_VERDICT_CLOSE;
+      break;
+    }
+    lua_settop(L, 3);
+  }
+  return 0;
+}
+
+/* Protected: the on_close functions. Args: the session, the reason. */
+static int run_close(lua_State *L) {
+  gw_script_session *ss = lua_touserdata(L, 1);
+  const char *reason = lua_touserdata(L, 2);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, gw__rt_of(ss->handlers)->cur.close_ref);
+  gw__push_session(L, ss);
+  lua_pushstring(L, reason ? reason : "closed");
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 3);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, 3, i);
+    lua_pushvalue(L, 4);
+    lua_pushvalue(L, 5);
+    lua_call(L, 2, 0);
+  }
+  return 0;
+}
+
+/* Lets go of ss: its timers, its userdata (which outlives it, ended), and
+ * anything queued for it. Never raises. */
+static void release(gw_script *s, gw_script_session *ss) {
+  lua_State *L = s->L;
+  if (ss->prev)
+    ss->prev->next = ss->next;
+  else if (s->sessions == ss)
+    s->sessions = ss->next;
+  if (ss->next) ss->next->prev = ss->prev;
+  ss->prev = ss->next = NULL;
+  s->nsessions--;
+  gw__outbox_forget(s, ss);
+  if (ss->ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ss->ref);
+    gw_session_ud *u = lua_touserdata(L, -1);
+    gw__timers_cancel_session(s, u);
+    u->ss = NULL;
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, ss->ref);
+    ss->ref = LUA_NOREF;
+  }
+  ss->closed = true;
+  ss->handlers = NULL;
+}
+
+int gw_script_session_open(gw_script *s, gw_handlers *h,
+                           gw_script_session *ss) {
+  ss->prev = NULL;
+  ss->next = s->sessions;
+  if (s->sessions) s->sessions->prev = ss;
+  s->sessions = ss;
+  s->nsessions++;
+  ss->handlers = h;
+  ss->ref = LUA_NOREF;
+  ss->closed = false;
+  gw_listener_rt *rt = gw__rt_of(h);
+  if (rt->cur.connect_ref == LUA_NOREF || s->depth) return 0;
+
+  lua_State *L = s->L;
+  s->cur.verdict = GW_VERDICT_PASS;
+  lua_pushcfunction(L, run_connect);
+  lua_pushlightuserdata(L, ss);
+  int st = gw__pcall(s, 1);
+  bool refused = s->cur.verdict == GW_VERDICT_CLOSE || ss->closed;
+  if (st != LUA_OK) {
+    char what[64];
+    snprintf(what, sizeof what, "on_connect of session %" PRIu64, ss->id);
+    gw__report_error(s, st, h->listener, what);
+    if (h->on_error == GW_ON_ERROR_CLOSE) refused = true;
+  }
+  if (refused) {
+    /* What on_connect sent goes out; no close request: the host closes a
+     * refused session itself. */
+    for (size_t i = 0; i < s->ncloses; i++)
+      if (s->closes[i].ss == ss) s->closes[i].ss = NULL;
+    ss->closed = true;
+    gw__flush(s);
+    release(s, ss);
+    gw__timers_wake(s);
+    return -ECONNREFUSED;
+  }
+  gw__flush(s);
+  gw__timers_wake(s);
+  return 0;
+}
+
+void gw_script_session_close(gw_script *s, gw_script_session *ss,
+                             const char *reason) {
+  if (!ss->handlers) return; /* released already, or never opened */
+  ss->closed = true;
+  gw_listener_rt *rt = gw__rt_of(ss->handlers);
+  if (rt->cur.close_ref != LUA_NOREF && !s->depth) {
+    lua_State *L = s->L;
+    lua_pushcfunction(L, run_close);
+    lua_pushlightuserdata(L, ss);
+    lua_pushlightuserdata(L, (void *)reason);
+    int st = gw__pcall(s, 2);
+    if (st != LUA_OK) {
+      char what[64];
+      snprintf(what, sizeof what, "on_close of session %" PRIu64, ss->id);
+      gw__report_error(s, st, rt->h.listener, what);
+    }
+  }
+  release(s, ss);
+  gw__flush(s);
+  gw__timers_wake(s);
+}
