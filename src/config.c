@@ -301,30 +301,36 @@ static void leave(cfg_ctx *c, size_t mark) {
 
 /* ---- unknown keys ---- */
 
-/* Levenshtein distance, for "did you mean"; keys are short. */
+/* Edit distance counting a swap of two neighbours as one edit (optimal
+ * string alignment), for "did you mean"; keys are short. */
 static size_t edit_distance(const char *a, size_t la, const char *b) {
   size_t lb = strlen(b);
-  size_t row[NAME_MAX_LEN + 1];
+  size_t rows[3][NAME_MAX_LEN + 1];
+  size_t *prev2 = rows[0], *prev = rows[1], *cur = rows[2];
   if (la > NAME_MAX_LEN || lb > NAME_MAX_LEN)
     return SIZE_MAX;
   for (size_t j = 0; j <= lb; j++)
-    row[j] = j;
+    prev[j] = j;
   for (size_t i = 1; i <= la; i++) {
-    size_t diag = row[0];
-    row[0] = i;
+    cur[0] = i;
     for (size_t j = 1; j <= lb; j++) {
-      size_t up = row[j];
-      size_t cost = tolower((unsigned char)a[i - 1]) != b[j - 1];
-      size_t best = diag + cost;
-      if (up + 1 < best)
-        best = up + 1;
-      if (row[j - 1] + 1 < best)
-        best = row[j - 1] + 1;
-      row[j] = best;
-      diag = up;
+      char ai = (char)tolower((unsigned char)a[i - 1]);
+      size_t best = prev[j - 1] + (ai != b[j - 1]);
+      if (prev[j] + 1 < best)
+        best = prev[j] + 1;
+      if (cur[j - 1] + 1 < best)
+        best = cur[j - 1] + 1;
+      if (i > 1 && j > 1 && ai == b[j - 2] &&
+          tolower((unsigned char)a[i - 2]) == b[j - 1] && prev2[j - 2] + 1 < best)
+        best = prev2[j - 2] + 1;
+      cur[j] = best;
     }
+    size_t *t = prev2;
+    prev2 = prev;
+    prev = cur;
+    cur = t;
   }
-  return row[lb];
+  return prev[lb];
 }
 
 /* The known key closest to s, if it is close enough to be a typo. */
@@ -409,7 +415,7 @@ static void check_keys(cfg_ctx *c, int t, const char *const known[],
     fail(c, "unexpected %s key", lua_typename(L, kt));
   path_push(c, best);
   if (list_n >= 0)
-    fail(c, "unknown key (expected a list without holes)");
+    fail(c, "unexpected key in a list");
   size_t len;
   const char *s = kt == LUA_TSTRING ? lua_tolstring(L, best, &len) : NULL;
   const char *guess = s ? closest(s, len, known) : NULL;
@@ -420,12 +426,11 @@ static void check_keys(cfg_ctx *c, int t, const char *const known[],
 
 /* ---- typed values (the value is on top, the path names it) ---- */
 
-/* "a positive integer", "an integer from 1 to 4096"... for messages. */
-static void int_desc(lua_Integer min, lua_Integer max, char *out, size_t cap) {
-  bool unbounded = max == UINT32_MAX || max == INT32_MAX || max == LUA_MAXINTEGER;
-  if (min == INT32_MIN && max == INT32_MAX)
-    snprintf(out, cap, "an integer");
-  else if (unbounded && min == 0)
+/* "a positive integer", "an integer from 1 to 4096"... for messages. Returns
+ * whether it names the upper bound. */
+static bool int_desc(lua_Integer min, lua_Integer max, char *out, size_t cap) {
+  bool unbounded = max == UINT32_MAX || max == LUA_MAXINTEGER;
+  if (unbounded && min == 0)
     snprintf(out, cap, "a non-negative integer");
   else if (unbounded && min == 1)
     snprintf(out, cap, "a positive integer");
@@ -434,15 +439,18 @@ static void int_desc(lua_Integer min, lua_Integer max, char *out, size_t cap) {
   else
     snprintf(out, cap, "an integer from %lld to %lld", (long long)min,
              (long long)max);
+  return !unbounded;
 }
 
 static lua_Integer want_int(cfg_ctx *c, lua_Integer min, lua_Integer max) {
   char desc[80];
-  int_desc(min, max, desc, sizeof desc);
+  bool bounded = int_desc(min, max, desc, sizeof desc);
   if (!lua_isinteger(c->L, -1))
     fail_expected(c, -1, desc, LUA_TNUMBER);
   lua_Integer v = lua_tointeger(c->L, -1);
   if (v < min)
+    fail_expected(c, -1, desc, LUA_TNUMBER);
+  if (v > max && bounded)
     fail_expected(c, -1, desc, LUA_TNUMBER);
   if (v > max)
     fail(c, "expected %s up to %lld, got %lld", desc, (long long)max,

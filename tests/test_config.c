@@ -1,0 +1,734 @@
+/* test_config.c: unit tests for src/config.c, the config loader. Each test
+ * writes config files into a fresh temp directory (the working directory
+ * while it runs, so messages name "config.lua" as an admin would see them)
+ * and checks the struct it gives, or the one exact error message. */
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <lua.h>
+
+#include "itest.h"
+
+#include "config.h"
+
+typedef struct fixture {
+  char dir[128];      /* the temp dir, as made */
+  char real[PATH_MAX];/* and as realpath() has it: resolved paths use it */
+  char old_cwd[PATH_MAX];
+  const void *param;  /* the bad_case of a test_bad */
+} fixture;
+
+static int setup(void **state) {
+  fixture *fx = calloc(1, sizeof *fx);
+  it_mkdtemp(fx->dir, sizeof fx->dir);
+  assert_non_null(realpath(fx->dir, fx->real));
+  assert_non_null(getcwd(fx->old_cwd, sizeof fx->old_cwd));
+  assert_int_equal(chdir(fx->dir), 0);
+  *state = fx;
+  return 0;
+}
+
+static int setup_bad(void **state) {
+  const void *param = *state;
+  setup(state);
+  ((fixture *)*state)->param = param;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture *fx = *state;
+  assert_int_equal(chdir(fx->old_cwd), 0);
+  it_rmdir(fx->dir);
+  free(fx);
+  return 0;
+}
+
+/* A listener that is valid on its own, to build bad configs around. */
+#define LISTENER1 "name = \"game\", listen = \"127.0.0.1:1973\", upstream = \"127.0.0.1:1974\""
+
+static bool is_zero(const gw_config *cfg) {
+  static const gw_config zero;
+  return memcmp(cfg, &zero, sizeof zero) == 0;
+}
+
+/* Loads text as config.lua: must fail with exactly `want`, leaving the
+ * struct zeroed. */
+static void expect_error(const char *text, const char *want) {
+  it_write(".", "config.lua", "%s", text);
+  gw_config cfg;
+  char err[512];
+  memset(&cfg, 0xa5, sizeof cfg); /* the loader must zero it */
+  int rc = gw_config_load("config.lua", &cfg, err, sizeof err);
+  if (rc != -EINVAL)
+    fail_msg("config loaded (rc %d) but should fail with: %s\n%s", rc, want, text);
+  assert_string_equal(err, want);
+  assert_true(is_zero(&cfg));
+}
+
+static void load_ok(const char *text, gw_config *cfg) {
+  it_write(".", "config.lua", "%s", text);
+  char err[512];
+  int rc = gw_config_load("config.lua", cfg, err, sizeof err);
+  if (rc != 0)
+    fail_msg("config failed (rc %d): %s", rc, err);
+}
+
+static void assert_addr(const struct sockaddr_storage *a, const char *want) {
+  char s[GW_ADDR_MAX];
+  gw_format_addr((const struct sockaddr *)a, s, sizeof s);
+  assert_string_equal(s, want);
+}
+
+/* Field by field: struct padding is not part of the contract. */
+static void assert_framing(const gw_framing *a, const gw_framing *b) {
+  assert_string_equal(a->name, b->name);
+  assert_int_equal(a->raw, b->raw);
+  assert_int_equal(a->length_offset, b->length_offset);
+  assert_int_equal(a->length_size, b->length_size);
+  assert_int_equal(a->big_endian, b->big_endian);
+  assert_int_equal(a->length_adjust, b->length_adjust);
+  assert_int_equal(a->opcode_offset, b->opcode_offset);
+  assert_int_equal(a->opcode_size, b->opcode_size);
+  assert_int_equal(a->keepalive, b->keepalive);
+  for (int s = 0; s < GW_SIDES; s++) {
+    assert_int_equal(a->min_frame[s], b->min_frame[s]);
+    assert_int_equal(a->max_frame[s], b->max_frame[s]);
+  }
+  assert_int_equal(a->str_length_size, b->str_length_size);
+  assert_int_equal(a->str_nul, b->str_nul);
+  assert_memory_equal(a->header_template, b->header_template,
+                      sizeof a->header_template);
+  assert_int_equal(a->header_len, b->header_len);
+}
+
+/* ---- good configs ---- */
+
+static void test_full_config(void **state) {
+  fixture *fx = *state;
+  it_write(".", "a.lua", "-- a\n");
+  assert_int_equal(mkdir("sub", 0755), 0);
+  it_write("sub", "b.lua", "-- b\n");
+  char abs_script[PATH_MAX + 16];
+  snprintf(abs_script, sizeof abs_script, "%s/a.lua", fx->real);
+  char text[8192];
+  snprintf(text, sizeof text,
+    "local ms = 1000\n"
+    "return {\n"
+    "  listeners = {\n"
+    "    { name = \"game\", listen = \"127.0.0.1:1973\", upstream = \"127.0.0.1:1974\",\n"
+    "      framing = \"top\", scripts = { \"a.lua\", \"sub/b.lua\", \"%s\" },\n"
+    "      on_error = \"close\", unsafe = true },\n"
+    "    { name = \"login.v6-2\", listen = \"[::1]:1975\", upstream = \"localhost:1976\",\n"
+    "      framing = { preset = \"top\", max_frame = { client = 8192 }, min_frame = 2,\n"
+    "                  keepalive = false } },\n"
+    "    { name = \"custom\", listen = \"0.0.0.0:1977\", upstream = \"[::1]:1978\",\n"
+    "      framing = { length_offset = 1, length_size = 3, byte_order = \"little\",\n"
+    "                  length_adjust = -4, opcode_offset = 5, opcode_size = 4,\n"
+    "                  min_frame = { client = 9, server = 10 }, max_frame = 4096,\n"
+    "                  keepalive = true, string = { length_size = 1, nul = true } },\n"
+    "      on_error = \"drop\", unsafe = false },\n"
+    "    { name = \"mc\", listen = \"localhost:1979\", upstream = \"127.0.0.1:1980\",\n"
+    "      framing = { length_size = \"varint\", length_offset = 2 }, scripts = {} },\n"
+    "  },\n"
+    "  timeouts = { connect_ms = 3 * ms, idle_ms = 0, drain_ms = 500 },\n"
+    "  limits = { max_sessions = 0, handler_instructions = 5000,\n"
+    "             lua_memory_mb = 4096, write_high_water = 1 << 20,\n"
+    "             write_low_water = 1 << 19 },\n"
+    "  log = { level = \"debug\", format = \"json\" },\n"
+    "  watch = true,\n"
+    "  control = \"run/gw.sock\",\n"
+    "}\n", abs_script);
+  gw_config cfg;
+  load_ok(text, &cfg);
+
+  assert_string_equal(cfg.path, "config.lua");
+  assert_int_equal(cfg.nlisteners, 4);
+  char want[PATH_MAX + 32];
+
+  gw_listener_config *l = &cfg.listeners[0];
+  assert_string_equal(l->name, "game");
+  assert_string_equal(l->listen, "127.0.0.1:1973");
+  assert_addr(&l->listen_addr, "127.0.0.1:1973");
+  assert_string_equal(l->upstream, "127.0.0.1:1974");
+  assert_addr(&l->upstream_addr, "127.0.0.1:1974");
+  gw_framing top;
+  assert_int_equal(gw_framing_preset("top", &top), 0);
+  assert_framing(&l->framing, &top);
+  assert_int_equal(l->nscripts, 3);
+  snprintf(want, sizeof want, "%s/a.lua", fx->real);
+  assert_string_equal(l->scripts[0], want);
+  snprintf(want, sizeof want, "%s/sub/b.lua", fx->real);
+  assert_string_equal(l->scripts[1], want);
+  assert_string_equal(l->scripts[2], abs_script);
+  assert_int_equal(l->on_error, GW_ON_ERROR_CLOSE);
+  assert_true(l->unsafe);
+
+  l = &cfg.listeners[1];
+  assert_string_equal(l->name, "login.v6-2");
+  assert_string_equal(l->listen, "[::1]:1975");
+  assert_int_equal(l->listen_addr.ss_family, AF_INET6);
+  assert_addr(&l->listen_addr, "[::1]:1975");
+  assert_string_equal(l->upstream, "localhost:1976");
+  assert_addr(&l->upstream_addr, "127.0.0.1:1976");
+  /* top with three fields overridden, the rest (template included) kept */
+  gw_framing want_f = top;
+  want_f.max_frame[GW_CLIENT] = 8192;
+  want_f.min_frame[GW_CLIENT] = want_f.min_frame[GW_SERVER] = 2;
+  want_f.keepalive = false;
+  assert_framing(&l->framing, &want_f);
+  assert_int_equal(l->nscripts, 0);
+  assert_null(l->scripts);
+  assert_int_equal(l->on_error, GW_ON_ERROR_PASS);
+  assert_false(l->unsafe);
+
+  l = &cfg.listeners[2];
+  assert_addr(&l->listen_addr, "0.0.0.0:1977");
+  assert_addr(&l->upstream_addr, "[::1]:1978");
+  const gw_framing *f = &l->framing;
+  assert_string_equal(f->name, "custom");
+  assert_false(f->raw);
+  assert_int_equal(f->length_offset, 1);
+  assert_int_equal(f->length_size, 3);
+  assert_false(f->big_endian);
+  assert_int_equal(f->length_adjust, -4);
+  assert_int_equal(f->opcode_offset, 5);
+  assert_int_equal(f->opcode_size, 4);
+  assert_int_equal(f->min_frame[GW_CLIENT], 9);
+  assert_int_equal(f->min_frame[GW_SERVER], 10);
+  assert_int_equal(f->max_frame[GW_CLIENT], 4096);
+  assert_int_equal(f->max_frame[GW_SERVER], 4096);
+  assert_true(f->keepalive);
+  assert_int_equal(f->str_length_size, 1);
+  assert_true(f->str_nul);
+  assert_int_equal(f->header_len, 9); /* the opcode ends last */
+  static const uint8_t zeros[GW_HEADER_TEMPLATE_MAX];
+  assert_memory_equal(f->header_template, zeros, sizeof zeros);
+  assert_int_equal(l->on_error, GW_ON_ERROR_DROP);
+
+  l = &cfg.listeners[3];
+  assert_addr(&l->listen_addr, "127.0.0.1:1979");
+  f = &l->framing;
+  assert_int_equal(f->length_size, GW_LENGTH_VARINT);
+  assert_int_equal(f->length_offset, 2);
+  assert_int_equal(f->header_len, 2); /* a varint's header ends where it starts */
+  assert_true(f->big_endian);
+  assert_int_equal(f->max_frame[GW_CLIENT], 16 * 1024 * 1024);
+  assert_int_equal(l->nscripts, 0);
+
+  assert_int_equal(cfg.connect_ms, 3000);
+  assert_int_equal(cfg.idle_ms, 0);
+  assert_int_equal(cfg.drain_ms, 500);
+  assert_int_equal(cfg.max_sessions, 0);
+  assert_int_equal(cfg.handler_instructions, 5000);
+  assert_int_equal(cfg.lua_memory_mb, 4096);
+  assert_int_equal(cfg.write_high_water, 1 << 20);
+  assert_int_equal(cfg.write_low_water, 1 << 19);
+  assert_int_equal(cfg.log_level, GW_LOG_DEBUG);
+  assert_int_equal(cfg.log_format, GW_LOG_JSON);
+  assert_true(cfg.watch);
+  snprintf(want, sizeof want, "%s/run/gw.sock", fx->real);
+  assert_string_equal(cfg.control, want);
+
+  gw_config_free(&cfg);
+  assert_true(is_zero(&cfg));
+  gw_config_free(&cfg); /* twice is harmless */
+}
+
+static void test_defaults(void **state) {
+  fixture *fx = *state;
+  gw_config cfg;
+  load_ok("return { listeners = { { " LISTENER1 " } } }", &cfg);
+  assert_int_equal(cfg.nlisteners, 1);
+  const gw_listener_config *l = &cfg.listeners[0];
+  gw_framing raw;
+  assert_int_equal(gw_framing_preset("raw", &raw), 0);
+  assert_framing(&l->framing, &raw);
+  assert_true(l->framing.raw);
+  assert_int_equal(l->nscripts, 0);
+  assert_null(l->scripts);
+  assert_int_equal(l->on_error, GW_ON_ERROR_PASS);
+  assert_false(l->unsafe);
+  assert_int_equal(cfg.connect_ms, 5000);
+  assert_int_equal(cfg.idle_ms, 300000);
+  assert_int_equal(cfg.drain_ms, 10000);
+  assert_int_equal(cfg.max_sessions, 10000);
+  assert_int_equal(cfg.handler_instructions, 1000000);
+  assert_int_equal(cfg.lua_memory_mb, 64);
+  assert_int_equal(cfg.write_high_water, 262144);
+  assert_int_equal(cfg.write_low_water, 65536);
+  assert_int_equal(cfg.log_level, GW_LOG_INFO);
+  assert_int_equal(cfg.log_format, GW_LOG_TEXT);
+  assert_false(cfg.watch);
+  char want[PATH_MAX + 32];
+  snprintf(want, sizeof want, "%s/gangway.sock", fx->real);
+  assert_string_equal(cfg.control, want);
+  gw_config_free(&cfg);
+
+  /* Empty sections take the defaults too; "" turns the control socket off. */
+  load_ok("return { listeners = { { " LISTENER1 " } }, timeouts = {},\n"
+          "  limits = {}, log = {}, control = \"\" }", &cfg);
+  assert_int_equal(cfg.connect_ms, 5000);
+  assert_int_equal(cfg.write_low_water, 65536);
+  assert_int_equal(cfg.log_level, GW_LOG_INFO);
+  assert_string_equal(cfg.control, "");
+  gw_config_free(&cfg);
+
+  /* A framing table without a preset starts from an empty custom framing. */
+  load_ok("return { listeners = { { " LISTENER1 ", framing = { length_size = 2 } } } }",
+          &cfg);
+  const gw_framing *f = &cfg.listeners[0].framing;
+  assert_string_equal(f->name, "custom");
+  assert_false(f->raw);
+  assert_true(f->big_endian);
+  assert_int_equal(f->length_offset, 0);
+  assert_int_equal(f->length_adjust, 0);
+  assert_int_equal(f->opcode_size, 0);
+  assert_false(f->keepalive);
+  assert_int_equal(f->min_frame[GW_CLIENT], 0);
+  assert_int_equal(f->max_frame[GW_SERVER], 16 * 1024 * 1024);
+  assert_int_equal(f->str_length_size, 0);
+  assert_int_equal(f->header_len, 2);
+  gw_config_free(&cfg);
+}
+
+/* The file is found by the path as given; scripts resolve against its
+ * directory, not the working directory. */
+static void test_paths_from_elsewhere(void **state) {
+  fixture *fx = *state;
+  assert_int_equal(mkdir("etc", 0755), 0);
+  it_write("etc", "s.lua", "\n");
+  it_write("etc", "config.lua",
+           "return { listeners = { { " LISTENER1 ", scripts = { \"s.lua\" } } },\n"
+           "  control = \"/tmp/gw-test.sock\" }");
+  gw_config cfg;
+  char err[512];
+  char path[PATH_MAX + 32];
+  snprintf(path, sizeof path, "%s/etc/config.lua", fx->real);
+  assert_int_equal(chdir("/"), 0);
+  int rc = gw_config_load(path, &cfg, err, sizeof err);
+  assert_int_equal(chdir(fx->dir), 0);
+  if (rc)
+    fail_msg("%s", err);
+  char want[PATH_MAX + 32];
+  snprintf(want, sizeof want, "%s/etc/s.lua", fx->real);
+  assert_string_equal(cfg.listeners[0].scripts[0], want);
+  assert_string_equal(cfg.control, "/tmp/gw-test.sock");
+  assert_string_equal(cfg.path, path);
+  gw_config_free(&cfg);
+}
+
+/* What the config may use, and that its own pcall cannot hide our limits. */
+static void test_sandbox_allows(void **state) {
+  (void)state;
+  gw_config cfg;
+  load_ok("assert(io == nil and os == nil and require == nil and load == nil)\n"
+          "assert(loadfile == nil and dofile == nil and debug == nil)\n"
+          "assert(package == nil and collectgarbage == nil and print == nil)\n"
+          "assert(_VERSION == \"Lua 5.4\" and utf8.char(72) == \"H\")\n"
+          "assert(math.type(1) == \"integer\" and select(\"#\", 1, 2) == 2)\n"
+          "local ok, e = pcall(string.rep, \"x\", 1 << 28)\n"
+          "assert(not ok and e == \"not enough memory\")\n"
+          "local names = {}\n"
+          "for _, n in ipairs({ \"a\", \"b\" }) do\n"
+          "  names[#names + 1] = { name = n, listen = (\"127.0.0.1:%d\"):format(2000 + #names),\n"
+          "                        upstream = \"127.0.0.1:3000\" }\n"
+          "end\n"
+          "table.sort(names, function(x, y) return x.name > y.name end)\n"
+          "return setmetatable({ listeners = names }, { __index = function() error(\"no\") end })\n",
+          &cfg);
+  assert_int_equal(cfg.nlisteners, 2);
+  assert_string_equal(cfg.listeners[0].name, "b");
+  assert_string_equal(cfg.listeners[1].listen, "127.0.0.1:2000");
+  gw_config_free(&cfg);
+}
+
+/* ---- bad configs: one exact message each ---- */
+
+typedef struct bad_case {
+  const char *name;
+  const char *text;
+  const char *want;
+} bad_case;
+
+static const bad_case bad_cases[] = {
+  {"syntax error with line",
+   "return {\n  listeners = {\n}\n",
+   "config.lua:4: '}' expected (to close '{' at line 1) near <eof>"},
+  {"runtime error with line",
+   "local t = nil\nlocal x = 1\nreturn t.listeners\n",
+   "config.lua:3: attempt to index a nil value (local 't')"},
+  {"error() with line",
+   "\n\nerror(\"no listeners today\")\n",
+   "config.lua:3: no listeners today"},
+  {"error() without position",
+   "error(\"plain\", 0)\n",
+   "config.lua: plain"},
+  {"error() with a table",
+   "error({ code = 1 })\n",
+   "config.lua: error object is a table value"},
+  {"binary chunk",
+   "\x1bLua\x54\x00",
+   "config.lua: attempt to load a binary chunk (mode is 't')"},
+  {"returns a number",
+   "return 42\n",
+   "config.lua: expected the config to return a table, got number 42"},
+  {"returns nothing",
+   "local x = {}\n",
+   "config.lua: expected the config to return a table, got nil"},
+  {"os is not there",
+   "os.execute(\"touch /tmp/gw-pwned\")\nreturn {}\n",
+   "config.lua:1: attempt to index a nil value (global 'os')"},
+  {"require is not there",
+   "local x = 1\nrequire(\"socket\")\n",
+   "config.lua:2: attempt to call a nil value (global 'require')"},
+  {"io through string's metatable is not there either",
+   "return getmetatable(\"\").__index.io.open(\"/etc/passwd\")\n",
+   "config.lua:1: attempt to index a nil value (field 'io')"},
+  {"infinite loop",
+   "local n = 0\nwhile true do n = n + 1 end\n",
+   "config.lua: config took too long to run"},
+  {"infinite loop that catches the timeout",
+   "while true do pcall(function() while true do end end) end\n",
+   "config.lua: config took too long to run"},
+  {"memory bomb",
+   "local t = {}\nfor i = 1, 1e9 do t[i] = (\"x\"):rep(100) .. i end\n",
+   "config.lua: config used more than 64 MiB of memory"},
+  {"one big string",
+   "local s = string.rep(\"x\", 200 * 1024 * 1024)\n",
+   "config.lua: config used more than 64 MiB of memory"},
+  {"finalizer",
+   "local t = setmetatable({}, { __gc = function() while true do end end })\n",
+   "config.lua:1: __gc metamethods are not allowed in the config"},
+  {"unknown top-level key",
+   "return { listners = {} }\n",
+   "config.lua: listners: unknown key (did you mean \"listeners\"?)"},
+  {"unknown nested key with a suggestion",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstrem = \"x\" } } }\n",
+   "config.lua: listeners[1].upstrem: unknown key (did you mean \"upstream\"?)"},
+  {"unknown key without a suggestion",
+   "return { listeners = { { " LISTENER1 " } }, timeouts = { connect_ms = 1, foo = 2 } }\n",
+   "config.lua: timeouts.foo: unknown key"},
+  {"unknown keys are reported in order",
+   "return { zeta = 1, [\"a b\"] = 2, beta = 3, listeners = { { " LISTENER1 " } } }\n",
+   "config.lua: [\"a b\"]: unknown key"},
+  {"a key that is not a string",
+   "return { [true] = 1, listeners = { { " LISTENER1 " } } }\n",
+   "config.lua: unexpected boolean key"},
+  {"a list item at the top",
+   "return { { " LISTENER1 " } }\n",
+   "config.lua: [1]: unknown key"},
+  {"listeners missing",
+   "return { watch = true }\n",
+   "config.lua: listeners: expected a non-empty list of listener tables, got nil"},
+  {"listeners empty",
+   "return { listeners = {} }\n",
+   "config.lua: listeners: expected a non-empty list of listener tables, got an empty table"},
+  {"listeners with a named key",
+   "return { listeners = { { " LISTENER1 " }, game = {} } }\n",
+   "config.lua: listeners.game: unexpected key in a list"},
+  {"listener not a table",
+   "return { listeners = { { " LISTENER1 " }, \"login\" } }\n",
+   "config.lua: listeners[2]: expected a table, got string \"login\""},
+  {"upstream as a number",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = 1974 } } }\n",
+   "config.lua: listeners[1].upstream: expected \"host:port\", got number 1974"},
+  {"name missing",
+   "return { listeners = { { listen = \"127.0.0.1:1973\", upstream = \"127.0.0.1:1974\" } } }\n",
+   "config.lua: listeners[1].name: expected a listener name, got nil"},
+  {"name with a space",
+   "return { listeners = { { name = \"my game\", listen = \"127.0.0.1:1973\", upstream = \"127.0.0.1:1974\" } } }\n",
+   "config.lua: listeners[1].name: expected a name of 1 to 64 letters, digits, \"_\", \".\" or \"-\", got \"my game\""},
+  {"duplicate listener name",
+   "return { listeners = { { " LISTENER1 " },\n"
+   "  { name = \"game\", listen = \"127.0.0.1:1975\", upstream = \"127.0.0.1:1974\" } } }\n",
+   "config.lua: listeners[2].name: \"game\" is already the name of listeners[1]"},
+  {"duplicate listen address",
+   "return { listeners = { { " LISTENER1 " },\n"
+   "  { name = \"login\", listen = \"localhost:1973\", upstream = \"127.0.0.1:1974\" } } }\n",
+   "config.lua: listeners[2].listen: \"localhost:1973\" conflicts with listeners[1].listen \"127.0.0.1:1973\""},
+  {"listen address under a wildcard",
+   "return { listeners = { { name = \"a\", listen = \"[::]:1973\", upstream = \"127.0.0.1:1974\" },\n"
+   "  { name = \"b\", listen = \"127.0.0.1:1973\", upstream = \"127.0.0.1:1974\" } } }\n",
+   "config.lua: listeners[2].listen: \"127.0.0.1:1973\" conflicts with listeners[1].listen \"[::]:1973\""},
+  {"port 0",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:0\", upstream = \"127.0.0.1:1974\" } } }\n",
+   "config.lua: listeners[1].listen: port must be 1 to 65535, got \"0\""},
+  {"port too large",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = \"127.0.0.1:65536\" } } }\n",
+   "config.lua: listeners[1].upstream: port must be 1 to 65535, got \"65536\""},
+  {"IPv6 without brackets",
+   "return { listeners = { { name = \"game\", listen = \"::1:1973\", upstream = \"127.0.0.1:1974\" } } }\n",
+   "config.lua: listeners[1].listen: an IPv6 address needs brackets, as in \"[::1]:1973\", got \"::1:1973\""},
+  {"listen on a host name",
+   "return { listeners = { { name = \"game\", listen = \"game.example:1973\", upstream = \"127.0.0.1:1974\" } } }\n",
+   "config.lua: listeners[1].listen: \"game.example\" is not a numeric address (expected an IPv4 address, [IPv6] or localhost)"},
+  {"bad framing preset",
+   "return { listeners = { { " LISTENER1 ", framing = \"tpo\" } } }\n",
+   "config.lua: listeners[1].framing: unknown preset \"tpo\" (did you mean \"top\"? presets: "
+   "\"top\", \"u16be\", \"u32be\", \"u32le\", \"mysql\", \"varint\", \"raw\")"},
+  {"bad preset in a framing table",
+   "return { listeners = { { " LISTENER1 ", framing = { preset = \"netty\" } } } }\n",
+   "config.lua: listeners[1].framing.preset: unknown preset \"netty\" (presets: "
+   "\"top\", \"u16be\", \"u32be\", \"u32le\", \"mysql\", \"varint\", \"raw\")"},
+  {"framing of the wrong type",
+   "return { listeners = { { " LISTENER1 ", framing = 2 } } }\n",
+   "config.lua: listeners[1].framing: expected a preset name or a table, got number 2"},
+  {"bad framing field",
+   "return { listeners = { { " LISTENER1 ", framing = { length_size = 8 } } } }\n",
+   "config.lua: listeners[1].framing.length_size: expected 1, 2, 3, 4 or \"varint\", got 8"},
+  {"bad framing byte order",
+   "return { listeners = { { " LISTENER1 ", framing = { length_size = 2, byte_order = \"network\" } } } }\n",
+   "config.lua: listeners[1].framing.byte_order: expected \"big\" or \"little\", got \"network\""},
+  {"opcode over the length field",
+   "return { listeners = { { " LISTENER1 ", framing = { length_size = 2, opcode_size = 2 } } } }\n",
+   "config.lua: listeners[1].framing.opcode_offset: the opcode (bytes 0..1) overlaps the length field (bytes 0..1)"},
+  {"opcode with a varint length",
+   "return { listeners = { { " LISTENER1 ", framing = { length_size = \"varint\", opcode_offset = 1, opcode_size = 1 } } } }\n",
+   "config.lua: listeners[1].framing.opcode_size: must be 0 with a varint length field, whose size varies, got 1"},
+  {"header past the template",
+   "return { listeners = { { " LISTENER1 ", framing = { length_offset = 14, length_size = 4 } } } }\n",
+   "config.lua: listeners[1].framing.length_offset: the length field (bytes 14..17) must lie within the first 16 bytes"},
+  {"min_frame above max_frame",
+   "return { listeners = { { " LISTENER1 ", framing = { preset = \"top\", min_frame = 100, max_frame = { client = 50 } } } } }\n",
+   "config.lua: listeners[1].framing.min_frame.client: must be at most max_frame.client (50), got 100"},
+  {"max_frame of zero",
+   "return { listeners = { { " LISTENER1 ", framing = { preset = \"top\", max_frame = { server = 0 } } } } }\n",
+   "config.lua: listeners[1].framing.max_frame.server: expected a positive integer, got 0"},
+  {"unknown side in max_frame",
+   "return { listeners = { { " LISTENER1 ", framing = { preset = \"top\", max_frame = { clinet = 10 } } } } }\n",
+   "config.lua: listeners[1].framing.max_frame.clinet: unknown key (did you mean \"client\"?)"},
+  {"length field with the raw preset",
+   "return { listeners = { { " LISTENER1 ", framing = { preset = \"raw\", length_size = 2 } } } }\n",
+   "config.lua: listeners[1].framing.length_size: means nothing with the \"raw\" preset, which does no framing"},
+  {"bad string length size",
+   "return { listeners = { { " LISTENER1 ", framing = { preset = \"top\", string = { length_size = 3 } } } } }\n",
+   "config.lua: listeners[1].framing.string.length_size: expected 0, 1, 2 or 4, got 3"},
+  {"missing script file",
+   "return { listeners = { { " LISTENER1 ", scripts = { \"config.lua\", \"x.lua\" } } } }\n",
+   "config.lua: listeners[1].scripts[2]: cannot open \"x.lua\": No such file or directory"},
+  {"script that is a directory",
+   "return { listeners = { { " LISTENER1 ", scripts = { \".\" } } } }\n",
+   "config.lua: listeners[1].scripts[1]: cannot open \".\": Is a directory"},
+  {"scripts as a string",
+   "return { listeners = { { " LISTENER1 ", scripts = \"a.lua\" } } }\n",
+   "config.lua: listeners[1].scripts: expected a list of script paths, got string \"a.lua\""},
+  {"bad on_error",
+   "return { listeners = { { " LISTENER1 ", on_error = \"ignore\" } } }\n",
+   "config.lua: listeners[1].on_error: expected \"pass\", \"drop\" or \"close\", got \"ignore\""},
+  {"unsafe as a string",
+   "return { listeners = { { " LISTENER1 ", unsafe = \"yes\" } } }\n",
+   "config.lua: listeners[1].unsafe: expected a boolean, got string \"yes\""},
+  {"negative timeout",
+   "return { listeners = { { " LISTENER1 " } }, timeouts = { connect_ms = -5 } }\n",
+   "config.lua: timeouts.connect_ms: expected a positive integer, got -5"},
+  {"timeout as a float",
+   "return { listeners = { { " LISTENER1 " } }, timeouts = { idle_ms = 1.5 } }\n",
+   "config.lua: timeouts.idle_ms: expected a non-negative integer, got 1.5"},
+  {"timeout as a float that looks whole",
+   "return { listeners = { { " LISTENER1 " } }, timeouts = { drain_ms = 1e3 } }\n",
+   "config.lua: timeouts.drain_ms: expected a non-negative integer, got 1000.0"},
+  {"timeout as a string",
+   "return { listeners = { { " LISTENER1 " } }, timeouts = { drain_ms = \"10s\" } }\n",
+   "config.lua: timeouts.drain_ms: expected a non-negative integer, got string \"10s\""},
+  {"timeout past 32 bits",
+   "return { listeners = { { " LISTENER1 " } }, timeouts = { idle_ms = 1 << 32 } }\n",
+   "config.lua: timeouts.idle_ms: expected a non-negative integer up to 4294967295, got 4294967296"},
+  {"timeouts not a table",
+   "return { listeners = { { " LISTENER1 " } }, timeouts = 5000 }\n",
+   "config.lua: timeouts: expected a table, got number 5000"},
+  {"length_adjust past 32 bits",
+   "return { listeners = { { " LISTENER1 ", framing = { length_size = 4, length_adjust = -(1 << 31) - 1 } } } }\n",
+   "config.lua: listeners[1].framing.length_adjust: expected an integer from -2147483648 to 2147483647, got -2147483649"},
+  {"too few handler instructions",
+   "return { listeners = { { " LISTENER1 " } }, limits = { handler_instructions = 10 } }\n",
+   "config.lua: limits.handler_instructions: expected an integer >= 1000, got 10"},
+  {"too much Lua memory",
+   "return { listeners = { { " LISTENER1 " } }, limits = { lua_memory_mb = 5000 } }\n",
+   "config.lua: limits.lua_memory_mb: expected an integer from 1 to 4096, got 5000"},
+  {"low water at high water",
+   "return { listeners = { { " LISTENER1 " } }, limits = { write_high_water = 4096, write_low_water = 4096 } }\n",
+   "config.lua: limits.write_low_water: must be below limits.write_high_water (4096), got 4096"},
+  {"high water under the default low water",
+   "return { listeners = { { " LISTENER1 " } }, limits = { write_high_water = 1024 } }\n",
+   "config.lua: limits.write_high_water: must be above limits.write_low_water (65536), got 1024"},
+  {"bad log level",
+   "return { listeners = { { " LISTENER1 " } }, log = { level = \"verbose\" } }\n",
+   "config.lua: log.level: expected \"debug\", \"info\", \"warn\" or \"error\", got \"verbose\""},
+  {"unknown key reported before a bad value",
+   "return { listeners = { { " LISTENER1 " } }, log = { level = 1, fromat = \"json\" } }\n",
+   "config.lua: log.fromat: unknown key (did you mean \"format\"?)"},
+  {"watch as a number",
+   "return { listeners = { { " LISTENER1 " } }, watch = 1 }\n",
+   "config.lua: watch: expected a boolean, got number 1"},
+  {"control as a boolean",
+   "return { listeners = { { " LISTENER1 " } }, control = false }\n",
+   "config.lua: control: expected a socket path (\"\" for none), got boolean false"},
+  {"control path too long",
+   "return { listeners = { { " LISTENER1 " } }, control = \"/\" .. (\"x\"):rep(120) }\n",
+   "config.lua: control: socket path \"/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\" is longer than 107 bytes"},
+  {"long string value is cut in the message",
+   "return { listeners = { { " LISTENER1 " } }, log = { format = (\"y\"):rep(50) } }\n",
+   "config.lua: log.format: expected \"text\" or \"json\", got \"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy...\""},
+};
+
+static void test_bad(void **state) {
+  const bad_case *bc = ((fixture *)*state)->param;
+  expect_error(bc->text, bc->want);
+}
+
+static void test_unresolvable_upstream(void **state) {
+  (void)state;
+  /* Whether the resolver says "not known" or cannot reach a server depends on
+   * the machine; the message carries its word either way. */
+  struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+  int rc = getaddrinfo("nothing.invalid", NULL, &hints, &res);
+  assert_int_not_equal(rc, 0);
+  char want[512];
+  snprintf(want, sizeof want,
+           "config.lua: listeners[1].upstream: cannot resolve \"nothing.invalid\": %s",
+           rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+  expect_error("return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\",\n"
+               "  upstream = \"nothing.invalid:1974\" } } }\n", want);
+}
+
+static void test_missing_file(void **state) {
+  (void)state;
+  gw_config cfg;
+  char err[256];
+  assert_int_equal(gw_config_load("nope.lua", &cfg, err, sizeof err), -EINVAL);
+  assert_string_equal(err, "nope.lua: cannot open: No such file or directory");
+  assert_true(is_zero(&cfg));
+  assert_int_equal(gw_config_load(".", &cfg, err, sizeof err), -EINVAL);
+  assert_string_equal(err, ".: cannot open: Is a directory");
+}
+
+/* Lua shortens long chunk names to "...tail"; messages still give the path
+ * exactly as it was passed. */
+static void test_long_path(void **state) {
+  (void)state;
+  const char *dir = "a-directory-with-a-rather-long-name-to-push-the-path-past-sixty";
+  assert_int_equal(mkdir(dir, 0755), 0);
+  it_write(dir, "config.lua", "\nerror(\"boom\")\n");
+  char path[256];
+  snprintf(path, sizeof path, "%s/config.lua", dir);
+  assert_true(strlen(path) > LUA_IDSIZE);
+  gw_config cfg;
+  char err[512], want[512];
+  assert_int_equal(gw_config_load(path, &cfg, err, sizeof err), -EINVAL);
+  snprintf(want, sizeof want, "%s:2: boom", path);
+  assert_string_equal(err, want);
+}
+
+/* A short error buffer gets a cut message, never an overflow. */
+static void test_short_err_buffer(void **state) {
+  (void)state;
+  it_write(".", "config.lua", "return 42\n");
+  gw_config cfg;
+  char err[16];
+  memset(err, 'z', sizeof err);
+  assert_int_equal(gw_config_load("config.lua", &cfg, err, 12), -EINVAL);
+  assert_string_equal(err, "config.lua:");
+  assert_int_equal(err[12], 'z');
+}
+
+/* ---- addresses ---- */
+
+static void test_parse_addr(void **state) {
+  (void)state;
+  static const struct { const char *in; bool resolve; const char *out; } good[] = {
+    {"127.0.0.1:1974", false, "127.0.0.1:1974"},
+    {"[::1]:1973", false, "[::1]:1973"},
+    {"[2001:db8::7]:65535", false, "[2001:db8::7]:65535"},
+    {"0.0.0.0:1", false, "0.0.0.0:1"},
+    {"localhost:80", false, "127.0.0.1:80"},
+    {"localhost:80", true, "127.0.0.1:80"},
+  };
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    struct sockaddr_storage a;
+    char err[256];
+    if (gw_parse_addr(good[i].in, &a, good[i].resolve, err, sizeof err) != 0)
+      fail_msg("%s: %s", good[i].in, err);
+    assert_addr(&a, good[i].out);
+  }
+  static const struct { const char *in; const char *err; } bad[] = {
+    {"1974", "expected \"host:port\", got \"1974\""},
+    {":1974", "missing host in \":1974\""},
+    {"127.0.0.1:", "port must be 1 to 65535, got \"\""},
+    {"127.0.0.1:+80", "port must be 1 to 65535, got \"+80\""},
+    {"127.0.0.1:080x", "port must be 1 to 65535, got \"080x\""},
+    {"127.0.0.1:000001", "port must be 1 to 65535, got \"000001\""},
+    {"[::1]1973", "expected \"[IPv6]:port\", got \"[::1]1973\""},
+    {"[::1", "expected \"[IPv6]:port\", got \"[::1\""},
+    {"[127.0.0.1]:80", "\"127.0.0.1\" is not an IPv6 address"},
+    {"127.1:80", "\"127.1\" is not a numeric address (expected an IPv4 address, [IPv6] or localhost)"},
+    {"fe80::1:80", "an IPv6 address needs brackets, as in \"[::1]:1973\", got \"fe80::1:80\""},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    struct sockaddr_storage a;
+    char err[256];
+    assert_int_equal(gw_parse_addr(bad[i].in, &a, false, err, sizeof err), -EINVAL);
+    assert_string_equal(err, bad[i].err);
+  }
+  char longest[GW_ADDR_MAX + 8];
+  memset(longest, '1', sizeof longest - 1);
+  longest[sizeof longest - 1] = '\0';
+  struct sockaddr_storage a;
+  char err[256];
+  assert_int_equal(gw_parse_addr(longest, &a, true, err, sizeof err), -EINVAL);
+  assert_string_equal(err, "expected \"host:port\", got a string of 307 bytes (at most 299)");
+}
+
+static void test_format_addr(void **state) {
+  (void)state;
+  struct sockaddr_in6 in6 = {.sin6_family = AF_INET6, .sin6_port = htons(1973)};
+  in6.sin6_addr = in6addr_loopback;
+  char s[GW_ADDR_MAX];
+  gw_format_addr((struct sockaddr *)&in6, s, sizeof s);
+  assert_string_equal(s, "[::1]:1973");
+  struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons(1974)};
+  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  gw_format_addr((struct sockaddr *)&in, s, sizeof s);
+  assert_string_equal(s, "127.0.0.1:1974");
+  gw_format_addr((struct sockaddr *)&in, s, 8); /* cut, still terminated */
+  assert_string_equal(s, "127.0.0");
+  struct sockaddr_storage none = {.ss_family = AF_UNIX};
+  gw_format_addr((struct sockaddr *)&none, s, sizeof s);
+  assert_string_equal(s, "(address family 1)");
+}
+
+int main(void) {
+  static const struct CMUnitTest fixed[] = {
+    cmocka_unit_test_setup_teardown(test_full_config, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_paths_from_elsewhere, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_sandbox_allows, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_unresolvable_upstream, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_long_path, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_short_err_buffer, setup, teardown),
+    cmocka_unit_test(test_parse_addr),
+    cmocka_unit_test(test_format_addr),
+  };
+  enum { NFIXED = sizeof fixed / sizeof fixed[0],
+         NBAD = sizeof bad_cases / sizeof bad_cases[0] };
+  /* One named test per bad config, each in its own temp dir. */
+  struct CMUnitTest tests[NFIXED + NBAD];
+  memcpy(tests, fixed, sizeof fixed);
+  for (size_t i = 0; i < NBAD; i++) {
+    tests[NFIXED + i] = (struct CMUnitTest){
+      .name = bad_cases[i].name, .test_func = test_bad,
+      .setup_func = setup_bad, .teardown_func = teardown,
+      .initial_state = (void *)&bad_cases[i],
+    };
+  }
+  return _cmocka_run_group_tests("config", tests, NFIXED + NBAD, NULL, NULL);
+}
