@@ -373,12 +373,11 @@ static int dispatch(lua_State *L) {
   if (lua_rawgeti(L, LUA_REGISTRYINDEX, c->rt->cur.map_ref[c->from]) !=
       LUA_TTABLE)
     return 0;
-  int t = c->fi->has_opcode ? lua_rawgeti(L, 1, (lua_Integer)c->fi->opcode)
-                            : LUA_TNIL;
-  if (t == LUA_TNIL) {
+  int t = LUA_TNIL;
+  if (c->fi->has_opcode &&
+      (t = lua_rawgeti(L, 1, (lua_Integer)c->fi->opcode)) == LUA_TNIL)
     lua_pop(L, 1);
-    t = lua_rawgeti(L, 1, -1);
-  }
+  if (t == LUA_TNIL) t = lua_rawgeti(L, 1, -1);
   if (t != LUA_TTABLE) return 0;
   c->pkt = gw_packet_push_borrowed(L, &c->rt->h.framing, c->from, c->data,
                                    c->fi->len);

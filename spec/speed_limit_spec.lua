@@ -1,0 +1,77 @@
+-- speed_limit_spec.lua: scripts/speed_limit.lua's token bucket, on the
+-- simulated clock: bursts pass up to 20, the sustained rate is 10 a
+-- second, and a session that keeps pushing is closed.
+local testing = require "gangway.testing"
+local top = testing.top
+
+local function action(n)
+  return top.frame(6, top.writer():u32(1):u8(1):u32(n))
+end
+
+describe("speed_limit.lua", function()
+  local t, s
+  before_each(function()
+    t = testing.new{ scripts = { "scripts/speed_limit.lua" } }
+    s = t:connect()
+  end)
+  after_each(function() t:close() end)
+
+  it("lets a burst of 20 through and drops the rest", function()
+    for i = 1, 25 do s:from_client(action(i)) end
+    local passed = s:to_server()
+    assert.equal(20, #passed)
+    assert.equal(action(20), passed[20])
+    assert.equal(5, #s:dropped())
+    assert.is_nil(s:closed())
+  end)
+
+  it("refills at 10 actions a second", function()
+    for i = 1, 20 do s:from_client(action(i)) end
+    assert.equal(20, #s:to_server())
+    s:from_client(action(21))
+    assert.equal(0, #s:to_server())
+    t:advance(500) -- 5 tokens
+    for i = 22, 30 do s:from_client(action(i)) end
+    assert.equal(5, #s:to_server())
+  end)
+
+  it("keeps a steady 10 a second going forever", function()
+    for _ = 1, 100 do
+      t:advance(100)
+      s:from_client(action(1))
+    end
+    assert.equal(100, #s:to_server())
+    assert.same({}, s:dropped())
+  end)
+
+  it("closes a session that keeps flooding", function()
+    for i = 1, 20 + 29 do s:from_client(action(i)) end
+    assert.is_nil(s:closed())
+    s:from_client(action(50))
+    assert.equal("closed by a handler", s:closed())
+    assert.is_true(t:logged("actions over the limit", "warn"))
+    -- nothing more goes through
+    s:from_client(action(51))
+    assert.equal(20, #s:to_server())
+  end)
+
+  it("forgives strikes after the window", function()
+    for i = 1, 20 + 29 do s:from_client(action(i)) end
+    t:advance(10001)
+    s:to_server()
+    for i = 1, 20 + 29 do s:from_client(action(i)) end
+    assert.is_nil(s:closed())
+  end)
+
+  it("keeps one bucket per session", function()
+    local other = t:connect()
+    for i = 1, 25 do s:from_client(action(i)) end
+    for i = 1, 20 do other:from_client(action(i)) end
+    assert.equal(20, #other:to_server())
+  end)
+
+  it("does not touch other actions or chat", function()
+    for _ = 1, 50 do s:from_client(top.say("hi")) end
+    assert.equal(50, #s:to_server())
+  end)
+end)
