@@ -655,7 +655,8 @@ static void framing_table(cfg_ctx *c, int t, gw_framing *f) {
   size_t mark;
 
   *f = custom_framing;
-  if (enter(c, t, "preset", &mark) != LUA_TNIL)
+  bool preset = enter(c, t, "preset", &mark) != LUA_TNIL;
+  if (preset)
     framing_preset(c, want_string(c, "a preset name"), f);
   leave(c, mark);
   if (f->raw) {
@@ -669,10 +670,11 @@ static void framing_table(cfg_ctx *c, int t, gw_framing *f) {
   f->length_offset = (uint32_t)get_int(c, t, "length_offset", 0,
                                        GW_HEADER_TEMPLATE_MAX - 1,
                                        f->length_offset);
-  f->length_size = (uint8_t)get_choice(c, t, "length_size", length_sizes,
-                                       COUNT(length_sizes),
-                                       "1, 2, 3, 4 or \"varint\"",
-                                       f->length_size);
+  /* Required without a preset: an all-zero length_size means varint. */
+  if (enter(c, t, "length_size", &mark) != LUA_TNIL || !preset)
+    f->length_size = (uint8_t)want_choice(c, length_sizes, COUNT(length_sizes),
+                                          "1, 2, 3, 4 or \"varint\"");
+  leave(c, mark);
   f->big_endian = get_choice(c, t, "byte_order", byte_orders,
                              COUNT(byte_orders), "\"big\" or \"little\"",
                              f->big_endian);
