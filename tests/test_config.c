@@ -109,6 +109,29 @@ static void assert_framing(const gw_framing *a, const gw_framing *b) {
   assert_int_equal(a->header_len, b->header_len);
 }
 
+/* The settings outside listeners. */
+static void assert_settings(const gw_config *cfg, const gw_config *want) {
+  assert_int_equal(cfg->connect_ms, want->connect_ms);
+  assert_int_equal(cfg->idle_ms, want->idle_ms);
+  assert_int_equal(cfg->drain_ms, want->drain_ms);
+  assert_int_equal(cfg->max_sessions, want->max_sessions);
+  assert_int_equal(cfg->handler_instructions, want->handler_instructions);
+  assert_int_equal(cfg->lua_memory_mb, want->lua_memory_mb);
+  assert_int_equal(cfg->write_high_water, want->write_high_water);
+  assert_int_equal(cfg->write_low_water, want->write_low_water);
+  assert_int_equal(cfg->log_level, want->log_level);
+  assert_int_equal(cfg->log_format, want->log_format);
+  assert_int_equal(cfg->watch, want->watch);
+}
+
+/* What docs/config.md promises. */
+static const gw_config defaults = {
+  .connect_ms = 5000, .idle_ms = 300000, .drain_ms = 10000,
+  .max_sessions = 10000, .handler_instructions = 1000000, .lua_memory_mb = 64,
+  .write_high_water = 262144, .write_low_water = 65536,
+  .log_level = GW_LOG_INFO, .log_format = GW_LOG_TEXT, .watch = false,
+};
+
 /* ---- good configs ---- */
 
 static void test_full_config(void **state) {
@@ -223,17 +246,12 @@ static void test_full_config(void **state) {
   assert_int_equal(f->max_frame[GW_CLIENT], 16 * 1024 * 1024);
   assert_int_equal(l->nscripts, 0);
 
-  assert_int_equal(cfg.connect_ms, 3000);
-  assert_int_equal(cfg.idle_ms, 0);
-  assert_int_equal(cfg.drain_ms, 500);
-  assert_int_equal(cfg.max_sessions, 0);
-  assert_int_equal(cfg.handler_instructions, 5000);
-  assert_int_equal(cfg.lua_memory_mb, 4096);
-  assert_int_equal(cfg.write_high_water, 1 << 20);
-  assert_int_equal(cfg.write_low_water, 1 << 19);
-  assert_int_equal(cfg.log_level, GW_LOG_DEBUG);
-  assert_int_equal(cfg.log_format, GW_LOG_JSON);
-  assert_true(cfg.watch);
+  assert_settings(&cfg, &(gw_config){
+    .connect_ms = 3000, .idle_ms = 0, .drain_ms = 500, .max_sessions = 0,
+    .handler_instructions = 5000, .lua_memory_mb = 4096,
+    .write_high_water = 1 << 20, .write_low_water = 1 << 19,
+    .log_level = GW_LOG_DEBUG, .log_format = GW_LOG_JSON, .watch = true,
+  });
   snprintf(want, sizeof want, "%s/run/gw.sock", fx->real);
   assert_string_equal(cfg.control, want);
 
@@ -256,17 +274,7 @@ static void test_defaults(void **state) {
   assert_null(l->scripts);
   assert_int_equal(l->on_error, GW_ON_ERROR_PASS);
   assert_false(l->unsafe);
-  assert_int_equal(cfg.connect_ms, 5000);
-  assert_int_equal(cfg.idle_ms, 300000);
-  assert_int_equal(cfg.drain_ms, 10000);
-  assert_int_equal(cfg.max_sessions, 10000);
-  assert_int_equal(cfg.handler_instructions, 1000000);
-  assert_int_equal(cfg.lua_memory_mb, 64);
-  assert_int_equal(cfg.write_high_water, 262144);
-  assert_int_equal(cfg.write_low_water, 65536);
-  assert_int_equal(cfg.log_level, GW_LOG_INFO);
-  assert_int_equal(cfg.log_format, GW_LOG_TEXT);
-  assert_false(cfg.watch);
+  assert_settings(&cfg, &defaults);
   char want[PATH_MAX + 32];
   snprintf(want, sizeof want, "%s/gangway.sock", fx->real);
   assert_string_equal(cfg.control, want);
@@ -275,9 +283,7 @@ static void test_defaults(void **state) {
   /* Empty sections take the defaults too; "" turns the control socket off. */
   load_ok("return { listeners = { { " LISTENER1 " } }, timeouts = {},\n"
           "  limits = {}, log = {}, control = \"\" }", &cfg);
-  assert_int_equal(cfg.connect_ms, 5000);
-  assert_int_equal(cfg.write_low_water, 65536);
-  assert_int_equal(cfg.log_level, GW_LOG_INFO);
+  assert_settings(&cfg, &defaults);
   assert_string_equal(cfg.control, "");
   gw_config_free(&cfg);
 
