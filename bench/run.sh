@@ -297,13 +297,24 @@ run_one() {
   args=($(scenario_args "$scenario"))
   local deadline
   deadline=$(awk -v d="$DUR" -v w="$WARM" -v h="$HOLD" 'BEGIN { print int(d + w + h + 40) }')
-  local perf_pid=""
+  local perf_pid="" perf_stat_pid=""
   if [ -n "$PROFILE" ] && [ -n "$PROXY_PID" ]; then
     # Samples the measured window only, not the connects and warm-up.
     (sleep "$WARM"; exec perf record -g -p "$PROXY_PID" -o "$BUILD/perf-$c.data" \
        -- sleep "$DUR") >"$WORK/perf.log" 2>&1 &
     perf_pid=$!
     PIDS+=("$perf_pid")
+    # Syscalls by kind over the same window: the relay's cost is mostly
+    # there, so "syscalls per relayed frame" is the number to compare.
+    local ev=raw_syscalls:sys_enter k
+    for k in read readv write writev recvfrom sendto recvmsg sendmsg \
+             epoll_wait epoll_pwait epoll_ctl splice; do
+      ev="$ev,syscalls:sys_enter_$k"
+    done
+    (sleep "$WARM"; exec perf stat -x, -e "$ev" -p "$PROXY_PID" \
+       -o "$WORK/perf-stat.csv" -- sleep "$DUR") >/dev/null 2>&1 &
+    perf_stat_pid=$!
+    PIDS+=("$perf_stat_pid")
   fi
   local line rc=0
   line=$("${PIN_LOAD[@]+"${PIN_LOAD[@]}"}" timeout -k 2 "$((deadline + 5))" "$LOADGEN" -t "127.0.0.1:$port" \
@@ -319,6 +330,8 @@ run_one() {
   if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || true
     forget_pid "$perf_pid"
+    wait "$perf_stat_pid" || true
+    forget_pid "$perf_stat_pid"
     {
       echo "# $c, $scenario scenario: self time by binary, then by function"
       perf report -i "$BUILD/perf-$c.data" --no-children --sort dso --stdio \
@@ -327,6 +340,15 @@ run_one() {
       perf report -i "$BUILD/perf-$c.data" --no-children --sort dso,symbol \
         --percent-limit 0.5 --stdio -g none 2>/dev/null | grep -v '^#' | grep . |
         sed 's/[ -]*$//'
+      # Each frame crosses the proxy twice: to the echo server and back.
+      local frames
+      frames=$(sed -n 's/.*"frames":\([0-9]*\).*/\1/p' <<<"$line")
+      echo
+      echo "# syscalls over the window, per frame relayed ($((frames * 2)) frames)"
+      awk -F, -v n="$((frames * 2))" '$1 ~ /^[0-9]+$/ && $1 > 0 {
+        sub(/^(raw_)?syscalls:sys_enter_?/, "", $3); if ($3 == "") $3 = "all";
+        printf "%12d  %-12s %.3f per frame\n", $1, $3, n ? $1 / n : 0 }' \
+        "$WORK/perf-stat.csv"
     } >"$BUILD/perf-$c.txt" || true
     echo "== perf: $c, $scenario, top functions by self time ($BUILD/perf-$c.txt)" >&2
     head -40 "$BUILD/perf-$c.txt" >&2
