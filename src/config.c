@@ -45,6 +45,10 @@
 #define CFG_MEMORY_MAX (64u * MIB)
 
 #define NAME_MAX_LEN 64        /* listener names */
+/* Listeners are sockets and scripts are files: real configs have a few. The
+ * caps keep the checks (pairwise among listeners) cheap on any input. */
+#define LISTENERS_MAX 1024
+#define SCRIPTS_MAX 256
 #define KEYPATH_MAX 256
 #define SHOW_MAX 40            /* string bytes quoted in messages */
 
@@ -469,8 +473,12 @@ static lua_Integer want_choice(cfg_ctx *c, const choice *ch, size_t n,
   lua_State *L = c->L;
   int t = lua_type(L, -1);
   for (size_t i = 0; i < n; i++) {
-    if (ch[i].name && t == LUA_TSTRING && strcmp(lua_tostring(L, -1), ch[i].name) == 0)
-      return ch[i].value;
+    if (ch[i].name && t == LUA_TSTRING) {
+      size_t len;
+      const char *s = lua_tolstring(L, -1, &len);
+      if (len == strlen(ch[i].name) && memcmp(s, ch[i].name, len) == 0)
+        return ch[i].value;
+    }
     if (!ch[i].name && lua_isinteger(L, -1) && lua_tointeger(L, -1) == ch[i].value)
       return ch[i].value;
   }
@@ -509,8 +517,10 @@ static int want_record(cfg_ctx *c, const char *const known[]) {
   return t;
 }
 
-/* The value on top must be a list (keys 1..n, nothing else); returns n. */
-static lua_Integer want_list(cfg_ctx *c, const char *desc, bool nonempty) {
+/* The value on top must be a list (keys 1..n, nothing else) of at most max
+ * items; returns n. */
+static lua_Integer want_list(cfg_ctx *c, const char *desc, bool nonempty,
+                             lua_Integer max) {
   lua_State *L = c->L;
   if (!lua_istable(L, -1))
     fail_expected(c, -1, desc, LUA_TTABLE);
@@ -518,6 +528,9 @@ static lua_Integer want_list(cfg_ctx *c, const char *desc, bool nonempty) {
   check_keys(c, lua_gettop(L), NULL, n);
   if (nonempty && n == 0)
     fail(c, "expected %s, got an empty table", desc);
+  if (n > max)
+    fail(c, "expected at most %lld items, got %lld", (long long)max,
+         (long long)n);
   return n;
 }
 
@@ -809,7 +822,8 @@ static void listener_addr(cfg_ctx *c, int l, const char *key, bool resolve,
 static void listener_scripts(cfg_ctx *c, int l, gw_listener_config *lc) {
   size_t mark;
   if (enter(c, l, "scripts", &mark) != LUA_TNIL) {
-    lua_Integer n = want_list(c, "a list of script paths", false);
+    lua_Integer n = want_list(c, "a list of script paths", false,
+                              SCRIPTS_MAX);
     int list = lua_gettop(c->L);
     if (n > 0) {
       lc->scripts = calloc((size_t)n, sizeof *lc->scripts);
@@ -878,7 +892,8 @@ static void parse_listener(cfg_ctx *c, int l, size_t i) {
 static void parse_listeners(cfg_ctx *c, int top) {
   size_t mark;
   enter(c, top, "listeners", &mark);
-  lua_Integer n = want_list(c, "a non-empty list of listener tables", true);
+  lua_Integer n = want_list(c, "a non-empty list of listener tables", true,
+                            LISTENERS_MAX);
   int list = lua_gettop(c->L);
   c->cfg->listeners = calloc((size_t)n, sizeof *c->cfg->listeners);
   if (!c->cfg->listeners)
