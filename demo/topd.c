@@ -317,11 +317,11 @@ static void on_signal(uv_signal_t *s, int signum)
 static void usage(FILE *out)
 {
   fprintf(out,
-          "usage: topd [-l addr:port] [-k ms] [-m actions] [-c peers] [-v]\n"
+          "usage: topd [-l addr:port] [-k ms] [-m actions] [-n peers] [-v]\n"
           "  -l  listen address (default " TOPD_LISTEN "; port 0 picks one)\n"
           "  -k  drop a peer silent this long, in ms (default 10000)\n"
           "  -m  actions per second a human can do (default 8)\n"
-          "  -c  most peers at once (default 1000)\n"
+          "  -n  most peers at once (default 1000)\n"
           "  -v  also log keep-alives, actions and ignored commands\n");
 }
 
@@ -357,12 +357,12 @@ int main(int argc, char **argv)
   srv.max_peers = 1000;
   srv.next_id = TOPD_FIRST_ID;
   int opt;
-  while ((opt = getopt(argc, argv, "l:k:m:c:vh")) != -1) {
+  while ((opt = getopt(argc, argv, "l:k:m:n:vh")) != -1) {
     switch (opt) {
     case 'l': listen_spec = optarg; break;
     case 'k':
     case 'm':
-    case 'c':
+    case 'n':
       if (top_parse_uint(optarg, 1, 1000000000, &v) != 0) {
         fprintf(stderr, "topd: -%c wants a positive number\n", opt);
         return 2;
