@@ -18,7 +18,12 @@ bin=${1:?usage: smoke.sh BUILD_DIR}
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  # Each pid is a timeout(1); the program it runs goes first.
+  for p in "${pids[@]}"; do
+    pkill -KILL -P "$p" 2>/dev/null || true
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  { wait; } 2>/dev/null || true
   if [ -n "${DEMO_KEEP:-}" ]; then echo "outputs kept in $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
