@@ -211,10 +211,6 @@ static void conn_parse(top_conn *c)
       conn_abort(c, why, false);
       return;
     }
-    if (info.has_opcode)
-      c->frames_in++;
-    else
-      c->pings_in++;
     c->cbs->frame(c, c->rbuf + off, &info);
     if (!info.has_opcode && c->echo_pings && c->state == TOP_OPEN)
       conn_ping(c);
@@ -372,10 +368,6 @@ int top_conn_send(top_conn *c, top_msg *m)
   if (c->npend == 1)
     uv_prepare_start(&c->flush, on_flush);
   c->last_send = conn_now(c);
-  if (m->len > 2)
-    c->frames_out++;
-  else
-    c->pings_out++;
   return 0;
 }
 

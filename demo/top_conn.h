@@ -92,8 +92,6 @@ struct top_conn {
                                handed to uv_write */
   size_t npend, pend_cap, pend_bytes;
   char reason[96];
-  uint64_t frames_in, frames_out, pings_in, pings_out;
-  void *data;               /* the owner's */
 };
 
 /* Sets up the handles and the read buffer. Returns 0 or a negative errno
@@ -103,7 +101,9 @@ int top_conn_init(uv_loop_t *loop, top_conn *c, const top_conn_cbs *cbs,
 /* Takes the next connection from listener and starts reading. On error
  * the connection closes (cbs->end, cbs->closed) and this returns it. */
 int top_conn_accept(top_conn *c, uv_stream_t *listener);
-/* Connects; cbs->connected reports the outcome, then reading starts. */
+/* Connects; cbs->connected reports the outcome, then reading starts. On
+ * an immediate error the connection closes (cbs->end, cbs->closed) and
+ * this returns it. */
 int top_conn_connect(top_conn *c, const struct sockaddr *addr);
 /* Queues a frame (takes a reference); the frames queued in one loop
  * iteration go out together, before the loop next waits. Returns 0 or a
