@@ -2,7 +2,7 @@
 # gangway's main job on its bundled default, from a fresh machine: installs
 # what is needed, builds, starts the demo Tales of Pirates server (topd) on
 # 127.0.0.1:1974, gangway in front of it on 127.0.0.1:1973 with config.lua's
-# example scripts live, and a few bots (one of them a speed hacker). The
+# example scripts live, and four bots (bot1 a speed hacker). The
 # console shows what the rules do. Ctrl-C stops everything.
 #   DEMO_SECONDS=N tools/demo.sh   stops by itself after N seconds
 set -euo pipefail
@@ -30,9 +30,8 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 secs=${DEMO_SECONDS:-86400}
-build/topbot -c 127.0.0.1:1973 -n 3 -d "$secs" > >(prefix "[bots]   ") 2>&1 &
-pids+=($!)
-build/topbot -c 127.0.0.1:1973 -n 1 -x -d "$secs" > >(prefix "[hacker] ") 2>&1 &
+# Four bots; bot1 (-x) bursts movement like a speed hack.
+build/topbot -c 127.0.0.1:1973 -n 4 -x -d "$secs" > >(prefix "[bots]   ") 2>&1 &
 pids+=($!)
 echo "gangway demo running: chat with the bots in another terminal with"
 echo "  build/topchat -c 127.0.0.1:1973"
