@@ -33,7 +33,9 @@ static const char *const chat_lines[] = {
   "hello everyone",
   "anyone selling a fishing rod?",
   "lf party for the abandoned mine",
-  "this damn crab keeps killing me", /* a word a chat filter may rewrite */
+  "this damn crab keeps killing me", /* words a chat filter may rewrite */
+  "sorry noob, my bad",
+  "buy gold at gold4you dot com",     /* spam a chat filter may drop */
   "/online",
   "where is the blacksmith in argent?",
   "brb",
@@ -55,7 +57,7 @@ typedef struct bot {
   top_conn conn;
   fleet *fl;
   unsigned idx;        /* 1-based */
-  char name[16];
+  char name[24];
   uint32_t id;         /* player id from the login reply */
   bool started, connected, logged_in;
   uint64_t next_act;   /* loop time of the next action */
@@ -77,6 +79,7 @@ struct fleet {
   step *steps;         /* -s scenario, or NULL */
   size_t nsteps;
   bool quiet, speeder, stopping;
+  const char *prefix;             /* bot names: prefix1..prefixN */
   uint64_t start_time;
   uint64_t *sent, *recv; /* frames per command; [BOT_KEEPALIVE] keep-alives */
 };
@@ -453,9 +456,10 @@ static int load_steps(fleet *fl, const char *path)
 static void usage(FILE *out)
 {
   fprintf(out,
-          "usage: topbot [-c addr:port] [-n bots] [-d seconds] [-s scenario] [-x] [-q]\n"
+          "usage: topbot [-c addr:port] [-n bots] [-p name] [-d seconds] [-s scenario] [-x] [-q]\n"
           "  -c  server or proxy to connect to (default " BOT_CONNECT ")\n"
           "  -n  number of bots, named bot1..botN (default 1)\n"
+          "  -p  name prefix instead of \"bot\" (two fleets on one server)\n"
           "  -d  seconds to run (default 10)\n"
           "  -s  scenario file: each bot runs its steps (say TEXT, move X Y,\n"
           "      burst N, wait MS) instead of acting by chance\n"
@@ -469,9 +473,16 @@ static int parse_args(fleet *fl, int argc, char **argv, unsigned long *seconds)
   const char *connect_spec = BOT_CONNECT;
   unsigned long v;
   int opt;
-  while ((opt = getopt(argc, argv, "c:n:d:s:xqh")) != -1) {
+  while ((opt = getopt(argc, argv, "c:n:p:d:s:xqh")) != -1) {
     switch (opt) {
     case 'c': connect_spec = optarg; break;
+    case 'p':
+      if (!*optarg || strlen(optarg) > 12) {
+        fprintf(stderr, "topbot: bad -p: want 1 to 12 characters\n");
+        return -EINVAL;
+      }
+      fl->prefix = optarg;
+      break;
     case 'n':
     case 'd':
       if (top_parse_uint(optarg, 1, opt == 'n' ? 100000 : 86400, &v) != 0) {
@@ -511,7 +522,7 @@ static int parse_args(fleet *fl, int argc, char **argv, unsigned long *seconds)
 
 int main(int argc, char **argv)
 {
-  fleet fl = {.n = 1};
+  fleet fl = {.n = 1, .prefix = "bot"};
   unsigned long seconds = 10;
   int status = parse_args(&fl, argc, argv, &seconds);
   if (status != 0) {
@@ -531,7 +542,7 @@ int main(int argc, char **argv)
     bot *b = &fl.bots[i];
     b->fl = &fl;
     b->idx = i + 1;
-    snprintf(b->name, sizeof b->name, "bot%u", b->idx);
+    snprintf(b->name, sizeof b->name, "%s%u", fl.prefix, b->idx);
     b->rng = b->idx * 2654435761u + 1;
     b->x = 2200 + (int32_t)(b->idx % 100) * 3; /* near Argent City's gate */
     b->y = 2750;
