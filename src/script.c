@@ -17,6 +17,8 @@
 #include "log.h"
 #include "script_int.h"
 
+static void count_hook(lua_State *L, lua_Debug *ar);
+
 /* ---- memory ---- */
 
 /* Lua's allocator, counting what the state holds and refusing to grow past
@@ -30,13 +32,29 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     s->mem -= old;
     return NULL;
   }
-  if (nsize > old && s->limits.memory_bytes &&
-      s->mem - old + nsize > s->limits.memory_bytes)
-    return NULL;
-  void *p = realloc(ptr, nsize);
-  if (!p) return NULL;
-  s->mem = s->mem - old + nsize;
-  return p;
+  void *p = NULL;
+  if (nsize <= old || !s->limits.memory_bytes ||
+      s->mem - old + nsize <= s->limits.memory_bytes)
+    p = realloc(ptr, nsize);
+  if (p) {
+    s->mem = s->mem - old + nsize;
+    s->refused.ptr = NULL;
+    s->refused.nsize = 0;
+    return p;
+  }
+  /* Lua answers a refusal with a full collection and asks again: the same
+   * request refused twice is a memory error. A script could catch it with
+   * pcall and ask again, paying a full collection each time: make it
+   * sticky, like the instruction limit (the hook raises it again). */
+  if (s->refused.ptr == ptr && s->refused.osize == osize &&
+      s->refused.nsize == nsize && s->depth && !s->out_of_memory) {
+    s->out_of_memory = true;
+    lua_sethook(s->L, count_hook, LUA_MASKCOUNT, 1);
+  }
+  s->refused.ptr = ptr;
+  s->refused.osize = osize;
+  s->refused.nsize = nsize;
+  return NULL;
 }
 
 /* C-side buffers that grow with what scripts do (the outbox) come from the
@@ -75,7 +93,7 @@ static int hook_interval(const gw_script *s) {
  * hlua_hook). gw__pcall clears it. */
 static void count_hook(lua_State *L, lua_Debug *ar) {
   gw_script *s = gw_script_of(L);
-  if (!s->timed_out) {
+  if (!gw__over_limit(s)) {
     int interval = hook_interval(s);
     if (lua_gethookcount(L) != interval) {
       /* a coroutine left at every-instruction by an earlier call */
@@ -83,19 +101,28 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
       return;
     }
     s->instructions += (uint64_t)interval;
-    if (s->instructions < s->limits.handler_instructions) return;
+    if (!s->limits.handler_instructions ||
+        s->instructions < s->limits.handler_instructions)
+      return;
     s->timed_out = true;
   }
   lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
   if (L != s->L) lua_sethook(s->L, count_hook, LUA_MASKCOUNT, 1);
   lua_getinfo(L, "Sl", ar);
+  char what[80];
+  if (s->timed_out) {
+    snprintf(what, sizeof what, "instruction limit exceeded (%" PRIu64
+             " per call)", s->limits.handler_instructions);
+  } else {
+    char lim[32];
+    gw__format_bytes(lim, sizeof lim, s->limits.memory_bytes);
+    snprintf(what, sizeof what, "not enough memory (the scripts' limit is %s)",
+             lim);
+  }
   if (ar->currentline > 0)
-    lua_pushfstring(L, "%s:%d: instruction limit exceeded (%I per call)",
-                    ar->short_src, ar->currentline,
-                    (lua_Integer)s->limits.handler_instructions);
+    lua_pushfstring(L, "%s:%d: %s", ar->short_src, ar->currentline, what);
   else
-    lua_pushfstring(L, "instruction limit exceeded (%I per call)",
-                    (lua_Integer)s->limits.handler_instructions);
+    lua_pushstring(L, what);
   lua_error(L);
 }
 
@@ -115,13 +142,20 @@ static int msgh(lua_State *L) {
 int gw__pcall(gw_script *s, int nargs) {
   lua_State *L = s->L;
   s->instructions = 0;
-  s->timed_out = false;
-  if (s->limits.handler_instructions)
-    lua_sethook(L, count_hook, LUA_MASKCOUNT, hook_interval(s));
+  s->timed_out = s->out_of_memory = false;
+  /* Also without an instruction limit: the memory limit needs the hook. */
+  lua_sethook(L, count_hook, LUA_MASKCOUNT, hook_interval(s));
+  size_t nout = s->nout, arena_len = s->arena_len;
   s->depth++;
   int st = lua_pcall(L, nargs, 0, GW_SLOT_MSGH);
   s->depth--;
   lua_sethook(L, NULL, 0, 0);
+  if (st != LUA_OK) {
+    /* A call that fails sends nothing: no half-sent sequences. */
+    s->stats.injected -= s->nout - nout;
+    s->nout = nout;
+    s->arena_len = arena_len;
+  }
   return st;
 }
 

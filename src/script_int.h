@@ -160,7 +160,9 @@ struct gw_script {
 
   /* the instruction limit of the call under way */
   uint64_t instructions;
-  bool timed_out;
+  bool timed_out;        /* over the instruction limit */
+  bool out_of_memory;    /* a memory error, even if the script caught it */
+  struct { void *ptr; size_t osize, nsize; } refused; /* last refusal */
   int depth;             /* calls into Lua under way (0 or 1) */
 
   unsigned gen;          /* generation the relay runs */
@@ -202,6 +204,11 @@ struct gw_script {
 
 static inline gw_script *gw_script_of(lua_State *L) {
   return *(gw_script **)lua_getextraspace(L);
+}
+
+/* The call under way ran into a limit: its error must not be caught. */
+static inline bool gw__over_limit(const gw_script *s) {
+  return s->timed_out || s->out_of_memory;
 }
 
 /* Runs the function below its nargs arguments on the stack, protected,

@@ -545,10 +545,54 @@ static void push_env(lua_State *L, int bidx) {
 
 /* The base every sandboxed _ENV reads through. */
 static const char *const base_names[] = {
-  "assert", "error", "ipairs", "next", "pairs", "pcall", "xpcall",
-  "rawequal", "rawget", "rawlen", "rawset", "select", "setmetatable",
-  "getmetatable", "tonumber", "tostring", "type", "_VERSION", NULL,
+  "assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal",
+  "rawget", "rawlen", "rawset", "select", "getmetatable", "tonumber",
+  "tostring", "type", "_VERSION", NULL,
 };
+
+/* Lua runs two kinds of script code with hooks off, out of the
+ * instruction limit's reach: finalizers, and the message handler of an
+ * error raised from a hook (the limit's own error). The base takes both
+ * away: setmetatable refuses __gc, and xpcall's handler is skipped once the
+ * call is over its limit. */
+
+/* setmetatable, refusing __gc. */
+static int sandbox_setmetatable(lua_State *L) {
+  int t = lua_type(L, 2);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+  if (t == LUA_TTABLE && lua_getfield(L, 2, "__gc") != LUA_TNIL)
+    return luaL_error(L, "setmetatable: __gc is not allowed in scripts "
+                      "(finalizers run outside the instruction limit)");
+  if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+    return luaL_error(L, "cannot change a protected metatable");
+  lua_settop(L, 2);
+  lua_setmetatable(L, 1);
+  return 1;
+}
+
+/* The handler xpcall gets: the script's, unless the call is over a
+ * limit. Upvalue 1: the script's handler. */
+static int guarded_handler(lua_State *L) {
+  if (gw__over_limit(gw_script_of(L))) return 1; /* the limit's error, as is */
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+static int guard(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_pushcclosure(L, guarded_handler, 1);
+  return 1;
+}
+
+/* In Lua, so that xpcall stays a tail call and can yield. */
+static const char sandbox_xpcall[] =
+  "local xpcall, guard = ...\n"
+  "return function(f, handler, ...)\n"
+  "  return xpcall(f, guard(handler), ...)\n"
+  "end\n";
 
 int gw__load_init(lua_State *L) {
   gw_script *s = gw_script_of(L);
@@ -558,6 +602,15 @@ int gw__load_init(lua_State *L) {
     lua_getfield(L, -1, base_names[i]);
     lua_setfield(L, -3, base_names[i]);
   }
+  lua_pushcfunction(L, sandbox_setmetatable);
+  lua_setfield(L, -3, "setmetatable");
+  if (luaL_loadbufferx(L, sandbox_xpcall, sizeof sandbox_xpcall - 1,
+                       "=xpcall", "t") != LUA_OK)
+    return lua_error(L);
+  lua_getfield(L, -2, "xpcall");
+  lua_pushcfunction(L, guard);
+  lua_call(L, 2, 1);
+  lua_setfield(L, -3, "xpcall");
   lua_pop(L, 1);
   s->base_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);

@@ -1,0 +1,132 @@
+-- limits_spec.lua: the instruction limit and the memory cap. A handler
+-- that loops forever or eats memory is stopped with a logged error, its
+-- frame goes the on_error way, and every other session carries on.
+local testing = require "gangway.testing"
+local top = testing.top
+
+local function host(source, opts)
+  opts = opts or {}
+  opts.source = "local gw = require 'gangway'\n" .. source
+  return testing.new(opts)
+end
+
+local FINE = [[
+  gw.on("client", 2, function(pkt) pkt:set_body("fine") end)
+]]
+
+describe("instruction limit", function()
+  local loops = {
+    plain = "while true do end",
+    ["pcall inside"] = "while true do pcall(function() while true do end end) end",
+    ["error handler"] = "while true do xpcall(function() while true do end end, function() while true do end end) end",
+    coroutine = "local co = coroutine.wrap(function() while true do end end) co()",
+    ["pcall around coroutines"] = [[
+      while true do
+        pcall(coroutine.wrap(function() while true do pcall(error) end end))
+      end]],
+    recursion = "local function f() return f() end f()",
+    ["string work"] = "local s = '' while true do s = ('x'):rep(10) .. s:sub(1, 100) end",
+  }
+  for name, loop in pairs(loops) do
+    it("stops an endless loop (" .. name .. ")", function()
+      local t = host(FINE .. [[
+        gw.on("client", 1, function() ]] .. loop .. [[ end)
+      ]], { instructions = 100000, on_error = "drop" })
+      local a, b = t:connect(), t:connect()
+      a:from_client(top.say("spin"))
+      assert.same({}, a:to_server())
+      assert.is_true(t:logged("instruction limit exceeded (100000 per call)", "error"),
+                     table.concat(t:logs(), "\n"))
+      assert.is_true(t:logged("inline1.lua:", "error"))
+      local st = t:stats()
+      assert.equal(1, st.errors)
+      assert.equal(1, st.timeouts)
+      -- the state is fine: both sessions go on
+      a:from_client(top.frame(2, ""))
+      b:from_client(top.frame(2, ""))
+      assert.same({ top.frame(2, "fine") }, a:to_server())
+      assert.same({ top.frame(2, "fine") }, b:to_server())
+      t:close()
+    end)
+  end
+
+  it("gives each call its own budget", function()
+    local t = host([[
+      gw.on("client", 1, function()
+        local x = 0
+        for i = 1, 20000 do x = x + i end -- about 80000 instructions
+      end)
+    ]], { instructions = 100000 })
+    local s = t:connect()
+    for _ = 1, 20 do s:from_client(top.say("x")) end
+    assert.equal(20, #s:to_server())
+    assert.equal(0, t:stats().errors)
+    t:close()
+  end)
+
+  it("applies to timers, on_connect and loading", function()
+    local t = host([[
+      gw.after(10, function() while true do end end)
+      gw.on_connect(function() while true do end end)
+    ]], { instructions = 50000 })
+    t:connect()
+    t:advance(10)
+    assert.equal(2, t:stats().timeouts)
+    t:close()
+    local bad, err = testing.try{ instructions = 50000, source = "while true do end" }
+    assert.is_nil(bad)
+    assert.matches("inline1.lua:1: instruction limit exceeded (50000 per call)", err, 1, true)
+  end)
+end)
+
+describe("memory cap", function()
+  local bombs = {
+    table = "local t = {} for i = 1, 1e9 do t[i] = i end",
+    ["string.rep"] = "local s = string.rep('x', 64 * 1024 * 1024)",
+    concat = "local s = 'x' while true do s = s .. s end",
+    ["pcall inside"] = "local t = {} while true do pcall(function() t[#t + 1] = {} end) end",
+    writer = "local w = gw.writer() while true do w:bytes(string.rep('y', 65536)) end",
+    inject = "local f = gw.packet(501, string.rep('z', 60000)) while true do session:send_to_client(f) end",
+  }
+  for name, bomb in pairs(bombs) do
+    it("catches a memory bomb (" .. name .. ")", function()
+      local t = host(FINE .. [[
+        gw.on("client", 1, function(pkt, session) ]] .. bomb .. [[ end)
+      ]], { memory = 8 * 1024 * 1024, instructions = 100000000, on_error = "close" })
+      local a, b = t:connect(), t:connect()
+      a:from_client(top.say("eat"))
+      assert.equal("handler error", a:closed())
+      assert.is_true(t:logged("not enough memory", "error"), table.concat(t:logs(), "\n"))
+      assert.same({}, a:to_client())
+      assert.is_true(t:stats().memory <= 8 * 1024 * 1024)
+      b:from_client(top.frame(2, ""))
+      assert.same({ top.frame(2, "fine") }, b:to_server())
+      t:close()
+    end)
+  end
+
+  it("names the limit in the message", function()
+    local t = host([[gw.on("client", 1, function() local t = {} while true do t[#t+1] = {} end end)]],
+                   { memory = 4 * 1024 * 1024, instructions = 100000000 })
+    t:connect():from_client(top.say("x"))
+    assert.is_true(t:logged("not enough memory (the scripts' limit is 4 MiB)", "error"))
+    t:close()
+  end)
+
+  it("keeps state that fits across a failed call", function()
+    local t = host([[
+      local keep = {}
+      gw.on("client", 1, function(pkt, session)
+        keep[#keep + 1] = pkt:str(8)
+        if pkt:str(8) == "bomb" then local x = string.rep("x", 64 * 1024 * 1024) end
+        session:send_to_client(gw.packet(999, table.concat(keep, ",")))
+      end)
+    ]], { memory = 8 * 1024 * 1024 })
+    local s = t:connect()
+    s:from_client(top.say("a") .. top.say("bomb") .. top.say("b"))
+    local out = s:to_client()
+    assert.equal(2, #out)
+    assert.equal("a,bomb,b", top.parse(out[2]):body())
+    t:close()
+  end)
+end)
