@@ -1,0 +1,149 @@
+/* it_cli.c: gangway's command line: check, reload, stats, --version,
+ * --help, and the exit codes README.md documents (0 ok, 1 invalid config or
+ * script, 2 usage, 3 runtime failure). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "itest.h"
+
+static int run(char **out, const char *a0, const char *a1, const char *a2, const char *a3) {
+  const char *args[] = {a0, a1, a2, a3, NULL};
+  return it_run_gangway(out, args);
+}
+
+static void expect(const char *a0, const char *a1, const char *a2, int code, const char *text) {
+  char *out;
+  int rc = run(&out, a0, a1, a2, NULL);
+  if (rc != code || !strstr(out, text))
+    fail_msg("gangway %s %s %s: exit %d (want %d), output:\n%s\n(want \"%s\")", a0, a1 ? a1 : "",
+             a2 ? a2 : "", rc, code, out, text);
+  free(out);
+}
+
+static void test_version_and_help(void **state) {
+  (void)state;
+  expect("--version", NULL, NULL, 0, "gangway " GW_VERSION " (libuv ");
+  expect("--help", NULL, NULL, 0, "gangway check [-c FILE]");
+  expect("-h", NULL, NULL, 0, "Exit codes: 0 ok");
+  expect("--bogus", NULL, NULL, 2, "usage: gangway");
+  expect("frobnicate", NULL, NULL, 2, "unknown command \"frobnicate\"");
+  expect("check", "-c", NULL, 2, "usage: gangway");
+}
+
+static void test_check(void **state) {
+  (void)state;
+  char dir[128];
+  it_mkdtemp(dir, sizeof dir);
+  char cfg[256], bad[256], missing[256];
+  snprintf(cfg, sizeof cfg, "%s/good.lua", dir);
+  snprintf(bad, sizeof bad, "%s/bad.lua", dir);
+  snprintf(missing, sizeof missing, "%s/nope.lua", dir);
+  it_write(dir, "rule.lua", "local gw = require \"gangway\"\ngw.on(\"client\", 1, function() end)\n");
+  it_write(dir, "broken.lua", "local gw = require \"gangway\"\ngw.on(\"client\", 1, function()\n");
+  it_write(dir, "good.lua",
+           "return { listeners = { { name = \"g\", listen = \"127.0.0.1:1\", upstream = "
+           "\"127.0.0.1:2\", framing = \"top\", scripts = { \"rule.lua\" } } } }\n");
+  expect("check", "-c", cfg, 0, "ok (1 listener(s), 1 script(s))");
+
+  /* A value error names the file and the key path. */
+  it_write(dir, "bad.lua",
+           "return { listeners = { { name = \"g\", listen = \"127.0.0.1:1\", upstream = 1974 } } }\n");
+  char want[512];
+  snprintf(want, sizeof want, "%s: listeners[1].upstream: expected \"host:port\", got number 1974", bad);
+  expect("check", "-c", bad, 1, want);
+  /* A syntax error names the file and the line. */
+  it_write(dir, "bad.lua", "return {\n  listeners = {\n}\n");
+  snprintf(want, sizeof want, "%s:4:", bad);
+  expect("check", "-c", bad, 1, want);
+  /* A script that does not load: file and line of the script. */
+  it_write(dir, "bad.lua",
+           "return { listeners = { { name = \"g\", listen = \"127.0.0.1:1\", upstream = "
+           "\"127.0.0.1:2\", framing = \"top\", scripts = { \"broken.lua\" } } } }\n");
+  expect("check", "-c", bad, 1, "broken.lua:3: 'end' expected");
+  /* A script that errors while it runs. */
+  it_write(dir, "broken.lua", "local x = nil\nx.y = 1\n");
+  expect("check", "-c", bad, 1, "broken.lua:2:");
+  /* The default file is ./config.lua; a missing file is an invalid config. */
+  expect("check", "-c", missing, 1, "nope.lua");
+  it_rmdir(dir);
+}
+
+static void test_reload_and_stats_need_a_running_gangway(void **state) {
+  (void)state;
+  char dir[128], cfg[256];
+  it_mkdtemp(dir, sizeof dir);
+  snprintf(cfg, sizeof cfg, "%s/config.lua", dir);
+  it_write(dir, "config.lua",
+           "return { listeners = { { name = \"g\", listen = \"127.0.0.1:1\", upstream = "
+           "\"127.0.0.1:2\" } } }\n");
+  expect("reload", "-c", cfg, 3, "no gangway answers on");
+  expect("stats", "-c", cfg, 3, "no gangway answers on");
+  it_write(dir, "config.lua",
+           "return { listeners = { { name = \"g\", listen = \"127.0.0.1:1\", upstream = "
+           "\"127.0.0.1:2\" } }, control = \"\" }\n");
+  expect("reload", "-c", cfg, 3, "control socket disabled");
+  it_rmdir(dir);
+}
+
+static void test_stats_of_a_running_gangway(void **state) {
+  (void)state;
+  int up_port, port = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  it_gangway_start(&g, port,
+                   "return { listeners = { { name = \"s\", listen = \"127.0.0.1:%d\", "
+                   "upstream = \"127.0.0.1:%d\" } }, control = \"ctl.sock\" }\n",
+                   port, up_port);
+  int fd = it_connect(port);
+  char m[1000] = {0}, back[1000];
+  it_send_all(fd, m, sizeof m);
+  assert_int_equal(it_recv_exact(fd, back, sizeof back, 2000), sizeof back);
+  expect("stats", "-c", g.config, 0, "\"sessions_active\":1,\"sessions_total\":1,\"client_bytes\":1000,\"server_bytes\":1000");
+  /* A second gangway on the same control socket refuses to start. */
+  it_write(g.dir, "second.lua",
+           "return { listeners = { { name = \"s\", listen = \"127.0.0.1:%d\", "
+           "upstream = \"127.0.0.1:%d\" } }, control = \"ctl.sock\" }\n",
+           it_free_port(), up_port);
+  char second[256], *out;
+  snprintf(second, sizeof second, "%s/second.lua", g.dir);
+  int rc = run(&out, "-c", second, NULL, NULL);
+  assert_int_equal(rc, 3);
+  assert_non_null(strstr(out, "another gangway is running there"));
+  free(out);
+  close(fd);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+  it_server_stop(up);
+}
+
+static void test_cannot_listen(void **state) {
+  (void)state;
+  int up_port, port = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway a;
+  it_gangway_start(&a, port,
+                   "return { listeners = { { name = \"a\", listen = \"127.0.0.1:%d\", "
+                   "upstream = \"127.0.0.1:%d\" } }, control = \"\" }\n",
+                   port, up_port);
+  it_gangway b;
+  it_gangway_start(&b, 0,
+                   "return { listeners = { { name = \"b\", listen = \"127.0.0.1:%d\", "
+                   "upstream = \"127.0.0.1:%d\" } }, control = \"\" }\n",
+                   port, up_port);
+  assert_int_equal(it_gangway_stop(&b, 0, 5000), 3);
+  assert_int_equal(it_gangway_stop(&a, SIGTERM, 5000), 0);
+  it_server_stop(up);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_version_and_help),
+      cmocka_unit_test(test_check),
+      cmocka_unit_test(test_reload_and_stats_need_a_running_gangway),
+      cmocka_unit_test(test_stats_of_a_running_gangway),
+      cmocka_unit_test(test_cannot_listen),
+  };
+  return cmocka_run_group_tests_name("command line", tests, NULL, NULL);
+}
