@@ -4,11 +4,7 @@
 local testing = require "gangway.testing"
 local top = testing.top
 
-local function host(source, opts)
-  opts = opts or {}
-  opts.source = "local gw = require 'gangway'\n" .. source
-  return testing.new(opts)
-end
+local host = testing.inline
 
 describe("gw.on", function()
   it("asks exactly for the frames handlers were registered for", function()
@@ -302,6 +298,23 @@ describe("gw.stats", function()
     local p = top.parse(s:to_client()[2])
     assert.equal(900, p.opcode)
     assert.same({ 2, 1, 1, 5 }, { p:u32(8), p:u32(12), p:u32(16), p:u32(20) })
+    t:close()
+  end)
+end)
+
+describe("a failing handler", function()
+  it("sends nothing it queued before failing", function()
+    local t = testing.inline([[
+      gw.on("client", 1, function(pkt, session)
+        session:send_to_client(gw.packet(501, "part 1"))
+        error("failed before part 2")
+      end)
+    ]])
+    local s = t:connect()
+    s:from_client(top.say("x"))
+    assert.same({}, s:to_client())
+    assert.same({ top.say("x") }, s:to_server())
+    assert.equal(0, t:stats().injected)
     t:close()
   end)
 end)

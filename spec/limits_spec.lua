@@ -4,11 +4,7 @@
 local testing = require "gangway.testing"
 local top = testing.top
 
-local function host(source, opts)
-  opts = opts or {}
-  opts.source = "local gw = require 'gangway'\n" .. source
-  return testing.new(opts)
-end
+local host = testing.inline
 
 local FINE = [[
   gw.on("client", 2, function(pkt) pkt:set_body("fine") end)

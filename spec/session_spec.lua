@@ -3,11 +3,7 @@
 local testing = require "gangway.testing"
 local top = testing.top
 
-local function host(source, opts)
-  opts = opts or {}
-  opts.source = "local gw = require 'gangway'\n" .. source
-  return testing.new(opts)
-end
+local host = testing.inline
 
 -- Reports a value back to the spec as the body of an MC_SAY to the client.
 local REPORT = [[

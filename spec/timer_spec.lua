@@ -4,11 +4,7 @@
 local testing = require "gangway.testing"
 local top = testing.top
 
-local function host(source, opts)
-  opts = opts or {}
-  opts.source = "local gw = require 'gangway'\n" .. source
-  return testing.new(opts)
-end
+local host = testing.inline
 
 -- A listener whose scripts append to gw.shared.log; a CM_SAY "log" frame
 -- makes it send the log back (opcode 999) and clear it.

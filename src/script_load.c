@@ -466,7 +466,9 @@ static int sandbox_load(lua_State *L) {
   lua_pushliteral(L, "t");
   lua_pushvalue(L, env ? 4 : lua_upvalueindex(2));
   lua_call(L, 4, 2);
-  return lua_isnil(L, -2) ? 2 : 1;
+  if (lua_isnil(L, -2)) return 2; /* nil, message */
+  lua_pop(L, 1);
+  return 1;
 }
 
 static int sandbox_print(lua_State *L) { return log_at(L, GW_LOG_INFO); }

@@ -163,6 +163,17 @@ function testing.try(opts)
   return new(opts, 3)
 end
 
+--- A test host running one inline script, source, after a first line
+--- `local gw = require "gangway"` (so its own lines count from 2).
+function testing.inline(source, opts)
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  o.source = 'local gw = require "gangway"\n' .. source
+  local t, err = new(o, 3)
+  if not t then error(err, 2) end
+  return t
+end
+
 --- A new session, as if a client connected from `client`.
 function Host:connect(client)
   return setmetatable({ core = self.core:connect(client) }, Session)
