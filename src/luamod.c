@@ -696,7 +696,7 @@ static void new_class(lua_State *L, const char *name, lua_CFunction gc,
 int luaopen_gangway_core(lua_State *L) {
   /* Specs see every line, debug included. */
   gw_log_setup(GW_LOG_DEBUG, GW_LOG_TEXT);
-  gw_packet_open(L);
+  gw_packet_open(L, false);
   new_class(L, HOST_MT, host_gc, host_methods);
   new_class(L, SESSION_MT, hs_gc, session_methods);
   luaL_newlib(L, core_funcs);

@@ -139,7 +139,7 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
-int gw__pcall(gw_script *s, int nargs) {
+int gw__pcall(gw_script *s, int nargs, int nresults) {
   lua_State *L = s->L;
   s->instructions = 0;
   s->timed_out = s->out_of_memory = false;
@@ -147,7 +147,7 @@ int gw__pcall(gw_script *s, int nargs) {
   lua_sethook(L, count_hook, LUA_MASKCOUNT, hook_interval(s));
   size_t nout = s->nout, arena_len = s->arena_len;
   s->depth++;
-  int st = lua_pcall(L, nargs, 0, GW_SLOT_MSGH);
+  int st = lua_pcall(L, nargs, nresults, GW_SLOT_MSGH);
   s->depth--;
   lua_sethook(L, NULL, 0, 0);
   if (st != LUA_OK) {
@@ -336,96 +336,86 @@ void gw_script_get_stats(const gw_script *s, gw_script_stats *st) {
 
 /* ---- frames ---- */
 
+gw_packet *gw__light_packet(lua_State *L, uintptr_t token) {
+  gw_script *s = gw_script_of(L);
+  return s->pkt_token && token == s->pkt_token ? &s->pkt : NULL;
+}
+
 gw_listener_rt *gw__rt_of(const gw_handlers *h) {
   return gw_container_of(h, gw_listener_rt, h);
 }
 
-/* "file.lua:12: " for handler i of the chain at index chain. */
-static void push_handler_where(lua_State *L, int chain, lua_Integer i) {
+/* "file.lua:12: " for handler i of the chain at index chain, for
+ * messages about what it returned. Allocates nothing. */
+static void handler_where(lua_State *L, int chain, lua_Integer i, char *out,
+                          size_t outlen) {
   lua_Debug ar;
   lua_rawgeti(L, chain, i);
   if (lua_getinfo(L, ">S", &ar) && ar.linedefined > 0)
-    lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.linedefined);
+    snprintf(out, outlen, "%s:%d: ", ar.short_src, ar.linedefined);
   else
-    lua_pushliteral(L, "");
+    out[0] = 0;
 }
 
-/* What the handler that just returned asks for. Returns true when the
- * chain ends here. Raises for a result that is not a verdict. */
-static bool take_result(lua_State *L, gw_script *s, gw_frame_ctx *c) {
+/* What the result on top of the stack asks for: 1 the chain ends here, 0
+ * it goes on, -1 the result is wrong (why in msg). Outside protected mode:
+ * allocates nothing from Lua, never raises. */
+static int take_result(lua_State *L, gw_script *s, gw_frame_ctx *c, int chain,
+                       char *msg, size_t msglen) {
   const uint8_t *data = NULL;
   size_t len = 0;
-  switch (lua_type(L, -1)) {
-  case LUA_TNIL:
-    return false;
-  case LUA_TSTRING:
+  const char *bad = NULL;
+  char where[96];
+  int t = lua_type(L, -1);
+  if (t == LUA_TNIL) return 0;
+  if (t == LUA_TSTRING) {
     data = (const uint8_t *)lua_tolstring(L, -1, &len);
-    break;
-  case LUA_TUSERDATA: {
+  } else if (t == LUA_TLIGHTUSERDATA) {
+    uintptr_t u = (uintptr_t)lua_touserdata(L, -1);
+    if (u == s->pkt_token) return 0;
+    bad = u & 1 ? "a packet whose handler had returned" : "a light userdata";
+  } else if (t == LUA_TUSERDATA) {
     void *u = lua_touserdata(L, -1);
-    if (u == s->verdicts[GW_VERDICT_PASS]) return false;
+    if (u == s->verdicts[GW_VERDICT_PASS]) return 0;
     if (u == s->verdicts[GW_VERDICT_DROP] || u == s->verdicts[GW_VERDICT_CLOSE]) {
       c->verdict = u == s->verdicts[GW_VERDICT_DROP] ? GW_VERDICT_DROP
                                                       : GW_VERDICT_CLOSE;
-      return true;
+      return 1;
     }
-    gw_packet *p = gw_packet_test(L, -1);
-    if (p == c->pkt) return false;
-    if (p && p->valid) {
-      data = p->data;
-      len = p->len;
-    } else if (p) {
-      push_handler_where(L, 2, c->handler);
-      luaL_error(L, "%shandler returned a packet whose handler had returned",
-                 lua_tostring(L, -1));
+    if (lua_getmetatable(L, -1)) {
+      if (lua_rawequal(L, -1, GW_SLOT_PACKET_MT)) {
+        const gw_packet *p = u; /* a copy: always valid */
+        data = p->data;
+        len = p->len;
+      }
+      lua_pop(L, 1);
     }
-    break;
   }
-  }
-  if (!data) {
-    push_handler_where(L, 2, c->handler);
-    luaL_error(L, "%shandler returned a %s; expected nothing, gw.PASS, "
-               "gw.DROP, gw.CLOSE, a frame (string) or a packet",
-               lua_tostring(L, -1), luaL_typename(L, -2));
-  }
+  if (!data && !bad) bad = lua_typename(L, t);
   char why[160];
+  if (bad) {
+    handler_where(L, chain, c->handler, where, sizeof where);
+    snprintf(msg, msglen, "%shandler returned %s; expected nothing, gw.PASS, "
+             "gw.DROP, gw.CLOSE, a frame (string) or a packet", where, bad);
+    return -1;
+  }
   if (gw_frame_check(&c->rt->h.framing, c->from, data, len, why,
                      sizeof why) < 0) {
-    push_handler_where(L, 2, c->handler);
-    luaL_error(L, "%shandler returned a replacement that is not one frame: %s",
-               lua_tostring(L, -1), why);
+    handler_where(L, chain, c->handler, where, sizeof where);
+    snprintf(msg, msglen, "%shandler returned a replacement that is not one "
+             "frame: %s", where, why);
+    return -1;
   }
-  gw_packet_replace(L, c->pkt, data, len);
-  return false;
+  if (gw_packet_replace(L, c->pkt, data, len) < 0) {
+    snprintf(msg, msglen, "not enough memory for a %zu-byte replacement", len);
+    return -1;
+  }
+  return 0;
 }
 
-/* Runs the handlers of the frame in s->cur, in protected mode. Stack:
- * 1 the side's map, 2 the chain, 3 the packet, 4 the session. */
-static int dispatch(lua_State *L) {
-  gw_script *s = gw_script_of(L);
-  gw_frame_ctx *c = &s->cur;
-  if (lua_rawgeti(L, LUA_REGISTRYINDEX, c->rt->cur.map_ref[c->from]) !=
-      LUA_TTABLE)
-    return 0;
-  int t = LUA_TNIL;
-  if (c->fi->has_opcode &&
-      (t = lua_rawgeti(L, 1, (lua_Integer)c->fi->opcode)) == LUA_TNIL)
-    lua_pop(L, 1);
-  if (t == LUA_TNIL) t = lua_rawgeti(L, 1, -1);
-  if (t != LUA_TTABLE) return 0;
-  c->pkt = gw_packet_push_borrowed(L, &c->rt->h.framing, c->from, c->data,
-                                   c->fi->len);
-  gw__push_session(L, c->ss);
-  lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
-  for (lua_Integer i = 1; i <= n && !c->ss->closed; i++) {
-    c->handler = i;
-    lua_rawgeti(L, 2, i);
-    lua_pushvalue(L, 3);
-    lua_pushvalue(L, 4);
-    lua_call(L, 2, 1);
-    if (take_result(L, s, c)) break;
-    lua_settop(L, 4);
-  }
+/* Protected: makes the session's userdata (arg 1), its first time in Lua. */
+static int make_session(lua_State *L) {
+  gw__push_session(L, lua_touserdata(L, 1));
   return 0;
 }
 
@@ -438,6 +428,9 @@ static void frame_what(char *out, size_t outlen, const gw_frame_ctx *c) {
              gw_side_name(c->from), c->ss->id);
 }
 
+/* Runs the handlers of a frame. Each handler is its own protected call,
+ * made from here with nothing allocated around it: the packet is a token
+ * for s->pkt, the session's userdata exists from its first frame on. */
 int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
                     uint8_t *data, const gw_frame_info *fi) {
   if (!ss->handlers || ss->closed) return -ECONNRESET;
@@ -445,22 +438,77 @@ int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
   lua_State *L = s->L;
   gw_listener_rt *rt = gw__rt_of(ss->handlers);
   gw_frame_ctx *c = &s->cur;
-  *c = (gw_frame_ctx){.rt = rt, .ss = ss, .from = from, .data = data,
-                      .fi = fi, .verdict = GW_VERDICT_PASS};
+  c->rt = rt;
+  c->ss = ss;
+  c->from = from;
+  c->data = data;
+  c->fi = fi;
+  c->pkt = NULL;
+  c->verdict = GW_VERDICT_PASS;
   s->stats.frames++;
   gw_opstat *os = gw__opstat(rt, from, fi->has_opcode, fi->opcode);
   if (os) os->frames++;
 
-  lua_pushvalue(L, GW_SLOT_DISPATCH);
-  int st = gw__pcall(s, 0);
+  enum { MAP = GW_SLOT_BASE + 1, CHAIN, SESSION };
+  bool failed = false, broken = false;
+  char what[96], msg[320];
+  int st = LUA_OK;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->cur.map_ref[from]);
+  int t = LUA_TNIL;
+  if (lua_istable(L, MAP)) {
+    if (fi->has_opcode &&
+        (t = lua_rawgeti(L, MAP, (lua_Integer)fi->opcode)) == LUA_TNIL)
+      lua_pop(L, 1);
+    if (t == LUA_TNIL) t = lua_rawgeti(L, MAP, -1);
+  }
+  if (t == LUA_TTABLE && ss->ref == LUA_NOREF) {
+    lua_pushcfunction(L, make_session);
+    lua_pushlightuserdata(L, ss);
+    if ((st = gw__pcall(s, 1, 0)) != LUA_OK) {
+      failed = true;
+      frame_what(what, sizeof what, c);
+      gw__report_error(s, st, rt->h.listener, what);
+      t = LUA_TNIL;
+      lua_settop(L, CHAIN);
+    }
+  }
+  if (t == LUA_TTABLE) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ss->ref); /* SESSION */
+    gw_packet *p = c->pkt = &s->pkt;
+    p->data = data;
+    p->len = fi->len;
+    p->buf = NULL;
+    p->cap = 0;
+    p->f = &rt->h.framing;
+    p->side = from;
+    p->valid = true;
+    p->dirty = p->replaced = false;
+    s->pkt_token = (uintptr_t)(++s->pkt_serial << 1 | 1);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, CHAIN);
+    for (lua_Integer i = 1; i <= n && !ss->closed; i++) {
+      c->handler = i;
+      lua_rawgeti(L, CHAIN, i);
+      lua_pushlightuserdata(L, (void *)s->pkt_token);
+      lua_pushvalue(L, SESSION);
+      if ((st = gw__pcall(s, 2, 1)) != LUA_OK) {
+        failed = true;
+        frame_what(what, sizeof what, c);
+        gw__report_error(s, st, rt->h.listener, what);
+        break;
+      }
+      int r = take_result(L, s, c, CHAIN, msg, sizeof msg);
+      lua_settop(L, SESSION);
+      if (r < 0) {
+        failed = true;
+        frame_what(what, sizeof what, c);
+        report(s, rt->h.listener, what, msg, false);
+      }
+      if (r) break;
+    }
+  }
+  lua_settop(L, GW_SLOT_BASE);
   gw_packet *p = c->pkt;
   gw_verdict v = c->verdict;
-  bool failed = st != LUA_OK, broken = false;
-  char what[96];
-  if (failed) {
-    frame_what(what, sizeof what, c);
-    gw__report_error(s, st, rt->h.listener, what);
-  }
   /* In-place edits may have broken the framing (a length field written
    * over): such a frame never goes out. */
   char why[160];
@@ -468,7 +516,6 @@ int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
       gw_frame_check(&rt->h.framing, from, p->data, p->len, why, sizeof why)) {
     broken = true;
     if (!failed) {
-      char msg[300];
       frame_what(what, sizeof what, c);
       snprintf(msg, sizeof msg, "handler edits broke the frame: %s", why);
       report(s, rt->h.listener, what, msg, false);
@@ -506,6 +553,7 @@ int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
     break;
   }
   if (p) gw_packet_invalidate(L, p);
+  s->pkt_token = 0;
   c->pkt = NULL;
   lua_settop(L, GW_SLOT_BASE);
   bool closed = ss->closed;
@@ -528,7 +576,7 @@ static int verdict_tostring(lua_State *L) {
 static int init_state(lua_State *L) {
   gw_script *s = gw_script_of(L);
   luaL_openlibs(L);
-  gw_packet_open(L);
+  gw_packet_open(L, true);
   gw__session_open_lib(L);
   gw__timer_open_lib(L);
   luaL_newmetatable(L, GW_VERDICT_MT);
@@ -575,8 +623,8 @@ gw_script *gw_script_new(const gw_script_limits *limits,
     return NULL;
   }
   lua_settop(L, 0);
-  lua_pushcfunction(L, msgh);     /* GW_SLOT_MSGH */
-  lua_pushcfunction(L, dispatch); /* GW_SLOT_DISPATCH */
+  lua_pushcfunction(L, msgh);        /* GW_SLOT_MSGH */
+  luaL_getmetatable(L, GW_PACKET_MT); /* GW_SLOT_PACKET_MT */
   return s;
 }
 

@@ -34,7 +34,7 @@
 /* Fixed slots at the bottom of the main thread's stack, pushed once by
  * gw_script_new, so a call into Lua pushes no new values for them. */
 #define GW_SLOT_MSGH 1     /* message handler: error + traceback */
-#define GW_SLOT_DISPATCH 2 /* the frame dispatcher closure */
+#define GW_SLOT_PACKET_MT 2 /* the packet metatable */
 #define GW_SLOT_BASE 2     /* stack top between calls */
 
 #define gw_container_of(p, type, member) \
@@ -63,21 +63,24 @@ typedef struct gw_packet {
   gw_framing own_f;      /* copies only: the framing they were made with */
 } gw_packet;
 
-/* Registers the packet and writer metatables in L (any state). */
-void gw_packet_open(lua_State *L);
-/* Pushes a packet over the host's frame at data (valid until invalidated).
- * Raises a memory error. */
-gw_packet *gw_packet_push_borrowed(lua_State *L, const gw_framing *f,
-                                   gw_side side, uint8_t *data, size_t len);
+/* Registers the packet and writer metatables in L (any state). light:
+ * light userdata tokens stand for the frame being handled (script states
+ * only: gw__light_packet resolves them). */
+void gw_packet_open(lua_State *L, bool light);
+/* The packet at idx (a token when light, or a copy), an expired packet for
+ * a token gone by, or NULL when it is no packet. */
+gw_packet *gw_packet_get(lua_State *L, int idx, bool light);
+/* The handled frame's packet if token is its token, else NULL. */
+gw_packet *gw__light_packet(lua_State *L, uintptr_t token);
 /* Pushes a packet holding its own copy of data and of f. */
 gw_packet *gw_packet_push_copy(lua_State *L, const gw_framing *f,
                                gw_side side, const uint8_t *data, size_t len);
-gw_packet *gw_packet_test(lua_State *L, int idx);
-/* Replaces p's bytes with a copy of data (one whole frame, already checked). */
-void gw_packet_replace(lua_State *L, gw_packet *p, const uint8_t *data,
-                       size_t len);
-/* Ends a borrowed packet's life: frees its storage with the state's
- * allocator; any later use raises. Never raises. */
+/* Replaces p's bytes with a copy of data (one whole frame, already
+ * checked). Returns 0 or -ENOMEM; never raises. */
+int gw_packet_replace(lua_State *L, gw_packet *p, const uint8_t *data,
+                      size_t len);
+/* Ends the handled frame's packet: frees its storage with the state's
+ * allocator; its token no longer matches. Never raises. */
 void gw_packet_invalidate(lua_State *L, gw_packet *p);
 /* Pushes a new writer for framing f. */
 void gw_writer_push(lua_State *L, const gw_framing *f);
@@ -175,6 +178,9 @@ struct gw_script {
   size_t nsessions;
 
   gw_frame_ctx cur;
+  gw_packet pkt;         /* the handled frame's packet */
+  uintptr_t pkt_token;   /* its token while its handlers run, else 0 */
+  uint64_t pkt_serial;
 
   gw_outmsg *out;        /* frames sent from Lua, emitted after the call */
   size_t nout, capout;
@@ -212,9 +218,9 @@ static inline bool gw__over_limit(const gw_script *s) {
 }
 
 /* Runs the function below its nargs arguments on the stack, protected,
- * under the instruction limit. Returns the lua_pcall status; on error the
- * message (with traceback) is left on the stack. */
-int gw__pcall(gw_script *s, int nargs);
+ * under the limits. Returns the lua_pcall status; on error the message
+ * (with traceback) is left on the stack, else nresults results. */
+int gw__pcall(gw_script *s, int nargs, int nresults);
 /* Logs a failed call (rate-limited) and counts it. what says which call
  * ("client frame 1", "timer"...). Pops the message. */
 void gw__report_error(gw_script *s, int status, const char *listener,

@@ -782,7 +782,7 @@ int gw_script_load(gw_script *s, const gw_config *cfg, char *err,
   int rc = 0, st;
   s->loading_gen = s->gen + 1;
   lua_pushcfunction(L, prep_gen);
-  if ((st = gw__pcall(s, 0)) != LUA_OK) {
+  if ((st = gw__pcall(s, 0, 0)) != LUA_OK) {
     take_error(s, st, err, errlen, "scripts");
     rc = -ENOMEM;
     goto fail;
@@ -805,7 +805,7 @@ int gw_script_load(gw_script *s, const gw_config *cfg, char *err,
     rt->next_on_error = lc->on_error;
     lua_pushcfunction(L, prep_listener);
     lua_pushlightuserdata(L, rt);
-    if ((st = gw__pcall(s, 1)) != LUA_OK) {
+    if ((st = gw__pcall(s, 1, 0)) != LUA_OK) {
       take_error(s, st, err, errlen, lc->name);
       rc = -ENOMEM;
       goto fail;
@@ -815,7 +815,7 @@ int gw_script_load(gw_script *s, const gw_config *cfg, char *err,
       lua_pushlightuserdata(L, rt);
       lua_pushstring(L, lc->scripts[j]);
       lua_pushboolean(L, lc->unsafe);
-      if ((st = gw__pcall(s, 3)) != LUA_OK) {
+      if ((st = gw__pcall(s, 3, 0)) != LUA_OK) {
         take_error(s, st, err, errlen, lc->scripts[j]);
         rc = -EINVAL;
         goto fail;
@@ -847,7 +847,7 @@ int gw_script_load(gw_script *s, const gw_config *cfg, char *err,
     for (lua_Integer i = 1; i <= n; i++) {
       lua_pushcfunction(L, run_reload);
       lua_pushinteger(L, i);
-      if ((st = gw__pcall(s, 1)) != LUA_OK)
+      if ((st = gw__pcall(s, 1, 0)) != LUA_OK)
         gw__report_error(s, st, "scripts", "on_reload");
     }
   }

@@ -84,33 +84,34 @@ int gw_frame_check(const gw_framing *f, gw_side from, const uint8_t *data,
   return -EPROTO;
 }
 
-/* ---- packets ---- */
+/* ---- packets ----
+ *
+ * The frame being handled is a light userdata token, (serial << 1) | 1,
+ * standing for the state's one current packet (gw__light_packet): handing a
+ * frame to Lua allocates nothing, and a token kept past its handler no
+ * longer matches. Copies are full userdata with storage of their own. */
 
-static gw_packet *check_packet(lua_State *L, int idx) {
-  gw_packet *p = luaL_checkudata(L, idx, GW_PACKET_MT);
-  if (!p->valid)
-    luaL_error(L, "packet used after its handler returned (pkt:copy() "
-               "makes one that stays valid)");
-  return p;
-}
+/* A packet that is no longer valid, for tokens of frames gone by. */
+static gw_packet expired = {.valid = false};
 
-gw_packet *gw_packet_test(lua_State *L, int idx) {
+gw_packet *gw_packet_get(lua_State *L, int idx, bool light) {
+  if (lua_type(L, idx) == LUA_TLIGHTUSERDATA) {
+    uintptr_t token = (uintptr_t)lua_touserdata(L, idx);
+    if (!light || !(token & 1)) return NULL; /* cjson.null and such */
+    gw_packet *p = gw__light_packet(L, token);
+    return p ? p : &expired;
+  }
   return luaL_testudata(L, idx, GW_PACKET_MT);
 }
 
-gw_packet *gw_packet_push_borrowed(lua_State *L, const gw_framing *f,
-                                   gw_side side, uint8_t *data, size_t len) {
-  /* Borrowed packets never use own_f: leave it out of the allocation. */
-  gw_packet *p = lua_newuserdatauv(L, offsetof(gw_packet, own_f), 0);
-  p->data = data;
-  p->len = len;
-  p->buf = NULL;
-  p->cap = 0;
-  p->f = f;
-  p->side = side;
-  p->valid = true;
-  p->dirty = p->replaced = false;
-  luaL_setmetatable(L, GW_PACKET_MT);
+/* The packet argument of a method: its first upvalue says whether light
+ * userdata tokens stand for the frame being handled in this state. */
+static gw_packet *check_packet(lua_State *L, int idx) {
+  gw_packet *p = gw_packet_get(L, idx, lua_toboolean(L, lua_upvalueindex(1)));
+  if (!p) luaL_typeerror(L, idx, "packet");
+  if (!p->valid)
+    luaL_error(L, "packet used after its handler returned (pkt:copy() "
+               "makes one that stays valid)");
   return p;
 }
 
@@ -132,11 +133,11 @@ gw_packet *gw_packet_push_copy(lua_State *L, const gw_framing *f,
   return p;
 }
 
-void gw_packet_replace(lua_State *L, gw_packet *p, const uint8_t *data,
-                       size_t len) {
+int gw_packet_replace(lua_State *L, gw_packet *p, const uint8_t *data,
+                      size_t len) {
   if (!p->buf || p->cap < len) {
     uint8_t *b = state_alloc(L, len ? len : 1);
-    if (!b) luaL_error(L, "not enough memory");
+    if (!b) return -ENOMEM;
     state_free(L, p->buf, p->cap);
     p->buf = b;
     p->cap = len ? len : 1;
@@ -146,6 +147,7 @@ void gw_packet_replace(lua_State *L, gw_packet *p, const uint8_t *data,
   p->len = len;
   p->replaced = true;
   p->dirty = false;
+  return 0;
 }
 
 void gw_packet_invalidate(lua_State *L, gw_packet *p) {
@@ -158,7 +160,7 @@ void gw_packet_invalidate(lua_State *L, gw_packet *p) {
 const uint8_t *gw_frame_arg(lua_State *L, int idx, size_t *len) {
   if (lua_type(L, idx) == LUA_TSTRING)
     return (const uint8_t *)lua_tolstring(L, idx, len);
-  gw_packet *p = gw_packet_test(L, idx);
+  gw_packet *p = gw_packet_get(L, idx, true);
   if (!p)
     luaL_typeerror(L, idx, "frame (string or packet)");
   if (!p->valid)
@@ -425,9 +427,11 @@ static int pkt_len(lua_State *L) {
 }
 
 static int pkt_tostring(lua_State *L) {
-  gw_packet *p = luaL_checkudata(L, 1, GW_PACKET_MT);
+  gw_packet *p = gw_packet_get(L, 1, lua_toboolean(L, lua_upvalueindex(1)));
   uint32_t op;
-  if (!p->valid)
+  if (!p)
+    lua_pushfstring(L, "userdata: %p", lua_touserdata(L, 1));
+  else if (!p->valid)
     lua_pushliteral(L, "gangway.packet (expired)");
   else if (frame_opcode(p->f, p->data, p->len, &op))
     lua_pushfstring(L, "gangway.packet (%s frame, opcode %I, %I bytes)",
@@ -449,7 +453,7 @@ static int pkt_gc(lua_State *L) {
 /* Methods first (one rawget), then the fields. */
 static int pkt_index(lua_State *L) {
   lua_pushvalue(L, 2);
-  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+  if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL) return 1;
   gw_packet *p = check_packet(L, 1);
   const char *k = lua_tostring(L, 2);
   uint32_t op;
@@ -498,8 +502,8 @@ static const luaL_Reg pkt_methods[] = {
 };
 
 static const luaL_Reg pkt_meta[] = {
-  {"__len", pkt_len}, {"__tostring", pkt_tostring}, {"__gc", pkt_gc},
-  {"__newindex", pkt_newindex}, {"__index", NULL}, {NULL, NULL},
+  {"__len", pkt_len}, {"__tostring", pkt_tostring},
+  {"__newindex", pkt_newindex}, {NULL, NULL},
 };
 
 /* ---- writers ---- */
@@ -692,13 +696,18 @@ void gw_frame_push_built(lua_State *L, const gw_framing *f, lua_Integer opcode,
 
 /* ---- registration ---- */
 
-void gw_packet_open(lua_State *L) {
+void gw_packet_open(lua_State *L, bool light) {
   if (luaL_newmetatable(L, GW_PACKET_MT)) {
-    luaL_setfuncs(L, pkt_meta, 0);
+    lua_pushboolean(L, light);
+    luaL_setfuncs(L, pkt_meta, 1);
+    lua_pushcfunction(L, pkt_gc); /* copies only: tokens are never collected */
+    lua_setfield(L, -2, "__gc");
+    lua_pushboolean(L, light);
     lua_newtable(L); /* methods */
-    luaL_setfuncs(L, pkt_methods, 0);
+    lua_pushboolean(L, light);
+    luaL_setfuncs(L, pkt_methods, 1);
     /* unpack keeps string.unpack as an upvalue: scripts cannot swap it. */
-    lua_pushvalue(L, -1);
+    lua_pushboolean(L, light);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_getfield(L, -1, LUA_STRLIBNAME);
     lua_getfield(L, -1, "unpack");
@@ -706,10 +715,17 @@ void gw_packet_open(lua_State *L) {
     lua_remove(L, -2);
     lua_pushcclosure(L, pkt_unpack, 2);
     lua_setfield(L, -2, "unpack");
-    lua_pushcclosure(L, pkt_index, 1);
+    lua_pushcclosure(L, pkt_index, 2);
     lua_setfield(L, -2, "__index");
     lua_pushliteral(L, "gangway.packet");
     lua_setfield(L, -2, "__name");
+    if (light) {
+      /* Light userdata share one metatable: this one, in a script state. */
+      lua_pushlightuserdata(L, NULL);
+      lua_pushvalue(L, -2);
+      lua_setmetatable(L, -2);
+      lua_pop(L, 1);
+    }
   }
   lua_pop(L, 1);
   if (luaL_newmetatable(L, GW_WRITER_MT)) {

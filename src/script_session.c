@@ -254,7 +254,7 @@ int gw_script_session_open(gw_script *s, gw_handlers *h,
   s->cur.verdict = GW_VERDICT_PASS;
   lua_pushcfunction(L, run_connect);
   lua_pushlightuserdata(L, ss);
-  int st = gw__pcall(s, 1);
+  int st = gw__pcall(s, 1, 0);
   bool refused = s->cur.verdict == GW_VERDICT_CLOSE || ss->closed;
   if (st != LUA_OK) {
     char what[64];
@@ -288,7 +288,7 @@ void gw_script_session_close(gw_script *s, gw_script_session *ss,
     lua_pushcfunction(L, run_close);
     lua_pushlightuserdata(L, ss);
     lua_pushlightuserdata(L, (void *)reason);
-    int st = gw__pcall(s, 2);
+    int st = gw__pcall(s, 2, 0);
     if (st != LUA_OK) {
       char what[64];
       snprintf(what, sizeof what, "on_close of session %" PRIu64, ss->id);

@@ -238,7 +238,7 @@ void gw_script_run_timers(gw_script *s) {
     } else {
       retire(s, t);
     }
-    int st = gw__pcall(s, 2);
+    int st = gw__pcall(s, 2, 0);
     if (st != LUA_OK) {
       char what[64];
       if (ss)
