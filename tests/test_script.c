@@ -1,0 +1,502 @@
+/* test_script.c: unit tests for the script layer (src/script*.c) through
+ * include/script.h, with a fake host that records what it is asked to do:
+ * the exactness of the dispatch bitmaps, emit order and zero-copy, the
+ * on_error policies, the instruction and memory limits, reload atomicity,
+ * timers on the host's clock, and safety of calls after a session ends. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "log.h"
+#include "script.h"
+
+/* ---- the fake host ---- */
+
+#define MAX_EMITS 64
+
+typedef struct emitted {
+  gw_script_session *ss;
+  gw_side to;
+  const uint8_t *ptr; /* as given: to tell zero-copy from copies */
+  uint8_t data[256];
+  size_t len;
+} emitted;
+
+typedef struct fake_host {
+  emitted emits[MAX_EMITS];
+  int nemits;
+  int closes;
+  char close_reason[128];
+  gw_script_session *closed_ss;
+  uint64_t now, wake;
+  int wakes;
+} fake_host;
+
+static fake_host host;
+
+static int h_emit(gw_script_session *ss, gw_side to, const uint8_t *data,
+                  size_t len) {
+  assert_true(host.nemits < MAX_EMITS);
+  assert_true(len <= sizeof host.emits[0].data);
+  emitted *e = &host.emits[host.nemits++];
+  e->ss = ss;
+  e->to = to;
+  e->ptr = data;
+  memcpy(e->data, data, len);
+  e->len = len;
+  return 0;
+}
+
+static void h_close(gw_script_session *ss, const char *reason) {
+  host.closes++;
+  host.closed_ss = ss;
+  snprintf(host.close_reason, sizeof host.close_reason, "%s", reason);
+}
+
+static uint64_t h_now(void *ud) { return ((fake_host *)ud)->now; }
+
+static void h_wake_at(void *ud, uint64_t when) {
+  fake_host *h = ud;
+  h->wake = when;
+  h->wakes++;
+}
+
+static const gw_host_ops ops = {h_emit, h_close, h_now, h_wake_at};
+
+/* Log lines, to check what errors say. */
+static char logbuf[16384];
+
+static void sink(gw_log_level level, const char *line, void *ud) {
+  (void)level;
+  (void)ud;
+  size_t n = strlen(logbuf);
+  snprintf(logbuf + n, sizeof logbuf - n, "%s\n", line);
+}
+
+/* ---- fixtures ---- */
+
+typedef struct fixture {
+  char dir[64];
+  char path[128];
+  gw_listener_config lc;
+  char *scripts[1];
+  gw_config cfg;
+  gw_script *s;
+  gw_handlers *h;
+  gw_script_session ss;
+} fixture;
+
+static void write_script(fixture *f, const char *source) {
+  FILE *fp = fopen(f->path, "w");
+  assert_non_null(fp);
+  fprintf(fp, "local gw = require 'gangway'\n%s\n", source);
+  fclose(fp);
+}
+
+/* A state with one `top` listener "t" running source; limits given. */
+static fixture *start(const char *source, gw_on_error on_error,
+                      uint64_t instructions, size_t memory) {
+  fixture *f = calloc(1, sizeof *f);
+  assert_non_null(f);
+  memset(&host, 0, sizeof host);
+  logbuf[0] = 0;
+  gw_log_setup(GW_LOG_DEBUG, GW_LOG_TEXT);
+  gw_log_set_sink(sink, NULL);
+  snprintf(f->dir, sizeof f->dir, "/tmp/gw-test-script-XXXXXX");
+  assert_non_null(mkdtemp(f->dir));
+  snprintf(f->path, sizeof f->path, "%s/handler.lua", f->dir);
+  write_script(f, source);
+  f->scripts[0] = f->path;
+  f->lc.name = "t";
+  assert_int_equal(gw_framing_preset("top", &f->lc.framing), 0);
+  f->lc.scripts = f->scripts;
+  f->lc.nscripts = 1;
+  f->lc.on_error = on_error;
+  f->cfg.listeners = &f->lc;
+  f->cfg.nlisteners = 1;
+  gw_script_limits lim = {instructions, memory};
+  f->s = gw_script_new(&lim, &ops, &host);
+  assert_non_null(f->s);
+  char err[256] = "";
+  int rc = gw_script_load(f->s, &f->cfg, err, sizeof err);
+  if (rc) fail_msg("load: %s", err);
+  f->h = gw_script_handlers(f->s, "t");
+  assert_non_null(f->h);
+  f->ss.id = 1;
+  snprintf(f->ss.client, sizeof f->ss.client, "127.0.0.1:4000");
+  return f;
+}
+
+static void stop(fixture *f) {
+  gw_script_session_close(f->s, &f->ss, "end of test");
+  gw_script_free(f->s);
+  unlink(f->path);
+  rmdir(f->dir);
+  gw_log_set_sink(NULL, NULL);
+  free(f);
+}
+
+/* A top frame: opcode + body. */
+static size_t frame(uint8_t *out, size_t cap, uint32_t opcode, const char *body) {
+  gw_framing top;
+  gw_framing_preset("top", &top);
+  long n = gw_frame_build(&top, GW_CLIENT, out, cap, opcode,
+                          (const uint8_t *)body, strlen(body));
+  assert_true(n > 0);
+  return (size_t)n;
+}
+
+/* Hands one frame from side to the script layer, as the relay does. */
+static int feed(fixture *f, gw_side side, uint8_t *buf, size_t len) {
+  gw_frame_info fi;
+  assert_int_equal(gw_frame_next(&f->h->framing, side, buf, len, &fi), 1);
+  assert_int_equal(fi.len, len);
+  if (!gw_handlers_want(f->h, side, &fi)) return h_emit(&f->ss, !side, buf, len);
+  return gw_script_frame(f->s, &f->ss, side, buf, &fi);
+}
+
+static gw_script_stats stats(fixture *f) {
+  gw_script_stats st;
+  gw_script_get_stats(f->s, &st);
+  return st;
+}
+
+/* ---- tests ---- */
+
+static void test_want_is_exact(void **state) {
+  (void)state;
+  fixture *f = start("gw.on('client', {1, 300, 65535}, function() end)\n"
+                     "gw.on('server', '*', function() end)",
+                     GW_ON_ERROR_PASS, 1000000, 0);
+  assert_non_null(gw_script_session_open(f->s, f->h, &f->ss) == 0 ? f : NULL);
+  for (uint32_t op = 0; op < 65536; op++) {
+    gw_frame_info fi = {.has_opcode = true, .opcode = op};
+    bool want = op == 1 || op == 300 || op == 65535;
+    if (gw_handlers_want(f->h, GW_CLIENT, &fi) != want)
+      fail_msg("client opcode %u: want %d", op, !want);
+    assert_true(gw_handlers_want(f->h, GW_SERVER, &fi));
+  }
+  gw_frame_info keepalive = {.has_opcode = false};
+  assert_false(gw_handlers_want(f->h, GW_CLIENT, &keepalive));
+  assert_true(gw_handlers_want(f->h, GW_SERVER, &keepalive));
+  assert_false(f->h->wide[GW_CLIENT]);
+  stop(f);
+}
+
+static void test_no_handlers_want_nothing(void **state) {
+  (void)state;
+  fixture *f = start("", GW_ON_ERROR_PASS, 1000000, 0);
+  gw_frame_info fi = {.has_opcode = true, .opcode = 1};
+  assert_false(gw_handlers_want(f->h, GW_CLIENT, &fi));
+  assert_false(gw_handlers_want(f->h, GW_SERVER, &fi));
+  assert_false(gw_handlers_want(NULL, GW_SERVER, &fi));
+  stop(f);
+}
+
+/* A passed frame is the relay's own bytes (zero-copy); a rebuilt one is
+ * not; injected frames follow the frame, in order. */
+static void test_emit_order_and_zero_copy(void **state) {
+  (void)state;
+  fixture *f = start(
+      "gw.on('client', 1, function(pkt, s)\n"
+      "  s:send_to_client(gw.packet(501, 'a'))\n"
+      "  s:send_to_server(gw.packet(502, 'b'))\n"
+      "  if pkt:str(8) == 'grow' then pkt:set_body(gw.writer():str('grown!')) end\n"
+      "  pkt:set_u8(2, 0x81)\n"
+      "end)",
+      GW_ON_ERROR_PASS, 1000000, 0);
+  assert_int_equal(gw_script_session_open(f->s, f->h, &f->ss), 0);
+  uint8_t buf[64], body[16] = {0, 3, 'h', 'i', 0};
+  size_t n = frame(buf, sizeof buf, 1, "");
+  memcpy(buf + n, body, 5);
+  buf[1] = (uint8_t)(n + 5);
+  n += 5;
+  assert_int_equal(feed(f, GW_CLIENT, buf, n), 0);
+  assert_int_equal(host.nemits, 3);
+  assert_ptr_equal(host.emits[0].ptr, buf); /* the frame itself, edited */
+  assert_int_equal(host.emits[0].to, GW_SERVER);
+  assert_int_equal(buf[2], 0x81);
+  assert_int_equal(host.emits[1].to, GW_CLIENT);
+  assert_int_equal(host.emits[1].data[7], 501 & 0xff);
+  assert_int_equal(host.emits[2].to, GW_SERVER);
+  assert_int_equal(host.emits[2].data[7], 502 & 0xff);
+
+  host.nemits = 0;
+  uint8_t grow[64];
+  size_t g = frame(grow, sizeof grow, 1, "");
+  memcpy(grow + g, "\0\5grow\0", 7);
+  grow[1] = (uint8_t)(g + 7);
+  g += 7;
+  assert_int_equal(feed(f, GW_CLIENT, grow, g), 0);
+  assert_int_equal(host.nemits, 3);
+  assert_ptr_not_equal(host.emits[0].ptr, grow); /* rebuilt: a copy */
+  assert_int_equal(host.emits[0].len, g + 2);
+  assert_int_equal(host.emits[0].data[1], g + 2); /* length recomputed */
+  assert_int_equal(host.emits[0].data[2], 0x81);
+  assert_memory_equal(host.emits[0].data + 10, "grown!", 7);
+  gw_script_stats st = stats(f);
+  assert_int_equal(st.frames, 2);
+  assert_int_equal(st.replaced, 1);
+  assert_int_equal(st.injected, 4);
+  stop(f);
+}
+
+static void test_on_error_policies(void **state) {
+  (void)state;
+  static const char *src = "gw.on('client', 1, function() error('boom') end)";
+  for (int policy = GW_ON_ERROR_PASS; policy <= GW_ON_ERROR_CLOSE; policy++) {
+    fixture *f = start(src, (gw_on_error)policy, 1000000, 0);
+    assert_int_equal(gw_script_session_open(f->s, f->h, &f->ss), 0);
+    uint8_t buf[32];
+    size_t n = frame(buf, sizeof buf, 1, "x");
+    int rc = feed(f, GW_CLIENT, buf, n);
+    assert_int_equal(stats(f).errors, 1);
+    assert_non_null(strstr(logbuf, "handler.lua:2: boom"));
+    assert_non_null(strstr(logbuf, "client frame 1 of session 1"));
+    switch (policy) {
+    case GW_ON_ERROR_PASS:
+      assert_int_equal(rc, 0);
+      assert_int_equal(host.nemits, 1);
+      assert_ptr_equal(host.emits[0].ptr, buf);
+      break;
+    case GW_ON_ERROR_DROP:
+      assert_int_equal(rc, 0);
+      assert_int_equal(host.nemits, 0);
+      assert_int_equal(stats(f).dropped, 1);
+      break;
+    case GW_ON_ERROR_CLOSE:
+      assert_int_equal(rc, -ECONNRESET);
+      assert_int_equal(host.nemits, 0);
+      assert_int_equal(host.closes, 1);
+      assert_string_equal(host.close_reason, "handler error");
+      /* the host has not released it yet: more frames are refused */
+      assert_int_equal(feed(f, GW_CLIENT, buf, n), -ECONNRESET);
+      assert_int_equal(stats(f).frames, 1);
+      break;
+    }
+    stop(f);
+  }
+}
+
+static void test_instruction_limit(void **state) {
+  (void)state;
+  fixture *f = start(
+      "gw.on('client', 1, function()\n"
+      "  while true do pcall(function() while true do end end) end\n"
+      "end)\n"
+      "gw.on('client', 2, function(pkt) pkt:set_u8(8, 7) end)",
+      GW_ON_ERROR_DROP, 50000, 0);
+  assert_int_equal(gw_script_session_open(f->s, f->h, &f->ss), 0);
+  uint8_t buf[32], ok[32];
+  size_t n = frame(buf, sizeof buf, 1, "x");
+  assert_int_equal(feed(f, GW_CLIENT, buf, n), 0);
+  assert_int_equal(host.nemits, 0);
+  gw_script_stats st = stats(f);
+  assert_int_equal(st.errors, 1);
+  assert_int_equal(st.timeouts, 1);
+  assert_non_null(strstr(logbuf, "instruction limit exceeded (50000 per call)"));
+  size_t m = frame(ok, sizeof ok, 2, "x");
+  assert_int_equal(feed(f, GW_CLIENT, ok, m), 0);
+  assert_int_equal(host.nemits, 1);
+  assert_int_equal(ok[8], 7);
+  stop(f);
+}
+
+static void test_memory_cap(void **state) {
+  (void)state;
+  fixture *f = start(
+      "local keep = {}\n"
+      "gw.on('client', 1, function()\n"
+      "  while true do pcall(function() keep[#keep + 1] = ('x'):rep(1000) .. #keep end) end\n"
+      "end)\n"
+      "gw.on('client', 2, function() keep = {} end)",
+      GW_ON_ERROR_PASS, 100000000, 4u << 20);
+  assert_int_equal(gw_script_session_open(f->s, f->h, &f->ss), 0);
+  uint8_t buf[32];
+  size_t n = frame(buf, sizeof buf, 1, "x");
+  assert_int_equal(feed(f, GW_CLIENT, buf, n), 0);
+  gw_script_stats st = stats(f);
+  assert_int_equal(st.errors, 1);
+  assert_true(st.memory_bytes <= 4u << 20);
+  assert_non_null(strstr(logbuf, "not enough memory (the scripts' limit is 4 MiB)"));
+  assert_int_equal(host.nemits, 1); /* on_error = pass */
+  n = frame(buf, sizeof buf, 2, "x");
+  assert_int_equal(feed(f, GW_CLIENT, buf, n), 0);
+  assert_int_equal(stats(f).errors, 1);
+  stop(f);
+}
+
+static void test_tiny_memory_limit_fails_cleanly(void **state) {
+  (void)state;
+  gw_log_set_sink(sink, NULL);
+  gw_script_limits lim = {1000000, 16 * 1024};
+  assert_null(gw_script_new(&lim, &ops, &host));
+  gw_log_set_sink(NULL, NULL);
+}
+
+/* A failing reload changes nothing, not even the bitmap's address. */
+static void test_reload_atomic(void **state) {
+  (void)state;
+  fixture *f = start("gw.on('client', 1, function() return gw.DROP end)",
+                     GW_ON_ERROR_PASS, 1000000, 0);
+  assert_int_equal(gw_script_session_open(f->s, f->h, &f->ss), 0);
+  uint8_t *bits = f->h->bits[GW_CLIENT];
+  write_script(f, "gw.on('client', 2, function() end)\n"
+                  "gw.after(5, function() error('must not run') end)\n"
+                  "local x = nil + 1");
+  char err[256] = "";
+  assert_int_equal(gw_script_load(f->s, &f->cfg, err, sizeof err), -EINVAL);
+  assert_non_null(strstr(err, "handler.lua:4: attempt to perform arithmetic on a nil value"));
+  assert_ptr_equal(gw_script_handlers(f->s, "t"), f->h);
+  assert_ptr_equal(f->h->bits[GW_CLIENT], bits);
+  gw_frame_info one = {.has_opcode = true, .opcode = 1};
+  gw_frame_info two = {.has_opcode = true, .opcode = 2};
+  assert_true(gw_handlers_want(f->h, GW_CLIENT, &one));
+  assert_false(gw_handlers_want(f->h, GW_CLIENT, &two));
+  host.now = 10;
+  gw_script_run_timers(f->s);
+  assert_int_equal(stats(f).errors, 0);
+  uint8_t buf[32];
+  size_t n = frame(buf, sizeof buf, 1, "x");
+  assert_int_equal(feed(f, GW_CLIENT, buf, n), 0);
+  assert_int_equal(host.nemits, 0); /* still dropped by the old handler */
+
+  write_script(f, "gw.on('client', 2, function() return gw.DROP end)");
+  assert_int_equal(gw_script_load(f->s, &f->cfg, err, sizeof err), 0);
+  assert_ptr_equal(gw_script_handlers(f->s, "t"), f->h);
+  assert_false(gw_handlers_want(f->h, GW_CLIENT, &one));
+  assert_true(gw_handlers_want(f->h, GW_CLIENT, &two));
+  stop(f);
+}
+
+static void test_timers_follow_host_clock(void **state) {
+  (void)state;
+  fixture *f = start(
+      "gw.on('client', 1, function(pkt, s)\n"
+      "  s:every(100, function(s) s:send_to_client(gw.packet(501, 'tick')) end)\n"
+      "end)\n"
+      "gw.after(250, function() gw.log.info('once at ' .. gw.now()) end)",
+      GW_ON_ERROR_PASS, 1000000, 0);
+  assert_int_equal(host.wake, 250);
+  assert_int_equal(gw_script_session_open(f->s, f->h, &f->ss), 0);
+  uint8_t buf[32];
+  size_t n = frame(buf, sizeof buf, 1, "x");
+  assert_int_equal(feed(f, GW_CLIENT, buf, n), 0);
+  assert_int_equal(host.wake, 100);
+  host.nemits = 0;
+  host.now = 100;
+  gw_script_run_timers(f->s);
+  assert_int_equal(host.nemits, 1);
+  assert_int_equal(host.wake, 200);
+  host.now = 260;
+  gw_script_run_timers(f->s);
+  assert_int_equal(host.nemits, 2);
+  assert_non_null(strstr(logbuf, "handler.lua: once at 260"));
+  /* the session ends: its timer with it */
+  gw_script_session_close(f->s, &f->ss, "gone");
+  host.now = 1000;
+  gw_script_run_timers(f->s);
+  assert_int_equal(host.nemits, 2);
+  stop(f);
+}
+
+/* Calls after a session ended are harmless; Lua sees it as ended. */
+static void test_use_after_close(void **state) {
+  (void)state;
+  fixture *f = start(
+      "local saved\n"
+      "gw.on('client', 1, function(pkt, s) saved = s; s:close('bye') end)\n"
+      "gw.on('client', 2, function(pkt, s)\n"
+      "  local ok, err = pcall(saved.send_to_client, saved, gw.packet(501, ''))\n"
+      "  assert(not ok and err:find('session 1 has ended'), err)\n"
+      "  assert(saved.id == 1 and saved.closed)\n"
+      "end)\n"
+      "gw.on_close(function(s, reason) gw.log.info('on_close ' .. s.id .. ' ' .. reason) end)",
+      GW_ON_ERROR_PASS, 1000000, 0);
+  assert_int_equal(gw_script_session_open(f->s, f->h, &f->ss), 0);
+  uint8_t buf[32];
+  size_t n = frame(buf, sizeof buf, 1, "x");
+  assert_int_equal(feed(f, GW_CLIENT, buf, n), -ECONNRESET);
+  assert_int_equal(host.nemits, 1); /* session:close passes the frame */
+  assert_int_equal(host.closes, 1);
+  assert_ptr_equal(host.closed_ss, &f->ss);
+  assert_string_equal(host.close_reason, "bye");
+  gw_script_session_close(f->s, &f->ss, "bye");
+  gw_script_session_close(f->s, &f->ss, "twice");
+  assert_non_null(strstr(logbuf, "on_close 1 bye"));
+  assert_null(strstr(logbuf, "twice"));
+  gw_frame_info fi = {.len = n, .has_opcode = true, .opcode = 1};
+  assert_int_equal(gw_script_frame(f->s, &f->ss, GW_CLIENT, buf, &fi), -ECONNRESET);
+  assert_int_equal(host.nemits, 1);
+
+  gw_script_session other = {.id = 2};
+  assert_int_equal(gw_script_session_open(f->s, f->h, &other), 0);
+  size_t m = frame(buf, sizeof buf, 2, "x");
+  gw_frame_info fi2;
+  gw_frame_next(&f->h->framing, GW_CLIENT, buf, m, &fi2);
+  assert_int_equal(gw_script_frame(f->s, &other, GW_CLIENT, buf, &fi2), 0);
+  assert_int_equal(stats(f).errors, 0);
+  gw_script_session_close(f->s, &other, "done");
+  stop(f);
+}
+
+static void test_refused_session(void **state) {
+  (void)state;
+  fixture *f = start("gw.on_connect(function(s)\n"
+                     "  s:send_to_client(gw.packet(501, 'full'))\n"
+                     "  return gw.CLOSE\n"
+                     "end)\n"
+                     "gw.on_close(function() error('not for refused sessions') end)",
+                     GW_ON_ERROR_PASS, 1000000, 0);
+  assert_int_equal(gw_script_session_open(f->s, f->h, &f->ss), -ECONNREFUSED);
+  assert_int_equal(host.nemits, 1);
+  assert_int_equal(host.closes, 0);
+  gw_script_session_close(f->s, &f->ss, "refused");
+  assert_int_equal(stats(f).errors, 0);
+  stop(f);
+}
+
+/* The host may free the state with sessions still open. */
+static void test_free_with_open_sessions(void **state) {
+  (void)state;
+  fixture *f = start("gw.on('client', 1, function(pkt, s) s:every(10, print) end)",
+                     GW_ON_ERROR_PASS, 1000000, 0);
+  assert_int_equal(gw_script_session_open(f->s, f->h, &f->ss), 0);
+  uint8_t buf[32];
+  size_t n = frame(buf, sizeof buf, 1, "x");
+  assert_int_equal(feed(f, GW_CLIENT, buf, n), 0);
+  gw_script_free(f->s);
+  f->s = NULL;
+  assert_null(f->ss.handlers);
+  assert_true(f->ss.closed);
+  unlink(f->path);
+  rmdir(f->dir);
+  gw_log_set_sink(NULL, NULL);
+  free(f);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_want_is_exact),
+    cmocka_unit_test(test_no_handlers_want_nothing),
+    cmocka_unit_test(test_emit_order_and_zero_copy),
+    cmocka_unit_test(test_on_error_policies),
+    cmocka_unit_test(test_instruction_limit),
+    cmocka_unit_test(test_memory_cap),
+    cmocka_unit_test(test_tiny_memory_limit_fails_cleanly),
+    cmocka_unit_test(test_reload_atomic),
+    cmocka_unit_test(test_timers_follow_host_clock),
+    cmocka_unit_test(test_use_after_close),
+    cmocka_unit_test(test_refused_session),
+    cmocka_unit_test(test_free_with_open_sessions),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
