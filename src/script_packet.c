@@ -602,7 +602,7 @@ static int w_bytes(lua_State *L) {
   gw_writer *w = check_writer(L, 1);
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
-  memcpy(writer_room(L, w, n), s, n);
+  if (n) memcpy(writer_room(L, w, n), s, n);
   w->len += n;
   lua_settop(L, 1);
   return 1;
