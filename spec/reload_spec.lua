@@ -179,4 +179,20 @@ describe("reload", function()
     assert.is_false(t:want("client", 5))
     t:close()
   end)
+
+  it("changes the framing for new sessions only", function()
+    local script = [[
+      local gw = require "gangway"
+      gw.on("client", "*", function(pkt) pkt:set_body(pkt:body() .. "!") end)
+    ]]
+    local t = testing.new{ framing = "top", source = script }
+    local old = t:connect()
+    assert.is_true(t:reload{ framing = "u32le" })
+    local new = t:connect()
+    old:from_client(top.frame(1, "a"))
+    assert.same({ top.frame(1, "a!") }, old:to_server())
+    new:from_client(string.pack("<I4", 1) .. "b")
+    assert.same({ string.pack("<I4", 2) .. "b!" }, new:to_server())
+    t:close()
+  end)
 end)

@@ -48,6 +48,7 @@ typedef struct hsession {
   gw_script_session ss;   /* what the script layer sees */
   host *h;                /* NULL once the host is gone */
   gw_handlers *hd;        /* the listener's, as at connect */
+  gw_framing framing;     /* the listener's at connect: the relay's copy */
   struct hsession *prev, *next;
   hbuf in[GW_SIDES];      /* bytes from each side not yet framed */
   fqueue out[GW_SIDES];   /* frames sent toward each side */
@@ -322,6 +323,7 @@ static int host_connect(lua_State *L) {
   lua_setiuservalue(L, -2, 1);
   hs->h = h;
   hs->hd = hd;
+  hs->framing = hd->framing;
   hs->ss.id = ++h->next_id;
   snprintf(hs->ss.client, sizeof hs->ss.client, "%s", client);
   const gw_listener_config *lc = host_listener(h);
@@ -491,8 +493,7 @@ static int hs_from(lua_State *L) {
   int err = 0;
   while (!hs->close_requested && !hs->ended && pos < b->len) {
     gw_frame_info fi;
-    int rc = gw_frame_next(&hs->hd->framing, side, b->p + pos, b->len - pos,
-                           &fi);
+    int rc = gw_frame_next(&hs->framing, side, b->p + pos, b->len - pos, &fi);
     if (rc == -EAGAIN) break;
     if (rc < 0) {
       char why[160];

@@ -399,7 +399,7 @@ static int take_result(lua_State *L, gw_script *s, gw_frame_ctx *c, int chain,
              "gw.DROP, gw.CLOSE, a frame (string) or a packet", where, bad);
     return -1;
   }
-  if (gw_frame_check(&c->rt->h.framing, c->from, data, len, why,
+  if (gw_frame_check(c->pkt->f, c->from, data, len, why,
                      sizeof why) < 0) {
     handler_where(L, chain, c->handler, where, sizeof where);
     snprintf(msg, msglen, "%shandler returned a replacement that is not one "
@@ -474,12 +474,13 @@ int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
   }
   if (t == LUA_TTABLE) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, ss->ref); /* SESSION */
+    const gw_session_ud *u = lua_touserdata(L, SESSION);
     gw_packet *p = c->pkt = &s->pkt;
     p->data = data;
     p->len = fi->len;
     p->buf = NULL;
     p->cap = 0;
-    p->f = &rt->h.framing;
+    p->f = &u->framing; /* the session's, which a reload does not change */
     p->side = from;
     p->valid = true;
     p->dirty = p->replaced = false;
@@ -513,7 +514,7 @@ int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
    * over): such a frame never goes out. */
   char why[160];
   if (p && p->dirty &&
-      gw_frame_check(&rt->h.framing, from, p->data, p->len, why, sizeof why)) {
+      gw_frame_check(p->f, from, p->data, p->len, why, sizeof why)) {
     broken = true;
     if (!failed) {
       frame_what(what, sizeof what, c);

@@ -259,6 +259,10 @@ typedef struct gw_session_ud {
   char upstream[64];
   gw_listener_rt *rt;
   gw_timer *timers;      /* its timers, to cancel at release */
+  /* The framing the relay frames this session with: the listener's when the
+   * session opened (a reload changes it for new sessions only). Made before
+   * a reload changes it, for every live session of the listener. */
+  gw_framing framing;
 } gw_session_ud;
 
 /* Pushes ss's userdata, creating it on first use. Raises memory errors. */

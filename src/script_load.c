@@ -713,6 +713,19 @@ static int load_script(lua_State *L) {
   return 0;
 }
 
+/* Protected: gives every live session of rt (arg 1) its userdata, which
+ * keeps the framing it was opened with, before rt's framing changes. */
+static int pin_framings(lua_State *L) {
+  gw_script *s = gw_script_of(L);
+  gw_listener_rt *rt = lua_touserdata(L, 1);
+  for (gw_script_session *ss = s->sessions; ss; ss = ss->next) {
+    if (ss->handlers != &rt->h || ss->ref != LUA_NOREF) continue;
+    gw__push_session(L, ss);
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
 /* Protected: the on_reload functions of the new generation. */
 static int run_reload(lua_State *L) {
   gw_script *s = gw_script_of(L);
@@ -820,6 +833,20 @@ int gw_script_load(gw_script *s, const gw_config *cfg, char *err,
         rc = -EINVAL;
         goto fail;
       }
+    }
+  }
+
+  for (size_t i = 0; i < s->nlisteners; i++) {
+    gw_listener_rt *rt = s->listeners[i];
+    if (!rt->in_next || !rt->published ||
+        !memcmp(&rt->h.framing, &rt->next_framing, sizeof rt->next_framing))
+      continue;
+    lua_pushcfunction(L, pin_framings);
+    lua_pushlightuserdata(L, rt);
+    if ((st = gw__pcall(s, 1, 0)) != LUA_OK) {
+      take_error(s, st, err, errlen, rt->h.listener);
+      rc = -ENOMEM;
+      goto fail;
     }
   }
 

@@ -37,6 +37,7 @@ gw_session_ud *gw__push_session(lua_State *L, gw_script_session *ss) {
   snprintf(u->client, sizeof u->client, "%s", ss->client);
   snprintf(u->upstream, sizeof u->upstream, "%s", ss->upstream);
   u->rt = gw__rt_of(ss->handlers);
+  u->framing = u->rt->h.framing;
   luaL_setmetatable(L, GW_SESSION_MT);
   lua_pushvalue(L, -1);
   ss->ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -72,7 +73,7 @@ static int send_to(lua_State *L, gw_side to, const char *method) {
    * way round: check it against that side's limits. */
   gw_side from = to == GW_CLIENT ? GW_SERVER : GW_CLIENT;
   char why[160];
-  if (gw_frame_check(&u->rt->h.framing, from, data, len, why, sizeof why))
+  if (gw_frame_check(&u->framing, from, data, len, why, sizeof why))
     return luaL_error(L, "session:%s: %s", method, why);
   gw__send(L, ss, to, data, len);
   lua_pushboolean(L, 1);
