@@ -300,9 +300,10 @@ static size_t ophash(uint64_t key, size_t cap) {
 gw_opstat *gw__opstat(gw_listener_rt *rt, gw_side side, bool has_opcode,
                       uint32_t opcode) {
   uint64_t key = opkey(side, has_opcode, opcode);
+  if (rt->last_op && rt->last_op->key == key) return rt->last_op;
   if (rt->capops) {
     for (size_t i = ophash(key, rt->capops);; i = (i + 1) & (rt->capops - 1)) {
-      if (rt->ops[i].key == key) return &rt->ops[i];
+      if (rt->ops[i].key == key) return rt->last_op = &rt->ops[i];
       if (rt->ops[i].key == UINT64_MAX) break;
     }
   }
@@ -321,12 +322,13 @@ gw_opstat *gw__opstat(gw_listener_rt *rt, gw_side side, bool has_opcode,
     free(rt->ops);
     rt->ops = ops;
     rt->capops = cap;
+    rt->last_op = NULL;
   }
   size_t i = ophash(key, rt->capops);
   while (rt->ops[i].key != UINT64_MAX) i = (i + 1) & (rt->capops - 1);
   rt->ops[i] = (gw_opstat){.key = key};
   rt->nops++;
-  return &rt->ops[i];
+  return rt->last_op = &rt->ops[i];
 }
 
 void gw_script_get_stats(const gw_script *s, gw_script_stats *st) {
@@ -453,14 +455,24 @@ int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
   bool failed = false, broken = false;
   char what[96], msg[320];
   int st = LUA_OK;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->cur.map_ref[from]);
+  /* The bitmap says whether the opcode has a chain of its own; if not,
+   * the "*" chain (if any) is the one. */
+  const gw_gen_tables *g = &rt->cur;
+  bool own = fi->has_opcode &&
+             (fi->opcode < 65536 ? g->bits[from] && g->bits[from][fi->opcode >> 3] >>
+                                                       (fi->opcode & 7) & 1
+                                 : g->wide[from]);
   int t = LUA_TNIL;
-  if (lua_istable(L, MAP)) {
-    if (fi->has_opcode &&
-        (t = lua_rawgeti(L, MAP, (lua_Integer)fi->opcode)) == LUA_TNIL)
+  lua_pushnil(L); /* MAP: only looked at for an opcode's own chain */
+  if (own) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, g->map_ref[from]);
+    lua_replace(L, MAP);
+    if ((t = lua_rawgeti(L, MAP, (lua_Integer)fi->opcode)) == LUA_TNIL)
       lua_pop(L, 1);
-    if (t == LUA_TNIL) t = lua_rawgeti(L, MAP, -1);
   }
+  if (t == LUA_TNIL && g->star_ref[from] != LUA_NOREF)
+    t = lua_rawgeti(L, LUA_REGISTRYINDEX, g->star_ref[from]);
+  if (t != LUA_TTABLE) lua_settop(L, MAP);
   if (t == LUA_TTABLE && ss->ref == LUA_NOREF) {
     lua_pushcfunction(L, make_session);
     lua_pushlightuserdata(L, ss);
@@ -632,12 +644,17 @@ gw_script *gw_script_new(const gw_script_limits *limits,
 void gw__gen_tables_clear(gw_script *s, gw_gen_tables *g) {
   for (int i = 0; i < GW_SIDES; i++) {
     luaL_unref(s->L, LUA_REGISTRYINDEX, g->map_ref[i]);
+    luaL_unref(s->L, LUA_REGISTRYINDEX, g->star_ref[i]);
     free(g->bits[i]);
   }
   luaL_unref(s->L, LUA_REGISTRYINDEX, g->connect_ref);
   luaL_unref(s->L, LUA_REGISTRYINDEX, g->close_ref);
+  gw__gen_tables_init(g);
+}
+
+void gw__gen_tables_init(gw_gen_tables *g) {
   memset(g, 0, sizeof *g);
-  g->map_ref[0] = g->map_ref[1] = LUA_NOREF;
+  for (int i = 0; i < GW_SIDES; i++) g->map_ref[i] = g->star_ref[i] = LUA_NOREF;
   g->connect_ref = g->close_ref = LUA_NOREF;
 }
 

@@ -105,6 +105,9 @@ typedef struct gw_gen_tables {
   int map_ref[GW_SIDES]; /* opcode -> chain (array of functions); key -1 is
                             the "*" chain, used for frames without a chain
                             of their own and for frames without an opcode */
+  int star_ref[GW_SIDES]; /* the "*" chain again, or LUA_NOREF: frames the
+                            bitmap has no specific chain for go straight
+                            to it */
   int connect_ref;       /* arrays of functions, LUA_NOREF when empty */
   int close_ref;
   uint8_t *bits[GW_SIDES];
@@ -127,6 +130,7 @@ typedef struct gw_listener_rt {
   gw_on_error next_on_error;
   gw_opstat *ops;        /* per-opcode counters, open addressing */
   size_t nops, capops;
+  gw_opstat *last_op;    /* the last one looked up: runs of one opcode */
 } gw_listener_rt;
 
 typedef struct gw_outmsg {
@@ -247,6 +251,7 @@ gw_opstat *gw__opstat(gw_listener_rt *rt, gw_side side, bool has_opcode,
 /* ---- loading (script_load.c) ---- */
 /* Creates the base environment and the registry tables. Runs protected. */
 int gw__load_init(lua_State *L);
+void gw__gen_tables_init(gw_gen_tables *g);
 void gw__gen_tables_clear(gw_script *s, gw_gen_tables *g);
 /* Registers gw.* of a binding; pushes its framing for packets and writers. */
 const gw_framing *gw__binding_framing(lua_State *L, int idx);

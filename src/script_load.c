@@ -133,6 +133,10 @@ static int gw_on(lua_State *L) {
   if (lua_type(L, 2) == LUA_TSTRING && !strcmp(lua_tostring(L, 2), "*")) {
     add_handler(L, 4, -1, 3);
     g->any[side] = g->all[side] = true;
+    if (g->star_ref[side] == LUA_NOREF) {
+      lua_rawgeti(L, 4, -1);
+      g->star_ref[side] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     return 0;
   }
   /* Check every opcode before registering any. */
@@ -646,12 +650,6 @@ gw_handlers *gw_script_handlers(gw_script *s, const char *name) {
   return rt && rt->published ? &rt->h : NULL;
 }
 
-static void gen_tables_init(gw_gen_tables *g) {
-  memset(g, 0, sizeof *g);
-  g->map_ref[0] = g->map_ref[1] = LUA_NOREF;
-  g->connect_ref = g->close_ref = LUA_NOREF;
-}
-
 static gw_listener_rt *new_rt(gw_script *s, const char *name) {
   gw_listener_rt **l = realloc(s->listeners, (s->nlisteners + 1) * sizeof *l);
   if (!l) return NULL;
@@ -663,8 +661,8 @@ static gw_listener_rt *new_rt(gw_script *s, const char *name) {
   }
   rt->s = s;
   rt->h.priv = rt;
-  gen_tables_init(&rt->cur);
-  gen_tables_init(&rt->next);
+  gw__gen_tables_init(&rt->cur);
+  gw__gen_tables_init(&rt->next);
   s->listeners[s->nlisteners++] = rt;
   return rt;
 }
@@ -763,7 +761,7 @@ static void publish(gw_script *s, gw_listener_rt *rt) {
   gw_handlers *h = &rt->h;
   gw__gen_tables_clear(s, &rt->cur);
   rt->cur = rt->next;
-  gen_tables_init(&rt->next);
+  gw__gen_tables_init(&rt->next);
   for (int i = 0; i < GW_SIDES; i++) {
     h->bits[i] = rt->cur.bits[i];
     h->any[i] = rt->cur.any[i];
