@@ -66,6 +66,7 @@ typedef struct lg_opts {
   struct sockaddr_in sources[LG_MAX_SOURCES];
   unsigned nsources;
   int watch_pid; /* 0: none */
+  int echo_pid;  /* 0: none; CPU only, to tell our load from others' */
   const char *label;
   bool check_scratch;
   uint32_t expect_scratch;
@@ -121,7 +122,7 @@ struct lg {
   gw_hist hist;
   /* the watched process and this one, at the start and end of measuring */
   long rss_before_kb, rss_after_kb;
-  double cpu0_s, cpu1_s, self0_s, self1_s;
+  double cpu0_s, cpu1_s, self0_s, self1_s, echo0_s, echo1_s;
   /* every CPU's busy share over the window: who else was running */
   int ncpus;
   uint64_t busy0[LG_MAX_CPUS], total0[LG_MAX_CPUS];
@@ -538,6 +539,7 @@ static void measure_begin(lg *g) {
   g->measuring = true;
   g->t_measure = uv_hrtime();
   if (g->o.watch_pid) g->cpu0_s = cpu_seconds(g->o.watch_pid);
+  if (g->o.echo_pid) g->echo0_s = cpu_seconds(g->o.echo_pid);
   g->self0_s = self_cpu_seconds();
   g->ncpus = cpu_times(g->busy0, g->total0);
 }
@@ -545,6 +547,7 @@ static void measure_begin(lg *g) {
 static void measure_end(lg *g) {
   g->measuring = false;
   g->t_end = uv_hrtime();
+  if (g->o.echo_pid) g->echo1_s = cpu_seconds(g->o.echo_pid);
   if (g->o.watch_pid) {
     g->cpu1_s = cpu_seconds(g->o.watch_pid);
     g->rss_after_kb = rss_kb(g->o.watch_pid);
@@ -651,6 +654,9 @@ static void report(lg *g) {
   double watch_pct = -1, rss_per = -1;
   if (o->watch_pid && win > 0 && g->cpu0_s >= 0 && g->cpu1_s >= 0)
     watch_pct = (g->cpu1_s - g->cpu0_s) / win * 100;
+  double echo_pct = -1;
+  if (o->echo_pid && win > 0 && g->echo0_s >= 0 && g->echo1_s >= 0)
+    echo_pct = (g->echo1_s - g->echo0_s) / win * 100;
   if (o->watch_pid && g->rss_before_kb >= 0 && g->rss_after_kb >= 0 && g->idle_ready)
     rss_per = (double)(g->rss_after_kb - g->rss_before_kb) * 1024.0 / g->idle_ready;
   printf("{\"label\":\"%s\",\"mode\":\"%s\",\"target\":\"%s\",\"sessions\":%u,"
@@ -658,13 +664,13 @@ static void report(lg *g) {
          "\"frames\":%" PRIu64 ",\"frames_per_s\":%.1f,\"mb_per_s\":%.2f,"
          "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,\"max_us\":%.2f,"
          "\"mismatches\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"skipped\":%" PRIu64 ","
-         "\"ready\":%u,\"loadgen_cpu_pct\":%.1f,\"watch_cpu_pct\":%.1f,"
+         "\"ready\":%u,\"loadgen_cpu_pct\":%.1f,\"watch_cpu_pct\":%.1f,\"echo_cpu_pct\":%.1f,"
          "\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,\"rss_per_session_b\":%.0f,"
          "\"cpus_busy_pct\":[",
          o->label, mode_names[o->mode], o->target_str, o->sessions, o->size,
          o->depth, o->rate, win, g->frames, fps, mbps, p50, p99, p999, pmax,
          g->mismatches, g->errors, g->skipped, g->idle_ready, self_pct,
-         watch_pct, g->rss_before_kb, g->rss_after_kb, rss_per);
+         watch_pct, echo_pct, g->rss_before_kb, g->rss_after_kb, rss_per);
   for (int i = 0; i < g->ncpus; i++) printf("%s%.1f", i ? "," : "", g->busy_pct[i]);
   printf("]}\n");
   fflush(stdout);
@@ -703,6 +709,7 @@ static void usage(FILE *f) {
 "  -S, --sources A[,B...]    local source addresses, round-robin, or N for\n"
 "                            127.0.0.1..127.0.0.N (more ephemeral ports)\n"
 "  -p, --watch-pid PID       report PID's CPU %% and (idle) RSS delta\n"
+"  -E, --echo-pid PID        report PID's CPU %% too (the echo server)\n"
 "  -C, --concurrency N       connects in progress at once (default 256)\n"
 "  -x, --expect-scratch HEX  the u32 at frame offset %d must read HEX on\n"
 "                            the echo (a rewriting handler's work)\n"
@@ -769,14 +776,14 @@ static void parse_opts(int argc, char **argv, lg_opts *o) {
       {"size", 1, 0, 's'},     {"depth", 1, 0, 'D'},    {"rate", 1, 0, 'r'},
       {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'},   {"hold", 1, 0, 'H'},
       {"sources", 1, 0, 'S'},  {"watch-pid", 1, 0, 'p'}, {"concurrency", 1, 0, 'C'},
-      {"expect-scratch", 1, 0, 'x'}, {"label", 1, 0, 'l'}, {"deadline", 1, 0, 'T'},
+      {"expect-scratch", 1, 0, 'x'}, {"echo-pid", 1, 0, 'E'}, {"label", 1, 0, 'l'}, {"deadline", 1, 0, 'T'},
       {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
   *o = (lg_opts){.mode = MODE_PIPELINE, .sessions = 1, .size = 64, .depth = 1,
                  .concurrency = 256, .rate = 1000, .duration = 5, .warmup = 1,
                  .hold = 5, .label = "loadgen"};
   bool have_target = false;
   int c;
-  while ((c = getopt_long(argc, argv, "t:m:c:s:D:r:d:w:H:S:p:C:x:l:T:h", longs, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "t:m:c:s:D:r:d:w:H:S:p:E:C:x:l:T:h", longs, NULL)) != -1) {
     switch (c) {
     case 't':
       if (parse_ipv4(optarg, -1, &o->target) < 0) {
@@ -804,6 +811,7 @@ static void parse_opts(int argc, char **argv, lg_opts *o) {
     case 'w': o->warmup = num("warmup", optarg, 0, 86400); break;
     case 'H': o->hold = num("hold", optarg, 0, 86400); break;
     case 'p': o->watch_pid = (int)num("watch-pid", optarg, 1, 1 << 30); break;
+    case 'E': o->echo_pid = (int)num("echo-pid", optarg, 1, 1 << 30); break;
     case 'C': o->concurrency = (unsigned)num("concurrency", optarg, 1, 100000); break;
     case 'T': o->deadline = num("deadline", optarg, 0.1, 86400); break;
     case 'l': o->label = optarg; break;

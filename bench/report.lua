@@ -38,12 +38,35 @@ local function median(xs)
   return (xs[m] + xs[m + 1]) / 2
 end
 
+-- Derived per-run fields: the proxy's CPU time per unit of work. Each echo
+-- crosses the proxy twice, so a run relays 2 x frames and 2 x bytes. These
+-- move less than throughput when other work shares the machine.
+local derived = {
+  cpu_ns_per_frame = function(r)
+    if r.watch_cpu_pct < 0 or r.frames_per_s <= 0 then return nil end
+    return r.watch_cpu_pct / 100 / (2 * r.frames_per_s) * 1e9
+  end,
+  -- CPU time of everything else on the machine: all CPUs' busy time less
+  -- the load generator's, the proxy's and the echo server's.
+  other_cpu_pct = function(r)
+    if not r.cpus_busy_pct or not r.echo_cpu_pct or r.echo_cpu_pct < 0 then return nil end
+    local busy = 0
+    for _, b in ipairs(r.cpus_busy_pct) do busy = busy + b end
+    local v = busy - r.loadgen_cpu_pct - math.max(r.watch_cpu_pct, 0) - r.echo_cpu_pct
+    return math.max(v, 0)
+  end,
+  cpu_ms_per_gb = function(r)
+    if r.watch_cpu_pct < 0 or r.mb_per_s <= 0 then return nil end
+    return r.watch_cpu_pct / 100 / (2 * r.mb_per_s / 1000) * 1000
+  end,
+}
+
 -- The median of field over the rounds of scenario/contender; runs that
 -- failed or mismatched do not count.
 local function med(scenario, contender, field)
   local xs = {}
   for _, r in ipairs((runs[scenario] or {})[contender] or {}) do
-    local v = r[field]
+    local v = derived[field] and derived[field](r) or r[field]
     if r.ok and type(v) == "number" and v >= 0 then xs[#xs + 1] = v end
   end
   return median(xs)
@@ -75,7 +98,8 @@ local function row(label, metric, values)
   emit("| " .. table.concat(cells, " | ") .. " |")
 end
 
--- A metric row, and with ratio a row of contender / haproxy.
+-- A metric row, and with ratio a row of contender / haproxy (ratio is the
+-- row's label).
 local function metric_rows(scenario, label, field, unit, digits, ratio)
   local vals, ratios = {}, {}
   local base = med(scenario, "haproxy", field)
@@ -85,7 +109,7 @@ local function metric_rows(scenario, label, field, unit, digits, ratio)
     if ratio and v and base and base > 0 then ratios[c] = string.format("%.2f", v / base) end
   end
   row(label, unit, vals)
-  if ratio and base then row("", "× haproxy", ratios) end
+  if ratio and base then row("", ratio, ratios) end
 end
 
 local function scenario_desc(s)
@@ -111,12 +135,18 @@ emit("| " .. table.concat(header, " | ") .. " |")
 emit("|" .. string.rep("---|", #header))
 
 if runs.bulk then
-  metric_rows("bulk", scenario_desc("bulk"), "mb_per_s", "MB/s", 0, true)
+  metric_rows("bulk", scenario_desc("bulk"), "mb_per_s", "MB/s", 0, "× haproxy")
   metric_rows("bulk", "", "watch_cpu_pct", "proxy CPU %", 0, false)
+  metric_rows("bulk", "", "cpu_ms_per_gb", "proxy CPU ms per GB relayed", 0,
+    "× haproxy (lower is better)")
+  metric_rows("bulk", "", "other_cpu_pct", "other work on the machine, CPU %", 0, false)
 end
 if runs.small then
-  metric_rows("small", scenario_desc("small"), "frames_per_s", "frames/s", 0, true)
+  metric_rows("small", scenario_desc("small"), "frames_per_s", "frames/s", 0, "× haproxy")
   metric_rows("small", "", "watch_cpu_pct", "proxy CPU %", 0, false)
+  metric_rows("small", "", "cpu_ns_per_frame", "proxy CPU ns per frame relayed", 0,
+    "× haproxy (lower is better)")
+  metric_rows("small", "", "other_cpu_pct", "other work on the machine, CPU %", 0, false)
 end
 for _, s in ipairs({ "lat1", "lat1000" }) do
   if runs[s] then
@@ -132,6 +162,7 @@ for _, s in ipairs({ "lat1", "lat1000" }) do
       row(p == "p50" and scenario_desc(s) or "", p .. " round trip µs", vals)
       if d then row("", p .. " added over direct µs", added) end
     end
+    metric_rows(s, "", "other_cpu_pct", "other work on the machine, CPU %", 0, false)
   end
 end
 if runs.idle then
@@ -177,23 +208,6 @@ if #targets > 0 then
   emit("| target | gangway | |")
   emit("|---|---|---|")
   for _, t in ipairs(targets) do emit(t) end
-end
-
--- The lat1 direct runs load the machine least (one frame in flight): what
--- their CPUs show busy beyond that is other work sharing the machine.
-local quiet = {}
-for _, r in ipairs((runs.lat1 or {}).direct or {}) do
-  for i, b in ipairs(r.cpus_busy_pct or {}) do
-    quiet[i] = quiet[i] or {}
-    table.insert(quiet[i], b)
-  end
-end
-if #quiet > 0 then
-  local parts = {}
-  for i, xs in ipairs(quiet) do parts[#parts + 1] = string.format("CPU%d %.0f%%", i - 1, median(xs)) end
-  emit("")
-  emit("Machine load during the lightest runs (lat1 direct, whose own share is"
-    .. " a few %): " .. table.concat(parts, ", ") .. " busy (median).")
 end
 
 emit("")

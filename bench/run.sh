@@ -292,6 +292,7 @@ run_one() {
     fi
     extra+=(--watch-pid "$PROXY_PID")
   fi
+  extra+=(--echo-pid "$echo_pid")
   [ "$c" = gw-rewrite ] && extra+=(--expect-scratch "$REWRITE_VALUE")
   # shellcheck disable=SC2207
   args=($(scenario_args "$scenario"))
