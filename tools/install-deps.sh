@@ -20,3 +20,8 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
+# lua-busted runs under /usr/bin/lua; should another Lua have claimed that
+# name, point it at 5.4, the only Lua gangway's module loads in.
+if update-alternatives --query lua-interpreter >/dev/null 2>&1; then
+  $SUDO update-alternatives --set lua-interpreter /usr/bin/lua5.4 >/dev/null
+fi
