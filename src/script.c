@@ -21,6 +21,23 @@ static void count_hook(lua_State *L, lua_Debug *ar);
 
 /* ---- memory ---- */
 
+/* Every ALLOC_CHARGE bytes a call allocates cost it one instruction: C
+ * functions (string.rep, table.concat...) do work in proportion to what
+ * they allocate, out of the count hook's sight. Past the limit, the hook
+ * fires at the next instruction. */
+#define ALLOC_CHARGE 64
+
+static void charge_bytes(gw_script *s, size_t n) {
+  s->alloc_uncharged += n;
+  if (s->alloc_uncharged < 4096 || !s->limits.handler_instructions) return;
+  s->instructions += s->alloc_uncharged / ALLOC_CHARGE;
+  s->alloc_uncharged %= ALLOC_CHARGE;
+  if (s->instructions >= s->limits.handler_instructions && !s->timed_out) {
+    s->timed_out = true;
+    lua_sethook(s->L, count_hook, LUA_MASKCOUNT, 1);
+  }
+}
+
 /* Lua's allocator, counting what the state holds and refusing to grow past
  * limits.memory_bytes: Lua turns a NULL into a memory error the call's
  * protected mode catches (HAProxy's hlua_alloc). Shrinking never fails. */
@@ -40,6 +57,7 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     s->mem = s->mem - old + nsize;
     s->refused.ptr = NULL;
     s->refused.nsize = 0;
+    if (nsize > old && s->depth) charge_bytes(s, nsize - old);
     return p;
   }
   /* Lua answers a refusal with a full collection and asks again: the same
@@ -139,9 +157,23 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
+void gw__charge(lua_State *L, uint64_t cost) {
+  gw_script *s = gw_script_of(L);
+  if (!s->depth || !s->limits.handler_instructions) return;
+  s->instructions += cost;
+  if (s->instructions < s->limits.handler_instructions && !s->timed_out)
+    return;
+  s->timed_out = true;
+  lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+  if (L != s->L) lua_sethook(s->L, count_hook, LUA_MASKCOUNT, 1);
+  luaL_error(L, "instruction limit exceeded (%I per call)",
+             (lua_Integer)s->limits.handler_instructions);
+}
+
 int gw__pcall(gw_script *s, int nargs, int nresults) {
   lua_State *L = s->L;
   s->instructions = 0;
+  s->alloc_uncharged = 0;
   s->timed_out = s->out_of_memory = false;
   /* Also without an instruction limit: the memory limit needs the hook. */
   lua_sethook(L, count_hook, LUA_MASKCOUNT, hook_interval(s));
@@ -210,7 +242,11 @@ void gw__report_error(gw_script *s, int status, const char *listener,
   char buf[160];
   const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
                                                    : "(no error message)";
-  if (status == LUA_ERRMEM) {
+  if (status == LUA_ERRMEM && s->timed_out) {
+    snprintf(buf, sizeof buf, "instruction limit exceeded (%" PRIu64
+             " per call)", s->limits.handler_instructions);
+    msg = buf;
+  } else if (status == LUA_ERRMEM) {
     char lim[32];
     gw__format_bytes(lim, sizeof lim, s->limits.memory_bytes);
     snprintf(buf, sizeof buf, "not enough memory (the scripts' limit is %s)",
@@ -589,6 +625,7 @@ static int verdict_tostring(lua_State *L) {
 static int init_state(lua_State *L) {
   gw_script *s = gw_script_of(L);
   luaL_openlibs(L);
+  gw__pattern_open(L);
   gw_packet_open(L, true);
   gw__session_open_lib(L);
   gw__timer_open_lib(L);

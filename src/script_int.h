@@ -167,6 +167,7 @@ struct gw_script {
 
   /* the instruction limit of the call under way */
   uint64_t instructions;
+  size_t alloc_uncharged; /* bytes allocated not yet charged */
   bool timed_out;        /* over the instruction limit */
   bool out_of_memory;    /* a memory error, even if the script caught it */
   struct { void *ptr; size_t osize, nsize; } refused; /* last refusal */
@@ -225,6 +226,12 @@ static inline bool gw__over_limit(const gw_script *s) {
  * under the limits. Returns the lua_pcall status; on error the message
  * (with traceback) is left on the stack, else nresults results. */
 int gw__pcall(gw_script *s, int nargs, int nresults);
+/* Charges cost instructions to the call under way (C work the count hook
+ * cannot see); past the limit, raises the limit's error. */
+void gw__charge(lua_State *L, uint64_t cost);
+/* Replaces string.find/match/gmatch/gsub with versions that charge their
+ * matching steps (script_pattern.c). */
+void gw__pattern_open(lua_State *L);
 /* Logs a failed call (rate-limited) and counts it. what says which call
  * ("client frame 1", "timer"...). Pops the message. */
 void gw__report_error(gw_script *s, int status, const char *listener,
