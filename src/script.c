@@ -23,9 +23,11 @@ static void count_hook(lua_State *L, lua_Debug *ar);
 
 /* Every ALLOC_CHARGE bytes a call allocates cost it one instruction: C
  * functions (string.rep, table.concat...) do work in proportion to what
- * they allocate, out of the count hook's sight. Past the limit, the hook
- * fires at the next instruction. */
-#define ALLOC_CHARGE 64
+ * they allocate, out of the count hook's sight. Filling 256 bytes costs
+ * a few Lua instructions' time; a cheaper charge would let the
+ * instruction limit stop a memory bomb before the memory limit names it.
+ * Past the limit, the hook fires at the next instruction. */
+#define ALLOC_CHARGE 256
 
 static void charge_bytes(gw_script *s, size_t n) {
   s->alloc_uncharged += n;
@@ -625,7 +627,7 @@ static int verdict_tostring(lua_State *L) {
 static int init_state(lua_State *L) {
   gw_script *s = gw_script_of(L);
   luaL_openlibs(L);
-  gw__pattern_open(L);
+  gw__meter_open(L);
   gw_packet_open(L, true);
   gw__session_open_lib(L);
   gw__timer_open_lib(L);

@@ -9,6 +9,7 @@
  *                     and reload
  *   script_session.c  session userdata, session open/close
  *   script_timer.c    the timer heap and timer userdata
+ *   script_meter.c    library functions charged to the instruction limit
  *   script_packet.c   packet and writer userdata (state-independent: the
  *                     busted module registers them in its own state too) */
 #ifndef GW_SCRIPT_INT_H
@@ -229,9 +230,9 @@ int gw__pcall(gw_script *s, int nargs, int nresults);
 /* Charges cost instructions to the call under way (C work the count hook
  * cannot see); past the limit, raises the limit's error. */
 void gw__charge(lua_State *L, uint64_t cost);
-/* Replaces string.find/match/gmatch/gsub with versions that charge their
- * matching steps (script_pattern.c). */
-void gw__pattern_open(lua_State *L);
+/* Replaces string.find/match/gmatch/gsub and table.sort/move/insert/remove
+ * with versions that charge their C work (script_meter.c). */
+void gw__meter_open(lua_State *L);
 /* Logs a failed call (rate-limited) and counts it. what says which call
  * ("client frame 1", "timer"...). Pops the message. */
 void gw__report_error(gw_script *s, int status, const char *listener,

@@ -1,13 +1,16 @@
-/* script_pattern.c: string.find, string.match, string.gmatch and
- * string.gsub for script states, charged to the instruction limit.
+/* script_meter.c: library functions whose C work the count hook cannot
+ * see, charged to the call's instruction budget (gw__charge, which raises
+ * the limit's error as the hook does).
  *
- * Lua's own versions are C, which the count hook cannot interrupt, and Lua
- * patterns backtrack: `text:find(".-.-.-x")` on a 16 KiB chat line from a
- * player runs for hours. These implement the same patterns (Lua 5.4
- * manual, 6.4.1), with the same results and error messages, and charge
- * every matching step to the call's instruction budget (gw__charge), which
- * raises the limit's error as the hook does. gw__pattern_open puts them in
- * the state's string table, so `s:gsub(...)` uses them too. */
+ * Patterns: Lua's string.find/match/gmatch/gsub backtrack in C, so
+ * `text:find(".-.-.-x")` on a 16 KiB chat line from a player runs for
+ * hours. These implement the same patterns (Lua 5.4 manual, 6.4.1), with
+ * the same results and error messages, and charge every matching step.
+ * Tables: table.sort, move, insert and remove do O(n) or O(n log n) work
+ * per call; they are charged for it up front.
+ *
+ * gw__meter_open puts them in the state's library tables, before any
+ * script's environment copies them; `s:gsub(...)` uses them too. */
 #include <ctype.h>
 #include <lualib.h>
 #include <string.h>
@@ -563,13 +566,81 @@ static int str_gsub(lua_State *L) {
   return 2;
 }
 
-void gw__pattern_open(lua_State *L) {
-  static const luaL_Reg funcs[] = {
+/* ---- tables ---- */
+
+static uint64_t log2_ceil(uint64_t n) {
+  uint64_t k = 0;
+  while (((uint64_t)1 << k) < n && k < 63) k++;
+  return k;
+}
+
+/* Calls the original function (upvalue 1) with the same arguments. */
+static int call_original(lua_State *L) {
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* The length of the table at idx, as the functions below see it (raw:
+ * a __len metamethod would run Lua, which the hook meters anyway). */
+static lua_Integer len_of(lua_State *L, int idx) {
+  return lua_istable(L, idx) ? (lua_Integer)lua_rawlen(L, idx) : 0;
+}
+
+/* table.sort(t [, comp]): n log n comparisons. */
+static int tab_sort(lua_State *L) {
+  uint64_t n = (uint64_t)len_of(L, 1);
+  gw__charge(L, n * log2_ceil(n));
+  return call_original(L);
+}
+
+/* table.move(a1, f, e, t [, a2]): e - f + 1 elements. */
+static int tab_move(lua_State *L) {
+  lua_Integer f = luaL_optinteger(L, 2, 1), e = luaL_optinteger(L, 3, 0);
+  if (e >= f && e - f < LUA_MAXINTEGER) gw__charge(L, (uint64_t)(e - f) + 1);
+  return call_original(L);
+}
+
+/* The elements after pos shift by one. */
+static void charge_shift(lua_State *L, int posidx) {
+  lua_Integer n = len_of(L, 1);
+  if (!lua_isinteger(L, posidx)) return;
+  lua_Integer pos = lua_tointeger(L, posidx);
+  if (pos >= 1 && pos <= n) gw__charge(L, (uint64_t)(n - pos) + 1);
+}
+
+/* table.insert(t, [pos,] v) */
+static int tab_insert(lua_State *L) {
+  if (lua_gettop(L) == 3) charge_shift(L, 2);
+  return call_original(L);
+}
+
+/* table.remove(t [, pos]) */
+static int tab_remove(lua_State *L) {
+  if (lua_gettop(L) >= 2) charge_shift(L, 2);
+  return call_original(L);
+}
+
+void gw__meter_open(lua_State *L) {
+  static const luaL_Reg str_funcs[] = {
     {"find", str_find}, {"match", str_match}, {"gmatch", str_gmatch},
     {"gsub", str_gsub}, {NULL, NULL},
   };
+  static const luaL_Reg tab_funcs[] = {
+    {"sort", tab_sort}, {"move", tab_move}, {"insert", tab_insert},
+    {"remove", tab_remove}, {NULL, NULL},
+  };
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_getfield(L, -1, LUA_STRLIBNAME);
-  luaL_setfuncs(L, funcs, 0);
+  luaL_setfuncs(L, str_funcs, 0);
+  lua_pop(L, 1);
+  lua_getfield(L, -1, LUA_TABLIBNAME);
+  for (const luaL_Reg *r = tab_funcs; r->name; r++) {
+    lua_getfield(L, -1, r->name); /* the original, as upvalue */
+    lua_pushcclosure(L, r->func, 1);
+    lua_setfield(L, -2, r->name);
+  }
   lua_pop(L, 2);
 }

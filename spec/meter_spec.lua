@@ -1,7 +1,8 @@
--- pattern_spec.lua: the script state's string.find, match, gmatch and gsub
--- (src/script_pattern.c, which charge their steps to the instruction
--- limit) agree with Lua's own on thousands of patterns and subjects, errors
--- included; and a catastrophic pattern is stopped by the limit.
+-- meter_spec.lua: library functions charged to the instruction limit
+-- (src/script_meter.c). The script state's string.find, match, gmatch and
+-- gsub agree with Lua's own on thousands of patterns and subjects, errors
+-- included; a catastrophic pattern, an allocation loop and a sorting loop
+-- are stopped by the limit.
 local testing = require "gangway.testing"
 local top = testing.top
 
@@ -229,6 +230,34 @@ describe("string patterns in scripts", function()
     s:from_client(top.say("x"))
     assert.is_true(os.clock() - clock < 2)
     assert.equal(1, t:stats().timeouts)
+    t:close()
+  end)
+
+  it("charge table work to the limit", function()
+    local t = testing.inline([[
+      gw.on("client", 1, function()
+        local big = {}
+        for i = 1, 100000 do big[i] = -i end
+        while true do table.sort(big) end
+      end)
+      gw.on("client", 2, function()
+        local t = { 3, 1, 2 }
+        table.sort(t)
+        table.insert(t, 1, 0)
+        table.insert(t, 4)
+        table.remove(t, 1)
+        table.remove(t)
+        local m = table.move(t, 1, 3, 2, {})
+        assert(table.concat(t, ",") == "1,2,3" and m[4] == 3)
+      end)
+    ]], { instructions = 3000000 })
+    local s = t:connect()
+    local clock = os.clock()
+    s:from_client(top.frame(1, ""))
+    assert.is_true(os.clock() - clock < 2)
+    assert.equal(1, t:stats().timeouts)
+    s:from_client(top.frame(2, ""))
+    assert.equal(1, t:stats().errors)
     t:close()
   end)
 end)
