@@ -496,10 +496,11 @@ int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
   /* The bitmap says whether the opcode has a chain of its own; if not,
    * the "*" chain (if any) is the one. */
   const gw_gen_tables *g = &rt->cur;
-  bool own = fi->has_opcode &&
-             (fi->opcode < 65536 ? g->bits[from] && g->bits[from][fi->opcode >> 3] >>
-                                                       (fi->opcode & 7) & 1
-                                 : g->wide[from]);
+  bool own = false;
+  if (fi->has_opcode && fi->opcode < 65536)
+    own = g->bits[from] && (g->bits[from][fi->opcode >> 3] >> (fi->opcode & 7) & 1);
+  else if (fi->has_opcode)
+    own = g->wide[from];
   int t = LUA_TNIL;
   lua_pushnil(L); /* MAP: only looked at for an opcode's own chain */
   if (own) {
@@ -517,9 +518,8 @@ int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
     if ((st = gw__pcall(s, 1, 0)) != LUA_OK) {
       failed = true;
       frame_what(what, sizeof what, c);
-      gw__report_error(s, st, rt->h.listener, what);
+      gw__report_error(s, st, rt->h.listener, what); /* resets the stack */
       t = LUA_TNIL;
-      lua_settop(L, CHAIN);
     }
   }
   if (t == LUA_TTABLE) {
@@ -544,7 +544,7 @@ int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
       if ((st = gw__pcall(s, 2, 1)) != LUA_OK) {
         failed = true;
         frame_what(what, sizeof what, c);
-        gw__report_error(s, st, rt->h.listener, what);
+        gw__report_error(s, st, rt->h.listener, what); /* resets the stack */
         break;
       }
       int r = take_result(L, s, c, CHAIN, msg, sizeof msg);
