@@ -125,4 +125,29 @@ describe("memory cap", function()
     assert.equal("a,bomb,b", top.parse(out[2]):body())
     t:close()
   end)
+
+  it("collects what handlers make for every frame, under load", function()
+    -- Writers and copies need no finalizers: garbage with finalizers is
+    -- freed a cycle late and, at one per frame, outruns a small limit.
+    local t = host([[
+      local kept
+      gw.on("client", 1, function(pkt, session)
+        kept = pkt:copy()
+        kept:set_body(gw.writer():str("copy"):u32(#kept))
+        pkt:set_body(gw.writer():str("hello"):bytes(string.rep("x", 200)))
+        session:send_to_client(gw.packet(501, gw.writer():str("echo")))
+      end)
+    ]], { memory = 2 * 1024 * 1024 })
+    local s = t:connect()
+    local batch = string.rep(top.say("hi"), 500)
+    for _ = 1, 100 do
+      s:from_client(batch)
+      s:to_server()
+      s:to_client()
+    end
+    local st = t:stats()
+    assert.equal(50000, st.frames)
+    assert.equal(0, st.errors, table.concat(t:logs("error"), "\n"))
+    t:close()
+  end)
 end)

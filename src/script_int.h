@@ -53,14 +53,16 @@ typedef enum {
 typedef struct gw_packet {
   uint8_t *data;         /* the frame: the host's buffer, or buf */
   size_t len;
-  uint8_t *buf;          /* owned storage from the state's allocator, or NULL
-                            while data is the host's frame */
+  uint8_t *buf;          /* own storage, or NULL while data is the host's
+                            frame: C memory for the handled frame, a
+                            userdata (user value 1) for a copy */
   size_t cap;
   const gw_framing *f;   /* the listener's, or own_f for a copy */
   gw_side side;          /* where the frame comes from */
   bool valid;            /* false once its handler returned */
   bool dirty;            /* edited in place: check the framing again */
   bool replaced;         /* rebuilt or replaced: no longer the host's frame */
+  bool copy;             /* a pkt:copy(): buf is its user value 1 */
   gw_framing own_f;      /* copies only: the framing they were made with */
 } gw_packet;
 

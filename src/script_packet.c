@@ -115,20 +115,23 @@ static gw_packet *check_packet(lua_State *L, int idx) {
   return p;
 }
 
+/* A copy keeps its bytes in a plain userdata, its user value 1, so that it
+ * needs no finalizer: garbage with finalizers is freed a collection cycle
+ * late, and at one copy per frame piles up past the memory limit. */
 gw_packet *gw_packet_push_copy(lua_State *L, const gw_framing *f,
                                gw_side side, const uint8_t *data, size_t len) {
-  gw_packet *p = lua_newuserdatauv(L, sizeof *p, 0);
+  gw_packet *p = lua_newuserdatauv(L, sizeof *p, 1);
   memset(p, 0, sizeof *p);
   p->own_f = *f;
   p->f = &p->own_f;
   p->side = side;
   p->valid = true;
-  luaL_setmetatable(L, GW_PACKET_MT); /* __gc set before the allocation */
-  p->buf = state_alloc(L, len ? len : 1);
-  if (!p->buf) luaL_error(L, "not enough memory");
+  p->copy = true;
+  luaL_setmetatable(L, GW_PACKET_MT);
+  p->buf = p->data = lua_newuserdatauv(L, len ? len : 1, 0);
+  lua_setiuservalue(L, -2, 1);
   p->cap = len ? len : 1;
   memcpy(p->buf, data, len);
-  p->data = p->buf;
   p->len = len;
   return p;
 }
@@ -375,7 +378,10 @@ static int pkt_set_body(lua_State *L) {
   if (blen > SIZE_MAX / 2)
     return luaL_error(L, "pkt:set_body: body too large");
   size_t need = off + room + tail + blen;
-  uint8_t *dst = state_alloc(L, need);
+  /* A copy's new storage is a userdata pushed here (user value 1 once
+   * built); the handled frame's is C memory freed when its handlers
+   * return. */
+  uint8_t *dst = p->copy ? lua_newuserdatauv(L, need, 0) : state_alloc(L, need);
   if (!dst) return luaL_error(L, "not enough memory");
   uint8_t *rest = dst + off + room;
   memcpy(dst, p->data, off);
@@ -383,7 +389,7 @@ static int pkt_set_body(lua_State *L) {
   if (blen) memcpy(rest + tail, body, blen);
   long r = gw_frame_encode(f, p->side, dst, need, dst, rest, tail + blen);
   if (r < 0) {
-    state_free(L, dst, need); /* before raising: luaL_error longjmps */
+    if (!p->copy) state_free(L, dst, need); /* before luaL_error longjmps */
     if (r == -EMSGSIZE)
       return luaL_error(L, "pkt:set_body: a %I-byte body makes a frame "
                         "outside the %s framing's limits for %s frames "
@@ -394,7 +400,10 @@ static int pkt_set_body(lua_State *L) {
     return luaL_error(L, "pkt:set_body: a %I-byte body does not fit the "
                       "length field", (lua_Integer)blen);
   }
-  state_free(L, p->buf, p->cap);
+  if (p->copy)
+    lua_setiuservalue(L, 1, 1);
+  else
+    state_free(L, p->buf, p->cap);
   p->buf = p->data = dst;
   p->cap = need;
   p->len = (size_t)r;
@@ -440,14 +449,6 @@ static int pkt_tostring(lua_State *L) {
     lua_pushfstring(L, "gangway.packet (%s frame, %I bytes)",
                     gw_side_name(p->side), (lua_Integer)p->len);
   return 1;
-}
-
-static int pkt_gc(lua_State *L) {
-  gw_packet *p = luaL_checkudata(L, 1, GW_PACKET_MT);
-  state_free(L, p->buf, p->cap);
-  p->buf = p->data = NULL;
-  p->valid = false;
-  return 0;
 }
 
 /* Methods first (one rawget), then the fields. */
@@ -508,8 +509,10 @@ static const luaL_Reg pkt_meta[] = {
 
 /* ---- writers ---- */
 
+/* A writer's bytes are a plain userdata, its user value 1 (no finalizer,
+ * as for copies). */
 typedef struct gw_writer {
-  uint8_t *buf;
+  uint8_t *buf;          /* in user value 1, or NULL */
   size_t len, cap;
   gw_framing f;
 } gw_writer;
@@ -519,23 +522,22 @@ static gw_writer *check_writer(lua_State *L, int idx) {
 }
 
 void gw_writer_push(lua_State *L, const gw_framing *f) {
-  gw_writer *w = lua_newuserdatauv(L, sizeof *w, 0);
+  gw_writer *w = lua_newuserdatauv(L, sizeof *w, 1);
   w->buf = NULL;
   w->len = w->cap = 0;
   w->f = *f;
   luaL_setmetatable(L, GW_WRITER_MT);
 }
 
-/* Room for n more bytes; returns where they go. */
+/* Room for n more bytes in the writer at 1; returns where they go. */
 static uint8_t *writer_room(lua_State *L, gw_writer *w, size_t n) {
   if (n > SIZE_MAX / 4 - w->len) luaL_error(L, "writer: body too large");
   if (w->len + n > w->cap) {
     size_t cap = w->cap ? w->cap : 64;
     while (cap < w->len + n) cap *= 2;
-    void *ud;
-    lua_Alloc a = lua_getallocf(L, &ud);
-    uint8_t *b = a(ud, w->buf, w->buf ? w->cap : 0, cap);
-    if (!b) luaL_error(L, "not enough memory");
+    uint8_t *b = lua_newuserdatauv(L, cap, 0);
+    if (w->len) memcpy(b, w->buf, w->len);
+    lua_setiuservalue(L, 1, 1);
     w->buf = b;
     w->cap = cap;
   }
@@ -632,15 +634,6 @@ static int w_tostring(lua_State *L) {
   return 1;
 }
 
-static int w_gc(lua_State *L) {
-  gw_writer *w = check_writer(L, 1);
-  state_free(L, w->buf, w->cap);
-  w->buf = NULL;
-  w->len = w->cap = 0;
-  return 0;
-}
-
-/* A body argument: a string, or a writer's bytes. */
 const uint8_t *gw_body_arg(lua_State *L, int idx, size_t *len) {
   gw_writer *w = luaL_testudata(L, idx, GW_WRITER_MT);
   if (w) {
@@ -661,7 +654,7 @@ static const luaL_Reg w_methods[] = {
 };
 
 static const luaL_Reg w_meta[] = {
-  {"__len", w_len}, {"__tostring", w_tostring}, {"__gc", w_gc},
+  {"__len", w_len}, {"__tostring", w_tostring},
   {"__index", NULL}, {NULL, NULL},
 };
 
@@ -700,8 +693,6 @@ void gw_packet_open(lua_State *L, bool light) {
   if (luaL_newmetatable(L, GW_PACKET_MT)) {
     lua_pushboolean(L, light);
     luaL_setfuncs(L, pkt_meta, 1);
-    lua_pushcfunction(L, pkt_gc); /* copies only: tokens are never collected */
-    lua_setfield(L, -2, "__gc");
     lua_pushboolean(L, light);
     lua_newtable(L); /* methods */
     lua_pushboolean(L, light);
