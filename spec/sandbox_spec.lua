@@ -143,6 +143,28 @@ describe("require", function()
     assert.matches("broken.lua:3: unexpected symbol", err, 1, true)
   end)
 
+  it("reports a module that requires itself", function()
+    local t, err = testing.try{ source = 'require "a"',
+                                files = { ["a.lua"] = 'require "b"', ["b.lua"] = 'require "a"' } }
+    assert.is_nil(t)
+    assert.matches("b.lua:1: module 'a' requires itself while loading", err, 1, true)
+  end)
+
+  it("tries a module that failed again at the next require", function()
+    local t = testing.inline([[
+      gw.on("client", 1, function(pkt, session)
+        local ok, err = pcall(require, "flaky")
+        session:send_to_client(gw.packet(999, tostring(ok) .. " " .. tostring(err)))
+      end)
+    ]], { files = { ["flaky.lua"] = "error('not today')" } })
+    local s = t:connect()
+    s:from_client(top.say("x") .. top.say("x"))
+    local out = s:to_client()
+    assert.matches("false .*flaky.lua:1: not today", top.parse(out[1]):body())
+    assert.matches("false .*flaky.lua:1: not today", top.parse(out[2]):body())
+    t:close()
+  end)
+
   it("gives a module the requiring script's gangway", function()
     local t = testing.new{ source = [[
       local gw = require "gangway"

@@ -431,9 +431,18 @@ static int sandbox_require(lua_State *L) {
   int cache = loading(s, b) ? s->next_modules_ref : s->modules_ref;
   lua_rawgeti(L, LUA_REGISTRYINDEX, cache);
   int cidx = lua_gettop(L);
-  if (lua_getfield(L, cidx, path) != LUA_TNIL) return 1;
+  int cached = lua_getfield(L, cidx, path);
+  if (cached == LUA_TLIGHTUSERDATA) /* the mark below */
+    return luaL_error(L, "module '%s' requires itself while loading", name);
+  if (cached != LUA_TNIL) return 1;
   lua_pop(L, 1);
+  lua_pushlightuserdata(L, (void *)sandbox_require); /* loading: a mark */
+  lua_setfield(L, cidx, path);
   int st = load_in_env(L, bidx, path);
+  if (st != LUA_OK) { /* not loaded: forget the mark */
+    lua_pushnil(L);
+    lua_setfield(L, cidx, path);
+  }
   if (st == LUA_ERRFILE) {
     if (b->unsafe) goto real;
     return luaL_error(L, "module '%s' not found: no file %s (a sandboxed "
@@ -443,7 +452,11 @@ static int sandbox_require(lua_State *L) {
   if (st != LUA_OK) return lua_error(L);
   lua_pushstring(L, name);
   lua_pushstring(L, path);
-  lua_call(L, 2, 1);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) { /* forget the mark, raise again */
+    lua_pushnil(L);
+    lua_setfield(L, cidx, path);
+    return lua_error(L);
+  }
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     lua_pushboolean(L, 1);
