@@ -7,7 +7,7 @@ local cjson = require "cjson"
 local gw = require "gangway"
 local top = require "top"
 
-local ONLY = nil         -- e.g. { top.CM_SAY, top.MC_SAY }
+local ONLY = { top.CM_LOGIN, top.CM_SAY }  -- nil: every frame, both sides
 local BODY_BYTES = 32    -- body bytes shown, in hex
 
 local function hex(s)

@@ -6,9 +6,9 @@
 local gw = require "gangway"
 local top = require "top"
 
-local RATE = 10          -- actions per second, sustained
-local BURST = 20         -- actions at once
-local STRIKES = 30       -- dropped actions within WINDOW_MS that close the session
+local RATE = 5           -- actions per second, sustained (a player clicks ~1-2)
+local BURST = 6          -- actions at once
+local STRIKES = 20       -- dropped actions within WINDOW_MS that close the session
 local WINDOW_MS = 10000
 
 gw.on("client", top.CM_BEGINACTION, function(pkt, session)
