@@ -86,6 +86,9 @@ static inline bool gw_handlers_want(const gw_handlers *h, gw_side side,
 gw_script *gw_script_new(const gw_script_limits *limits,
                          const gw_host_ops *ops, void *host);
 void gw_script_free(gw_script *s);
+/* New limits, from the next handler call on (the relay applies a reloaded
+ * config's limits with it). */
+void gw_script_set_limits(gw_script *s, const gw_script_limits *limits);
 
 /* Loads every listener's scripts from cfg into a new generation and runs
  * them to completion. Only if all of them load is it swapped in: old

@@ -708,7 +708,9 @@ static void accept_cb(uv_stream_t *server, int status) {
           s->ss.client, s->ss.upstream);
 
   if (gw_script_session_open(r->script, l->handlers, &s->ss) < 0) {
-    session_close(s, "refused by on_connect");
+    /* Whatever on_connect sent first ("server full") still reaches the
+     * client; the upstream is never dialled. */
+    session_close_soft(s, "refused by on_connect");
     return;
   }
   if (s->state == S_CLOSING) return;
@@ -809,6 +811,11 @@ static gw_listener *listener_find(gw_relay *r, const char *name) {
 
 static void apply_log(const gw_config *cfg) { gw_log_setup(cfg->log_level, cfg->log_format); }
 
+static gw_script_limits script_limits(const gw_config *cfg) {
+  return (gw_script_limits){.handler_instructions = cfg->handler_instructions,
+                            .memory_bytes = (size_t)cfg->lua_memory_mb << 20};
+}
+
 int gw_relay_new(uv_loop_t *loop, gw_config *cfg, gw_relay **out, char *err, size_t errlen) {
   *out = NULL;
   gw_relay *r = calloc(1, sizeof *r);
@@ -824,8 +831,7 @@ int gw_relay_new(uv_loop_t *loop, gw_config *cfg, gw_relay **out, char *err, siz
   uv_timer_init(loop, &r->script_timer);
   uv_timer_init(loop, &r->drain_timer);
   apply_log(cfg);
-  gw_script_limits limits = {.handler_instructions = cfg->handler_instructions,
-                             .memory_bytes = (size_t)cfg->lua_memory_mb << 20};
+  gw_script_limits limits = script_limits(cfg);
   r->script = gw_script_new(&limits, &host_ops, r);
   int rc = r->script ? gw_script_load(r->script, cfg, err, errlen) : -ENOMEM;
   if (!r->script) snprintf(err, errlen, "cannot create the Lua state: out of memory");
@@ -911,6 +917,8 @@ int gw_relay_reload(gw_relay *r, gw_config *cfg, char *err, size_t errlen) {
   free(r->cfg);
   r->cfg = cfg;
   apply_log(cfg);
+  gw_script_limits limits = script_limits(cfg);
+  gw_script_set_limits(r->script, &limits);
   flush_dirty(r); /* whatever on_reload sent */
   return 0;
 }

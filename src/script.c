@@ -680,6 +680,10 @@ gw_script *gw_script_new(const gw_script_limits *limits,
   return s;
 }
 
+void gw_script_set_limits(gw_script *s, const gw_script_limits *limits) {
+  s->limits = *limits; /* read afresh by every handler call */
+}
+
 void gw__gen_tables_clear(gw_script *s, gw_gen_tables *g) {
   for (int i = 0; i < GW_SIDES; i++) {
     luaL_unref(s->L, LUA_REGISTRYINDEX, g->map_ref[i]);

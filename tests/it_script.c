@@ -44,7 +44,10 @@ static const char rules_lua[] =
 
 static const char refuse_lua[] =
     "local gw = require \"gangway\"\n"
-    "gw.on_connect(function(session) return gw.CLOSE end)\n";
+    "gw.on_connect(function(session)\n"
+    "  session:send_to_client(gw.packet(501, gw.writer():u32(0):str(\"gangway\"):str(\"server full\"):build()))\n"
+    "  return gw.CLOSE\n"
+    "end)\n";
 
 static size_t say(uint8_t *out, size_t cap, uint16_t opcode, const char *text) {
   uint8_t body[512];
@@ -168,7 +171,11 @@ static void test_refused_by_on_connect(void **state) {
   int before = it_server_accepted(f->up);
   int fd = it_connect(f->port[3]);
   assert_true(fd >= 0);
-  assert_true(it_wait_eof(fd, 2000, NULL) != 0);
+  /* What on_connect sent before refusing arrives, then the end. */
+  uint8_t back[256];
+  assert_int_equal(read_frame(fd, back, sizeof back), 8 + 4 + 10 + 14);
+  assert_memory_equal(back + 6, "\x01\xf5\x00\x00\x00\x00\x00\x08gangway\x00\x00\x0cserver full\x00", 30);
+  assert_int_equal(it_wait_eof(fd, 2000, NULL), 1);
   close(fd);
   assert_true(it_log_wait(&f->g, "refused by on_connect", 2000));
   assert_int_equal(it_server_accepted(f->up), before); /* never reached upstream */
