@@ -134,20 +134,28 @@ static void pump(sess *ss, int n, bool send_more, int timeout_ms) {
   }
 }
 
-static void test_twenty_reloads_under_load(void **state) {
-  (void)state;
+/* gangway on `top` with generation 1 of the counting script, in front of an
+ * echo server; `tail` ends the config table. Returns the listen port. */
+static int start_counting(it_gangway *g, it_server **up, const char *tail) {
   gw_framing_preset("top", &top);
   int up_port, port = it_free_port();
-  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
-  it_gangway g;
-  it_gangway_prepare(&g);
-  write_script(g.dir, 1, false);
-  it_write(g.dir, "config.lua",
+  *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway_prepare(g);
+  write_script(g->dir, 1, false);
+  it_write(g->dir, "config.lua",
            "return { listeners = { { name = \"game\", listen = \"127.0.0.1:%d\", "
            "upstream = \"127.0.0.1:%d\", framing = \"top\", scripts = { \"count.lua\" } } },\n"
-           "  control = \"gangway.sock\" }\n",
-           port, up_port);
-  it_gangway_run(&g, port);
+           "  %s }\n",
+           port, up_port, tail);
+  it_gangway_run(g, port);
+  return port;
+}
+
+static void test_twenty_reloads_under_load(void **state) {
+  (void)state;
+  it_server *up;
+  it_gangway g;
+  int port = start_counting(&g, &up, "control = \"gangway.sock\"");
 
   static sess ss[NSESS];
   for (int i = 0; i < NSESS; i++) {
@@ -332,17 +340,9 @@ static void test_upstream_and_framing_for_new_sessions(void **state) {
 /* watch = true: saving a script reloads it. */
 static void test_watch(void **state) {
   (void)state;
-  gw_framing_preset("top", &top);
-  int up_port, port = it_free_port();
-  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_server *up;
   it_gangway g;
-  it_gangway_prepare(&g);
-  write_script(g.dir, 1, false);
-  it_write(g.dir, "config.lua",
-           "return { listeners = { { name = \"game\", listen = \"127.0.0.1:%d\", "
-           "upstream = \"127.0.0.1:%d\", framing = \"top\", scripts = { \"count.lua\" } } },\n"
-           "  control = \"\", watch = true }\n", port, up_port);
-  it_gangway_run(&g, port);
+  int port = start_counting(&g, &up, "control = \"\", watch = true");
   static sess s;
   memset(&s, 0, sizeof s);
   s.fd = it_connect(port);
