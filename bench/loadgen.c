@@ -654,9 +654,15 @@ static void report(lg *g) {
   double watch_pct = -1, rss_per = -1;
   if (o->watch_pid && win > 0 && g->cpu0_s >= 0 && g->cpu1_s >= 0)
     watch_pct = (g->cpu1_s - g->cpu0_s) / win * 100;
-  double echo_pct = -1;
+  double echo_pct = -1, other_pct = -1;
   if (o->echo_pid && win > 0 && g->echo0_s >= 0 && g->echo1_s >= 0)
     echo_pct = (g->echo1_s - g->echo0_s) / win * 100;
+  /* Everything else the CPUs did: the noise of a shared machine. */
+  if (echo_pct >= 0 && g->ncpus > 0) {
+    other_pct = -self_pct - echo_pct - (watch_pct > 0 ? watch_pct : 0);
+    for (int i = 0; i < g->ncpus; i++) other_pct += g->busy_pct[i];
+    if (other_pct < 0) other_pct = 0;
+  }
   if (o->watch_pid && g->rss_before_kb >= 0 && g->rss_after_kb >= 0 && g->idle_ready)
     rss_per = (double)(g->rss_after_kb - g->rss_before_kb) * 1024.0 / g->idle_ready;
   printf("{\"label\":\"%s\",\"mode\":\"%s\",\"target\":\"%s\",\"sessions\":%u,"
@@ -664,13 +670,13 @@ static void report(lg *g) {
          "\"frames\":%" PRIu64 ",\"frames_per_s\":%.1f,\"mb_per_s\":%.2f,"
          "\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,\"max_us\":%.2f,"
          "\"mismatches\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"skipped\":%" PRIu64 ","
-         "\"ready\":%u,\"loadgen_cpu_pct\":%.1f,\"watch_cpu_pct\":%.1f,\"echo_cpu_pct\":%.1f,"
+         "\"ready\":%u,\"loadgen_cpu_pct\":%.1f,\"watch_cpu_pct\":%.1f,\"echo_cpu_pct\":%.1f,\"other_cpu_pct\":%.1f,"
          "\"rss_before_kb\":%ld,\"rss_after_kb\":%ld,\"rss_per_session_b\":%.0f,"
          "\"cpus_busy_pct\":[",
          o->label, mode_names[o->mode], o->target_str, o->sessions, o->size,
          o->depth, o->rate, win, g->frames, fps, mbps, p50, p99, p999, pmax,
          g->mismatches, g->errors, g->skipped, g->idle_ready, self_pct,
-         watch_pct, echo_pct, g->rss_before_kb, g->rss_after_kb, rss_per);
+         watch_pct, echo_pct, other_pct, g->rss_before_kb, g->rss_after_kb, rss_per);
   for (int i = 0; i < g->ncpus; i++) printf("%s%.1f", i ? "," : "", g->busy_pct[i]);
   printf("]}\n");
   fflush(stdout);
@@ -685,6 +691,7 @@ static void report(lg *g) {
     fprintf(stderr, "  rss %+ld KiB = %.0f B/session", g->rss_after_kb - g->rss_before_kb,
             rss_per);
   if (g->skipped) fprintf(stderr, "  skipped %" PRIu64, g->skipped);
+  if (other_pct >= 0) fprintf(stderr, "  other work %.0f%%", other_pct);
   if (g->ncpus) {
     fprintf(stderr, "  cpus busy");
     for (int i = 0; i < g->ncpus; i++) fprintf(stderr, " %.0f%%", g->busy_pct[i]);

@@ -46,15 +46,6 @@ local derived = {
     if r.watch_cpu_pct < 0 or r.frames_per_s <= 0 then return nil end
     return r.watch_cpu_pct / 100 / (2 * r.frames_per_s) * 1e9
   end,
-  -- CPU time of everything else on the machine: all CPUs' busy time less
-  -- the load generator's, the proxy's and the echo server's.
-  other_cpu_pct = function(r)
-    if not r.cpus_busy_pct or not r.echo_cpu_pct or r.echo_cpu_pct < 0 then return nil end
-    local busy = 0
-    for _, b in ipairs(r.cpus_busy_pct) do busy = busy + b end
-    local v = busy - r.loadgen_cpu_pct - math.max(r.watch_cpu_pct, 0) - r.echo_cpu_pct
-    return math.max(v, 0)
-  end,
   cpu_ms_per_gb = function(r)
     if r.watch_cpu_pct < 0 or r.mb_per_s <= 0 then return nil end
     return r.watch_cpu_pct / 100 / (2 * r.mb_per_s / 1000) * 1000
