@@ -32,5 +32,7 @@ gw.on("client", top.CM_SAY, function(pkt, session)
     -- Keep whatever follows the text in the body.
     local rest = pkt:bytes():sub(after + 1)
     pkt:set_body(gw.writer():str(clean):bytes(rest))
+    gw.log.info(("session %d (%s): rewrote chat line %q as %q"):format(
+      session.id, session.client, text, clean))
   end
 end)
