@@ -363,6 +363,11 @@ static int flush_out(gw_session *s, gw_side to) {
 
 static void session_free(gw_session *s) {
   gw_relay *r = s->relay;
+  if (s->dirty) { /* closed with output queued: off the flush list */
+    gw_session **pp = &r->dirty;
+    while (*pp != s) pp = &(*pp)->dirty_next;
+    *pp = s->dirty_next;
+  }
   for (int i = 0; i < GW_SIDES; i++) {
     if (s->dir[i].rbuf) gw_buf_unref(&r->pool, s->dir[i].rbuf);
     out_release(r, &s->out[i]);

@@ -26,6 +26,12 @@ static uint64_t now_ms(void) {
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Under valgrind everything in gangway runs ~20x slower: waits stretch. */
+static uint64_t stretch(int ms) {
+  const char *vg = getenv("GW_VALGRIND");
+  return (uint64_t)ms * (vg && *vg && strcmp(vg, "0") != 0 ? 10 : 1);
+}
+
 static void sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
   nanosleep(&ts, NULL);
@@ -125,8 +131,7 @@ void it_gangway_run(it_gangway *g, int wait_port) {
     dup2(fd, 2);
     dup2(fd, 1);
     if (chdir(g->dir) < 0) _exit(126);
-    const char *vg = getenv("GW_VALGRIND");
-    if (vg && *vg && strcmp(vg, "0") != 0)
+    if (stretch(1) > 1)
       execlp("valgrind", "valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
              "--show-leak-kinds=definite,indirect", "--errors-for-leak-kinds=definite,indirect",
              GW_BIN, "-c", g->config, (char *)NULL);
@@ -136,8 +141,7 @@ void it_gangway_run(it_gangway *g, int wait_port) {
   }
   g->pid = pid;
   if (!wait_port) return;
-  int slow = getenv("GW_VALGRIND") ? 20 : 1;
-  uint64_t deadline = now_ms() + 5000 * (uint64_t)slow;
+  uint64_t deadline = now_ms() + 2 * stretch(5000);
   while (now_ms() < deadline) {
     /* The log line, not a probe connection: a probe would be a session. */
     char *log = it_slurp(g->log);
@@ -171,8 +175,7 @@ void it_gangway_start(it_gangway *g, int wait_port, const char *fmt, ...) {
 int it_gangway_stop(it_gangway *g, int sig, int timeout_ms) {
   if (!g->pid) return -1;
   if (sig) kill(g->pid, sig);
-  if (getenv("GW_VALGRIND")) timeout_ms *= 10;
-  uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+  uint64_t deadline = now_ms() + stretch(timeout_ms);
   int status = 0, code = -1;
   for (;;) {
     pid_t r = waitpid(g->pid, &status, WNOHANG);
@@ -199,7 +202,7 @@ int it_gangway_stop(it_gangway *g, int sig, int timeout_ms) {
 }
 
 bool it_log_wait(it_gangway *g, const char *needle, int timeout_ms) {
-  uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+  uint64_t deadline = now_ms() + stretch(timeout_ms);
   do {
     char *log = it_slurp(g->log);
     bool found = log && strstr(log, needle);
@@ -307,7 +310,7 @@ int it_send_all(int fd, const void *buf, size_t len) {
 
 size_t it_recv_exact(int fd, void *buf, size_t len, int timeout_ms) {
   size_t got = 0;
-  uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+  uint64_t deadline = now_ms() + stretch(timeout_ms);
   while (got < len) {
     uint64_t now = now_ms();
     if (now >= deadline) break;
@@ -322,7 +325,7 @@ size_t it_recv_exact(int fd, void *buf, size_t len, int timeout_ms) {
 }
 
 int it_wait_eof(int fd, int timeout_ms, size_t *extra) {
-  uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+  uint64_t deadline = now_ms() + stretch(timeout_ms);
   char buf[4096];
   for (;;) {
     uint64_t now = now_ms();
