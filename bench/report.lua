@@ -163,6 +163,7 @@ end
 -- Targets: what the project aims at, checked against the medians above.
 local targets = {}
 local function target(what, ok, detail)
+  if ok == nil and detail == nil then return end -- scenario not run
   local mark = ok == nil and "n/a" or (ok and "met" or "NOT met")
   targets[#targets + 1] = string.format("| %s | %s | %s |", what, detail or "–", mark)
 end
