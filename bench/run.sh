@@ -98,7 +98,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP PIPE
 
 # Stops one child: TERM, then KILL if it is still there after 2 s.
 stop_pid() {
