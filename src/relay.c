@@ -220,9 +220,7 @@ static int out_copy(gw_session *s, gw_side to, const uint8_t *p, size_t len) {
   int rc = out_room(s, to);
   if (rc < 0) return rc;
   if (!o->arena || o->arena->cap - o->arena->used < len) {
-    if (o->arena && (rc = out_room(s, to)) < 0) return rc;
-    if (o->nrefs == GW_OUT_REFS && (rc = flush_out(s, to)) < 0) return rc;
-    if (o->nrefs == GW_OUT_REFS) return -ENOBUFS;
+    /* out_room left a free reference slot for the new arena. */
     gw_buf *a = gw_buf_get(&s->relay->pool, len);
     if (!a) return -ENOMEM;
     o->refs[o->nrefs++] = a;
