@@ -42,7 +42,7 @@ typedef struct gw_relay_stats {
   uint64_t sessions_total;
   uint32_t sessions_active;
   uint64_t bytes[2];            /* read from each side */
-  uint64_t frames[2];
+  uint64_t frames[2];           /* framed listeners only */
   uint64_t protocol_errors;
   size_t pool_live, pool_free;
 } gw_relay_stats;

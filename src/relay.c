@@ -405,10 +405,11 @@ static void session_close(gw_session *s, const char *fmt, ...) {
   gw_script_session_close(r->script, &s->ss, s->reason);
 
   gw_info("session %" PRIu64 " close listener=%s client=%s upstream=%s "
-          "client_bytes=%" PRIu64 " server_bytes=%" PRIu64 " duration_ms=%" PRIu64
-          " reason=\"%s\"",
+          "client_bytes=%" PRIu64 " server_bytes=%" PRIu64 " client_frames=%" PRIu64
+          " server_frames=%" PRIu64 " duration_ms=%" PRIu64 " reason=\"%s\"",
           s->ss.id, s->listener->name, s->ss.client, s->ss.upstream, s->dir[GW_CLIENT].bytes,
-          s->dir[GW_SERVER].bytes, uv_now(r->loop) - s->opened_ms, s->reason);
+          s->dir[GW_SERVER].bytes, s->dir[GW_CLIENT].frames, s->dir[GW_SERVER].frames,
+          uv_now(r->loop) - s->opened_ms, s->reason);
 
   if (s->prev) s->prev->next = s->next;
   else r->sessions = s->next;
@@ -568,6 +569,7 @@ static void process(gw_session *s, gw_side side) {
     }
     d->need = 0;
     d->frames++;
+    s->relay->stats.frames[side]++;
     if (!gw_handlers_want(h, side, &fi)) {
       d->start += (uint32_t)fi.len;
       continue;
@@ -1002,13 +1004,15 @@ int gw_relay_stats_json(const gw_relay *r, char *out, size_t outlen) {
   int n = snprintf(out, outlen,
                    "{\"sessions_active\":%u,\"sessions_total\":%" PRIu64
                    ",\"client_bytes\":%" PRIu64 ",\"server_bytes\":%" PRIu64
+                   ",\"client_frames\":%" PRIu64 ",\"server_frames\":%" PRIu64
                    ",\"protocol_errors\":%" PRIu64 ",\"pool_buffers_live\":%zu"
                    ",\"pool_buffers_free\":%zu,\"handler_frames\":%" PRIu64
                    ",\"handler_dropped\":%" PRIu64 ",\"handler_replaced\":%" PRIu64
                    ",\"handler_injected\":%" PRIu64 ",\"handler_errors\":%" PRIu64
                    ",\"handler_timeouts\":%" PRIu64 ",\"lua_memory_bytes\":%zu}",
                    st.sessions_active, st.sessions_total, st.bytes[GW_CLIENT],
-                   st.bytes[GW_SERVER], st.protocol_errors, st.pool_live, st.pool_free,
+                   st.bytes[GW_SERVER], st.frames[GW_CLIENT], st.frames[GW_SERVER],
+                   st.protocol_errors, st.pool_live, st.pool_free,
                    ss.frames, ss.dropped, ss.replaced, ss.injected, ss.errors, ss.timeouts,
                    ss.memory_bytes);
   return n < 0 || (size_t)n >= outlen ? -ENOBUFS : 0;
