@@ -49,6 +49,7 @@ static const char usage[] =
 
 typedef struct control_client {
   uv_pipe_t pipe;
+  struct control_client *prev, *next; /* app->control_clients */
   char line[CONTROL_LINE_MAX];
   size_t len;
   bool answered;
@@ -66,10 +67,11 @@ typedef struct app {
   uv_signal_t sig_int, sig_term, sig_hup;
   uv_pipe_t control;
   bool control_open;
+  struct control_client *control_clients;
   char control_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
   uv_timer_t watch_timer;
   watch_entry *watches;
-  bool stopping;
+  bool stopping, closed;
   uint64_t generation;
 } app;
 
@@ -112,10 +114,15 @@ static int app_reload(app *a, const char *trigger, char *err, size_t errlen) {
   return 0;
 }
 
+static void control_client_close(struct control_client *c);
+
 static void on_drained(gw_relay *r, void *ud) {
   app *a = ud;
   (void)r;
+  if (a->closed) return;
+  a->closed = true;
   gw_info("drained, exiting");
+  while (a->control_clients) control_client_close(a->control_clients);
   gw_relay_close(a->relay);
   uv_close((uv_handle_t *)&a->sig_int, NULL);
   uv_close((uv_handle_t *)&a->sig_term, NULL);
@@ -150,11 +157,21 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 static void control_client_closed(uv_handle_t *h) { free(h->data); }
 
+/* Unlinks c and closes its pipe (once). */
+static void control_client_close(control_client *c) {
+  app *a = c->pipe.loop->data;
+  if (c->prev) c->prev->next = c->next;
+  else if (a->control_clients == c) a->control_clients = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+  if (!uv_is_closing((uv_handle_t *)&c->pipe)) uv_close((uv_handle_t *)&c->pipe, control_client_closed);
+}
+
 static void control_write_cb(uv_write_t *req, int status) {
   (void)status;
-  uv_handle_t *h = (uv_handle_t *)req->handle;
+  control_client *c = req->handle->data;
   free(req);
-  if (!uv_is_closing(h)) uv_close(h, control_client_closed);
+  control_client_close(c);
 }
 
 static void control_answer(control_client *c, const char *text) {
@@ -163,7 +180,7 @@ static void control_answer(control_client *c, const char *text) {
   size_t n = strlen(text);
   uv_write_t *req = malloc(sizeof *req + n);
   if (!req) {
-    uv_close((uv_handle_t *)&c->pipe, control_client_closed);
+    control_client_close(c);
     return;
   }
   char *copy = (char *)(req + 1);
@@ -171,7 +188,7 @@ static void control_answer(control_client *c, const char *text) {
   uv_buf_t b = uv_buf_init(copy, (unsigned)n);
   if (uv_write(req, (uv_stream_t *)&c->pipe, &b, 1, control_write_cb) < 0) {
     free(req);
-    uv_close((uv_handle_t *)&c->pipe, control_client_closed);
+    control_client_close(c);
   }
 }
 
@@ -186,7 +203,7 @@ static void control_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   control_client *c = st->data;
   app *a = st->loop->data;
   if (nread < 0) {
-    if (!uv_is_closing((uv_handle_t *)st)) uv_close((uv_handle_t *)st, control_client_closed);
+    control_client_close(c);
     return;
   }
   c->len += (size_t)nread;
@@ -198,7 +215,9 @@ static void control_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   }
   *nl = '\0';
   char answer[4096];
-  if (strcmp(c->line, "reload") == 0) {
+  if (strcmp(c->line, "reload") == 0 && a->stopping) {
+    snprintf(answer, sizeof answer, "error: shutting down: no reload\n");
+  } else if (strcmp(c->line, "reload") == 0) {
     char err[2048];
     int rc = app_reload(a, "control socket", err, sizeof err);
     snprintf(answer, sizeof answer, "%s: %s\n", rc == 0 ? "ok" : "error", err);
@@ -217,8 +236,12 @@ static void control_connection(uv_stream_t *server, int status) {
   if (!c) return;
   uv_pipe_init(server->loop, &c->pipe, 0);
   c->pipe.data = c;
+  app *a = server->loop->data;
+  c->next = a->control_clients;
+  if (c->next) c->next->prev = c;
+  a->control_clients = c;
   if (uv_accept(server, (uv_stream_t *)&c->pipe) < 0) {
-    uv_close((uv_handle_t *)&c->pipe, control_client_closed);
+    control_client_close(c);
     return;
   }
   uv_read_start((uv_stream_t *)&c->pipe, control_alloc, control_read);

@@ -484,6 +484,7 @@ static void timer_cb(uv_timer_t *t) {
   } else if (s->state == S_CONNECTING) {
     session_close(s, "upstream connect timeout after %u ms", cfg->connect_ms);
   } else {
+    if (!cfg->idle_ms) return; /* a reload turned idle timeouts off */
     uint64_t idle = uv_now(s->relay->loop) - s->last_active_ms;
     if (idle >= cfg->idle_ms)
       session_close(s, "idle timeout after %u ms", cfg->idle_ms);
@@ -580,6 +581,8 @@ static void process(gw_session *s, gw_side side) {
     run = d->start;
     rc = gw_script_frame(s->relay->script, &s->ss, side, (uint8_t *)s->cur_frame, &fi);
     s->cur_frame = NULL;
+    if (rc < 0 && s->state != S_CLOSING && !s->soft_close)
+      session_close(s, "handler failed: %s", strerror(-rc));
     if (rc < 0 || s->state == S_CLOSING || s->soft_close) return;
   }
   if (run < d->start) out_ref(s, to, b, base + run, d->start - run);
@@ -639,14 +642,22 @@ static void connect_cb(uv_connect_t *req, int status) {
   s->state = S_OPEN;
   s->last_active_ms = uv_now(r->loop);
   uv_tcp_nodelay(&s->tcp[GW_SERVER], 1);
-  uv_timer_stop(&s->timer);
-  if (r->cfg->idle_ms) uv_timer_start(&s->timer, timer_cb, r->cfg->idle_ms, 0);
-  if (s->soft_close) { /* closed while connecting: deliver what was sent */
+  if (s->soft_close) { /* closed while connecting: deliver what was sent,
+                          under the soft-close deadline already running */
     shutdown_side(s, GW_SERVER);
     return;
   }
-  for (int i = 0; i < GW_SIDES; i++)
-    uv_read_start((uv_stream_t *)&s->tcp[i], alloc_cb, read_cb);
+  uv_timer_stop(&s->timer);
+  if (r->cfg->idle_ms) uv_timer_start(&s->timer, timer_cb, r->cfg->idle_ms, 0);
+  /* A side paused by what on_connect queued stays paused until the queue it
+   * feeds drains (write_cb resumes it), unless that already happened. */
+  for (int i = 0; i < GW_SIDES; i++) {
+    gw_dir *d = &s->dir[i];
+    if (d->paused && uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp[other((gw_side)i)]) <=
+                         r->cfg->write_low_water)
+      d->paused = false;
+    if (!d->paused) uv_read_start((uv_stream_t *)&s->tcp[i], alloc_cb, read_cb);
+  }
   if (s->out[GW_SERVER].niov) mark_dirty(s);
   flush_dirty(r);
 }
@@ -733,7 +744,13 @@ static void accept_cb(uv_stream_t *server, int status) {
 
 static int host_emit(gw_script_session *ss, gw_side to, const uint8_t *data, size_t len) {
   gw_session *s = container_of(ss, gw_session, ss);
-  if (s->state == S_CLOSING || s->shut_sent[to]) return -ECONNRESET;
+  if (s->state == S_CLOSING) return -ECONNRESET;
+  if (s->shut_sent[to]) {
+    /* That side has had our FIN: nothing more can reach it. The script
+     * layer takes the session as closed now, so close it for real. */
+    if (!s->soft_close) session_close(s, "a handler sent to the %s side after its end", gw_side_name(to));
+    return -ECONNRESET;
+  }
   int rc;
   gw_dir *d = &s->dir[other(to)];
   if (data == s->cur_frame && d->rbuf)
@@ -865,6 +882,12 @@ int gw_relay_new(uv_loop_t *loop, gw_config *cfg, gw_relay **out, char *err, siz
 const gw_config *gw_relay_config(const gw_relay *r) { return r->cfg; }
 
 int gw_relay_reload(gw_relay *r, gw_config *cfg, char *err, size_t errlen) {
+  if (r->draining || r->closed) {
+    snprintf(err, errlen, "shutting down: no reload");
+    gw_config_free(cfg);
+    free(cfg);
+    return -ECANCELED;
+  }
   /* 1. New listeners and moved addresses are bound first, so that a port in
    *    use fails the reload before anything changes. (A move onto a port
    *    the old address still holds fails too: move in two reloads.) */
@@ -932,10 +955,8 @@ static void drain_timer_cb(uv_timer_t *t) {
   gw_relay *r = container_of(t, gw_relay, drain_timer);
   gw_info("drain: %u session(s) still open after %u ms, closing them", r->active,
           r->cfg->drain_ms);
-  for (gw_session *s = r->sessions, *next; s; s = next) {
-    next = s->next;
-    session_close(s, "shutdown");
-  }
+  /* session_close unlinks, and on_close handlers may close others too. */
+  while (r->sessions) session_close(r->sessions, "shutdown");
 }
 
 void gw_relay_drain(gw_relay *r, void (*done)(gw_relay *, void *), void *ud) {
@@ -957,10 +978,8 @@ void gw_relay_drain(gw_relay *r, void (*done)(gw_relay *, void *), void *ud) {
 void gw_relay_close(gw_relay *r) {
   if (r->closed) return;
   r->closed = true;
-  for (gw_session *s = r->sessions, *next; s; s = next) {
-    next = s->next;
-    session_close(s, "shutdown");
-  }
+  r->drain_done = NULL; /* closing now: a drain in progress is over */
+  while (r->sessions) session_close(r->sessions, "shutdown");
   for (gw_listener *l = r->listeners; l; l = l->next) {
     l->removed = true;
     listener_stop(l);

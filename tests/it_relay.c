@@ -340,6 +340,25 @@ static void test_drain_timeout_closes_the_rest(void **state) {
   it_server_stop(f.up);
 }
 
+/* A second SIGTERM while draining closes every session at once and exits 0
+ * (the first drain's completion must not run again). */
+static void test_second_signal_quits_now(void **state) {
+  (void)state;
+  fixture f;
+  start(&f, IT_ECHO, 0, "raw", 0, 10000, 0);
+  int fd = it_connect(f.port);
+  char c = 'a';
+  it_send_all(fd, &c, 1);
+  assert_int_equal(it_recv_exact(fd, &c, 1, 1000), 1);
+  kill(f.g.pid, SIGTERM);
+  assert_true(it_log_wait(&f.g, "draining", 2000));
+  kill(f.g.pid, SIGTERM);
+  assert_true(it_wait_eof(fd, 2000, NULL) != 0);
+  assert_int_equal(it_gangway_stop(&f.g, 0, 3000), 0);
+  close(fd);
+  it_server_stop(f.up);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_bulk_200_sessions_raw),
@@ -353,6 +372,7 @@ int main(void) {
       cmocka_unit_test(test_ipv6_listener),
       cmocka_unit_test(test_drain_lets_sessions_finish),
       cmocka_unit_test(test_drain_timeout_closes_the_rest),
+      cmocka_unit_test(test_second_signal_quits_now),
   };
   return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }

@@ -337,6 +337,33 @@ static void test_upstream_and_framing_for_new_sessions(void **state) {
   it_server_stop(b);
 }
 
+/* Reloading idle_ms to 0 (no idle timeout) leaves live sessions alone: the
+ * timer they armed under the old value must not close them. */
+static void test_idle_timeout_turned_off(void **state) {
+  (void)state;
+  int up_port, port = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  it_gangway_prepare(&g);
+  const char *cfg = "return { listeners = { { name = \"l\", listen = \"127.0.0.1:%d\", "
+                    "upstream = \"127.0.0.1:%d\" } }, timeouts = { idle_ms = %d }, control = \"\" }\n";
+  it_write(g.dir, "config.lua", cfg, port, up_port, 400);
+  it_gangway_run(&g, port);
+  int fd = it_connect(port);
+  char c = 'x';
+  it_send_all(fd, &c, 1);
+  assert_int_equal(it_recv_exact(fd, &c, 1, 1000), 1);
+  it_write(g.dir, "config.lua", cfg, port, up_port, 0);
+  kill(g.pid, SIGHUP);
+  assert_true(it_log_wait(&g, "generation 2 active", 2000));
+  assert_int_equal(it_wait_eof(fd, 1000, NULL), 0); /* still open after 2 x 400 ms */
+  it_send_all(fd, &c, 1);
+  assert_int_equal(it_recv_exact(fd, &c, 1, 1000), 1);
+  close(fd);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+  it_server_stop(up);
+}
+
 /* watch = true: saving a script reloads it. */
 static void test_watch(void **state) {
   (void)state;
@@ -364,6 +391,7 @@ int main(void) {
       cmocka_unit_test(test_twenty_reloads_under_load),
       cmocka_unit_test(test_sighup_and_listeners),
       cmocka_unit_test(test_upstream_and_framing_for_new_sessions),
+      cmocka_unit_test(test_idle_timeout_turned_off),
       cmocka_unit_test(test_watch),
   };
   return cmocka_run_group_tests_name("reload", tests, NULL, NULL);
