@@ -151,3 +151,54 @@ describe("memory cap", function()
     t:close()
   end)
 end)
+
+describe("escapes that the limits close", function()
+  it("keeps gangway's metatables out of reach (a __gc there would run unmetered)", function()
+    local t = host([[
+      gw.on("client", 1, function(pkt, session)
+        session:send_to_client(gw.packet(2, tostring(getmetatable(pkt)) .. ","
+          .. tostring(getmetatable(session)) .. "," .. tostring(getmetatable(gw.writer()))
+          .. "," .. tostring(getmetatable(session:after(10, function() end)))))
+      end)
+      gw.on("client", 3, function()
+        rawset(getmetatable(gw.writer()), "__gc", function() while true do end end)
+      end)
+    ]], { instructions = 100000 })
+    local s = t:connect()
+    s:from_client(top.say("x"))
+    assert.equal("false,false,false,false", top.parse(s:to_client()[1]):body())
+    s:from_client(top.frame(3, ""))
+    assert.is_true(t:logged("bad argument #1 to 'rawset' (table expected, got boolean)", "error"))
+    t:close()
+  end)
+
+  it("charges cjson.encode for every node it visits, repeats included", function()
+    local t = host([[
+      local cjson = require "cjson"
+      gw.on("client", 1, function()
+        local a = { 1 }
+        for i = 1, 30 do a = { a, a } end -- 2^30 leaves if encoded
+        cjson.encode(a)
+      end)
+      gw.on("client", 2, function(pkt) pkt:set_body(cjson.encode({ ok = true })) end)
+    ]], { instructions = 100000 })
+    local s = t:connect()
+    s:from_client(top.say("x"))
+    assert.is_true(t:logged("instruction limit exceeded", "error"))
+    s:from_client(top.frame(2, ""))
+    assert.same({ top.say("x"), top.frame(2, '{"ok":true}') }, s:to_server())
+    t:close()
+  end)
+
+  it("gives each script its own cjson table", function()
+    local t = testing.new{ sources = {
+      'local cjson = require "cjson" cjson.encode = function() return "hijacked" end',
+      [[local gw = require "gangway" local cjson = require "cjson"
+        gw.on("client", 1, function(pkt) pkt:set_body(cjson.encode({ 1 })) end)]],
+    } }
+    local s = t:connect()
+    s:from_client(top.say("x"))
+    assert.same({ top.frame(1, "[1]") }, s:to_server())
+    t:close()
+  end)
+end)

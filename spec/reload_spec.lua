@@ -195,4 +195,20 @@ describe("reload", function()
     assert.same({ string.pack("<I4", 2) .. "b!" }, new:to_server())
     t:close()
   end)
+
+  it("lets no script send or close while a reload loads (it may still fail)", function()
+    local t = testing.new{ source = version(1) }
+    local s = t:connect()
+    local ok, err = t:reload{ sources = {
+      [[local gw = require "gangway"
+        for _, x in ipairs(gw.sessions()) do x:close("too early") end]],
+      "syntax error here",
+    } }
+    assert.is_nil(ok)
+    assert.matches("session:close while scripts load: use gw.on_reload", err, 1, true)
+    assert.is_nil(s:closed())
+    s:from_client(top.say("x"))
+    assert.equal(101, (answer(s:to_server()[1])))
+    t:close()
+  end)
 end)

@@ -400,6 +400,63 @@ static bool module_name_ok(const char *name) {
   return word;
 }
 
+/* lua-cjson works in C with its own malloc'd buffer: neither the count hook
+ * nor the capped allocator sees it, and a table that repeats a subtable
+ * encodes it again each time (2^n output from n levels). So scripts get a
+ * fresh copy of the module (changes to it stay theirs) whose encode first
+ * walks the value, charging each node visited and each 16 bytes of string
+ * to the instruction limit, and whose decode charges its input. */
+static void charge_value(lua_State *L, int idx, int depth) {
+  size_t len = 0;
+  if (lua_type(L, idx) == LUA_TSTRING) lua_tolstring(L, idx, &len);
+  gw__charge(L, 1 + len / 16);
+  if (lua_type(L, idx) != LUA_TTABLE || depth > 1000) return; /* cjson stops at 1000 */
+  luaL_checkstack(L, 3, "cjson.encode: value too deep");
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    charge_value(L, lua_gettop(L) - 1, depth + 1); /* key */
+    charge_value(L, lua_gettop(L), depth + 1);     /* value */
+    lua_pop(L, 1);
+  }
+}
+
+static int metered_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  charge_value(L, 1, 0);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+static int metered_decode(lua_State *L) {
+  size_t len;
+  luaL_checklstring(L, 1, &len);
+  gw__charge(L, 1 + len / 16);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* Replaces the module at idx (top) with a metered copy. */
+static void push_metered_cjson(lua_State *L, int idx) {
+  lua_newtable(L);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_getfield(L, idx, "encode");
+  lua_pushcclosure(L, metered_encode, 1);
+  lua_setfield(L, -2, "encode");
+  lua_getfield(L, idx, "decode");
+  lua_pushcclosure(L, metered_decode, 1);
+  lua_setfield(L, -2, "decode");
+  lua_remove(L, idx);
+}
+
 /* require in a script: "gangway", "cjson", "cjson.safe", or a Lua module
  * in the script's directory (loaded as text, once per generation, in a
  * sandbox of its own). Unsafe listeners fall back to the real require.
@@ -415,6 +472,7 @@ static int sandbox_require(lua_State *L) {
   }
   if (!strcmp(name, "cjson") || !strcmp(name, "cjson.safe")) {
     luaL_requiref(L, name, name[5] ? luaopen_cjson_safe : luaopen_cjson, 0);
+    push_metered_cjson(L, lua_gettop(L));
     return 1;
   }
   lua_getiuservalue(L, bidx, 2); /* dir */

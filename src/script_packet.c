@@ -710,6 +710,10 @@ void gw_packet_open(lua_State *L, bool light) {
     lua_setfield(L, -2, "__index");
     lua_pushliteral(L, "gangway.packet");
     lua_setfield(L, -2, "__name");
+    /* Shared by every listener: getmetatable must not hand it to a script
+     * (a __gc added there would run with hooks off). */
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
     if (light) {
       /* Light userdata share one metatable: this one, in a script state. */
       lua_pushlightuserdata(L, NULL);
@@ -724,6 +728,8 @@ void gw_packet_open(lua_State *L, bool light) {
     lua_newtable(L);
     luaL_setfuncs(L, w_methods, 0);
     lua_setfield(L, -2, "__index");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
   }
   lua_pop(L, 1);
 }

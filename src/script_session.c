@@ -60,7 +60,15 @@ void gw__push_sessions(lua_State *L, gw_listener_rt *rt) {
 
 /* ---- methods ---- */
 
+/* While a generation loads nothing may leave: a load that fails later must
+ * change nothing. gw.on_reload runs after the swap, for such work. */
+static void not_loading(lua_State *L, const char *method) {
+  if (gw_script_of(L)->loading_gen)
+    luaL_error(L, "session:%s while scripts load: use gw.on_reload", method);
+}
+
 static int send_to(lua_State *L, gw_side to, const char *method) {
+  not_loading(L, method);
   gw_session_ud *u = check_session(L, 1);
   gw_script_session *ss = live(L, u, method);
   size_t len;
@@ -89,6 +97,7 @@ static int s_send_to_server(lua_State *L) {
 }
 
 static int s_close(lua_State *L) {
+  not_loading(L, "close");
   gw_session_ud *u = check_session(L, 1);
   const char *reason = luaL_optstring(L, 2, "closed by a script");
   bool open = u->ss && !u->ss->closed;
@@ -170,6 +179,8 @@ void gw__session_open_lib(lua_State *L) {
   luaL_setfuncs(L, s_methods, 0);
   lua_pushcclosure(L, s_index, 1);
   lua_setfield(L, -2, "__index");
+  lua_pushboolean(L, 0); /* out of scripts' reach, as the packet's */
+  lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
 }
 

@@ -192,6 +192,8 @@ void gw__timer_open_lib(lua_State *L) {
   lua_newtable(L);
   luaL_setfuncs(L, t_methods, 0);
   lua_setfield(L, -2, "__index");
+  lua_pushboolean(L, 0); /* out of scripts' reach, as the packet's */
+  lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
 }
 
