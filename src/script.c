@@ -179,16 +179,20 @@ int gw__pcall(gw_script *s, int nargs, int nresults) {
   s->timed_out = s->out_of_memory = false;
   /* Also without an instruction limit: the memory limit needs the hook. */
   lua_sethook(L, count_hook, LUA_MASKCOUNT, hook_interval(s));
-  size_t nout = s->nout, arena_len = s->arena_len;
+  size_t nout = s->nout, arena_len = s->arena_len, ncloses = s->ncloses;
   s->depth++;
   int st = lua_pcall(L, nargs, nresults, GW_SLOT_MSGH);
   s->depth--;
   lua_sethook(L, NULL, 0, 0);
   if (st != LUA_OK) {
-    /* A call that fails sends nothing: no half-sent sequences. */
+    /* A call that fails sends nothing and closes nothing: no half-done
+     * sequences (on_error decides what happens next). */
     s->stats.injected -= s->nout - nout;
     s->nout = nout;
     s->arena_len = arena_len;
+    for (size_t i = ncloses; i < s->ncloses; i++)
+      if (s->closes[i].ss) s->closes[i].ss->closed = false;
+    s->ncloses = ncloses;
   }
   return st;
 }
