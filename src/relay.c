@@ -422,19 +422,16 @@ static void session_close(gw_session *s, const char *fmt, ...) {
   close_handle((uv_handle_t *)&s->timer);
 }
 
+/* A session ends once every FIN we sent is through and, unless a script
+ * closed it, both sides have sent theirs. */
 static void check_finished(gw_session *s) {
   if (s->state == S_CLOSING) return;
-  bool both_shut = s->shut_done[GW_CLIENT] && s->shut_done[GW_SERVER];
-  if (s->soft_close) {
-    /* Every shutdown we sent has completed: what was emitted is written. */
-    bool done = true;
-    for (int i = 0; i < GW_SIDES; i++)
-      if (s->shut_sent[i] && !s->shut_done[i]) done = false;
-    if (done) session_close(s, "%s", s->reason);
+  for (int i = 0; i < GW_SIDES; i++)
+    if (s->shut_sent[i] && !s->shut_done[i]) return;
+  if (!s->soft_close && !(s->dir[GW_CLIENT].eof && s->dir[GW_SERVER].eof &&
+                          s->shut_done[GW_CLIENT] && s->shut_done[GW_SERVER]))
     return;
-  }
-  if (s->dir[GW_CLIENT].eof && s->dir[GW_SERVER].eof && both_shut)
-    session_close(s, "%s", s->reason[0] ? s->reason : "closed");
+  session_close(s, "%s", s->reason[0] ? s->reason : "closed");
 }
 
 static void shutdown_cb(uv_shutdown_t *req, int status) {
