@@ -18,12 +18,6 @@
 #include "frame.h"
 #include "itest.h"
 
-static uint64_t ms_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void start(it_gangway *g, it_server **up, int *port, const char *framing) {
   int up_port;
   *up = it_server_start(IT_ECHO, 0, &up_port);
@@ -75,8 +69,8 @@ static void roundtrip(int port, const uint8_t *buf, size_t len, uint64_t seed) {
   fcntl(fd, F_SETFL, O_NONBLOCK);
   uint8_t *back = malloc(len);
   size_t sent = 0, got = 0;
-  uint64_t x = seed | 1, deadline = ms_now() + 30000;
-  while (got < len && ms_now() < deadline) {
+  uint64_t x = seed | 1, deadline = it_now_ms() + 30000;
+  while (got < len && it_now_ms() < deadline) {
     struct pollfd p = {.fd = fd, .events = POLLIN | (sent < len ? POLLOUT : 0)};
     poll(&p, 1, 100);
     if (p.revents & POLLOUT) {
@@ -156,8 +150,8 @@ static void test_malformed_frame_closes_only_its_session(void **state) {
   bool bad_sent = false;
   size_t total = 0, total_got = 0;
   for (int i = 0; i < NHEALTHY; i++) total += len[i];
-  uint64_t deadline = ms_now() + 60000;
-  while (total_got < total && ms_now() < deadline) {
+  uint64_t deadline = it_now_ms() + 60000;
+  while (total_got < total && it_now_ms() < deadline) {
     struct pollfd p[NHEALTHY];
     for (int i = 0; i < NHEALTHY; i++)
       p[i] = (struct pollfd){.fd = fds[i], .events = POLLIN | (sent[i] < len[i] ? POLLOUT : 0)};

@@ -25,12 +25,6 @@
   "  control = \"\",\n"                                                                 \
   "}\n"
 
-static uint64_t ms_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 typedef struct {
   it_gangway g;
   it_server *up;
@@ -81,8 +75,8 @@ static void run_streams(int port, const char *what) {
   }
   struct pollfd pfd[NSESS];
   int done = 0;
-  uint64_t deadline = ms_now() + 120000;
-  while (done < NSESS && ms_now() < deadline) {
+  uint64_t deadline = it_now_ms() + 120000;
+  while (done < NSESS && it_now_ms() < deadline) {
     for (int i = 0; i < NSESS; i++) {
       pfd[i] = (struct pollfd){.fd = st[i].eof ? -1 : st[i].fd, .events = POLLIN};
       if (st[i].sent < PER_SESSION) pfd[i].events |= POLLOUT;
@@ -165,8 +159,8 @@ static void test_half_close_server_first(void **state) {
   char more[50000];
   it_fill(more, sizeof more, 3);
   assert_int_equal(it_send_all(fd, more, sizeof more), 0);
-  uint64_t deadline = ms_now() + 3000;
-  while (it_server_bytes_in(f.up) < sizeof more && ms_now() < deadline) usleep(5000);
+  uint64_t deadline = it_now_ms() + 3000;
+  while (it_server_bytes_in(f.up) < sizeof more && it_now_ms() < deadline) usleep(5000);
   assert_int_equal(it_server_bytes_in(f.up), sizeof more);
   close(fd);
   assert_true(it_log_wait(&f.g, "reason=\"server closed\"", 3000));
@@ -181,9 +175,9 @@ static void test_upstream_refused(void **state) {
   start(&f, IT_REFUSE, 0, "raw", 0, 5000, 0);
   int fd = it_connect(f.port);
   assert_true(fd >= 0);
-  uint64_t t0 = ms_now();
+  uint64_t t0 = it_now_ms();
   assert_int_equal(it_wait_eof(fd, 2000, NULL) != 0, 1); /* FIN or RST */
-  assert_true(ms_now() - t0 < 1000);                     /* promptly */
+  assert_true(it_now_ms() - t0 < 1000);                  /* promptly */
   close(fd);
   assert_true(it_log_wait(&f.g, "connect failed: connection refused", 2000));
   assert_true(it_log_wait(&f.g, "reason=\"upstream connect failed: connection refused\"", 2000));
@@ -239,17 +233,15 @@ static void test_idle_timeout(void **state) {
   fixture f;
   start(&f, IT_ECHO, 0, "raw", 300, 5000, 0);
   int fd = it_connect(f.port);
-  uint64_t t0 = ms_now();
+  uint64_t t0 = it_now_ms();
   /* Activity keeps it alive... */
   for (int i = 0; i < 4; i++) {
-    char c = 'x';
-    it_send_all(fd, &c, 1);
-    assert_int_equal(it_recv_exact(fd, &c, 1, 1000), 1);
+    it_echo_byte(fd, 'x');
     usleep(150 * 1000);
   }
   /* ...silence ends it. */
   assert_true(it_wait_eof(fd, 2000, NULL) != 0);
-  assert_true(ms_now() - t0 >= 700); /* last activity at ~450 ms, + 300 */
+  assert_true(it_now_ms() - t0 >= 700); /* last activity at ~450 ms, + 300 */
   close(fd);
   assert_true(it_log_wait(&f.g, "reason=\"idle timeout after 300 ms\"", 1000));
   stop(&f);
@@ -260,17 +252,13 @@ static void test_session_limit(void **state) {
   fixture f;
   start(&f, IT_ECHO, 0, "raw", 0, 5000, 2);
   int a = it_connect(f.port), b = it_connect(f.port);
-  char c = 'x';
-  it_send_all(a, &c, 1);
-  assert_int_equal(it_recv_exact(a, &c, 1, 1000), 1);
-  it_send_all(b, &c, 1);
-  assert_int_equal(it_recv_exact(b, &c, 1, 1000), 1);
+  it_echo_byte(a, 'x');
+  it_echo_byte(b, 'x');
   int x = it_connect(f.port); /* the third is closed at once */
   assert_true(it_wait_eof(x, 2000, NULL) != 0);
   assert_true(it_log_wait(&f.g, "session limit 2 reached", 1000));
   close(x);
-  it_send_all(a, &c, 1); /* the first two are untouched */
-  assert_int_equal(it_recv_exact(a, &c, 1, 1000), 1);
+  it_echo_byte(a, 'x'); /* the first two are untouched */
   close(a);
   close(b);
   stop(&f);
@@ -305,18 +293,13 @@ static void test_drain_lets_sessions_finish(void **state) {
   fixture f;
   start(&f, IT_ECHO, 0, "raw", 0, 5000, 0);
   int fd = it_connect(f.port);
-  char c = 'a';
-  it_send_all(fd, &c, 1);
-  assert_int_equal(it_recv_exact(fd, &c, 1, 1000), 1);
+  it_echo_byte(fd, 'a');
   kill(f.g.pid, SIGTERM);
   assert_true(it_log_wait(&f.g, "draining", 2000));
   /* No new sessions... */
   assert_true(it_connect(f.port) < 0);
   /* ...but the open one still relays. */
-  c = 'b';
-  it_send_all(fd, &c, 1);
-  assert_int_equal(it_recv_exact(fd, &c, 1, 1000), 1);
-  assert_int_equal(c, 'b');
+  it_echo_byte(fd, 'b');
   close(fd); /* the last session ends: gangway exits 0 at once */
   assert_int_equal(it_gangway_stop(&f.g, 0, 3000), 0);
   it_server_stop(f.up);
@@ -327,13 +310,11 @@ static void test_drain_timeout_closes_the_rest(void **state) {
   fixture f;
   start(&f, IT_ECHO, 0, "raw", 0, 400, 0);
   int fd = it_connect(f.port);
-  char c = 'a';
-  it_send_all(fd, &c, 1);
-  assert_int_equal(it_recv_exact(fd, &c, 1, 1000), 1);
-  uint64_t t0 = ms_now();
+  it_echo_byte(fd, 'a');
+  uint64_t t0 = it_now_ms();
   kill(f.g.pid, SIGTERM);
   assert_true(it_wait_eof(fd, 3000, NULL) != 0);
-  uint64_t took = ms_now() - t0;
+  uint64_t took = it_now_ms() - t0;
   assert_true(took >= 350 && took < 2000);
   assert_int_equal(it_gangway_stop(&f.g, 0, 3000), 0);
   close(fd);
@@ -347,9 +328,7 @@ static void test_second_signal_quits_now(void **state) {
   fixture f;
   start(&f, IT_ECHO, 0, "raw", 0, 10000, 0);
   int fd = it_connect(f.port);
-  char c = 'a';
-  it_send_all(fd, &c, 1);
-  assert_int_equal(it_recv_exact(fd, &c, 1, 1000), 1);
+  it_echo_byte(fd, 'a');
   kill(f.g.pid, SIGTERM);
   assert_true(it_log_wait(&f.g, "draining", 2000));
   kill(f.g.pid, SIGTERM);

@@ -272,9 +272,7 @@ static void test_sighup_and_listeners(void **state) {
   it_write(g.dir, "config.lua", "return { listeners = { { name = \"a\", listen = 5 } } }\n");
   kill(g.pid, SIGHUP);
   assert_true(it_log_wait(&g, "reload (SIGHUP) failed, still running generation 1", 3000));
-  char c = 'x';
-  it_send_all(a, &c, 1);
-  assert_int_equal(it_recv_exact(a, &c, 1, 1000), 1);
+  it_echo_byte(a, 'x');
 
   /* Listener a moves out, b comes in; a's live session keeps working. */
   it_write(g.dir, "config.lua",
@@ -285,10 +283,8 @@ static void test_sighup_and_listeners(void **state) {
   int b = it_connect(p2);
   assert_true(b >= 0);
   assert_true(it_connect(p1) < 0);
-  it_send_all(b, &c, 1);
-  assert_int_equal(it_recv_exact(b, &c, 1, 1000), 1);
-  it_send_all(a, &c, 1);
-  assert_int_equal(it_recv_exact(a, &c, 1, 1000), 1);
+  it_echo_byte(b, 'x');
+  it_echo_byte(a, 'x');
   close(a);
   close(b);
   assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
@@ -350,15 +346,12 @@ static void test_idle_timeout_turned_off(void **state) {
   it_write(g.dir, "config.lua", cfg, port, up_port, 400);
   it_gangway_run(&g, port);
   int fd = it_connect(port);
-  char c = 'x';
-  it_send_all(fd, &c, 1);
-  assert_int_equal(it_recv_exact(fd, &c, 1, 1000), 1);
+  it_echo_byte(fd, 'x');
   it_write(g.dir, "config.lua", cfg, port, up_port, 0);
   kill(g.pid, SIGHUP);
   assert_true(it_log_wait(&g, "generation 2 active", 2000));
   assert_int_equal(it_wait_eof(fd, 1000, NULL), 0); /* still open after 2 x 400 ms */
-  it_send_all(fd, &c, 1);
-  assert_int_equal(it_recv_exact(fd, &c, 1, 1000), 1);
+  it_echo_byte(fd, 'x');
   close(fd);
   assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
   it_server_stop(up);

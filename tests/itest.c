@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static uint64_t now_ms(void) {
+uint64_t it_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
@@ -141,8 +141,8 @@ void it_gangway_run(it_gangway *g, int wait_port) {
   }
   g->pid = pid;
   if (!wait_port) return;
-  uint64_t deadline = now_ms() + 2 * stretch(5000);
-  while (now_ms() < deadline) {
+  uint64_t deadline = it_now_ms() + 2 * stretch(5000);
+  while (it_now_ms() < deadline) {
     /* The log line, not a probe connection: a probe would be a session. */
     char *log = it_slurp(g->log);
     bool up = log && strstr(log, " running (config ");
@@ -175,7 +175,7 @@ void it_gangway_start(it_gangway *g, int wait_port, const char *fmt, ...) {
 int it_gangway_stop(it_gangway *g, int sig, int timeout_ms) {
   if (!g->pid) return -1;
   if (sig) kill(g->pid, sig);
-  uint64_t deadline = now_ms() + stretch(timeout_ms);
+  uint64_t deadline = it_now_ms() + stretch(timeout_ms);
   int status = 0, code = -1;
   for (;;) {
     pid_t r = waitpid(g->pid, &status, WNOHANG);
@@ -183,7 +183,7 @@ int it_gangway_stop(it_gangway *g, int sig, int timeout_ms) {
       code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       break;
     }
-    if (now_ms() >= deadline) {
+    if (it_now_ms() >= deadline) {
       kill(g->pid, SIGKILL);
       waitpid(g->pid, &status, 0);
       break;
@@ -202,14 +202,14 @@ int it_gangway_stop(it_gangway *g, int sig, int timeout_ms) {
 }
 
 bool it_log_wait(it_gangway *g, const char *needle, int timeout_ms) {
-  uint64_t deadline = now_ms() + stretch(timeout_ms);
+  uint64_t deadline = it_now_ms() + stretch(timeout_ms);
   do {
     char *log = it_slurp(g->log);
     bool found = log && strstr(log, needle);
     free(log);
     if (found) return true;
     sleep_ms(10);
-  } while (now_ms() < deadline);
+  } while (it_now_ms() < deadline);
   return false;
 }
 
@@ -242,9 +242,9 @@ int it_run_gangway(char **out, const char *const args[]) {
   close(pfd[1]);
   size_t cap = 4096, len = 0;
   char *buf = malloc(cap);
-  uint64_t deadline = now_ms() + 10000;
+  uint64_t deadline = it_now_ms() + 10000;
   struct pollfd p = {.fd = pfd[0], .events = POLLIN};
-  while (now_ms() < deadline && poll(&p, 1, 100) >= 0) {
+  while (it_now_ms() < deadline && poll(&p, 1, 100) >= 0) {
     if (!p.revents) continue;
     if (cap - len < 1024) buf = realloc(buf, cap *= 2);
     ssize_t k = read(pfd[0], buf + len, cap - len - 1);
@@ -310,9 +310,9 @@ int it_send_all(int fd, const void *buf, size_t len) {
 
 size_t it_recv_exact(int fd, void *buf, size_t len, int timeout_ms) {
   size_t got = 0;
-  uint64_t deadline = now_ms() + stretch(timeout_ms);
+  uint64_t deadline = it_now_ms() + stretch(timeout_ms);
   while (got < len) {
-    uint64_t now = now_ms();
+    uint64_t now = it_now_ms();
     if (now >= deadline) break;
     struct pollfd p = {.fd = fd, .events = POLLIN};
     int pr = poll(&p, 1, (int)(deadline - now));
@@ -324,11 +324,18 @@ size_t it_recv_exact(int fd, void *buf, size_t len, int timeout_ms) {
   return got;
 }
 
+void it_echo_byte(int fd, char c) {
+  char back = 0;
+  assert_int_equal(it_send_all(fd, &c, 1), 0);
+  assert_int_equal(it_recv_exact(fd, &back, 1, 1000), 1);
+  assert_int_equal(back, c);
+}
+
 int it_wait_eof(int fd, int timeout_ms, size_t *extra) {
-  uint64_t deadline = now_ms() + stretch(timeout_ms);
+  uint64_t deadline = it_now_ms() + stretch(timeout_ms);
   char buf[4096];
   for (;;) {
-    uint64_t now = now_ms();
+    uint64_t now = it_now_ms();
     if (now >= deadline) return 0;
     struct pollfd p = {.fd = fd, .events = POLLIN};
     if (poll(&p, 1, (int)(deadline - now)) <= 0) return 0;

@@ -51,6 +51,8 @@ void it_gangway_run(it_gangway *g, int wait_port);
 int it_gangway_stop(it_gangway *g, int sig, int timeout_ms);
 /* Polls the log until needle appears (true) or timeout_ms passes. */
 bool it_log_wait(it_gangway *g, const char *needle, int timeout_ms);
+/* Milliseconds on a monotonic clock. */
+uint64_t it_now_ms(void);
 /* Resident set size of pid in KiB (VmRSS), -1 if unknown. */
 long it_rss_kb(pid_t pid);
 /* Runs `gangway args...` to completion (10 s at most), capturing stdout and
@@ -64,6 +66,9 @@ int it_connect_addr(const char *host, int port);  /* any numeric host */
 int it_send_all(int fd, const void *buf, size_t len);
 /* Reads until len bytes, EOF, error or timeout_ms. Returns the count read. */
 size_t it_recv_exact(int fd, void *buf, size_t len, int timeout_ms);
+/* Sends the byte c through fd and asserts the same byte comes back within a
+ * second (an echo upstream behind gangway: the session is alive). */
+void it_echo_byte(int fd, char c);
 /* Waits for the peer's end: 1 = FIN, -1 = RST or error, 0 = timeout. Any
  * bytes that arrive first are discarded and counted into *extra (if set). */
 int it_wait_eof(int fd, int timeout_ms, size_t *extra);
