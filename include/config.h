@@ -33,6 +33,8 @@ typedef struct gw_listener_config {
   size_t nscripts;
   gw_on_error on_error;
   bool unsafe;                      /* scripts get io/os/debug/C modules */
+  bool unfinished_frame_pass;       /* at FIN, pass bytes of a frame that
+                                       never completed (default: drop) */
 } gw_listener_config;
 
 typedef struct gw_config {
@@ -43,15 +45,27 @@ typedef struct gw_config {
   uint32_t connect_ms;              /* default 5000 */
   uint32_t idle_ms;                 /* default 300000; 0 = none */
   uint32_t drain_ms;                /* default 10000 */
+  uint32_t frame_ms;                /* a started frame must complete within
+                                       it; default 10000; 0 = none */
+  uint32_t first_frame_ms;          /* a new client's first whole frame
+                                       (framed listeners); default 30000 */
   /* limits */
   uint32_t max_sessions;            /* default 10000; 0 = no limit */
   uint64_t handler_instructions;    /* default 1000000 */
   uint32_t lua_memory_mb;           /* default 64 */
   uint32_t write_high_water;        /* bytes; default 256 KiB */
   uint32_t write_low_water;         /* bytes; default 64 KiB */
+  uint32_t write_max;               /* bytes queued toward one side past
+                                       which sends fail; default 1 MiB */
+  uint32_t sessions_per_ip;         /* open at once per client address;
+                                       default 0 = no limit */
+  uint32_t new_sessions_per_ip_per_s; /* default 0 = no limit */
   /* log */
   gw_log_level log_level;           /* default info */
   gw_log_format log_format;         /* default text */
+  uint32_t log_session_lines_per_s; /* session open/close lines; the rest
+                                       are counted in a summary; default
+                                       100; 0 = no limit */
   /* reload */
   bool watch;                       /* reload when a script or config changes */
   char *control;                    /* control socket path; default

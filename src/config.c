@@ -764,6 +764,7 @@ static void listener_framing(cfg_ctx *c, int l, gw_framing *f) {
 
 static const char *const listener_keys[] = {
   "name", "listen", "upstream", "framing", "scripts", "on_error", "unsafe",
+  "unfinished_frame",
   NULL,
 };
 
@@ -887,6 +888,10 @@ static void parse_listener(cfg_ctx *c, int l, size_t i) {
                                          "\"pass\", \"drop\" or \"close\"",
                                          GW_ON_ERROR_PASS);
   lc->unsafe = get_bool(c, l, "unsafe", false);
+  static const choice unfinished[] = {{"drop", 0}, {"pass", 1}};
+  lc->unfinished_frame_pass = get_choice(c, l, "unfinished_frame", unfinished,
+                                         COUNT(unfinished),
+                                         "\"drop\" or \"pass\"", 0) == 1;
 }
 
 static void parse_listeners(cfg_ctx *c, int top) {
@@ -913,7 +918,8 @@ static void parse_listeners(cfg_ctx *c, int top) {
 static const char *const top_keys[] = {
   "listeners", "timeouts", "limits", "log", "watch", "control", NULL,
 };
-static const char *const log_keys[] = {"level", "format", NULL};
+static const char *const log_keys[] = {"level", "format",
+                                       "session_lines_per_s", NULL};
 
 /* Pushes top[key] and returns its index as a checked record, or 0 (with nil
  * pushed) when it is missing. */
@@ -939,6 +945,8 @@ static const int_setting timeout_settings[] = {
   INT_SETTING("connect_ms", connect_ms, 1, UINT32_MAX, 5000),
   INT_SETTING("idle_ms", idle_ms, 0, UINT32_MAX, 300000),
   INT_SETTING("drain_ms", drain_ms, 0, UINT32_MAX, 10000),
+  INT_SETTING("frame_ms", frame_ms, 0, UINT32_MAX, 10000),
+  INT_SETTING("first_frame_ms", first_frame_ms, 0, UINT32_MAX, 30000),
   {NULL, 0, 0, 0, 0, 0},
 };
 
@@ -949,10 +957,14 @@ static const int_setting limit_settings[] = {
   INT_SETTING("lua_memory_mb", lua_memory_mb, 1, 4096, 64),
   INT_SETTING("write_high_water", write_high_water, 1, UINT32_MAX, 256 * 1024),
   INT_SETTING("write_low_water", write_low_water, 0, UINT32_MAX, 64 * 1024),
+  INT_SETTING("write_max", write_max, 1, UINT32_MAX, 1024 * 1024),
+  INT_SETTING("sessions_per_ip", sessions_per_ip, 0, UINT32_MAX, 0),
+  INT_SETTING("new_sessions_per_ip_per_s", new_sessions_per_ip_per_s, 0,
+              UINT32_MAX, 0),
   {NULL, 0, 0, 0, 0, 0},
 };
 
-#define SECTION_MAX 8
+#define SECTION_MAX 12
 
 /* Reads section top[name], a table of integer settings. */
 static void parse_int_section(cfg_ctx *c, int top, const char *name,
@@ -978,11 +990,20 @@ static void parse_int_section(cfg_ctx *c, int top, const char *name,
 static void parse_limits(cfg_ctx *c, int top) {
   gw_config *cfg = c->cfg;
   parse_int_section(c, top, "limits", limit_settings);
+  size_t mark, m;
+  if (cfg->write_max < cfg->write_high_water) {
+    enter(c, top, "limits", &mark);
+    if (enter(c, lua_gettop(c->L), "write_max", &m) == LUA_TNIL) {
+      leave(c, m);
+      enter(c, lua_gettop(c->L), "write_high_water", &m);
+    }
+    fail(c, "limits.write_max (%u) must be at least limits.write_high_water (%u)",
+         cfg->write_max, cfg->write_high_water);
+  }
   if (cfg->write_low_water < cfg->write_high_water)
     return;
   /* The defaults are in order, so the admin set one of them: blame low
    * water if it was set. */
-  size_t mark, m;
   enter(c, top, "limits", &mark);
   if (enter(c, lua_gettop(c->L), "write_low_water", &m) != LUA_TNIL)
     fail(c, "must be below limits.write_high_water (%u), got %u",
@@ -1012,6 +1033,8 @@ static void parse_log(cfg_ctx *c, int top) {
         c, t, "format", formats, COUNT(formats), "\"text\" or \"json\"",
         cfg->log_format);
   }
+  cfg->log_session_lines_per_s =
+      t ? (uint32_t)get_int(c, t, "session_lines_per_s", 0, UINT32_MAX, 100) : 100;
   leave(c, mark);
 }
 

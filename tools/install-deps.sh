@@ -11,6 +11,8 @@ pkgs=(
   lua-busted libcmocka-dev
   clang libclang-rt-14-dev valgrind
   haproxy procps python3 netcat-openbsd iproute2 linux-perf
+  nginx-light libnginx-mod-stream
+  libsystemd-dev systemd scdoc groff-base man-db dpkg-dev file
 )
 need=()
 for p in "${pkgs[@]}"; do
