@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <lua.h>
@@ -65,8 +66,14 @@ typedef struct app {
   const char *config_path;
   gw_relay *relay;
   uv_signal_t sig_int, sig_term, sig_hup;
-  uv_pipe_t control;
-  bool control_open;
+  /* The control socket is accepted by hand (a uv_poll_t on the listening
+   * fd), not by uv_listen: libuv answers EMFILE by dropping every waiting
+   * client, and the control socket must answer at the open-files limit. */
+  int control_fd;               /* listening socket, -1 when closed */
+  uv_poll_t control;
+  bool control_open;            /* control (the poll handle) is initialised */
+  dev_t control_dev;            /* the socket file bind created: only this */
+  ino_t control_ino;            /* file is ever removed */
   struct control_client *control_clients;
   char control_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
   uv_timer_t watch_timer;
@@ -115,6 +122,7 @@ static int app_reload(app *a, const char *trigger, char *err, size_t errlen) {
 }
 
 static void control_client_close(struct control_client *c);
+static void control_close(app *a);
 
 static void on_drained(gw_relay *r, void *ud) {
   app *a = ud;
@@ -129,11 +137,7 @@ static void on_drained(gw_relay *r, void *ud) {
   uv_close((uv_handle_t *)&a->sig_hup, NULL);
   uv_close((uv_handle_t *)&a->watch_timer, NULL);
   app_close_watches(a);
-  if (a->control_open) {
-    a->control_open = false;
-    uv_close((uv_handle_t *)&a->control, NULL);
-    unlink(a->control_path);
-  }
+  control_close(a);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -230,55 +234,153 @@ static void control_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   control_answer(c, answer);
 }
 
-static void control_connection(uv_stream_t *server, int status) {
-  if (status < 0) return;
+static void control_client_add(app *a, int fd) {
   control_client *c = calloc(1, sizeof *c);
-  if (!c) return;
-  uv_pipe_init(server->loop, &c->pipe, 0);
+  if (!c || uv_pipe_init(&a->loop, &c->pipe, 0) < 0) {
+    free(c);
+    close(fd);
+    return;
+  }
   c->pipe.data = c;
-  app *a = server->loop->data;
   c->next = a->control_clients;
   if (c->next) c->next->prev = c;
   a->control_clients = c;
-  if (uv_accept(server, (uv_stream_t *)&c->pipe) < 0) {
+  if (uv_pipe_open(&c->pipe, fd) < 0) {
+    close(fd);
     control_client_close(c);
     return;
   }
   uv_read_start((uv_stream_t *)&c->pipe, control_alloc, control_read);
 }
 
-/* Is a gangway already answering on path? */
-static bool control_in_use(const char *path) {
+static void control_accept(uv_poll_t *p, int status, int events) {
+  (void)events;
+  app *a = p->data;
+  if (status < 0) {
+    gw_warn("control socket: %s", uv_strerror(status));
+    return;
+  }
+  for (;;) {
+    int fd = accept4(a->control_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        gw_warn("control socket: accept failed: %s", strerror(errno));
+      return;
+    }
+    control_client_add(a, fd);
+  }
+}
+
+/* Closes the control socket and removes its file, if that file is still the
+ * socket this gangway bound: anything else at the path is someone else's. */
+static void control_close(app *a) {
+  if (a->control_open) uv_close((uv_handle_t *)&a->control, NULL);
+  a->control_open = false;
+  if (a->control_fd < 0) return;
+  close(a->control_fd);
+  a->control_fd = -1;
+  struct stat st;
+  if (lstat(a->control_path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == a->control_dev &&
+      st.st_ino == a->control_ino)
+    unlink(a->control_path);
+}
+
+static const char *file_kind(mode_t m) {
+  if (S_ISREG(m)) return "a regular file";
+  if (S_ISLNK(m)) return "a symbolic link";
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISFIFO(m)) return "a FIFO";
+  return "not a socket";
+}
+
+/* What is at path may be replaced only if it is a socket nobody answers on
+ * (left by a gangway that did not exit cleanly). Never follows a symlink:
+ * lstat, and connect only to a socket. Returns 0 when the path is free. */
+static int control_clear(const char *path, char *err, size_t errlen) {
+  struct stat st;
+  if (lstat(path, &st) < 0) {
+    if (errno == ENOENT) return 0;
+    snprintf(err, errlen, "control socket %s: %s", path, strerror(errno));
+    return -errno;
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    snprintf(err, errlen,
+             "control socket %s: the path exists and is %s, not a socket: "
+             "not touching it (remove it or choose another `control` path)",
+             path, file_kind(st.st_mode));
+    return -EEXIST;
+  }
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
+  if (fd < 0) {
+    snprintf(err, errlen, "control socket %s: %s", path, strerror(errno));
+    return -errno;
+  }
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
   snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
-  bool used = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+  int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 ? 0 : -errno;
   close(fd);
-  return used;
+  if (rc == 0) {
+    snprintf(err, errlen, "control socket %s: another gangway is running there", path);
+    return -EADDRINUSE;
+  }
+  if (rc != -ECONNREFUSED) {
+    snprintf(err, errlen, "control socket %s: %s", path, strerror(-rc));
+    return rc;
+  }
+  /* Stale. Remove it only if it is still the socket looked at above. */
+  struct stat now;
+  if (lstat(path, &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino &&
+      S_ISSOCK(now.st_mode))
+    unlink(path);
+  return 0;
 }
 
 static int control_open(app *a, const char *path, char *err, size_t errlen) {
+  a->control_fd = -1;
   if (!path || !*path) return 0;
   if (strlen(path) >= sizeof a->control_path) {
     snprintf(err, errlen, "control socket path too long: %s", path);
     return -ENAMETOOLONG;
   }
-  if (control_in_use(path)) {
-    snprintf(err, errlen, "control socket %s: another gangway is running there", path);
-    return -EADDRINUSE;
+  int rc = control_clear(path, err, errlen);
+  if (rc < 0) return rc;
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    snprintf(err, errlen, "control socket %s: %s", path, strerror(errno));
+    return -errno;
   }
-  unlink(path); /* stale, from a gangway that did not exit cleanly */
-  snprintf(a->control_path, sizeof a->control_path, "%s", path);
-  uv_pipe_init(&a->loop, &a->control, 0);
-  a->control_open = true;
-  int rc = uv_pipe_bind(&a->control, path);
-  if (rc == 0) rc = uv_listen((uv_stream_t *)&a->control, 16, control_connection);
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+  /* Mode 0600 from the start (reload is an admin's right): bind creates the
+   * file under the umask, so there is no window and no chmod by name. */
+  mode_t old = umask(0177);
+  rc = bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 ? 0 : -errno;
+  umask(old);
+  struct stat st;
+  if (rc == 0 && lstat(path, &st) < 0) rc = -errno;
+  if (rc == 0 && listen(fd, 64) < 0) rc = -errno;
   if (rc < 0) {
-    snprintf(err, errlen, "control socket %s: %s", path, uv_strerror(rc));
+    /* EADDRINUSE here: something appeared at the path since control_clear. */
+    snprintf(err, errlen, "control socket %s: %s", path, strerror(-rc));
+    close(fd);
     return rc;
   }
-  chmod(path, 0600); /* reload is an admin's right */
+  snprintf(a->control_path, sizeof a->control_path, "%s", path);
+  a->control_fd = fd;
+  a->control_dev = st.st_dev;
+  a->control_ino = st.st_ino;
+  rc = uv_poll_init_socket(&a->loop, &a->control, fd);
+  if (rc == 0) {
+    a->control_open = true;
+    a->control.data = a;
+    rc = uv_poll_start(&a->control, UV_READABLE, control_accept);
+  }
+  if (rc < 0) {
+    snprintf(err, errlen, "control socket %s: %s", path, uv_strerror(rc));
+    control_close(a);
+    return rc;
+  }
   return 0;
 }
 
@@ -352,7 +454,7 @@ static int run(const char *config_path) {
     return EXIT_INVALID;
   }
   signal(SIGPIPE, SIG_IGN);
-  app a = {.config_path = config_path, .generation = 1};
+  app a = {.config_path = config_path, .generation = 1, .control_fd = -1};
   uv_loop_init(&a.loop);
   a.loop.data = &a;
   char *control = cfg->control ? strdup(cfg->control) : NULL;
@@ -364,7 +466,7 @@ static int run(const char *config_path) {
     gw_error("%s", err);
     code = rc == -EINVAL || rc == -ENOENT ? EXIT_INVALID : EXIT_RUNTIME;
     if (a.relay) gw_relay_close(a.relay);
-    if (a.control_open) uv_close((uv_handle_t *)&a.control, NULL);
+    control_close(&a);
   } else {
     uv_signal_init(&a.loop, &a.sig_int);
     uv_signal_init(&a.loop, &a.sig_term);

@@ -1,0 +1,168 @@
+/* it_control.c: the control socket under a careless config and hostile
+ * local clients: gangway removes only the socket it created, answers
+ * `gangway stats`/`reload` whatever other control clients do, and keeps
+ * answering at the process's open-files limit. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "itest.h"
+
+#define LISTENER "return { listeners = { { name = \"c\", listen = \"127.0.0.1:%d\", upstream = \"127.0.0.1:%d\" } }"
+
+/* `gangway cmd -c config`: exit code, output in *out. */
+static int gangway_cmd(char **out, const char *cmd, const char *config) {
+  const char *args[] = {cmd, "-c", config, NULL};
+  return it_run_gangway(out, args);
+}
+
+static void expect_cmd(const char *cmd, const char *config, int code, const char *text) {
+  char *out;
+  int rc = gangway_cmd(&out, cmd, config);
+  if (rc != code || !strstr(out, text))
+    fail_msg("gangway %s: exit %d (want %d), output:\n%s(want \"%s\")", cmd, rc, code, out, text);
+  free(out);
+}
+
+/* ---- issue 10.1: only the socket gangway created is ever removed ---- */
+
+static void expect_refused_start(const char *dir, const char *want) {
+  char cfg[256], *out;
+  snprintf(cfg, sizeof cfg, "%s/config.lua", dir);
+  const char *args[] = {"-c", cfg, NULL};
+  int rc = it_run_gangway(&out, args);
+  if (rc != 3 || !strstr(out, want))
+    fail_msg("gangway started on a control path it does not own: exit %d (want 3), output:\n%s"
+             "(want \"%s\")", rc, out, want);
+  free(out);
+}
+
+static void test_existing_file_is_not_touched(void **state) {
+  (void)state;
+  char dir[128], path[256];
+  it_mkdtemp(dir, sizeof dir);
+  it_write(dir, "config.lua", LISTENER ", control = \"precious\" }\n", it_free_port(), it_free_port());
+  it_write(dir, "precious", "keep me\n");
+  snprintf(path, sizeof path, "%s/precious", dir);
+  chmod(path, 0640);
+  expect_refused_start(dir, "precious: the path exists and is a regular file, not a socket");
+  char *text = it_slurp(path);
+  assert_non_null(text);
+  assert_string_equal(text, "keep me\n");
+  free(text);
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  assert_int_equal(st.st_mode & 07777, 0640); /* not chmod'ed either */
+  it_rmdir(dir);
+}
+
+static void test_symlink_is_not_followed(void **state) {
+  (void)state;
+  char dir[128], link[256], target[256];
+  it_mkdtemp(dir, sizeof dir);
+  it_write(dir, "config.lua", LISTENER ", control = \"ctl.sock\" }\n", it_free_port(), it_free_port());
+  it_write(dir, "target", "keep me too\n");
+  snprintf(link, sizeof link, "%s/ctl.sock", dir);
+  snprintf(target, sizeof target, "%s/target", dir);
+  chmod(target, 0640);
+  assert_int_equal(symlink(target, link), 0);
+  expect_refused_start(dir, "ctl.sock: the path exists and is a symbolic link, not a socket");
+  struct stat st;
+  assert_int_equal(lstat(link, &st), 0);
+  assert_true(S_ISLNK(st.st_mode));
+  assert_int_equal(stat(target, &st), 0);
+  assert_int_equal(st.st_mode & 07777, 0640);
+  char *text = it_slurp(target);
+  assert_string_equal(text, "keep me too\n");
+  free(text);
+  /* A dangling symlink is refused the same way (bind would not follow it,
+   * but the error must say why). */
+  unlink(target);
+  expect_refused_start(dir, "is a symbolic link, not a socket");
+  assert_int_equal(lstat(link, &st), 0);
+  it_rmdir(dir);
+}
+
+static void test_stale_socket_is_replaced_and_mode_is_0600(void **state) {
+  (void)state;
+  int up_port, port = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  it_gangway_prepare(&g);
+  it_write(g.dir, "config.lua", LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  /* A socket file nobody listens on, as a killed gangway leaves behind. */
+  int s = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  char path[256];
+  snprintf(path, sizeof path, "%s/ctl.sock", g.dir);
+  assert_true(strlen(path) < sizeof sa.sun_path);
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  assert_int_equal(bind(s, (struct sockaddr *)&sa, sizeof sa), 0);
+  close(s);
+  it_gangway_run(&g, port);
+  struct stat st;
+  assert_int_equal(lstat(sa.sun_path, &st), 0);
+  assert_true(S_ISSOCK(st.st_mode));
+  assert_int_equal(st.st_mode & 0777, 0600);
+  expect_cmd("stats", g.config, 0, "\"sessions_active\":0");
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+  it_server_stop(up);
+}
+
+static void test_replaced_socket_is_not_removed_at_exit(void **state) {
+  (void)state;
+  int up_port, port = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  it_gangway_start(&g, port, LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  char path[256], keep[256];
+  snprintf(path, sizeof path, "%s/ctl.sock", g.dir);
+  snprintf(keep, sizeof keep, "%s/keep", g.dir);
+  it_write(g.dir, "keep", "someone else's file\n");
+  /* Someone replaces the socket file while gangway runs. */
+  assert_int_equal(rename(keep, path), 0);
+  char dir[128];
+  snprintf(dir, sizeof dir, "%s", g.dir);
+  setenv("GW_IT_KEEP", "1", 1); /* look at the dir after the exit */
+  int code = it_gangway_stop(&g, SIGTERM, 5000);
+  unsetenv("GW_IT_KEEP");
+  assert_int_equal(code, 0);
+  char *text = it_slurp(path);
+  assert_non_null(text);
+  assert_string_equal(text, "someone else's file\n");
+  free(text);
+  it_rmdir(dir);
+
+  /* And the socket it did create is removed at exit. */
+  it_gangway_start(&g, port, LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  snprintf(path, sizeof path, "%s/ctl.sock", g.dir);
+  snprintf(dir, sizeof dir, "%s", g.dir);
+  setenv("GW_IT_KEEP", "1", 1);
+  code = it_gangway_stop(&g, SIGTERM, 5000);
+  unsetenv("GW_IT_KEEP");
+  assert_int_equal(code, 0);
+  struct stat st;
+  assert_int_equal(lstat(path, &st), -1);
+  it_rmdir(dir);
+  it_server_stop(up);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_existing_file_is_not_touched),
+      cmocka_unit_test(test_symlink_is_not_followed),
+      cmocka_unit_test(test_stale_socket_is_replaced_and_mode_is_0600),
+      cmocka_unit_test(test_replaced_socket_is_not_removed_at_exit),
+  };
+  return cmocka_run_group_tests_name("control socket", tests, NULL, NULL);
+}
