@@ -5,6 +5,8 @@
 #ifndef GW_LOG_H
 #define GW_LOG_H
 
+#include <stdint.h>
+
 #include "config.h"
 
 typedef void (*gw_log_sink)(gw_log_level level, const char *line, void *ud);
@@ -20,6 +22,16 @@ const char *gw_log_level_name(gw_log_level level);
  * in JSON format {"ts":"...","level":"info","msg":"..."}. */
 void gw_log(gw_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* At most per_s lines a second (0: no limit); the rest are counted in
+ * suppressed for the caller to report ("N lines suppressed"). */
+typedef struct gw_ratelimit {
+  uint32_t per_s;
+  uint32_t in_window;
+  uint64_t window_ms;           /* start of the current second */
+  uint64_t suppressed;          /* since the caller last took the count */
+} gw_ratelimit;
+bool gw_ratelimit_allow(gw_ratelimit *rl, uint64_t now_ms);
 
 #define gw_debug(...) do { if (gw_log_enabled(GW_LOG_DEBUG)) gw_log(GW_LOG_DEBUG, __VA_ARGS__); } while (0)
 #define gw_info(...)  gw_log(GW_LOG_INFO, __VA_ARGS__)

@@ -40,6 +40,7 @@ const gw_config *gw_relay_config(const gw_relay *r);
 
 typedef struct gw_relay_stats {
   uint64_t sessions_total;
+  uint64_t sessions_refused;    /* limits.max_sessions, per client address */
   uint32_t sessions_active;
   uint64_t bytes[2];            /* read from each side */
   uint64_t frames[2];           /* framed listeners only */

@@ -29,6 +29,20 @@ const char *gw_log_level_name(gw_log_level level) {
   return (unsigned)level < 4 ? level_names[level] : "?";
 }
 
+bool gw_ratelimit_allow(gw_ratelimit *rl, uint64_t now_ms) {
+  if (!rl->per_s) return true;
+  if (now_ms - rl->window_ms >= 1000) {
+    rl->window_ms = now_ms;
+    rl->in_window = 0;
+  }
+  if (rl->in_window < rl->per_s) {
+    rl->in_window++;
+    return true;
+  }
+  rl->suppressed++;
+  return false;
+}
+
 /* Writes s into out as the inside of a JSON string. */
 static void json_escape(char *out, size_t cap, const char *s) {
   size_t n = 0;

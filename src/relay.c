@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "frame.h"
+#include "iplimit.h"
 #include "log.h"
 #include "pool.h"
 #include "script.h"
@@ -28,6 +29,8 @@
 #define GW_OUT_IOV 8            /* iovecs per batch; libuv copies > 4 */
 #define GW_OUT_REFS 4           /* buffers one write request references */
 #define GW_SOFT_CLOSE_MS 2000   /* how long a scripted close may flush */
+#define GW_REFUSAL_LINES_PER_S 10 /* "connection refused" lines a second */
+#define GW_WAIT_HEX 16          /* bytes shown of a frame that never comes */
 
 #define container_of(ptr, type, member) \
   ((type *)((char *)(ptr) - offsetof(type, member)))
@@ -44,6 +47,7 @@ struct gw_listener {
   char upstream[GW_ADDR_MAX];
   struct sockaddr_storage upstream_addr;
   gw_framing framing;           /* for new sessions; sessions copy it */
+  bool unfinished_pass;         /* listener unfinished_frame = "pass" */
   gw_handlers *handlers;        /* stable for the life of the gw_script */
   uint32_t sessions;            /* live sessions that point here */
   bool listening;               /* tcp is open (not closed or closing) */
@@ -58,8 +62,15 @@ typedef struct gw_dir {
   uint32_t need;                /* size of the partial frame at start, 0 if
                                    its length field is not complete */
   uint64_t bytes, frames;
+  uint64_t partial_ms;          /* when the unfinished frame at start began
+                                   to arrive; 0 while there is none */
+  uint64_t partial_off;         /* its stream offset */
   bool eof;
   bool paused;                  /* read stopped for backpressure */
+  uint8_t blocked;              /* bit `to`: the queue toward side `to`,
+                                   which this side's frames feed, is above
+                                   write_high_water; reads resume at 0 */
+  bool wait_logged;             /* the debug line for a long wait */
 } gw_dir;
 
 /* Bytes waiting to be written toward one side, in order. */
@@ -67,6 +78,7 @@ typedef struct gw_out {
   uv_buf_t iov[GW_OUT_IOV];
   gw_buf *refs[GW_OUT_REFS];    /* one reference each, moved to the write */
   gw_buf *arena;                /* where copies go; also in refs */
+  size_t bytes;                 /* in iov, not yet handed to libuv */
   uint8_t niov, nrefs;
 } gw_out;
 
@@ -96,6 +108,14 @@ struct gw_session {
   gw_dir dir[GW_SIDES];         /* by the side read from */
   gw_out out[GW_SIDES];         /* by the side written to */
   const uint8_t *cur_frame;     /* the frame in a handler, for zero-copy pass */
+  struct sockaddr_storage peer; /* the client's address */
+  bool ip_counted;              /* in relay->iplimit */
+  bool unfinished_pass;         /* the listener's, fixed at open */
+  bool in_frame;                /* a handler of a frame from cur_side runs */
+  uint8_t cur_side;
+  bool echo[GW_SIDES];          /* handlers of frames from a side have sent
+                                   toward that same side: its reads feed
+                                   that queue too */
   uint64_t opened_ms, last_active_ms;
   uint8_t state;
   uint8_t handles;              /* open handles; freed when it reaches 0 */
@@ -123,6 +143,10 @@ struct gw_relay {
   void (*drain_done)(gw_relay *r, void *ud);
   void *drain_ud;
   gw_relay_stats stats;
+  gw_iplimit *iplimit;
+  gw_ratelimit session_lines;   /* session open/close and per-session lines */
+  gw_ratelimit refusal_lines;   /* connections refused at accept */
+  uv_timer_t log_timer;         /* prints what the limits suppressed */
 };
 
 static void session_close(gw_session *s, const char *fmt, ...)
@@ -144,6 +168,58 @@ static inline gw_side other(gw_side side) { return side == GW_CLIENT ? GW_SERVER
 
 static inline gw_side side_of(gw_session *s, const uv_handle_t *h) {
   return h == (const uv_handle_t *)&s->tcp[GW_CLIENT] ? GW_CLIENT : GW_SERVER;
+}
+
+/* ---- bounded logs ------------------------------------------------------ */
+
+static void log_summaries(gw_relay *r) {
+  if (r->session_lines.suppressed)
+    gw_info("%" PRIu64 " session lines suppressed (log.session_lines_per_s = %u)",
+            r->session_lines.suppressed, r->session_lines.per_s);
+  if (r->refusal_lines.suppressed)
+    gw_warn("%" PRIu64 " more connections refused, lines suppressed",
+            r->refusal_lines.suppressed);
+  r->session_lines.suppressed = r->refusal_lines.suppressed = 0;
+}
+
+static void log_timer_cb(uv_timer_t *t) {
+  log_summaries(container_of(t, gw_relay, log_timer));
+}
+
+/* May a line limited by rl be written now? Past the limit the line is
+ * counted, and a summary follows within a second. */
+static bool log_allow(gw_relay *r, gw_ratelimit *rl) {
+  if (gw_ratelimit_allow(rl, uv_now(r->loop))) {
+    if (rl->suppressed) log_summaries(r);
+    return true;
+  }
+  if (!r->closed && !uv_is_active((uv_handle_t *)&r->log_timer))
+    uv_timer_start(&r->log_timer, log_timer_cb, 1000, 0);
+  return false;
+}
+
+/* A line about one session (open, close, its errors), under
+ * log.session_lines_per_s. */
+#define session_log(s, level, ...)                                           \
+  do {                                                                       \
+    if (gw_log_enabled(level) && log_allow((s)->relay, &(s)->relay->session_lines)) \
+      gw_log(level, __VA_ARGS__);                                            \
+  } while (0)
+
+/* Errors that only mean the peer has gone (reset, or closed while we still
+ * had something to say): the reason is what the peer did, not the call
+ * that found out. */
+static bool peer_gone(int status) {
+  return status == UV_ECONNRESET || status == UV_ENOTCONN || status == UV_EPIPE;
+}
+
+static void side_failed(gw_session *s, gw_side side, const char *what, int status) {
+  if (peer_gone(status) && s->reason[0])
+    session_close(s, "%s", s->reason);
+  else if (peer_gone(status))
+    session_close(s, "%s reset the connection", gw_side_name(side));
+  else
+    session_close(s, "%s %s failed: %s", gw_side_name(side), what, uv_strerror(status));
 }
 
 /* ---- output batches ---------------------------------------------------- */
@@ -170,7 +246,13 @@ static void flush_dirty(gw_relay *r) {
 static void out_release(gw_relay *r, gw_out *o) {
   for (unsigned i = 0; i < o->nrefs; i++) gw_buf_unref(&r->pool, o->refs[i]);
   o->niov = o->nrefs = 0;
+  o->bytes = 0;
   o->arena = NULL;
+}
+
+/* Bytes queued toward a side: the batch and libuv's write queue. */
+static size_t queued(gw_session *s, gw_side to) {
+  return s->out[to].bytes + uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp[to]);
 }
 
 /* Makes room for one more iovec and one more reference, flushing the batch
@@ -190,6 +272,7 @@ static bool out_has_ref(const gw_out *o, const gw_buf *b) {
 }
 
 static void out_append(gw_out *o, const uint8_t *p, size_t len) {
+  o->bytes += len;
   if (o->niov) {
     uv_buf_t *last = &o->iov[o->niov - 1];
     if ((const uint8_t *)last->base + last->len == p) {
@@ -267,9 +350,26 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 
 static void resume_reading(gw_session *s, gw_side side) {
   gw_dir *d = &s->dir[side];
-  if (!d->paused || d->eof || s->state != S_OPEN || s->soft_close) return;
+  if (!d->paused || d->blocked || d->eof || s->state != S_OPEN || s->soft_close) return;
   d->paused = false;
   uv_read_start((uv_stream_t *)&s->tcp[side], alloc_cb, read_cb);
+}
+
+/* Backpressure: reading from `reader` stops while any queue its frames
+ * feed is above write_high_water, and resumes once all are below
+ * write_low_water. Relayed frames feed the other side; a side whose
+ * handlers answer toward it feeds its own queue too, so a peer that sends
+ * and never reads is stopped by its own answers. */
+static void set_blocked(gw_session *s, gw_side reader, gw_side to, bool on) {
+  gw_dir *d = &s->dir[reader];
+  uint8_t bit = (uint8_t)(1u << to);
+  if (on) {
+    d->blocked |= bit;
+    pause_reading(s, reader);
+  } else if (d->blocked & bit) {
+    d->blocked &= (uint8_t)~bit;
+    resume_reading(s, reader);
+  }
 }
 
 /* A direction whose buffer holds nothing unconsumed and no write points into
@@ -293,14 +393,14 @@ static void write_cb(uv_write_t *req, int status) {
   wreq_put(s->relay, w);
   if (s->state != S_CLOSING) release_idle_rbuf(s, other(to));
   if (status < 0) {
-    if (status != UV_ECANCELED)
-      session_close(s, "%s write failed: %s", gw_side_name(to), uv_strerror(status));
+    if (status != UV_ECANCELED) side_failed(s, to, "write", status);
     return;
   }
   if (s->state == S_CLOSING) return;
-  if (s->dir[other(to)].paused &&
-      uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp[to]) <= s->relay->cfg->write_low_water)
-    resume_reading(s, other(to));
+  if (uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp[to]) <= s->relay->cfg->write_low_water) {
+    set_blocked(s, other(to), to, false);
+    set_blocked(s, to, to, false);
+  }
 }
 
 /* Writes the batch toward `to` in one uv_write. */
@@ -319,7 +419,7 @@ static int flush_out(gw_session *s, gw_side to) {
   int n = uv_try_write(dst, o->iov, o->niov);
   if (n < 0 && n != UV_EAGAIN) {
     out_release(r, o);
-    session_close(s, "%s write failed: %s", gw_side_name(to), uv_strerror(n));
+    side_failed(s, to, "write", n);
     return n;
   }
   unsigned first = 0;
@@ -346,14 +446,17 @@ static int flush_out(gw_session *s, gw_side to) {
   memcpy(w->refs, o->refs, o->nrefs * sizeof o->refs[0]);
   int rc = uv_write(&w->req, dst, o->iov + first, o->niov - first, write_cb);
   o->niov = o->nrefs = 0;
+  o->bytes = 0;
   o->arena = NULL;
   if (rc < 0) {
     wreq_put(r, w);
-    session_close(s, "%s write failed: %s", gw_side_name(to), uv_strerror(rc));
+    side_failed(s, to, "write", rc);
     return rc;
   }
-  if (uv_stream_get_write_queue_size(dst) > r->cfg->write_high_water)
-    pause_reading(s, other(to));
+  if (uv_stream_get_write_queue_size(dst) > r->cfg->write_high_water) {
+    set_blocked(s, other(to), to, true);
+    if (s->echo[to]) set_blocked(s, to, to, true);
+  }
   return 0;
 }
 
@@ -370,6 +473,7 @@ static void session_free(gw_session *s) {
     if (s->dir[i].rbuf) gw_buf_unref(&r->pool, s->dir[i].rbuf);
     out_release(r, &s->out[i]);
   }
+  if (s->ip_counted) gw_iplimit_close(r->iplimit, (struct sockaddr *)&s->peer, uv_now(r->loop));
   gw_listener *l = s->listener;
   l->sessions--;
   free(s);
@@ -404,7 +508,7 @@ static void session_close(gw_session *s, const char *fmt, ...) {
   s->state = S_CLOSING;
   gw_script_session_close(r->script, &s->ss, s->reason);
 
-  gw_info("session %" PRIu64 " close listener=%s client=%s upstream=%s "
+  session_log(s, GW_LOG_INFO, "session %" PRIu64 " close listener=%s client=%s upstream=%s "
           "client_bytes=%" PRIu64 " server_bytes=%" PRIu64 " client_frames=%" PRIu64
           " server_frames=%" PRIu64 " duration_ms=%" PRIu64 " reason=\"%s\"",
           s->ss.id, s->listener->name, s->ss.client, s->ss.upstream, s->dir[GW_CLIENT].bytes,
@@ -439,7 +543,7 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
   gw_side side = side_of(s, (uv_handle_t *)req->handle);
   s->shut_done[side] = true;
   if (status < 0 && status != UV_ECANCELED && s->state != S_CLOSING) {
-    session_close(s, "%s shutdown failed: %s", gw_side_name(side), uv_strerror(status));
+    side_failed(s, side, "shutdown", status);
     return;
   }
   check_finished(s);
@@ -451,7 +555,7 @@ static void shutdown_side(gw_session *s, gw_side side) {
   s->shut_sent[side] = true;
   if (flush_out(s, side) < 0) return;
   int rc = uv_shutdown(&s->shutdown[side], (uv_stream_t *)&s->tcp[side], shutdown_cb);
-  if (rc < 0) session_close(s, "%s shutdown failed: %s", gw_side_name(side), uv_strerror(rc));
+  if (rc < 0) side_failed(s, side, "shutdown", rc);
 }
 
 static void timer_cb(uv_timer_t *t);
@@ -473,21 +577,78 @@ static void session_close_soft(gw_session *s, const char *reason) {
   if (s->state != S_CLOSING) check_finished(s);
 }
 
+/* Is the client's first whole frame still awaited (framed listeners)? */
+static bool first_frame_pending(const gw_session *s, const gw_config *cfg) {
+  return cfg->first_frame_ms && !s->framing.raw && !s->dir[GW_CLIENT].frames &&
+         !s->dir[GW_CLIENT].eof;
+}
+
+/* The next deadline of an open session: idle, an unfinished frame, the
+ * client's first frame. Deadlines are checked lazily: the timer fires at
+ * the earliest one known, and timer_cb looks at them all. */
+static void session_arm(gw_session *s) {
+  const gw_config *cfg = s->relay->cfg;
+  uint64_t now = uv_now(s->relay->loop), next = UINT64_MAX;
+  if (cfg->idle_ms) next = s->last_active_ms + cfg->idle_ms;
+  for (int i = 0; i < GW_SIDES; i++)
+    if (cfg->frame_ms && s->dir[i].partial_ms && s->dir[i].partial_ms + cfg->frame_ms < next)
+      next = s->dir[i].partial_ms + cfg->frame_ms;
+  if (first_frame_pending(s, cfg) && s->opened_ms + cfg->first_frame_ms < next)
+    next = s->opened_ms + cfg->first_frame_ms;
+  if (next == UINT64_MAX) uv_timer_stop(&s->timer);
+  else uv_timer_start(&s->timer, timer_cb, next > now ? next - now : 0, 0);
+}
+
 static void timer_cb(uv_timer_t *t) {
   gw_session *s = container_of(t, gw_session, timer);
   const gw_config *cfg = s->relay->cfg;
+  uint64_t now = uv_now(s->relay->loop);
   if (s->soft_close) {
     session_close(s, "%s (flush timed out)", s->reason);
-  } else if (s->state == S_CONNECTING) {
-    session_close(s, "upstream connect timeout after %u ms", cfg->connect_ms);
-  } else {
-    if (!cfg->idle_ms) return; /* a reload turned idle timeouts off */
-    uint64_t idle = uv_now(s->relay->loop) - s->last_active_ms;
-    if (idle >= cfg->idle_ms)
-      session_close(s, "idle timeout after %u ms", cfg->idle_ms);
-    else
-      uv_timer_start(&s->timer, timer_cb, cfg->idle_ms - idle, 0);
+    return;
   }
+  if (s->state == S_CONNECTING) {
+    session_close(s, "upstream connect timeout after %u ms", cfg->connect_ms);
+    return;
+  }
+  for (int i = 0; i < GW_SIDES; i++) {
+    const gw_dir *d = &s->dir[i];
+    if (cfg->frame_ms && d->partial_ms && now - d->partial_ms >= cfg->frame_ms) {
+      session_close(s, "frame timeout: %u of %u bytes of a frame from the %s side after %u ms",
+                    d->end - d->start, d->need, gw_side_name((gw_side)i), cfg->frame_ms);
+      return;
+    }
+  }
+  if (first_frame_pending(s, cfg) && now - s->opened_ms >= cfg->first_frame_ms) {
+    session_close(s, "first frame timeout: no whole frame from the client side after %u ms",
+                  cfg->first_frame_ms);
+    return;
+  }
+  if (cfg->idle_ms && now - s->last_active_ms >= cfg->idle_ms) {
+    session_close(s, "idle timeout after %u ms", cfg->idle_ms);
+    return;
+  }
+  session_arm(s);
+}
+
+/* After a read: notes when an unfinished frame began to arrive, so that
+ * timeouts.frame_ms bounds how long it may take (a peer trickling a byte
+ * at a time keeps a session active but never finishes a frame). */
+static void track_partial(gw_session *s, gw_side side) {
+  gw_dir *d = &s->dir[side];
+  if (s->framing.raw || d->start == d->end) {
+    d->partial_ms = 0;
+    return;
+  }
+  uint64_t off = d->bytes - (d->end - d->start);
+  if (d->partial_ms && d->partial_off == off) return; /* the same frame */
+  gw_relay *r = s->relay;
+  d->partial_off = off;
+  d->partial_ms = uv_now(r->loop);
+  if (!r->cfg->frame_ms || s->soft_close || s->state != S_OPEN) return;
+  if (!uv_is_active((uv_handle_t *)&s->timer) ||
+      uv_timer_get_due_in(&s->timer) > r->cfg->frame_ms)
+    uv_timer_start(&s->timer, timer_cb, r->cfg->frame_ms, 0);
 }
 
 /* ---- reading and framing ----------------------------------------------- */
@@ -525,11 +686,28 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init((char *)d->rbuf->data + d->end, d->rbuf->cap - d->end);
 }
 
+/* A length field that announces far more than arrives is often a framing
+ * that does not fit the protocol: say so once, so that a wrong framing is
+ * found from the log rather than by a hang (timeouts.frame_ms ends it). */
+static void log_long_wait(gw_session *s, gw_side side) {
+  gw_dir *d = &s->dir[side];
+  d->wait_logged = true;
+  if (!gw_log_enabled(GW_LOG_DEBUG)) return;
+  char hex[GW_WAIT_HEX * 3 + 4] = "";
+  uint32_t n = d->end - d->start, shown = n < GW_WAIT_HEX ? n : GW_WAIT_HEX;
+  for (uint32_t i = 0; i < shown; i++)
+    snprintf(hex + 3 * i, sizeof hex - 3 * i, "%s%02x", i ? " " : "", d->rbuf->data[d->start + i]);
+  gw_debug("session %" PRIu64 " waits for a frame of %u bytes from the %s side at stream "
+           "offset %" PRIu64 ", has %u: %s%s (framing %s)",
+           s->ss.id, d->need, gw_side_name(side), d->bytes - n, n, hex,
+           n > shown ? " ..." : "", s->framing.name);
+}
+
 static void protocol_error(gw_session *s, gw_side side, const gw_frame_info *fi) {
   gw_dir *d = &s->dir[side];
   uint64_t offset = d->bytes - (d->end - d->start);
   s->relay->stats.protocol_errors++;
-  gw_warn("session %" PRIu64 " protocol error from %s side at stream offset %" PRIu64
+  session_log(s, GW_LOG_WARN, "session %" PRIu64 " protocol error from %s side at stream offset %" PRIu64
           ": %s (framing %s)",
           s->ss.id, gw_side_name(side), offset, gw_frame_strerror(fi->error), s->framing.name);
   session_close(s, "protocol error from %s side at offset %" PRIu64 ": %s",
@@ -559,6 +737,7 @@ static void process(gw_session *s, gw_side side) {
     int rc = gw_frame_next(&s->framing, side, base + d->start, avail, &fi);
     if (rc == -EAGAIN) {
       d->need = (uint32_t)fi.need;
+      if (fi.need > 2 * (size_t)avail + 1024 && !d->wait_logged) log_long_wait(s, side);
       break;
     }
     if (rc < 0) {
@@ -576,7 +755,10 @@ static void process(gw_session *s, gw_side side) {
     s->cur_frame = base + d->start;
     d->start += (uint32_t)fi.len;
     run = d->start;
+    s->in_frame = true;
+    s->cur_side = (uint8_t)side;
     rc = gw_script_frame(s->relay->script, &s->ss, side, (uint8_t *)s->cur_frame, &fi);
+    s->in_frame = false;
     s->cur_frame = NULL;
     if (rc < 0 && s->state != S_CLOSING && !s->soft_close)
       session_close(s, "handler failed: %s", strerror(-rc));
@@ -590,12 +772,18 @@ static void on_eof(gw_session *s, gw_side side) {
   d->eof = true;
   if (!s->reason[0]) snprintf(s->reason, sizeof s->reason, "%s closed", gw_side_name(side));
   if (d->rbuf && d->end > d->start) {
-    /* A frame cut short by FIN: pass what came, as a direct connection
-     * would, and let the peer's own parser judge it. */
-    gw_debug("session %" PRIu64 ": %u bytes of an unfinished frame at %s FIN",
-             s->ss.id, d->end - d->start, gw_side_name(side));
-    out_ref(s, other(side), d->rbuf, d->rbuf->data + d->start, d->end - d->start);
+    /* A frame cut short by FIN. A sanitizing proxy does not hand on bytes
+     * no handler saw; unfinished_frame = "pass" does, as a direct
+     * connection would, and lets the peer's own parser judge them. */
+    uint32_t n = d->end - d->start;
+    if (s->unfinished_pass) {
+      out_ref(s, other(side), d->rbuf, d->rbuf->data + d->start, n);
+    } else {
+      session_log(s, GW_LOG_INFO, "session %" PRIu64 " dropped %u bytes of an unfinished frame "
+                  "from the %s side at its FIN", s->ss.id, n, gw_side_name(side));
+    }
     d->start = d->end;
+    d->partial_ms = 0;
   }
   shutdown_side(s, other(side));
 }
@@ -613,11 +801,12 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     r->stats.bytes[side] += (uint64_t)nread;
     s->last_active_ms = uv_now(r->loop);
     process(s, side);
+    if (s->state != S_CLOSING) track_partial(s, side);
   } else if (nread == UV_EOF) {
     on_eof(s, side);
   } else if (nread < 0) {
     if (nread == UV_ENOBUFS) session_close(s, "out of memory for %s read", gw_side_name(side));
-    else session_close(s, "%s read error: %s", gw_side_name(side), uv_strerror((int)nread));
+    else side_failed(s, side, "read", (int)nread);
   }
   flush_dirty(r);
   if (s->state != S_CLOSING) release_idle_rbuf(s, side);
@@ -631,8 +820,8 @@ static void connect_cb(uv_connect_t *req, int status) {
   gw_relay *r = s->relay;
   if (status == UV_ECANCELED || s->state == S_CLOSING) return;
   if (status < 0) {
-    gw_warn("session %" PRIu64 " upstream %s: connect failed: %s", s->ss.id, s->ss.upstream,
-            uv_strerror(status));
+    session_log(s, GW_LOG_WARN, "session %" PRIu64 " upstream %s: connect failed: %s", s->ss.id,
+                s->ss.upstream, uv_strerror(status));
     session_close(s, "upstream connect failed: %s", uv_strerror(status));
     return;
   }
@@ -644,15 +833,15 @@ static void connect_cb(uv_connect_t *req, int status) {
     shutdown_side(s, GW_SERVER);
     return;
   }
-  uv_timer_stop(&s->timer);
-  if (r->cfg->idle_ms) uv_timer_start(&s->timer, timer_cb, r->cfg->idle_ms, 0);
+  session_arm(s);
   /* A side paused by what on_connect queued stays paused until the queue it
    * feeds drains (write_cb resumes it), unless that already happened. */
   for (int i = 0; i < GW_SIDES; i++) {
     gw_dir *d = &s->dir[i];
-    if (d->paused && uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp[other((gw_side)i)]) <=
-                         r->cfg->write_low_water)
-      d->paused = false;
+    for (int to = 0; to < GW_SIDES; to++)
+      if ((d->blocked >> to & 1) && queued(s, (gw_side)to) <= r->cfg->write_low_water)
+        d->blocked &= (uint8_t)~(1u << to);
+    if (d->paused && !d->blocked) d->paused = false;
     if (!d->paused) uv_read_start((uv_stream_t *)&s->tcp[i], alloc_cb, read_cb);
   }
   if (s->out[GW_SERVER].niov) mark_dirty(s);
@@ -673,9 +862,12 @@ static void accept_cb(uv_stream_t *server, int status) {
     uv_tcp_t *t = malloc(sizeof *t);
     if (!t) return;
     uv_tcp_init(r->loop, t);
-    if (uv_accept(server, (uv_stream_t *)t) == 0)
-      gw_warn("listener %s: session limit %u reached, connection refused", l->name,
-              r->cfg->max_sessions);
+    if (uv_accept(server, (uv_stream_t *)t) == 0) {
+      r->stats.sessions_refused++;
+      if (log_allow(r, &r->refusal_lines))
+        gw_warn("listener %s: session limit %u reached (limits.max_sessions), connection refused",
+                l->name, r->cfg->max_sessions);
+    }
     uv_close((uv_handle_t *)t, refuse_cb);
     return;
   }
@@ -684,6 +876,7 @@ static void accept_cb(uv_stream_t *server, int status) {
   s->relay = r;
   s->listener = l;
   s->framing = l->framing;
+  s->unfinished_pass = l->unfinished_pass;
   uv_tcp_init(r->loop, &s->tcp[GW_CLIENT]);
   s->tcp[GW_CLIENT].data = s;
   s->handles = 1;
@@ -696,6 +889,24 @@ static void accept_cb(uv_stream_t *server, int status) {
     uv_close((uv_handle_t *)&s->tcp[GW_CLIENT], session_handle_closed);
     return;
   }
+  int plen = sizeof s->peer;
+  if (uv_tcp_getpeername(&s->tcp[GW_CLIENT], (struct sockaddr *)&s->peer, &plen) == 0)
+    gw_format_addr((struct sockaddr *)&s->peer, s->ss.client, sizeof s->ss.client);
+  else
+    snprintf(s->ss.client, sizeof s->ss.client, "?");
+  gw_ip_verdict iv = gw_iplimit_open(r->iplimit, (struct sockaddr *)&s->peer, uv_now(r->loop));
+  if (iv != GW_IP_OK) {
+    r->stats.sessions_refused++;
+    if (log_allow(r, &r->refusal_lines))
+      gw_warn("listener %s: connection from %s refused: %s", l->name, s->ss.client,
+              iv == GW_IP_TOO_MANY ? "limits.sessions_per_ip reached"
+              : iv == GW_IP_TOO_FAST ? "limits.new_sessions_per_ip_per_s exceeded"
+                                     : "out of memory");
+    s->state = S_CLOSING;
+    uv_close((uv_handle_t *)&s->tcp[GW_CLIENT], session_handle_closed);
+    return;
+  }
+  s->ip_counted = true;
   uv_tcp_init(r->loop, &s->tcp[GW_SERVER]);
   s->tcp[GW_SERVER].data = s;
   uv_timer_init(r->loop, &s->timer);
@@ -705,20 +916,14 @@ static void accept_cb(uv_stream_t *server, int status) {
 
   s->ss.id = ++r->next_id;
   r->stats.sessions_total++;
-  struct sockaddr_storage peer;
-  int plen = sizeof peer;
-  if (uv_tcp_getpeername(&s->tcp[GW_CLIENT], (struct sockaddr *)&peer, &plen) == 0)
-    gw_format_addr((struct sockaddr *)&peer, s->ss.client, sizeof s->ss.client);
-  else
-    snprintf(s->ss.client, sizeof s->ss.client, "?");
   gw_format_addr((struct sockaddr *)&l->upstream_addr, s->ss.upstream, sizeof s->ss.upstream);
   s->opened_ms = s->last_active_ms = uv_now(r->loop);
   s->state = S_CONNECTING;
   s->next = r->sessions;
   if (r->sessions) r->sessions->prev = s;
   r->sessions = s;
-  gw_info("session %" PRIu64 " open listener=%s client=%s upstream=%s", s->ss.id, l->name,
-          s->ss.client, s->ss.upstream);
+  session_log(s, GW_LOG_INFO, "session %" PRIu64 " open listener=%s client=%s upstream=%s",
+              s->ss.id, l->name, s->ss.client, s->ss.upstream);
 
   if (gw_script_session_open(r->script, l->handlers, &s->ss) < 0) {
     /* Whatever on_connect sent first ("server full") still reaches the
@@ -748,6 +953,16 @@ static int host_emit(gw_script_session *ss, gw_side to, const uint8_t *data, siz
     if (!s->soft_close) session_close(s, "a handler sent to the %s side after its end", gw_side_name(to));
     return -ECONNRESET;
   }
+  /* Whatever produced them (relayed frames, replacements, sends, timers),
+   * bytes queued toward a side are bounded: past write_max the session
+   * goes, rather than gangway's memory. */
+  size_t q = queued(s, to);
+  if (q + len > s->relay->cfg->write_max) {
+    session_close(s, "output limit exceeded toward the %s side (%zu bytes queued, "
+                  "limits.write_max = %u)", gw_side_name(to), q, s->relay->cfg->write_max);
+    return -ECONNRESET;
+  }
+  if (s->in_frame && s->cur_side == to) s->echo[to] = true;
   int rc;
   gw_dir *d = &s->dir[other(to)];
   if (data == s->cur_frame && d->rbuf)
@@ -816,6 +1031,7 @@ static void listener_update(gw_relay *r, gw_listener *l, const gw_listener_confi
   snprintf(l->upstream, sizeof l->upstream, "%s", lc->upstream);
   l->upstream_addr = lc->upstream_addr;
   l->framing = lc->framing;
+  l->unfinished_pass = lc->unfinished_frame_pass;
   l->handlers = gw_script_handlers(r->script, lc->name);
   l->removed = false;
 }
@@ -828,7 +1044,14 @@ static gw_listener *listener_find(gw_relay *r, const char *name) {
 
 /* ---- the relay --------------------------------------------------------- */
 
-static void apply_log(const gw_config *cfg) { gw_log_setup(cfg->log_level, cfg->log_format); }
+/* Applies the config's log and per-client settings. */
+static void apply_limits(gw_relay *r) {
+  const gw_config *cfg = r->cfg;
+  gw_log_setup(cfg->log_level, cfg->log_format);
+  r->session_lines.per_s = cfg->log_session_lines_per_s;
+  r->refusal_lines.per_s = GW_REFUSAL_LINES_PER_S;
+  gw_iplimit_set(r->iplimit, cfg->sessions_per_ip, cfg->new_sessions_per_ip_per_s);
+}
 
 static gw_script_limits script_limits(const gw_config *cfg) {
   return (gw_script_limits){.handler_instructions = cfg->handler_instructions,
@@ -838,7 +1061,9 @@ static gw_script_limits script_limits(const gw_config *cfg) {
 int gw_relay_new(uv_loop_t *loop, gw_config *cfg, gw_relay **out, char *err, size_t errlen) {
   *out = NULL;
   gw_relay *r = calloc(1, sizeof *r);
-  if (!r) {
+  gw_iplimit *ipl = r ? gw_iplimit_new() : NULL;
+  if (!ipl) {
+    free(r);
     gw_config_free(cfg);
     free(cfg);
     snprintf(err, errlen, "out of memory");
@@ -849,7 +1074,9 @@ int gw_relay_new(uv_loop_t *loop, gw_config *cfg, gw_relay **out, char *err, siz
   gw_pool_init(&r->pool, GW_BUF_SIZE, GW_POOL_KEEP);
   uv_timer_init(loop, &r->script_timer);
   uv_timer_init(loop, &r->drain_timer);
-  apply_log(cfg);
+  uv_timer_init(loop, &r->log_timer);
+  r->iplimit = ipl;
+  apply_limits(r);
   gw_script_limits limits = script_limits(cfg);
   r->script = gw_script_new(&limits, &host_ops, r);
   int rc = r->script ? gw_script_load(r->script, cfg, err, errlen) : -ENOMEM;
@@ -941,7 +1168,7 @@ int gw_relay_reload(gw_relay *r, gw_config *cfg, char *err, size_t errlen) {
   gw_config_free(r->cfg);
   free(r->cfg);
   r->cfg = cfg;
-  apply_log(cfg);
+  apply_limits(r);
   gw_script_limits limits = script_limits(cfg);
   gw_script_set_limits(r->script, &limits);
   flush_dirty(r); /* whatever on_reload sent */
@@ -983,6 +1210,8 @@ void gw_relay_close(gw_relay *r) {
   }
   uv_close((uv_handle_t *)&r->script_timer, NULL);
   uv_close((uv_handle_t *)&r->drain_timer, NULL);
+  log_summaries(r);
+  uv_close((uv_handle_t *)&r->log_timer, NULL);
 }
 
 void gw_relay_free(gw_relay *r) {
@@ -994,6 +1223,7 @@ void gw_relay_free(gw_relay *r) {
     free(l);
   }
   gw_script_free(r->script);
+  gw_iplimit_free(r->iplimit);
   while (r->free_wreqs) {
     gw_wreq *w = r->free_wreqs;
     r->free_wreqs = w->next_free;
@@ -1019,6 +1249,7 @@ int gw_relay_stats_json(const gw_relay *r, char *out, size_t outlen) {
   gw_script_get_stats(r->script, &ss);
   int n = snprintf(out, outlen,
                    "{\"sessions_active\":%u,\"sessions_total\":%" PRIu64
+                   ",\"sessions_refused\":%" PRIu64
                    ",\"client_bytes\":%" PRIu64 ",\"server_bytes\":%" PRIu64
                    ",\"client_frames\":%" PRIu64 ",\"server_frames\":%" PRIu64
                    ",\"protocol_errors\":%" PRIu64 ",\"pool_buffers_live\":%zu"
@@ -1026,7 +1257,7 @@ int gw_relay_stats_json(const gw_relay *r, char *out, size_t outlen) {
                    ",\"handler_dropped\":%" PRIu64 ",\"handler_replaced\":%" PRIu64
                    ",\"handler_injected\":%" PRIu64 ",\"handler_errors\":%" PRIu64
                    ",\"handler_timeouts\":%" PRIu64 ",\"lua_memory_bytes\":%zu}",
-                   st.sessions_active, st.sessions_total, st.bytes[GW_CLIENT],
+                   st.sessions_active, st.sessions_total, st.sessions_refused, st.bytes[GW_CLIENT],
                    st.bytes[GW_SERVER], st.frames[GW_CLIENT], st.frames[GW_SERVER],
                    st.protocol_errors, st.pool_live, st.pool_free,
                    ss.frames, ss.dropped, ss.replaced, ss.injected, ss.errors, ss.timeouts,

@@ -22,6 +22,7 @@
   " framing = \"%s\" } },\n"                                                            \
   "  timeouts = { connect_ms = 2000, idle_ms = %d, drain_ms = %d },\n"                  \
   "  limits = { max_sessions = %d },\n"                                                 \
+  "  log = { session_lines_per_s = 0 }, -- every close reason is checked\n"               \
   "  control = \"\",\n"                                                                 \
   "}\n"
 
