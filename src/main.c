@@ -32,7 +32,10 @@
 #define EXIT_USAGE 2
 #define EXIT_RUNTIME 3
 #define WATCH_DEBOUNCE_MS 200
-#define CONTROL_LINE_MAX 256
+#define CONTROL_LINE_MAX 256     /* a request, newline included */
+#define CONTROL_LINE_MAX_TEXT "256"
+#define CONTROL_TIMEOUT_MS 5000  /* to send a request and read the answer */
+#define CONTROL_CLIENTS_MAX 16   /* connected at once */
 
 static const char usage[] =
     "usage: gangway [-c FILE]            run the proxy (default ./config.lua)\n"
@@ -50,8 +53,11 @@ static const char usage[] =
 
 typedef struct control_client {
   uv_pipe_t pipe;
-  struct control_client *prev, *next; /* app->control_clients */
-  char line[CONTROL_LINE_MAX];
+  uv_timer_t timer;             /* CONTROL_TIMEOUT_MS from accept */
+  int handles;                  /* open handles: freed at 0 */
+  bool closing;
+  struct control_client *prev, *next; /* app->control_clients, newest first */
+  char line[CONTROL_LINE_MAX + 1];
   size_t len;
   bool answered;
 } control_client;
@@ -75,6 +81,7 @@ typedef struct app {
   dev_t control_dev;            /* the socket file bind created: only this */
   ino_t control_ino;            /* file is ever removed */
   struct control_client *control_clients;
+  int ncontrol_clients;
   char control_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
   uv_timer_t watch_timer;
   watch_entry *watches;
@@ -159,16 +166,23 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 /* ---- control socket: one line in, one answer out ------------------------ */
 
-static void control_client_closed(uv_handle_t *h) { free(h->data); }
+static void control_client_closed(uv_handle_t *h) {
+  control_client *c = h->data;
+  if (--c->handles == 0) free(c);
+}
 
-/* Unlinks c and closes its pipe (once). */
+/* Unlinks c and closes its handles (once). */
 static void control_client_close(control_client *c) {
+  if (c->closing) return;
+  c->closing = true;
   app *a = c->pipe.loop->data;
   if (c->prev) c->prev->next = c->next;
   else if (a->control_clients == c) a->control_clients = c->next;
   if (c->next) c->next->prev = c->prev;
   c->prev = c->next = NULL;
-  if (!uv_is_closing((uv_handle_t *)&c->pipe)) uv_close((uv_handle_t *)&c->pipe, control_client_closed);
+  a->ncontrol_clients--;
+  uv_close((uv_handle_t *)&c->pipe, control_client_closed);
+  uv_close((uv_handle_t *)&c->timer, control_client_closed);
 }
 
 static void control_write_cb(uv_write_t *req, int status) {
@@ -199,7 +213,19 @@ static void control_answer(control_client *c, const char *text) {
 static void control_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)suggested;
   control_client *c = h->data;
-  *buf = uv_buf_init(c->line + c->len, (unsigned)(sizeof c->line - 1 - c->len));
+  *buf = uv_buf_init(c->line + c->len, (unsigned)(CONTROL_LINE_MAX - c->len));
+}
+
+/* A client that has not sent its request in time gets an error; one that
+ * does not take its answer in time is closed. */
+static void control_timeout(uv_timer_t *t) {
+  control_client *c = t->data;
+  if (c->answered) {
+    control_client_close(c);
+    return;
+  }
+  control_answer(c, "error: request timed out\n");
+  uv_timer_start(&c->timer, control_timeout, CONTROL_TIMEOUT_MS, 0);
 }
 
 static void control_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
@@ -210,11 +236,16 @@ static void control_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     control_client_close(c);
     return;
   }
+  if (memchr(c->line + c->len, '\0', (size_t)nread)) {
+    control_answer(c, "error: NUL byte in request\n");
+    return;
+  }
   c->len += (size_t)nread;
   c->line[c->len] = '\0';
   char *nl = strchr(c->line, '\n');
   if (!nl) {
-    if (c->len == sizeof c->line - 1) control_answer(c, "error: command too long\n");
+    if (c->len == CONTROL_LINE_MAX)
+      control_answer(c, "error: request too long (" CONTROL_LINE_MAX_TEXT " bytes at most)\n");
     return;
   }
   *nl = '\0';
@@ -234,22 +265,46 @@ static void control_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   control_answer(c, answer);
 }
 
+/* At CONTROL_CLIENTS_MAX, the oldest client that has not sent a whole
+ * request yet makes room: clients that connect and say nothing cannot lock
+ * an admin out (`gangway stats` sends its request at once). */
+static bool control_make_room(app *a) {
+  if (a->ncontrol_clients < CONTROL_CLIENTS_MAX) return true;
+  control_client *oldest = NULL;
+  for (control_client *c = a->control_clients; c; c = c->next)
+    if (!c->answered) oldest = c;
+  if (!oldest) return false;
+  control_answer(oldest, "error: too many control clients\n");
+  control_client_close(oldest);
+  return true;
+}
+
 static void control_client_add(app *a, int fd) {
+  if (!control_make_room(a)) {
+    static const char busy[] = "error: too many control clients\n";
+    (void)send(fd, busy, sizeof busy - 1, MSG_DONTWAIT | MSG_NOSIGNAL); /* best effort */
+    close(fd);
+    return;
+  }
   control_client *c = calloc(1, sizeof *c);
   if (!c || uv_pipe_init(&a->loop, &c->pipe, 0) < 0) {
     free(c);
     close(fd);
     return;
   }
-  c->pipe.data = c;
+  uv_timer_init(&a->loop, &c->timer);
+  c->handles = 2;
+  c->pipe.data = c->timer.data = c;
   c->next = a->control_clients;
   if (c->next) c->next->prev = c;
   a->control_clients = c;
+  a->ncontrol_clients++;
   if (uv_pipe_open(&c->pipe, fd) < 0) {
     close(fd);
     control_client_close(c);
     return;
   }
+  uv_timer_start(&c->timer, control_timeout, CONTROL_TIMEOUT_MS, 0);
   uv_read_start((uv_stream_t *)&c->pipe, control_alloc, control_read);
 }
 

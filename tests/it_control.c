@@ -20,6 +20,40 @@
 
 #define LISTENER "return { listeners = { { name = \"c\", listen = \"127.0.0.1:%d\", upstream = \"127.0.0.1:%d\" } }"
 
+/* A client of the control socket at dir/name; -1 if connect fails. */
+static int ctl_connect(const char *dir, const char *name) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  snprintf(sa.sun_path, sizeof sa.sun_path, "%s/%s", dir, name);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* Reads what the server sends until it closes (or timeout_ms); returns the
+ * text (malloc'd) and whether the end came (*closed). */
+static char *ctl_read_all(int fd, int timeout_ms, bool *closed) {
+  char *buf = calloc(1, 8192);
+  size_t len = 0;
+  uint64_t deadline = it_now_ms() + (uint64_t)timeout_ms;
+  *closed = false;
+  while (len < 8191) {
+    uint64_t now = it_now_ms();
+    if (now >= deadline) break;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, (int)(deadline - now)) <= 0) break;
+    ssize_t n = recv(fd, buf + len, 8191 - len, 0);
+    if (n <= 0) {
+      *closed = true;
+      break;
+    }
+    len += (size_t)n;
+  }
+  return buf;
+}
+
 /* `gangway cmd -c config`: exit code, output in *out. */
 static int gangway_cmd(char **out, const char *cmd, const char *config) {
   const char *args[] = {cmd, "-c", config, NULL};
@@ -157,12 +191,118 @@ static void test_replaced_socket_is_not_removed_at_exit(void **state) {
   it_server_stop(up);
 }
 
+/* ---- issue 10.8: control clients are bounded in size, time and number ---- */
+
+static void test_unfinished_request_times_out(void **state) {
+  (void)state;
+  int up_port, port = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  it_gangway_start(&g, port, LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  int slow = ctl_connect(g.dir, "ctl.sock");
+  assert_true(slow >= 0);
+  assert_int_equal(it_send_all(slow, "rel", 3), 0);
+  uint64_t t0 = it_now_ms();
+  /* Another client is answered meanwhile. */
+  expect_cmd("stats", g.config, 0, "\"sessions_active\":0");
+  expect_cmd("reload", g.config, 0, "ok: generation 2 active");
+  bool closed;
+  char *text = ctl_read_all(slow, 10000, &closed);
+  uint64_t waited = it_now_ms() - t0;
+  if (!closed || strcmp(text, "error: request timed out\n") != 0)
+    fail_msg("a client that never ends its request: got \"%s\", closed %d after %llu ms", text,
+             closed, (unsigned long long)waited);
+  free(text);
+  close(slow);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+  it_server_stop(up);
+}
+
+static void test_bad_requests_get_errors(void **state) {
+  (void)state;
+  int up_port, port = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  it_gangway_start(&g, port, LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  static const struct {
+    const char *req;
+    size_t len;
+    const char *want;
+  } cases[] = {
+      {"sta\0ts\n", 7, "error: NUL byte in request\n"},
+      {"\0", 1, "error: NUL byte in request\n"},
+      {"stats\r\n", 7, "error: unknown command \"stats\r\" (reload, stats)\n"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    int fd = ctl_connect(g.dir, "ctl.sock");
+    assert_true(fd >= 0);
+    assert_int_equal(it_send_all(fd, cases[i].req, cases[i].len), 0);
+    bool closed;
+    char *text = ctl_read_all(fd, 5000, &closed);
+    assert_string_equal(text, cases[i].want);
+    assert_true(closed);
+    free(text);
+    close(fd);
+  }
+  /* 300 bytes and no newline: too long, answered at once. */
+  char big[300];
+  memset(big, 's', sizeof big);
+  int fd = ctl_connect(g.dir, "ctl.sock");
+  assert_int_equal(it_send_all(fd, big, sizeof big), 0);
+  bool closed;
+  char *text = ctl_read_all(fd, 2000, &closed);
+  assert_string_equal(text, "error: request too long (256 bytes at most)\n");
+  free(text);
+  close(fd);
+  expect_cmd("stats", g.config, 0, "\"sessions_active\":0");
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+  it_server_stop(up);
+}
+
+static void test_idle_clients_do_not_lock_out_stats(void **state) {
+  (void)state;
+  int up_port, port = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  it_gangway_start(&g, port, LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  enum { IDLE = 100, CLIENTS_MAX = 16 };
+  int idle[IDLE];
+  for (int i = 0; i < IDLE; i++) {
+    idle[i] = ctl_connect(g.dir, "ctl.sock");
+    assert_true(idle[i] >= 0);
+  }
+  /* Twice: right away, and once every idle client has been accepted. */
+  expect_cmd("stats", g.config, 0, "\"sessions_active\":0");
+  expect_cmd("stats", g.config, 0, "\"sessions_active\":0");
+  expect_cmd("reload", g.config, 0, "ok: generation 2 active");
+  /* All but the newest few were sent away; none was answered otherwise. */
+  int refused = 0;
+  for (int i = 0; i < IDLE; i++) {
+    bool closed;
+    char *text = ctl_read_all(idle[i], i < IDLE - 20 ? 2000 : 300, &closed);
+    if (closed) {
+      assert_string_equal(text, "error: too many control clients\n");
+      refused++;
+    } else {
+      assert_string_equal(text, "");
+    }
+    free(text);
+    close(idle[i]);
+  }
+  if (refused < IDLE - CLIENTS_MAX) fail_msg("%d idle clients sent away, want %d", refused, IDLE - CLIENTS_MAX);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+  it_server_stop(up);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_existing_file_is_not_touched),
       cmocka_unit_test(test_symlink_is_not_followed),
       cmocka_unit_test(test_stale_socket_is_replaced_and_mode_is_0600),
       cmocka_unit_test(test_replaced_socket_is_not_removed_at_exit),
+      cmocka_unit_test(test_unfinished_request_times_out),
+      cmocka_unit_test(test_bad_requests_get_errors),
+      cmocka_unit_test(test_idle_clients_do_not_lock_out_stats),
   };
   return cmocka_run_group_tests_name("control socket", tests, NULL, NULL);
 }
