@@ -1,6 +1,7 @@
--- limits_spec.lua: the instruction limit and the memory cap. A handler
--- that loops forever or eats memory is stopped with a logged error, its
--- frame goes the on_error way, and every other session carries on.
+-- limits_spec.lua: the instruction limit, the stack depth limit and the
+-- memory cap. A handler that loops forever, recurses without end or eats
+-- memory is stopped with a logged error, its frame goes the on_error way,
+-- and every other session carries on.
 local testing = require "gangway.testing"
 local top = testing.top
 
@@ -9,6 +10,32 @@ local host = testing.inline
 local FINE = [[
   gw.on("client", 2, function(pkt) pkt:set_body("fine") end)
 ]]
+
+-- Runs FINE and source (a handler on opcode 1) with opts (on_error =
+-- "drop"), sends an opcode 1 frame on a first session and checks that the
+-- call failed with message: frame dropped, error logged and counted.
+-- Returns the host and two sessions.
+local function fails_on_frame(source, opts, message, timeouts)
+  local t = host(FINE .. source, opts)
+  local a, b = t:connect(), t:connect()
+  a:from_client(top.say("x"))
+  assert.same({}, a:to_server())
+  assert.is_true(t:logged(message, "error"), table.concat(t:logs(), "\n"))
+  assert.is_true(t:logged("inline1.lua:", "error"))
+  local st = t:stats()
+  assert.equal(1, st.errors)
+  assert.equal(timeouts, st.timeouts)
+  return t, a, b
+end
+
+-- The state is fine after a failed call: both sessions go on.
+local function both_go_on(t, a, b)
+  a:from_client(top.frame(2, ""))
+  b:from_client(top.frame(2, ""))
+  assert.same({ top.frame(2, "fine") }, a:to_server())
+  assert.same({ top.frame(2, "fine") }, b:to_server())
+  t:close()
+end
 
 describe("instruction limit", function()
   local loops = {
@@ -25,24 +52,10 @@ describe("instruction limit", function()
   }
   for name, loop in pairs(loops) do
     it("stops an endless loop (" .. name .. ")", function()
-      local t = host(FINE .. [[
+      both_go_on(fails_on_frame([[
         gw.on("client", 1, function() ]] .. loop .. [[ end)
-      ]], { instructions = 100000, on_error = "drop" })
-      local a, b = t:connect(), t:connect()
-      a:from_client(top.say("spin"))
-      assert.same({}, a:to_server())
-      assert.is_true(t:logged("instruction limit exceeded (100000 per call)", "error"),
-                     table.concat(t:logs(), "\n"))
-      assert.is_true(t:logged("inline1.lua:", "error"))
-      local st = t:stats()
-      assert.equal(1, st.errors)
-      assert.equal(1, st.timeouts)
-      -- the state is fine: both sessions go on
-      a:from_client(top.frame(2, ""))
-      b:from_client(top.frame(2, ""))
-      assert.same({ top.frame(2, "fine") }, a:to_server())
-      assert.same({ top.frame(2, "fine") }, b:to_server())
-      t:close()
+      ]], { instructions = 100000, on_error = "drop" },
+        "instruction limit exceeded (100000 per call)", 1))
     end)
   end
 
@@ -72,6 +85,72 @@ describe("instruction limit", function()
     local bad, err = testing.try{ instructions = 50000, source = "while true do end" }
     assert.is_nil(bad)
     assert.matches("inline1.lua:1: instruction limit exceeded (50000 per call)", err, 1, true)
+  end)
+end)
+
+describe("stack depth limit", function()
+  local RECURSE = [[
+    local deepest = 0
+    local function f(n) if n > deepest then deepest = n end return f(n + 1) + 1 end
+    gw.on("client", 3, function(pkt, session)
+      session:send_to_client(gw.packet(3, tostring(deepest)))
+      deepest = 0
+      return gw.DROP
+    end)
+  ]]
+
+  -- The deepest level a recursion reached, asked of the script.
+  local function deepest(s)
+    s:from_client(top.frame(3, ""))
+    return tonumber(top.parse(s:to_client()[1]):body())
+  end
+
+  local cases = {
+    plain = "return f(1)",
+    ["in a coroutine"] = "return coroutine.wrap(f)(1)",
+    ["in a metamethod"] = "return setmetatable({}, { __index = function() return f(1) end }).x",
+  }
+  for name, body in pairs(cases) do
+    it("stops a deep recursion early, under any instruction limit (" .. name .. ")", function()
+      local t, a, b = fails_on_frame(RECURSE .. [[
+        gw.on("client", 1, function() ]] .. body .. [[ end)
+      ]], { instructions = 1000000000, on_error = "drop" },
+        "stack depth limit exceeded (1000 levels)", 0)
+      -- stopped within one hook interval (1000 instructions) of the limit,
+      -- far from Lua's own ~200,000 levels
+      local d = deepest(a)
+      assert.is_true(d >= 990 and d <= 1000 + 1000, "reached " .. d)
+      both_go_on(t, a, b)
+    end)
+  end
+
+  it("lets a pcall catch it, as Lua's own stack overflow, and lets legit recursion be", function()
+    local t = host(RECURSE .. [[
+      local function sum(n) if n == 0 then return 0 end return n + sum(n - 1) end
+      gw.on("client", 1, function(pkt)
+        local ok, err = pcall(f, 1)
+        pkt:set_body(tostring(ok) .. " " .. err:gsub("^.-:%d+: ", "") .. " " .. sum(900))
+      end)
+    ]], { instructions = 100000000 })
+    local s = t:connect()
+    s:from_client(top.say("x"))
+    assert.same({ top.frame(1, "false stack depth limit exceeded (1000 levels) 405450") }, s:to_server())
+    assert.equal(0, t:stats().errors)
+    t:close()
+  end)
+
+  it("keeps a failing deep recursion's traceback short", function()
+    local t = host(RECURSE .. [[
+      gw.on("client", 1, function() return f(1) end)
+    ]], { instructions = 1000000000, on_error = "drop" })
+    local s = t:connect()
+    s:from_client(top.say("x"))
+    local tb = t:logs("debug")
+    assert.equal(1, #tb)
+    assert.matches("stack traceback:", tb[1], 1, true)
+    assert.matches("...(skipping ", tb[1], 1, true)
+    assert.is_true(#tb[1] < 4000, #tb[1])
+    t:close()
   end)
 end)
 

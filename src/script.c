@@ -106,13 +106,30 @@ static int hook_interval(const gw_script *s) {
   return lim && lim < GW_HOOK_INTERVAL ? (int)lim : GW_HOOK_INTERVAL;
 }
 
+/* Raises "FILE:LINE: what" at the instruction the hook stopped at. */
+static _Noreturn void hook_error(lua_State *L, lua_Debug *ar, const char *what) {
+  lua_getinfo(L, "Sl", ar);
+  if (ar->currentline > 0)
+    lua_pushfstring(L, "%s:%d: %s", ar->short_src, ar->currentline, what);
+  else
+    lua_pushstring(L, what);
+  lua_error(L);
+  abort(); /* lua_error does not return */
+}
+
 /* Counts instructions in steps of the hook interval. Past the limit it
  * raises, and from then on fires at every instruction of every function so
  * that a pcall in the script only catches the error for the next
  * instruction to raise it again (Redis' luaMaskCountHook, HAProxy's
- * hlua_hook). gw__pcall clears it. */
+ * hlua_hook). gw__pcall clears it.
+ *
+ * It also bounds the depth of the running thread's stack: lua_getstack
+ * walks min(depth, GW_MAX_DEPTH) call levels, a few for a usual handler.
+ * That error is an ordinary one (a pcall may catch it, as Lua's own
+ * "stack overflow"): the unwinding it causes is what the bound is for. */
 static void count_hook(lua_State *L, lua_Debug *ar) {
   gw_script *s = gw_script_of(L);
+  char what[80];
   if (!gw__over_limit(s)) {
     int interval = hook_interval(s);
     if (lua_gethookcount(L) != interval) {
@@ -121,6 +138,12 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
       return;
     }
     s->instructions += (uint64_t)interval;
+    lua_Debug deep;
+    if (lua_getstack(L, GW_MAX_DEPTH, &deep)) {
+      snprintf(what, sizeof what, "stack depth limit exceeded (%d levels)",
+               GW_MAX_DEPTH);
+      hook_error(L, ar, what);
+    }
     if (!s->limits.handler_instructions ||
         s->instructions < s->limits.handler_instructions)
       return;
@@ -128,8 +151,6 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
   }
   lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
   if (L != s->L) lua_sethook(s->L, count_hook, LUA_MASKCOUNT, 1);
-  lua_getinfo(L, "Sl", ar);
-  char what[80];
   if (s->timed_out) {
     snprintf(what, sizeof what, "instruction limit exceeded (%" PRIu64
              " per call)", s->limits.handler_instructions);
@@ -139,14 +160,13 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
     snprintf(what, sizeof what, "not enough memory (the scripts' limit is %s)",
              lim);
   }
-  if (ar->currentline > 0)
-    lua_pushfstring(L, "%s:%d: %s", ar->short_src, ar->currentline, what);
-  else
-    lua_pushstring(L, what);
-  lua_error(L);
+  hook_error(L, ar, what);
 }
 
-/* The message handler of every call: the error and a traceback (lua.c). */
+/* The message handler of every call: the error and a traceback (lua.c).
+ * luaL_traceback walks the whole stack to find its last levels: cheap,
+ * as the count hook keeps it within GW_MAX_DEPTH + GW_HOOK_INTERVAL
+ * levels. */
 static int msgh(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (!msg) {

@@ -32,6 +32,14 @@
  * within this many instructions (HAProxy and Redis use a few thousand). */
 #define GW_HOOK_INTERVAL 1000
 
+/* Lua call levels a call into Lua may nest (its own function included).
+ * Checked by the count hook, so a recursion is stopped within
+ * GW_HOOK_INTERVAL instructions of passing it. Bounds the stack a handler
+ * builds, and with it the cost of the traceback of its error: without it
+ * a recursion reaches ~200,000 levels before Lua's "stack overflow" and
+ * the traceback's stack walk takes seconds. */
+#define GW_MAX_DEPTH 1000
+
 /* Fixed slots at the bottom of the main thread's stack, pushed once by
  * gw_script_new, so a call into Lua pushes no new values for them. */
 #define GW_SLOT_MSGH 1     /* message handler: error + traceback */

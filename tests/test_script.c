@@ -154,13 +154,19 @@ static size_t frame(uint8_t *out, size_t cap, uint32_t opcode, const char *body)
   return (size_t)n;
 }
 
-/* Hands one frame from side to the script layer, as the relay does. */
-static int feed(fixture *f, gw_side side, uint8_t *buf, size_t len) {
+/* Hands one frame of session ss from side to the script layer, as the
+ * relay does. */
+static int feed_session(fixture *f, gw_script_session *ss, gw_side side,
+                        uint8_t *buf, size_t len) {
   gw_frame_info fi;
   assert_int_equal(gw_frame_next(&f->h->framing, side, buf, len, &fi), 1);
   assert_int_equal(fi.len, len);
-  if (!gw_handlers_want(f->h, side, &fi)) return h_emit(&f->ss, !side, buf, len);
-  return gw_script_frame(f->s, &f->ss, side, buf, &fi);
+  if (!gw_handlers_want(f->h, side, &fi)) return h_emit(ss, !side, buf, len);
+  return gw_script_frame(f->s, ss, side, buf, &fi);
+}
+
+static int feed(fixture *f, gw_side side, uint8_t *buf, size_t len) {
+  return feed_session(f, &f->ss, side, buf, len);
 }
 
 static gw_script_stats stats(fixture *f) {
@@ -307,6 +313,46 @@ static void test_instruction_limit(void **state) {
   assert_int_equal(feed(f, GW_CLIENT, ok, m), 0);
   assert_int_equal(host.nemits, 1);
   assert_int_equal(ok[8], 7);
+  stop(f);
+}
+
+/* A deep recursion is stopped near GW_MAX_DEPTH levels whatever the
+ * instruction limit, with an error on_error applies to; the state goes on. */
+static void test_stack_depth_limit(void **state) {
+  (void)state;
+  fixture *f = start(
+      "local deepest = 0\n"
+      "local function f(n) deepest = n return f(n + 1) + 1 end\n"
+      "gw.on('client', 1, function() return f(1) end)\n"
+      "gw.on('client', 2, function(pkt) pkt:set_body(tostring(deepest)) end)",
+      GW_ON_ERROR_CLOSE, UINT64_C(1000000000), 0);
+  assert_int_equal(gw_script_session_open(f->s, f->h, &f->ss), 0);
+  uint8_t buf[32], ok[32];
+  size_t n = frame(buf, sizeof buf, 1, "x");
+  assert_int_equal(feed(f, GW_CLIENT, buf, n), -ECONNRESET);
+  assert_int_equal(host.nemits, 0);
+  assert_int_equal(host.closes, 1);
+  assert_string_equal(host.close_reason, "handler error");
+  gw_script_stats st = stats(f);
+  assert_int_equal(st.errors, 1);
+  assert_int_equal(st.timeouts, 0);
+  assert_non_null(strstr(logbuf, "handler.lua:3: stack depth limit exceeded "
+                                 "(1000 levels)"));
+  /* a second session of the same state still runs its handlers */
+  gw_script_session other = {.id = 2};
+  assert_int_equal(gw_script_session_open(f->s, f->h, &other), 0);
+  size_t m = frame(ok, sizeof ok, 2, "");
+  assert_int_equal(feed_session(f, &other, GW_CLIENT, ok, m), 0);
+  assert_int_equal(host.nemits, 1);
+  /* the depth it reached (the body, after top's 8-byte header): within a
+   * hook interval of the limit */
+  const emitted *e = &host.emits[0];
+  char depth[16] = "";
+  assert_true(e->len > 8 && e->len - 8 < sizeof depth);
+  memcpy(depth, e->data + 8, e->len - 8);
+  long d = strtol(depth, NULL, 10);
+  if (d < 990 || d > 2000) fail_msg("reached %ld levels", d);
+  gw_script_session_close(f->s, &other, "end of test");
   stop(f);
 }
 
@@ -490,6 +536,7 @@ int main(void) {
     cmocka_unit_test(test_emit_order_and_zero_copy),
     cmocka_unit_test(test_on_error_policies),
     cmocka_unit_test(test_instruction_limit),
+    cmocka_unit_test(test_stack_depth_limit),
     cmocka_unit_test(test_memory_cap),
     cmocka_unit_test(test_tiny_memory_limit_fails_cleanly),
     cmocka_unit_test(test_reload_atomic),
