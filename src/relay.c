@@ -71,6 +71,9 @@ typedef struct gw_dir {
                                    which this side's frames feed, is above
                                    write_high_water; reads resume at 0 */
   bool wait_logged;             /* the debug line for a long wait */
+  bool held;                    /* whole frames left unprocessed at start
+                                   while blocked: process() goes on from
+                                   there when reading resumes */
 } gw_dir;
 
 /* Bytes waiting to be written toward one side, in order. */
@@ -163,6 +166,7 @@ static void listener_maybe_free(gw_listener *l) {
   free(l);
 }
 static int flush_out(gw_session *s, gw_side to);
+static void unblock_drained(gw_session *s, gw_side to);
 
 static inline gw_side other(gw_side side) { return side == GW_CLIENT ? GW_SERVER : GW_CLIENT; }
 
@@ -240,6 +244,7 @@ static void flush_dirty(gw_relay *r) {
     if (s->state == S_CLOSING) continue;
     for (int to = 0; to < GW_SIDES; to++)
       if (s->out[to].niov && flush_out(s, (gw_side)to) < 0) break;
+    for (int to = 0; to < GW_SIDES && s->state == S_OPEN; to++) unblock_drained(s, (gw_side)to);
   }
 }
 
@@ -348,11 +353,19 @@ static void pause_reading(gw_session *s, gw_side side) {
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 
+static void process(gw_session *s, gw_side side);
+static void release_idle_rbuf(gw_session *s, gw_side side);
+
 static void resume_reading(gw_session *s, gw_side side) {
   gw_dir *d = &s->dir[side];
   if (!d->paused || d->blocked || d->eof || s->state != S_OPEN || s->soft_close) return;
   d->paused = false;
   uv_read_start((uv_stream_t *)&s->tcp[side], alloc_cb, read_cb);
+  if (d->held) { /* first the frames that were read before the stop */
+    process(s, side);
+    flush_dirty(s->relay);
+    if (s->state != S_CLOSING) release_idle_rbuf(s, side);
+  }
 }
 
 /* Backpressure: reading from `reader` stops while any queue its frames
@@ -386,6 +399,15 @@ static void release_idle_rbuf(gw_session *s, gw_side side) {
   }
 }
 
+/* Reading resumes from the sides that feed `to` once its queue is below
+ * write_low_water: after a write completes, or a batch went out whole. */
+static void unblock_drained(gw_session *s, gw_side to) {
+  if (!((s->dir[GW_CLIENT].blocked | s->dir[GW_SERVER].blocked) >> to & 1)) return;
+  if (queued(s, to) > s->relay->cfg->write_low_water) return;
+  set_blocked(s, other(to), to, false);
+  if (s->state == S_OPEN) set_blocked(s, to, to, false);
+}
+
 static void write_cb(uv_write_t *req, int status) {
   gw_wreq *w = container_of(req, gw_wreq, req);
   gw_session *s = w->session;
@@ -397,10 +419,7 @@ static void write_cb(uv_write_t *req, int status) {
     return;
   }
   if (s->state == S_CLOSING) return;
-  if (uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp[to]) <= s->relay->cfg->write_low_water) {
-    set_blocked(s, other(to), to, false);
-    set_blocked(s, to, to, false);
-  }
+  unblock_drained(s, to);
 }
 
 /* Writes the batch toward `to` in one uv_write. */
@@ -636,7 +655,7 @@ static void timer_cb(uv_timer_t *t) {
  * at a time keeps a session active but never finishes a frame). */
 static void track_partial(gw_session *s, gw_side side) {
   gw_dir *d = &s->dir[side];
-  if (s->framing.raw || d->start == d->end) {
+  if (s->framing.raw || d->start == d->end || d->held) {
     d->partial_ms = 0;
     return;
   }
@@ -714,6 +733,17 @@ static void protocol_error(gw_session *s, gw_side side, const gw_frame_info *fi)
                 gw_side_name(side), offset, gw_frame_strerror(fi->error));
 }
 
+/* After a handled frame: are the queues that frames from `side` feed over
+ * write_high_water? Then reading from it stops, and so does processing
+ * what it already sent: a peer that floods and never reads holds at most
+ * the high-water mark, one frame's answers and its read buffer. */
+static bool over_high_water(gw_session *s, gw_side side) {
+  uint32_t high = s->relay->cfg->write_high_water;
+  if (queued(s, other(side)) > high) set_blocked(s, side, other(side), true);
+  if (s->echo[side] && queued(s, side) > high) set_blocked(s, side, side, true);
+  return s->dir[side].blocked != 0;
+}
+
 /* Cuts what was read from side into frames and queues them toward the other
  * side: runs of frames nobody handles as one zero-copy range, the rest
  * through the script layer. */
@@ -730,6 +760,7 @@ static void process(gw_session *s, gw_side side) {
   }
   gw_handlers *h = s->ss.handlers;
   uint32_t run = d->start;
+  d->held = false;
   while (d->start < d->end) {
     uint32_t avail = d->end - d->start;
     if (d->need > avail) break; /* still waiting for the rest of a frame */
@@ -763,6 +794,10 @@ static void process(gw_session *s, gw_side side) {
     if (rc < 0 && s->state != S_CLOSING && !s->soft_close)
       session_close(s, "handler failed: %s", strerror(-rc));
     if (rc < 0 || s->state == S_CLOSING || s->soft_close) return;
+    if (over_high_water(s, side)) { /* the rest waits in the buffer */
+      d->held = d->start < d->end;
+      break;
+    }
   }
   if (run < d->start) out_ref(s, to, b, base + run, d->start - run);
 }
