@@ -354,6 +354,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 
 static void process(gw_session *s, gw_side side);
+static void track_partial(gw_session *s, gw_side side);
 static void release_idle_rbuf(gw_session *s, gw_side side);
 
 static void resume_reading(gw_session *s, gw_side side) {
@@ -363,6 +364,7 @@ static void resume_reading(gw_session *s, gw_side side) {
   uv_read_start((uv_stream_t *)&s->tcp[side], alloc_cb, read_cb);
   if (d->held) { /* first the frames that were read before the stop */
     process(s, side);
+    if (s->state != S_CLOSING) track_partial(s, side);
     flush_dirty(s->relay);
     if (s->state != S_CLOSING) release_idle_rbuf(s, side);
   }
