@@ -28,6 +28,23 @@ local function fails_on_frame(source, opts, message, timeouts)
   return t, a, b
 end
 
+-- Lua text of an opcode 3 handler that sends the value of var to the
+-- client and resets it to 0; reported(s) asks it.
+local function reporter(var)
+  return (([[
+    gw.on("client", 3, function(pkt, session)
+      session:send_to_client(gw.packet(3, tostring(VAR)))
+      VAR = 0
+      return gw.DROP
+    end)
+  ]]):gsub("VAR", var))
+end
+
+local function reported(s)
+  s:from_client(top.frame(3, ""))
+  return tonumber(top.parse(s:to_client()[1]):body())
+end
+
 -- The state is fine after a failed call: both sessions go on.
 local function both_go_on(t, a, b)
   a:from_client(top.frame(2, ""))
@@ -88,22 +105,92 @@ describe("instruction limit", function()
   end)
 end)
 
-describe("stack depth limit", function()
-  local RECURSE = [[
-    local deepest = 0
-    local function f(n) if n > deepest then deepest = n end return f(n + 1) + 1 end
-    gw.on("client", 3, function(pkt, session)
-      session:send_to_client(gw.packet(3, tostring(deepest)))
-      deepest = 0
-      return gw.DROP
-    end)
+describe("instruction limit and coroutines", function()
+  -- Each loop counts its rounds in `n`; a round runs about 1,000
+  -- instructions in a new or resumed coroutine. Opcode 3 reports n.
+  local COUNT = "local n = 0\n" .. reporter("n") .. [[
+    local function work() for i = 1, 990 do end end
   ]]
 
-  -- The deepest level a recursion reached, asked of the script.
-  local function deepest(s)
-    s:from_client(top.frame(3, ""))
-    return tonumber(top.parse(s:to_client()[1]):body())
+  local loops = {
+    ["new coroutines"] = "while true do coroutine.resume(coroutine.create(work)) n = n + 1 end",
+    ["new wrapped coroutines"] = "while true do coroutine.wrap(work)() n = n + 1 end",
+    ["one coroutine resumed"] = [[
+      local co = coroutine.wrap(function() while true do work() coroutine.yield() end end)
+      while true do co() n = n + 1 end]],
+    ["nested coroutines"] = [[
+      while true do
+        coroutine.wrap(function() coroutine.wrap(work)() end)()
+        n = n + 1
+      end]],
+  }
+  for name, loop in pairs(loops) do
+    it("charges every coroutine's instructions (" .. name .. ")", function()
+      local t, a, b = fails_on_frame(COUNT .. [[
+        gw.on("client", 1, function() ]] .. loop .. [[ end)
+      ]], { instructions = 1000000, on_error = "drop" },
+        "instruction limit exceeded (1000000 per call)", 1)
+      -- at most the budget, plus one hook interval per coroutine charged
+      -- up front: like a plain loop (unmetered, it ran ~125,000 rounds)
+      local r = reported(a)
+      assert.is_true(r > 400 and r <= 1000, "ran " .. r .. " rounds")
+      both_go_on(t, a, b)
+    end)
   end
+
+  it("charges a coroutine resumed in a later call to that call", function()
+    local t = host(COUNT .. [[
+      local co
+      gw.on("client", 1, function()
+        co = coroutine.create(function()
+          coroutine.yield()
+          while true do work() n = n + 1 end
+        end)
+        coroutine.resume(co)
+      end)
+      gw.on("client", 2, function() coroutine.resume(co) end)
+    ]], { instructions = 1000000, on_error = "drop" })
+    local s = t:connect()
+    s:from_client(top.frame(1, ""))
+    assert.equal(0, t:stats().errors)
+    for round = 1, 2 do
+      s:from_client(top.frame(2, ""))
+      -- the first resume is stopped by its call's limit; the coroutine is
+      -- dead after, so the second one returns at once
+      assert.equal(1, t:stats().timeouts)
+      local r = reported(s)
+      if round == 1 then
+        assert.is_true(r > 900 and r <= 1011, "ran " .. r .. " rounds")
+      else
+        assert.equal(0, r)
+      end
+    end
+    t:close()
+  end)
+
+  it("lets a few coroutines be", function()
+    local t = host([[
+      gw.on("client", 1, function(pkt)
+        local gen = coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i) end end)
+        local out = {}
+        for i in gen do out[#out + 1] = i end
+        for _ = 1, 100 do coroutine.resume(coroutine.create(function() end)) end
+        pkt:set_body(table.concat(out, ","))
+      end)
+    ]], { instructions = 200000 })
+    local s = t:connect()
+    s:from_client(top.say("x"))
+    assert.same({ top.frame(1, "1,2,3") }, s:to_server())
+    assert.equal(0, t:stats().errors)
+    t:close()
+  end)
+end)
+
+describe("stack depth limit", function()
+  -- deepest: the deepest level a recursion reached
+  local RECURSE = "local deepest = 0\n" .. reporter("deepest") .. [[
+    local function f(n) if n > deepest then deepest = n end return f(n + 1) + 1 end
+  ]]
 
   local cases = {
     plain = "return f(1)",
@@ -118,7 +205,7 @@ describe("stack depth limit", function()
         "stack depth limit exceeded (1000 levels)", 0)
       -- stopped within one hook interval (1000 instructions) of the limit,
       -- far from Lua's own ~200,000 levels
-      local d = deepest(a)
+      local d = reported(a)
       assert.is_true(d >= 990 and d <= 1000 + 1000, "reached " .. d)
       both_go_on(t, a, b)
     end)

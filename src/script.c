@@ -192,6 +192,10 @@ void gw__charge(lua_State *L, uint64_t cost) {
              (lua_Integer)s->limits.handler_instructions);
 }
 
+void gw__charge_thread(lua_State *L) {
+  gw__charge(L, (uint64_t)hook_interval(gw_script_of(L)));
+}
+
 int gw__pcall(gw_script *s, int nargs, int nresults) {
   lua_State *L = s->L;
   s->instructions = 0;

@@ -240,8 +240,12 @@ int gw__pcall(gw_script *s, int nargs, int nresults);
 /* Charges cost instructions to the call under way (C work the count hook
  * cannot see); past the limit, raises the limit's error. */
 void gw__charge(lua_State *L, uint64_t cost);
-/* Replaces string.find/match/gmatch/gsub and table.sort/move/insert/remove
- * with versions that charge their C work (script_meter.c). */
+/* Charges a new coroutine the instructions its hook count may never see:
+ * one hook interval. Raises past the limit, as gw__charge. */
+void gw__charge_thread(lua_State *L);
+/* Replaces string.find/match/gmatch/gsub, table.sort/move/insert/remove
+ * and coroutine.create/wrap with versions that charge their C work
+ * (script_meter.c). */
 void gw__meter_open(lua_State *L);
 /* Logs a failed call (rate-limited) and counts it. what says which call
  * ("client frame 1", "timer"...). Pops the message. */

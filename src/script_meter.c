@@ -8,6 +8,10 @@
  * the same results and error messages, and charge every matching step.
  * Tables: table.sort, move, insert and remove do O(n) or O(n log n) work
  * per call; they are charged for it up front.
+ * Coroutines: each new thread starts its own hook count, so the up to
+ * GW_HOOK_INTERVAL - 1 instructions it runs after its last hook go
+ * uncounted (a loop of short coroutines ran ~90 times its budget).
+ * coroutine.create and wrap charge one hook interval up front for them.
  *
  * gw__meter_open puts them in the state's library tables, before any
  * script's environment copies them; `s:gsub(...)` uses them too. */
@@ -623,6 +627,25 @@ static int tab_remove(lua_State *L) {
   return call_original(L);
 }
 
+/* coroutine.create(f) and coroutine.wrap(f) */
+static int co_new(lua_State *L) {
+  gw__charge_thread(L);
+  return call_original(L);
+}
+
+/* Replaces each named function of library lib with func, which gets the
+ * original as upvalue 1. */
+static void wrap_lib(lua_State *L, const char *lib, const char *const names[],
+                     lua_CFunction func) {
+  lua_getfield(L, -1, lib);
+  for (const char *const *n = names; *n; n++) {
+    lua_getfield(L, -1, *n);
+    lua_pushcclosure(L, func, 1);
+    lua_setfield(L, -2, *n);
+  }
+  lua_pop(L, 1);
+}
+
 void gw__meter_open(lua_State *L) {
   static const luaL_Reg str_funcs[] = {
     {"find", str_find}, {"match", str_match}, {"gmatch", str_gmatch},
@@ -632,6 +655,7 @@ void gw__meter_open(lua_State *L) {
     {"sort", tab_sort}, {"move", tab_move}, {"insert", tab_insert},
     {"remove", tab_remove}, {NULL, NULL},
   };
+  static const char *const co_names[] = {"create", "wrap", NULL};
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_getfield(L, -1, LUA_STRLIBNAME);
   luaL_setfuncs(L, str_funcs, 0);
@@ -642,5 +666,7 @@ void gw__meter_open(lua_State *L) {
     lua_pushcclosure(L, r->func, 1);
     lua_setfield(L, -2, r->name);
   }
-  lua_pop(L, 2);
+  lua_pop(L, 1);
+  wrap_lib(L, LUA_COLIBNAME, co_names, co_new);
+  lua_pop(L, 1);
 }
