@@ -1,0 +1,78 @@
+# Install rules and the Debian package (included at the end of the top-level
+# CMakeLists.txt).
+#
+#   cmake --install build [--prefix DIR]       FHS layout under the prefix
+#   cmake -S . -B build-deb -DCMAKE_INSTALL_PREFIX=/usr
+#   cmake --build build-deb && cd build-deb && cpack -G DEB
+#
+# An installed gangway reads ${CMAKE_INSTALL_FULL_SYSCONFDIR}/gangway/config.lua
+# by default (/etc/gangway/config.lua for the /usr prefix), which is absolute
+# and fixed at configure time: that is why a package is built from a tree
+# configured for its prefix (checked in packaging/cpack-options.cmake).
+include(GNUInstallDirs)
+
+set(GW_LUA_SERIES 5.4)
+# Where lua5.4 looks for modules: package.path has <prefix>/share/lua/5.4,
+# package.cpath <prefix>/lib/lua/5.4 and, on Debian, /usr/lib/<triplet>/lua/5.4
+# (GNUInstallDirs' libdir for /usr).
+set(GW_INSTALL_LUADIR ${CMAKE_INSTALL_DATADIR}/lua/${GW_LUA_SERIES})
+set(GW_INSTALL_LUACDIR ${CMAKE_INSTALL_LIBDIR}/lua/${GW_LUA_SERIES})
+set(GW_INSTALL_SHAREDIR ${CMAKE_INSTALL_DATADIR}/gangway)
+set(GW_CONFIG_DIR ${CMAKE_INSTALL_FULL_SYSCONFDIR}/gangway)
+set(GW_CONFIG_FILE ${GW_CONFIG_DIR}/config.lua)
+set(GW_SHARE_DIR ${CMAKE_INSTALL_FULL_DATADIR}/gangway)
+set(GW_SCRIPTS_DIR ${GW_SHARE_DIR}/scripts)
+set(GW_DOCDIR ${CMAKE_INSTALL_FULL_DOCDIR})
+set(GW_BIN ${CMAKE_INSTALL_FULL_BINDIR}/gangway)
+# systemd's RuntimeDirectory=gangway is /run/gangway whatever the prefix.
+set(GW_CONTROL_SOCKET /run/gangway/gangway.sock)
+if(EXISTS /etc/debian_version)
+  set(GW_ENV_FILE /etc/default/gangway)
+else()
+  set(GW_ENV_FILE /etc/sysconfig/gangway)
+endif()
+
+find_program(GW_LUA_INTERP lua${GW_LUA_SERIES})
+if(GW_LUA_INTERP)
+  execute_process(COMMAND ${GW_LUA_INTERP} -e "print(package.path .. ';' .. package.cpath)"
+                  OUTPUT_VARIABLE GW_LUA_SEARCH OUTPUT_STRIP_TRAILING_WHITESPACE)
+  foreach(dir ${GW_INSTALL_LUADIR} ${GW_INSTALL_LUACDIR})
+    string(FIND "${GW_LUA_SEARCH}" "${CMAKE_INSTALL_PREFIX}/${dir}/?." at)
+    if(at EQUAL -1)
+      message(STATUS "lua${GW_LUA_SERIES} does not search ${CMAKE_INSTALL_PREFIX}/${dir}: "
+                     "installed, gangway.testing needs LUA_PATH/LUA_CPATH")
+    endif()
+  endforeach()
+endif()
+
+# ---- what is installed ------------------------------------------------------
+
+# topd, topbot and topchat are not installed: they are the demo's toy game
+# server and clients (tools/demo.sh runs them from the build tree), not
+# something a proxy host runs, and their names are too generic for bin/.
+install(TARGETS gangway RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+if(TARGET gangway_luamod)
+  install(TARGETS gangway_luamod LIBRARY DESTINATION ${GW_INSTALL_LUACDIR}/gangway)
+  install(FILES ${CMAKE_SOURCE_DIR}/lua/gangway/testing.lua
+          DESTINATION ${GW_INSTALL_LUADIR}/gangway)
+endif()
+
+# The example scripts, with top.lua which they require, and their specs:
+# `cd <datadir>/gangway && busted` runs them (spec/ finds scripts/ from there).
+set(GW_EXAMPLES chat_filter online_command packet_logger speed_limit)
+set(GW_EXAMPLE_SCRIPTS ${CMAKE_SOURCE_DIR}/scripts/top.lua)
+set(GW_EXAMPLE_SPECS)
+foreach(name ${GW_EXAMPLES})
+  list(APPEND GW_EXAMPLE_SCRIPTS ${CMAKE_SOURCE_DIR}/scripts/${name}.lua)
+  list(APPEND GW_EXAMPLE_SPECS ${CMAKE_SOURCE_DIR}/spec/${name}_spec.lua)
+endforeach()
+install(FILES ${GW_EXAMPLE_SCRIPTS} DESTINATION ${GW_INSTALL_SHAREDIR}/scripts)
+install(FILES ${GW_EXAMPLE_SPECS} DESTINATION ${GW_INSTALL_SHAREDIR}/spec)
+
+install(FILES ${CMAKE_SOURCE_DIR}/README.md ${CMAKE_SOURCE_DIR}/docs/config.md
+              ${CMAKE_SOURCE_DIR}/docs/lua-api.md
+        DESTINATION ${CMAKE_INSTALL_DOCDIR})
+
+configure_file(${CMAKE_SOURCE_DIR}/packaging/config.lua.in
+               ${CMAKE_BINARY_DIR}/packaging/config.lua @ONLY)
+install(FILES ${CMAKE_BINARY_DIR}/packaging/config.lua DESTINATION ${GW_CONFIG_DIR})
