@@ -32,6 +32,16 @@ else()
   set(GW_ENV_FILE /etc/sysconfig/gangway)
 endif()
 
+# Units of /usr go where systemd.pc says (/lib/systemd/system on Debian 12);
+# any other prefix keeps its own (systemd also reads /usr/local/lib/systemd).
+if(CMAKE_INSTALL_PREFIX STREQUAL "/usr")
+  pkg_get_variable(GW_PC_UNITDIR systemd systemdsystemunitdir)
+endif()
+if(NOT GW_PC_UNITDIR)
+  set(GW_PC_UNITDIR ${CMAKE_INSTALL_PREFIX}/lib/systemd/system)
+endif()
+set(GW_SYSTEMD_UNITDIR ${GW_PC_UNITDIR} CACHE PATH "where gangway.service is installed")
+
 find_program(GW_LUA_INTERP lua${GW_LUA_SERIES})
 if(GW_LUA_INTERP)
   execute_process(COMMAND ${GW_LUA_INTERP} -e "print(package.path .. ';' .. package.cpath)"
@@ -76,6 +86,11 @@ install(FILES ${CMAKE_SOURCE_DIR}/README.md ${CMAKE_SOURCE_DIR}/docs/config.md
 configure_file(${CMAKE_SOURCE_DIR}/packaging/config.lua.in
                ${CMAKE_BINARY_DIR}/packaging/config.lua @ONLY)
 install(FILES ${CMAKE_BINARY_DIR}/packaging/config.lua DESTINATION ${GW_CONFIG_DIR})
+
+configure_file(${CMAKE_SOURCE_DIR}/packaging/gangway.service.in
+               ${CMAKE_BINARY_DIR}/packaging/gangway.service @ONLY)
+install(FILES ${CMAKE_BINARY_DIR}/packaging/gangway.service
+        DESTINATION ${GW_SYSTEMD_UNITDIR})
 
 # ---- the Debian package -----------------------------------------------------
 
