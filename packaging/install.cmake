@@ -92,6 +92,27 @@ configure_file(${CMAKE_SOURCE_DIR}/packaging/gangway.service.in
 install(FILES ${CMAKE_BINARY_DIR}/packaging/gangway.service
         DESTINATION ${GW_SYSTEMD_UNITDIR})
 
+# gangway(8), from scdoc source, compressed as Debian installs man pages.
+find_program(GW_SCDOC scdoc)
+find_program(GW_GZIP gzip)
+if(GW_SCDOC AND GW_GZIP)
+  # The source with this prefix's paths filled in.
+  set(GW_MAN_SRC ${CMAKE_BINARY_DIR}/man/gangway.8.scd)
+  configure_file(${CMAKE_SOURCE_DIR}/docs/gangway.8.scd ${GW_MAN_SRC} @ONLY)
+  set(GW_MAN ${CMAKE_BINARY_DIR}/man/gangway.8)
+  add_custom_command(
+    OUTPUT ${GW_MAN} ${GW_MAN}.gz
+    COMMAND sh -c "'${GW_SCDOC}' < '${GW_MAN_SRC}' > '${GW_MAN}.tmp' && mv '${GW_MAN}.tmp' '${GW_MAN}'"
+    COMMAND sh -c "'${GW_GZIP}' -9nc '${GW_MAN}' > '${GW_MAN}.gz'"
+    DEPENDS ${GW_MAN_SRC}
+    COMMENT "Building the man page gangway(8)"
+    VERBATIM)
+  add_custom_target(gangway_man ALL DEPENDS ${GW_MAN} ${GW_MAN}.gz)
+  install(FILES ${GW_MAN}.gz DESTINATION ${CMAKE_INSTALL_MANDIR}/man8)
+else()
+  message(STATUS "scdoc or gzip missing: no man page")
+endif()
+
 # ---- the Debian package -----------------------------------------------------
 
 set(CPACK_PACKAGE_NAME gangway)
