@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -36,6 +37,12 @@
 #define CONTROL_LINE_MAX_TEXT "256"
 #define CONTROL_TIMEOUT_MS 5000  /* to send a request and read the answer */
 #define CONTROL_CLIENTS_MAX 16   /* connected at once */
+#define CONTROL_RETRY_MS 250     /* accept again after running out of fds */
+/* Open files kept out of sessions' reach, besides the listeners, the
+ * control socket and its clients: stdio, the loop's own (epoll, signal
+ * pipes, eventfd, inotify, libuv's EMFILE spare), the control spare, and
+ * what a reload opens for a moment (the config, scripts, DNS sockets). */
+#define FD_RESERVE 24
 
 static const char usage[] =
     "usage: gangway [-c FILE]            run the proxy (default ./config.lua)\n"
@@ -60,6 +67,7 @@ typedef struct control_client {
   char line[CONTROL_LINE_MAX + 1];
   size_t len;
   bool answered;
+  bool took_spare;              /* its fd is the spare's: re-open that at close */
 } control_client;
 
 typedef struct watch_entry {
@@ -82,6 +90,11 @@ typedef struct app {
   ino_t control_ino;            /* file is ever removed */
   struct control_client *control_clients;
   int ncontrol_clients;
+  int spare_fd;                 /* /dev/null, closed to accept a control client
+                                   when accept says EMFILE; -1 while spent */
+  uv_timer_t control_retry;     /* out of fds and spare: accept again later */
+  bool control_starved;         /* said so in the log, until an accept works */
+  char fd_note[256];            /* the last max_sessions clamp logged */
   char control_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
   uv_timer_t watch_timer;
   watch_entry *watches;
@@ -91,6 +104,55 @@ typedef struct app {
 
 static void app_close_watches(app *a);
 static void app_watch(app *a);
+
+/* Two sockets per session; what stays must cover everything that has to
+ * keep answering (listeners, the control socket and its clients). */
+static rlim_t fd_reserve(const gw_config *cfg) {
+  return FD_RESERVE + 1 + CONTROL_CLIENTS_MAX + (rlim_t)cfg->nlisteners;
+}
+
+/* Fits limits.max_sessions under the open-files limit so that sessions can
+ * never take the fds the control socket needs; 0 (no limit) is fitted too.
+ * A run (apply) first raises its soft limit toward what the sessions need,
+ * up to the hard limit; `check` only says what a run would do. Says in note
+ * what was clamped and why ("" if nothing was). */
+static void fd_fit(gw_config *cfg, bool apply, char *note, size_t notelen) {
+  note[0] = '\0';
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return;
+  rlim_t reserve = fd_reserve(cfg);
+  rlim_t need = cfg->max_sessions ? 2 * (rlim_t)cfg->max_sessions + reserve : RLIM_INFINITY;
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need && rl.rlim_max > rl.rlim_cur) {
+    struct rlimit raised = {need < rl.rlim_max ? need : rl.rlim_max, rl.rlim_max};
+    if (raised.rlim_cur != RLIM_INFINITY && (!apply || setrlimit(RLIMIT_NOFILE, &raised) == 0)) {
+      if (apply)
+        gw_info("open-files limit raised from %llu to %llu", (unsigned long long)rl.rlim_cur,
+                (unsigned long long)raised.rlim_cur);
+      rl.rlim_cur = raised.rlim_cur;
+    }
+  }
+  if (rl.rlim_cur == RLIM_INFINITY || need <= rl.rlim_cur) return;
+  uint32_t fit = rl.rlim_cur > reserve + 2 ? (uint32_t)((rl.rlim_cur - reserve) / 2) : 1;
+  if (cfg->max_sessions)
+    snprintf(note, notelen,
+             "limits.max_sessions %u needs %llu open files, the limit is %llu: using %u",
+             cfg->max_sessions, (unsigned long long)need, (unsigned long long)rl.rlim_cur, fit);
+  else
+    snprintf(note, notelen,
+             "limits.max_sessions 0 (no limit) would exceed the open-files limit %llu "
+             "(%llu kept for listeners and the control socket): using %u",
+             (unsigned long long)rl.rlim_cur, (unsigned long long)reserve, fit);
+  cfg->max_sessions = fit;
+}
+
+/* Fits cfg under the fd limit; warns when the clamp differs from the last
+ * one logged, so a reload storm does not repeat it. */
+static void app_fd_fit(app *a, gw_config *cfg) {
+  char note[sizeof a->fd_note];
+  fd_fit(cfg, true, note, sizeof note);
+  if (note[0] && strcmp(note, a->fd_note) != 0) gw_warn("%s", note);
+  snprintf(a->fd_note, sizeof a->fd_note, "%s", note);
+}
 
 static int load_config(const char *path, gw_config **out, char *err, size_t errlen) {
   gw_config *cfg = calloc(1, sizeof *cfg);
@@ -113,7 +175,10 @@ static int app_reload(app *a, const char *trigger, char *err, size_t errlen) {
   uint64_t t0 = uv_hrtime();
   gw_config *cfg;
   int rc = load_config(a->config_path, &cfg, err, errlen);
-  if (rc == 0) rc = gw_relay_reload(a->relay, cfg, err, errlen);
+  if (rc == 0) {
+    app_fd_fit(a, cfg);
+    rc = gw_relay_reload(a->relay, cfg, err, errlen);
+  }
   double ms = (double)(uv_hrtime() - t0) / 1e6;
   if (rc < 0) {
     gw_error("reload (%s) failed, still running generation %llu: %s", trigger,
@@ -166,6 +231,11 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 /* ---- control socket: one line in, one answer out ------------------------ */
 
+/* Takes back the fd a control client accepted in the spare's place. */
+static void spare_open(app *a) {
+  if (a->spare_fd < 0) a->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
 static void control_client_closed(uv_handle_t *h) {
   control_client *c = h->data;
   if (--c->handles == 0) free(c);
@@ -181,8 +251,9 @@ static void control_client_close(control_client *c) {
   if (c->next) c->next->prev = c->prev;
   c->prev = c->next = NULL;
   a->ncontrol_clients--;
-  uv_close((uv_handle_t *)&c->pipe, control_client_closed);
+  uv_close((uv_handle_t *)&c->pipe, control_client_closed); /* closes the fd now */
   uv_close((uv_handle_t *)&c->timer, control_client_closed);
+  if (c->took_spare) spare_open(a);
 }
 
 static void control_write_cb(uv_write_t *req, int status) {
@@ -279,19 +350,22 @@ static bool control_make_room(app *a) {
   return true;
 }
 
-static void control_client_add(app *a, int fd) {
+static void control_client_add(app *a, int fd, bool took_spare) {
   if (!control_make_room(a)) {
     static const char busy[] = "error: too many control clients\n";
     (void)send(fd, busy, sizeof busy - 1, MSG_DONTWAIT | MSG_NOSIGNAL); /* best effort */
     close(fd);
+    if (took_spare) spare_open(a);
     return;
   }
   control_client *c = calloc(1, sizeof *c);
   if (!c || uv_pipe_init(&a->loop, &c->pipe, 0) < 0) {
     free(c);
     close(fd);
+    if (took_spare) spare_open(a);
     return;
   }
+  c->took_spare = took_spare;
   uv_timer_init(&a->loop, &c->timer);
   c->handles = 2;
   c->pipe.data = c->timer.data = c;
@@ -308,6 +382,8 @@ static void control_client_add(app *a, int fd) {
   uv_read_start((uv_stream_t *)&c->pipe, control_alloc, control_read);
 }
 
+static void control_retry(uv_timer_t *t);
+
 static void control_accept(uv_poll_t *p, int status, int events) {
   (void)events;
   app *a = p->data;
@@ -317,21 +393,54 @@ static void control_accept(uv_poll_t *p, int status, int events) {
   }
   for (;;) {
     int fd = accept4(a->control_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    bool took_spare = false;
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE) && a->spare_fd >= 0) {
+      /* Out of fds: the spare makes room for this one client. */
+      close(a->spare_fd);
+      a->spare_fd = -1;
+      fd = accept4(a->control_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      int e = errno;
+      took_spare = fd >= 0;
+      if (!took_spare) spare_open(a);
+      errno = e;
+    }
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK)
+      if (errno == EMFILE || errno == ENFILE) {
+        /* The spare is in use: let clients wait in the backlog instead of
+         * spinning on a socket that stays readable. */
+        if (!a->control_starved)
+          gw_warn("control socket: out of file descriptors, trying again every %d ms",
+                  CONTROL_RETRY_MS);
+        a->control_starved = true;
+        uv_poll_stop(&a->control);
+        uv_timer_start(&a->control_retry, control_retry, CONTROL_RETRY_MS, 0);
+      } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
         gw_warn("control socket: accept failed: %s", strerror(errno));
+      }
       return;
     }
-    control_client_add(a, fd);
+    a->control_starved = false;
+    control_client_add(a, fd, took_spare);
   }
+}
+
+static void control_retry(uv_timer_t *t) {
+  app *a = t->data;
+  spare_open(a);
+  if (a->control_open) uv_poll_start(&a->control, UV_READABLE, control_accept);
 }
 
 /* Closes the control socket and removes its file, if that file is still the
  * socket this gangway bound: anything else at the path is someone else's. */
 static void control_close(app *a) {
-  if (a->control_open) uv_close((uv_handle_t *)&a->control, NULL);
+  if (a->control_open) {
+    uv_close((uv_handle_t *)&a->control, NULL);
+    uv_close((uv_handle_t *)&a->control_retry, NULL);
+  }
   a->control_open = false;
+  if (a->spare_fd >= 0) close(a->spare_fd);
+  a->spare_fd = -1;
   if (a->control_fd < 0) return;
   close(a->control_fd);
   a->control_fd = -1;
@@ -429,6 +538,9 @@ static int control_open(app *a, const char *path, char *err, size_t errlen) {
   if (rc == 0) {
     a->control_open = true;
     a->control.data = a;
+    uv_timer_init(&a->loop, &a->control_retry);
+    a->control_retry.data = a;
+    spare_open(a);
     rc = uv_poll_start(&a->control, UV_READABLE, control_accept);
   }
   if (rc < 0) {
@@ -509,9 +621,11 @@ static int run(const char *config_path) {
     return EXIT_INVALID;
   }
   signal(SIGPIPE, SIG_IGN);
-  app a = {.config_path = config_path, .generation = 1, .control_fd = -1};
+  app a = {.config_path = config_path, .generation = 1, .control_fd = -1, .spare_fd = -1};
   uv_loop_init(&a.loop);
   a.loop.data = &a;
+  gw_log_setup(cfg->log_level, cfg->log_format);
+  app_fd_fit(&a, cfg);
   char *control = cfg->control ? strdup(cfg->control) : NULL;
   int rc = gw_relay_new(&a.loop, cfg, &a.relay, err, sizeof err);
   int code = 0;
@@ -609,6 +723,9 @@ static int check(const char *config_path) {
     return EXIT_INVALID;
   }
   gw_log_setup(GW_LOG_WARN, GW_LOG_TEXT);
+  char note[256];
+  fd_fit(cfg, false, note, sizeof note);
+  if (note[0]) fprintf(stderr, "%s: warning: %s\n", config_path, note);
   static const gw_host_ops ops = {check_emit, check_close, check_now, check_wake};
   gw_script_limits limits = {cfg->handler_instructions, (size_t)cfg->lua_memory_mb << 20};
   gw_script *s = gw_script_new(&limits, &ops, NULL);

@@ -20,6 +20,7 @@
 #include "frame.h"
 #include "iplimit.h"
 #include "log.h"
+#include "pipe.h"
 #include "pool.h"
 #include "script.h"
 
@@ -59,9 +60,7 @@ struct gw_listener {
 typedef struct gw_dir {
   gw_buf *rbuf;                 /* unconsumed bytes are data[start, end) */
   uint32_t start, end;
-  uint32_t need;                /* size of the partial frame at start, 0 if
-                                   its length field is not complete */
-  uint64_t bytes, frames;
+  uint64_t bytes;
   uint64_t partial_ms;          /* when the unfinished frame at start began
                                    to arrive; 0 while there is none */
   uint64_t partial_off;         /* its stream offset */
@@ -70,7 +69,6 @@ typedef struct gw_dir {
   uint8_t blocked;              /* bit `to`: the queue toward side `to`,
                                    which this side's frames feed, is above
                                    write_high_water; reads resume at 0 */
-  bool wait_logged;             /* the debug line for a long wait */
   bool held;                    /* whole frames left unprocessed at start
                                    while blocked: process() goes on from
                                    there when reading resumes */
@@ -106,11 +104,10 @@ struct gw_session {
   gw_listener *listener;
   gw_session *prev, *next;      /* relay->sessions */
   gw_session *dirty_next;       /* relay->dirty: has output to flush */
-  gw_framing framing;
+  gw_pipe pipe;                 /* framing, codecs: the protocol state */
   gw_script_session ss;
   gw_dir dir[GW_SIDES];         /* by the side read from */
   gw_out out[GW_SIDES];         /* by the side written to */
-  const uint8_t *cur_frame;     /* the frame in a handler, for zero-copy pass */
   struct sockaddr_storage peer; /* the client's address */
   bool ip_counted;              /* in relay->iplimit */
   bool unfinished_pass;         /* the listener's, fixed at open */
@@ -494,6 +491,7 @@ static void session_free(gw_session *s) {
     if (s->dir[i].rbuf) gw_buf_unref(&r->pool, s->dir[i].rbuf);
     out_release(r, &s->out[i]);
   }
+  gw_pipe_free(&s->pipe);
   if (s->ip_counted) gw_iplimit_close(r->iplimit, (struct sockaddr *)&s->peer, uv_now(r->loop));
   gw_listener *l = s->listener;
   l->sessions--;
@@ -533,7 +531,7 @@ static void session_close(gw_session *s, const char *fmt, ...) {
           "client_bytes=%" PRIu64 " server_bytes=%" PRIu64 " client_frames=%" PRIu64
           " server_frames=%" PRIu64 " duration_ms=%" PRIu64 " reason=\"%s\"",
           s->ss.id, s->listener->name, s->ss.client, s->ss.upstream, s->dir[GW_CLIENT].bytes,
-          s->dir[GW_SERVER].bytes, s->dir[GW_CLIENT].frames, s->dir[GW_SERVER].frames,
+          s->dir[GW_SERVER].bytes, s->pipe.side[GW_CLIENT].frames, s->pipe.side[GW_SERVER].frames,
           uv_now(r->loop) - s->opened_ms, s->reason);
 
   if (s->prev) s->prev->next = s->next;
@@ -600,7 +598,8 @@ static void session_close_soft(gw_session *s, const char *reason) {
 
 /* Is the client's first whole frame still awaited (framed listeners)? */
 static bool first_frame_pending(const gw_session *s, const gw_config *cfg) {
-  return cfg->first_frame_ms && !s->framing.raw && !s->dir[GW_CLIENT].frames &&
+  return cfg->first_frame_ms && !s->pipe.side[GW_CLIENT].framing.raw &&
+         !s->pipe.side[GW_CLIENT].frames &&
          !s->dir[GW_CLIENT].eof;
 }
 
@@ -636,7 +635,8 @@ static void timer_cb(uv_timer_t *t) {
     const gw_dir *d = &s->dir[i];
     if (cfg->frame_ms && d->partial_ms && now - d->partial_ms >= cfg->frame_ms) {
       session_close(s, "frame timeout: %u of %u bytes of a frame from the %s side after %u ms",
-                    d->end - d->start, d->need, gw_side_name((gw_side)i), cfg->frame_ms);
+                    d->end - d->start, s->pipe.side[i].need, gw_side_name((gw_side)i),
+                    cfg->frame_ms);
       return;
     }
   }
@@ -657,11 +657,11 @@ static void timer_cb(uv_timer_t *t) {
  * at a time keeps a session active but never finishes a frame). */
 static void track_partial(gw_session *s, gw_side side) {
   gw_dir *d = &s->dir[side];
-  if (s->framing.raw || d->start == d->end || d->held) {
+  if (!gw_pipe_partial(&s->pipe, side, d->end - d->start) || d->held) {
     d->partial_ms = 0;
     return;
   }
-  uint64_t off = d->bytes - (d->end - d->start);
+  uint64_t off = s->pipe.side[side].offset;
   if (d->partial_ms && d->partial_off == off) return; /* the same frame */
   gw_relay *r = s->relay;
   d->partial_off = off;
@@ -677,11 +677,13 @@ static void track_partial(gw_session *s, gw_side side) {
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)suggested;
   gw_session *s = h->data;
-  gw_dir *d = &s->dir[side_of(s, h)];
+  gw_side side = side_of(s, h);
+  gw_dir *d = &s->dir[side];
   gw_pool *pool = &s->relay->pool;
   uint32_t tail = d->end - d->start;
   size_t want = GW_MIN_READ;
-  if (d->need > tail && d->need - tail > want) want = d->need - tail;
+  uint32_t need = s->pipe.side[side].stream ? 0 : s->pipe.side[side].need;
+  if (need > tail && need - tail > want) want = need - tail;
 
   if (!d->rbuf) {
     d->rbuf = gw_buf_get(pool, want);
@@ -707,32 +709,14 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init((char *)d->rbuf->data + d->end, d->rbuf->cap - d->end);
 }
 
-/* A length field that announces far more than arrives is often a framing
- * that does not fit the protocol: say so once, so that a wrong framing is
- * found from the log rather than by a hang (timeouts.frame_ms ends it). */
-static void log_long_wait(gw_session *s, gw_side side) {
-  gw_dir *d = &s->dir[side];
-  d->wait_logged = true;
-  if (!gw_log_enabled(GW_LOG_DEBUG)) return;
-  char hex[GW_WAIT_HEX * 3 + 4] = "";
-  uint32_t n = d->end - d->start, shown = n < GW_WAIT_HEX ? n : GW_WAIT_HEX;
-  for (uint32_t i = 0; i < shown; i++)
-    snprintf(hex + 3 * i, sizeof hex - 3 * i, "%s%02x", i ? " " : "", d->rbuf->data[d->start + i]);
-  gw_debug("session %" PRIu64 " waits for a frame of %u bytes from the %s side at stream "
-           "offset %" PRIu64 ", has %u: %s%s (framing %s)",
-           s->ss.id, d->need, gw_side_name(side), d->bytes - n, n, hex,
-           n > shown ? " ..." : "", s->framing.name);
-}
-
-static void protocol_error(gw_session *s, gw_side side, const gw_frame_info *fi) {
-  gw_dir *d = &s->dir[side];
-  uint64_t offset = d->bytes - (d->end - d->start);
+static void protocol_error(gw_session *s, gw_side side) {
+  const gw_pipe *p = &s->pipe;
   s->relay->stats.protocol_errors++;
-  session_log(s, GW_LOG_WARN, "session %" PRIu64 " protocol error from %s side at stream offset %" PRIu64
-          ": %s (framing %s)",
-          s->ss.id, gw_side_name(side), offset, gw_frame_strerror(fi->error), s->framing.name);
-  session_close(s, "protocol error from %s side at offset %" PRIu64 ": %s",
-                gw_side_name(side), offset, gw_frame_strerror(fi->error));
+  session_log(s, GW_LOG_WARN, "session %" PRIu64 " protocol error from %s side at stream offset %"
+              PRIu64 ": %s (framing %s)", s->ss.id, gw_side_name(side), p->error_offset,
+              p->error_msg, p->side[side].framing.name);
+  session_close(s, "protocol error from %s side at offset %" PRIu64 ": %s", gw_side_name(side),
+                p->error_offset, p->error_msg);
 }
 
 /* After a handled frame: are the queues that frames from `side` feed over
@@ -746,82 +730,39 @@ static bool over_high_water(gw_session *s, gw_side side) {
   return s->dir[side].blocked != 0;
 }
 
-/* Cuts what was read from side into frames and queues them toward the other
- * side: runs of frames nobody handles as one zero-copy range, the rest
+/* Runs what was read from side through the session's pipeline: frames
+ * nobody handles come back as runs to write from the read buffer, the rest
  * through the script layer. */
 static void process(gw_session *s, gw_side side) {
   gw_dir *d = &s->dir[side];
-  gw_side to = other(side);
-  gw_buf *b = d->rbuf;
-  uint8_t *base = b->data;
-
-  if (s->framing.raw) {
-    out_ref(s, to, b, base + d->start, d->end - d->start);
-    d->start = d->end;
-    return;
-  }
-  gw_handlers *h = s->ss.handlers;
-  uint32_t run = d->start;
+  uint64_t frames = s->pipe.side[side].frames;
   d->held = false;
-  while (d->start < d->end) {
-    uint32_t avail = d->end - d->start;
-    if (d->need > avail) break; /* still waiting for the rest of a frame */
-    gw_frame_info fi;
-    int rc = gw_frame_next(&s->framing, side, base + d->start, avail, &fi);
-    if (rc == -EAGAIN) {
-      d->need = (uint32_t)fi.need;
-      if (fi.need > 2 * (size_t)avail + 1024 && !d->wait_logged) log_long_wait(s, side);
-      break;
-    }
-    if (rc < 0) {
-      protocol_error(s, side, &fi);
-      return;
-    }
-    d->need = 0;
-    d->frames++;
-    s->relay->stats.frames[side]++;
-    if (!gw_handlers_want(h, side, &fi)) {
-      d->start += (uint32_t)fi.len;
-      continue;
-    }
-    if (run < d->start && out_ref(s, to, b, base + run, d->start - run) < 0) return;
-    s->cur_frame = base + d->start;
-    d->start += (uint32_t)fi.len;
-    run = d->start;
-    s->in_frame = true;
-    s->cur_side = (uint8_t)side;
-    rc = gw_script_frame(s->relay->script, &s->ss, side, (uint8_t *)s->cur_frame, &fi);
-    s->in_frame = false;
-    s->cur_frame = NULL;
-    if (rc < 0 && s->state != S_CLOSING && !s->soft_close)
-      session_close(s, "handler failed: %s", strerror(-rc));
-    if (rc < 0 || s->state == S_CLOSING || s->soft_close) return;
-    if (over_high_water(s, side)) { /* the rest waits in the buffer */
-      d->held = d->start < d->end;
-      break;
-    }
-  }
-  if (run < d->start) out_ref(s, to, b, base + run, d->start - run);
+  s->in_frame = true;
+  s->cur_side = (uint8_t)side;
+  int rc = gw_pipe_input(&s->pipe, side, d->rbuf ? d->rbuf->data : NULL, &d->start, d->end);
+  s->in_frame = false;
+  s->relay->stats.frames[side] += s->pipe.side[side].frames - frames;
+  if (rc == GW_PIPE_HELD)
+    d->held = d->start < d->end || s->pipe.side[side].dec.len;
+  else if (rc == -EPROTO)
+    protocol_error(s, side);
+  else if (rc < 0 && s->state != S_CLOSING && !s->soft_close)
+    session_close(s, "handler failed: %s", strerror(-rc));
 }
 
 static void on_eof(gw_session *s, gw_side side) {
   gw_dir *d = &s->dir[side];
   d->eof = true;
   if (!s->reason[0]) snprintf(s->reason, sizeof s->reason, "%s closed", gw_side_name(side));
-  if (d->rbuf && d->end > d->start) {
-    /* A frame cut short by FIN. A sanitizing proxy does not hand on bytes
-     * no handler saw; unfinished_frame = "pass" does, as a direct
-     * connection would, and lets the peer's own parser judge them. */
-    uint32_t n = d->end - d->start;
-    if (s->unfinished_pass) {
-      out_ref(s, other(side), d->rbuf, d->rbuf->data + d->start, n);
-    } else {
-      session_log(s, GW_LOG_INFO, "session %" PRIu64 " dropped %u bytes of an unfinished frame "
-                  "from the %s side at its FIN", s->ss.id, n, gw_side_name(side));
-    }
-    d->start = d->end;
-    d->partial_ms = 0;
-  }
+  /* A frame cut short by FIN. A sanitizing proxy does not hand on bytes
+   * no handler saw; unfinished_frame = "pass" does, as a direct connection
+   * would, and lets the peer's own parser judge them. */
+  size_t n = gw_pipe_finish(&s->pipe, side, d->rbuf ? d->rbuf->data : NULL, &d->start, d->end,
+                            s->unfinished_pass);
+  if (n && !s->unfinished_pass)
+    session_log(s, GW_LOG_INFO, "session %" PRIu64 " dropped %zu bytes of an unfinished frame "
+                "from the %s side at its FIN", s->ss.id, n, gw_side_name(side));
+  d->partial_ms = 0;
   shutdown_side(s, other(side));
 }
 
@@ -849,6 +790,22 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   if (s->state != S_CLOSING) release_idle_rbuf(s, side);
   if (s->state != S_CLOSING && d->eof) check_finished(s);
 }
+
+/* ---- the pipeline's driver --------------------------------------------- */
+
+/* Bytes that lie in the read buffer of the other side: referenced. */
+static int drv_pass(void *ud, gw_side to, const uint8_t *p, size_t len) {
+  gw_session *s = ud;
+  return out_ref(s, to, s->dir[other(to)].rbuf, p, len);
+}
+
+static int drv_copy(void *ud, gw_side to, const uint8_t *p, size_t len) {
+  return out_copy(ud, to, p, len);
+}
+
+static bool drv_hold(void *ud, gw_side from) { return over_high_water(ud, from); }
+
+static const gw_pipe_driver pipe_driver = {drv_pass, drv_copy, drv_hold};
 
 /* ---- connecting -------------------------------------------------------- */
 
@@ -912,8 +869,8 @@ static void accept_cb(uv_stream_t *server, int status) {
   if (!s) return;
   s->relay = r;
   s->listener = l;
-  s->framing = l->framing;
   s->unfinished_pass = l->unfinished_pass;
+  gw_pipe_init(&s->pipe, &l->framing, r->script, &s->ss, &pipe_driver, s);
   uv_tcp_init(r->loop, &s->tcp[GW_CLIENT]);
   s->tcp[GW_CLIENT].data = s;
   s->handles = 1;
@@ -1000,12 +957,7 @@ static int host_emit(gw_script_session *ss, gw_side to, const uint8_t *data, siz
     return -ECONNRESET;
   }
   if (s->in_frame && s->cur_side == to) s->echo[to] = true;
-  int rc;
-  gw_dir *d = &s->dir[other(to)];
-  if (data == s->cur_frame && d->rbuf)
-    rc = out_ref(s, to, d->rbuf, data, len); /* passed on, maybe edited in place */
-  else
-    rc = out_copy(s, to, data, len);
+  int rc = gw_pipe_output(&s->pipe, to, data, len);
   if (rc < 0 && rc != -ECONNRESET) session_close(s, "cannot queue frame: %s", strerror(-rc));
   return rc;
 }
@@ -1286,17 +1238,16 @@ int gw_relay_stats_json(const gw_relay *r, char *out, size_t outlen) {
   gw_script_get_stats(r->script, &ss);
   int n = snprintf(out, outlen,
                    "{\"sessions_active\":%u,\"sessions_total\":%" PRIu64
-                   ",\"sessions_refused\":%" PRIu64
                    ",\"client_bytes\":%" PRIu64 ",\"server_bytes\":%" PRIu64
                    ",\"client_frames\":%" PRIu64 ",\"server_frames\":%" PRIu64
-                   ",\"protocol_errors\":%" PRIu64 ",\"pool_buffers_live\":%zu"
+                   ",\"protocol_errors\":%" PRIu64 ",\"sessions_refused\":%" PRIu64 ",\"pool_buffers_live\":%zu"
                    ",\"pool_buffers_free\":%zu,\"handler_frames\":%" PRIu64
                    ",\"handler_dropped\":%" PRIu64 ",\"handler_replaced\":%" PRIu64
                    ",\"handler_injected\":%" PRIu64 ",\"handler_errors\":%" PRIu64
                    ",\"handler_timeouts\":%" PRIu64 ",\"lua_memory_bytes\":%zu}",
-                   st.sessions_active, st.sessions_total, st.sessions_refused, st.bytes[GW_CLIENT],
+                   st.sessions_active, st.sessions_total, st.bytes[GW_CLIENT],
                    st.bytes[GW_SERVER], st.frames[GW_CLIENT], st.frames[GW_SERVER],
-                   st.protocol_errors, st.pool_live, st.pool_free,
+                   st.protocol_errors, st.sessions_refused, st.pool_live, st.pool_free,
                    ss.frames, ss.dropped, ss.replaced, ss.injected, ss.errors, ss.timeouts,
                    ss.memory_bytes);
   return n < 0 || (size_t)n >= outlen ? -ENOBUFS : 0;

@@ -14,11 +14,27 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "itest.h"
 
 #define LISTENER "return { listeners = { { name = \"c\", listen = \"127.0.0.1:%d\", upstream = \"127.0.0.1:%d\" } }"
+
+/* An echo upstream, and a gangway in front of it with control = "ctl.sock". */
+static it_server *start_gangway(it_gangway *g, int *port) {
+  int up_port;
+  *port = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway_start(g, *port, LISTENER ", control = \"ctl.sock\" }\n", *port, up_port);
+  return up;
+}
+
+/* SIGTERM: gangway must exit 0 (under ASan or valgrind: clean). */
+static void stop_gangway(it_gangway *g, it_server *up) {
+  assert_int_equal(it_gangway_stop(g, SIGTERM, 5000), 0);
+  it_server_stop(up);
+}
 
 /* A client of the control socket at dir/name; -1 if connect fails. */
 static int ctl_connect(const char *dir, const char *name) {
@@ -149,16 +165,14 @@ static void test_stale_socket_is_replaced_and_mode_is_0600(void **state) {
   assert_true(S_ISSOCK(st.st_mode));
   assert_int_equal(st.st_mode & 0777, 0600);
   expect_cmd("stats", g.config, 0, "\"sessions_active\":0");
-  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
-  it_server_stop(up);
+  stop_gangway(&g, up);
 }
 
 static void test_replaced_socket_is_not_removed_at_exit(void **state) {
   (void)state;
-  int up_port, port = it_free_port();
-  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  int port;
   it_gangway g;
-  it_gangway_start(&g, port, LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  it_server *up = start_gangway(&g, &port);
   char path[256], keep[256];
   snprintf(path, sizeof path, "%s/ctl.sock", g.dir);
   snprintf(keep, sizeof keep, "%s/keep", g.dir);
@@ -177,8 +191,10 @@ static void test_replaced_socket_is_not_removed_at_exit(void **state) {
   free(text);
   it_rmdir(dir);
 
+  it_server_stop(up);
+
   /* And the socket it did create is removed at exit. */
-  it_gangway_start(&g, port, LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  up = start_gangway(&g, &port);
   snprintf(path, sizeof path, "%s/ctl.sock", g.dir);
   snprintf(dir, sizeof dir, "%s", g.dir);
   setenv("GW_IT_KEEP", "1", 1);
@@ -195,10 +211,9 @@ static void test_replaced_socket_is_not_removed_at_exit(void **state) {
 
 static void test_unfinished_request_times_out(void **state) {
   (void)state;
-  int up_port, port = it_free_port();
-  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  int port;
   it_gangway g;
-  it_gangway_start(&g, port, LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  it_server *up = start_gangway(&g, &port);
   int slow = ctl_connect(g.dir, "ctl.sock");
   assert_true(slow >= 0);
   assert_int_equal(it_send_all(slow, "rel", 3), 0);
@@ -214,16 +229,14 @@ static void test_unfinished_request_times_out(void **state) {
              closed, (unsigned long long)waited);
   free(text);
   close(slow);
-  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
-  it_server_stop(up);
+  stop_gangway(&g, up);
 }
 
 static void test_bad_requests_get_errors(void **state) {
   (void)state;
-  int up_port, port = it_free_port();
-  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  int port;
   it_gangway g;
-  it_gangway_start(&g, port, LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  it_server *up = start_gangway(&g, &port);
   static const struct {
     const char *req;
     size_t len;
@@ -255,16 +268,14 @@ static void test_bad_requests_get_errors(void **state) {
   free(text);
   close(fd);
   expect_cmd("stats", g.config, 0, "\"sessions_active\":0");
-  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
-  it_server_stop(up);
+  stop_gangway(&g, up);
 }
 
 static void test_idle_clients_do_not_lock_out_stats(void **state) {
   (void)state;
-  int up_port, port = it_free_port();
-  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  int port;
   it_gangway g;
-  it_gangway_start(&g, port, LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  it_server *up = start_gangway(&g, &port);
   enum { IDLE = 100, CLIENTS_MAX = 16 };
   int idle[IDLE];
   for (int i = 0; i < IDLE; i++) {
@@ -290,8 +301,151 @@ static void test_idle_clients_do_not_lock_out_stats(void **state) {
     close(idle[i]);
   }
   if (refused < IDLE - CLIENTS_MAX) fail_msg("%d idle clients sent away, want %d", refused, IDLE - CLIENTS_MAX);
-  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
-  it_server_stop(up);
+  stop_gangway(&g, up);
+}
+
+/* ---- issue 10.7: the control socket answers at the open-files limit ---- */
+
+/* Starts `gangway args...` with an open-files limit of nofile (soft and
+ * hard), stdout and stderr to log. */
+static pid_t spawn_limited(rlim_t nofile, const char *dir, const char *log, const char *const args[]) {
+  pid_t pid = fork();
+  if (pid < 0) fail_msg("fork: %s", strerror(errno));
+  if (pid == 0) {
+    struct rlimit rl = {nofile, nofile};
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd < 0 || setrlimit(RLIMIT_NOFILE, &rl) < 0 || chdir(dir) < 0) _exit(126);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    /* Nothing of the test's may count against the limit. */
+    for (int i = 3; i < 1024; i++) close(i);
+    const char *argv[16] = {GW_BIN};
+    for (int i = 0; args[i] && i < 14; i++) argv[i + 1] = args[i];
+    execv(GW_BIN, (char *const *)argv);
+    _exit(127);
+  }
+  return pid;
+}
+
+static void start_limited(it_gangway *g, rlim_t nofile) {
+  const char *args[] = {"-c", g->config, NULL};
+  g->pid = spawn_limited(nofile, g->dir, g->log, args);
+  if (!it_log_wait(g, " running (config ", 5000)) {
+    it_gangway_stop(g, SIGKILL, 1000);
+    fail_msg("gangway with %llu open files did not start", (unsigned long long)nofile);
+  }
+}
+
+/* The value "using N" in the clamp warning of text, or -1. */
+static int clamped_to(const char *text, const char *want) {
+  const char *p = strstr(text, want);
+  if (!p || !(p = strstr(p, ": using "))) return -1;
+  return atoi(p + 8);
+}
+
+static void test_check_reports_the_clamp(void **state) {
+  (void)state;
+  char dir[128], log[256], *text;
+  it_mkdtemp(dir, sizeof dir);
+  snprintf(log, sizeof log, "%s/out", dir);
+  it_write(dir, "config.lua", LISTENER " }\n", 1, 2);
+  const char *args[] = {"check", "-c", "config.lua", NULL};
+  int status;
+  pid_t pid = spawn_limited(20000, dir, log, args);
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+  text = it_slurp(log);
+  /* 2 x 10000 sessions + the fds kept for listeners and control. */
+  if (clamped_to(text, "config.lua: warning: limits.max_sessions 10000 needs 200") < 9900)
+    fail_msg("no clamp in the output of check:\n%s", text);
+  assert_non_null(strstr(text, "open files, the limit is 20000: using "));
+  assert_non_null(strstr(text, "config.lua: ok (1 listener(s), 0 script(s))"));
+  free(text);
+  /* Under a limit that is high enough, nothing to say. */
+  unlink(log);
+  pid = spawn_limited(21000, dir, log, args);
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  text = it_slurp(log);
+  assert_null(strstr(text, "warning"));
+  free(text);
+  it_rmdir(dir);
+}
+
+static void test_stats_and_reload_at_the_fd_limit(void **state) {
+  (void)state;
+  int up_port, port = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  it_gangway_prepare(&g);
+  it_write(g.dir, "config.lua", LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  start_limited(&g, 64);
+  char *log = it_slurp(g.log);
+  int max = clamped_to(log, "limits.max_sessions 10000 needs ");
+  if (max < 1 || !strstr(log, "the limit is 64: using"))
+    fail_msg("the log does not say max_sessions was clamped:\n%s", log);
+  free(log);
+  /* Fill it with sessions until one is refused. */
+  int fds[64], n = 0;
+  for (; n < 64; n++) {
+    fds[n] = it_connect(port);
+    assert_true(fds[n] >= 0);
+    char c = 'a', back = 0;
+    assert_int_equal(it_send_all(fds[n], &c, 1), 0);
+    if (it_recv_exact(fds[n], &back, 1, 2000) != 1) break;
+    assert_int_equal(back, c);
+  }
+  assert_int_equal(n, max);
+  close(fds[n]);
+  assert_true(it_log_wait(&g, "connection refused", 2000));
+  char want[64];
+  snprintf(want, sizeof want, "\"sessions_active\":%d,", max);
+  expect_cmd("stats", g.config, 0, want);
+  expect_cmd("reload", g.config, 0, "ok: generation 2 active");
+  expect_cmd("stats", g.config, 0, want);
+  /* Every session still works. */
+  for (int i = 0; i < n; i++) {
+    it_echo_byte(fds[i], 'b');
+    close(fds[i]);
+  }
+  stop_gangway(&g, up);
+}
+
+/* A script (unsafe) that takes every fd left: the control socket answers
+ * through its spare. */
+static void test_stats_with_every_fd_taken(void **state) {
+  (void)state;
+  int up_port, port = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  it_gangway_prepare(&g);
+  it_write(g.dir, "hog.lua",
+           "local gw = require \"gangway\"\n"
+           "held = {}\n"
+           "gw.every(20, function()\n"
+           "  for i = 1, 1000 do\n"
+           "    local f = io.open(\"/dev/null\")\n"
+           "    if not f then break end\n"
+           "    held[#held + 1] = f\n"
+           "  end\n"
+           "end)\n");
+  it_write(g.dir, "config.lua",
+           "return { listeners = { { name = \"c\", listen = \"127.0.0.1:%d\", upstream = "
+           "\"127.0.0.1:%d\", unsafe = true, scripts = { \"hog.lua\" } } }, control = \"ctl.sock\" }\n",
+           port, up_port);
+  start_limited(&g, 64);
+  /* Once the timer has run (every 20 ms), a session cannot even be
+   * accepted: libuv drops it. */
+  struct timespec ts = {0, 300 * 1000000};
+  nanosleep(&ts, NULL);
+  int fd = it_connect(port);
+  assert_true(fd >= 0);
+  assert_int_equal(it_wait_eof(fd, 3000, NULL), 1);
+  close(fd);
+  for (int i = 0; i < 3; i++) expect_cmd("stats", g.config, 0, "\"sessions_active\":0,");
+  /* A reload cannot open the config without an fd, but it is answered. */
+  expect_cmd("reload", g.config, 1, "error: ");
+  stop_gangway(&g, up);
 }
 
 int main(void) {
@@ -303,6 +457,9 @@ int main(void) {
       cmocka_unit_test(test_unfinished_request_times_out),
       cmocka_unit_test(test_bad_requests_get_errors),
       cmocka_unit_test(test_idle_clients_do_not_lock_out_stats),
+      cmocka_unit_test(test_check_reports_the_clamp),
+      cmocka_unit_test(test_stats_and_reload_at_the_fd_limit),
+      cmocka_unit_test(test_stats_with_every_fd_taken),
   };
   return cmocka_run_group_tests_name("control socket", tests, NULL, NULL);
 }

@@ -1,0 +1,372 @@
+/* pipe.c: a session's protocol pipeline (see pipe.h): stream decode,
+ * framing, dispatch to the script layer, body and stream encode.
+ *
+ * The common case costs what the relay's own loop did: no codec, so frames
+ * are cut straight from the caller's input, and a run of frames nobody
+ * handles comes out as one pass() of bytes the caller may reference. */
+#include "pipe.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define DECODE_STEP (64 * 1024) /* stream-decoded bytes framed at a time */
+#define WAIT_HEX 16             /* bytes shown of a frame that never comes */
+
+static inline gw_side other(gw_side s) { return s == GW_CLIENT ? GW_SERVER : GW_CLIENT; }
+
+/* ---- byte buffers ---- */
+
+int gw_bytes_reserve(gw_bytes *b, size_t more) {
+  if (b->cap - b->len >= more) return 0;
+  if (more > SIZE_MAX / 2 - b->len) return -ENOMEM;
+  size_t cap = b->cap ? b->cap : 256;
+  while (cap - b->len < more) cap *= 2;
+  uint8_t *p = realloc(b->p, cap);
+  if (!p) return -ENOMEM;
+  b->p = p;
+  b->cap = cap;
+  return 0;
+}
+
+int gw_bytes_append(gw_bytes *b, const void *p, size_t n) {
+  if (!n) return 0;
+  int rc = gw_bytes_reserve(b, n);
+  if (rc) return rc;
+  memcpy(b->p + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+void gw_bytes_consume(gw_bytes *b, size_t n) {
+  if (n >= b->len) {
+    b->len = 0;
+    return;
+  }
+  memmove(b->p, b->p + n, b->len - n);
+  b->len -= n;
+}
+
+void gw_bytes_free(gw_bytes *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+/* ---- setup ---- */
+
+void gw_pipe_init(gw_pipe *p, const gw_framing *f, gw_script *script,
+                  gw_script_session *ss, const gw_pipe_driver *drv, void *ud) {
+  memset(p, 0, sizeof *p);
+  for (int i = 0; i < GW_SIDES; i++) p->side[i].framing = *f;
+  p->script = script;
+  p->ss = ss;
+  p->drv = drv;
+  p->ud = ud;
+}
+
+static void codec_free(gw_codec *c) {
+  if (c && c->type->free) c->type->free(c);
+}
+
+void gw_pipe_free(gw_pipe *p) {
+  for (int i = 0; i < GW_SIDES; i++) {
+    codec_free(p->side[i].stream);
+    codec_free(p->side[i].body);
+    gw_bytes_free(&p->side[i].dec);
+  }
+  gw_bytes_free(&p->scratch);
+  gw_bytes_free(&p->obody);
+  gw_bytes_free(&p->enc);
+}
+
+void gw_pipe_set_framing(gw_pipe *p, gw_side side, const gw_framing *f) {
+  gw_pipe_side *ps = &p->side[side];
+  ps->framing = *f;
+  ps->switched = true;
+  ps->need = 0;
+  ps->wait_logged = false;
+}
+
+void gw_pipe_expect_raw(gw_pipe *p, gw_side side, uint64_t n) {
+  p->side[side].raw_left = n;
+  p->side[side].need = 0;
+}
+
+void gw_pipe_set_stream_codec(gw_pipe *p, gw_side side, gw_codec *c) {
+  codec_free(p->side[side].stream);
+  p->side[side].stream = c;
+}
+
+void gw_pipe_set_body_codec(gw_pipe *p, gw_side side, gw_codec *c) {
+  codec_free(p->side[side].body);
+  p->side[side].body = c;
+}
+
+bool gw_pipe_partial(const gw_pipe *p, gw_side side, uint32_t input_left) {
+  const gw_pipe_side *ps = &p->side[side];
+  return input_left > 0 || ps->dec.len > 0;
+}
+
+static int fail(gw_pipe *p, gw_side side, gw_frame_error e, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail(gw_pipe *p, gw_side side, gw_frame_error e, const char *fmt, ...) {
+  p->error = e;
+  p->error_offset = p->side[side].offset;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(p->error_msg, sizeof p->error_msg, fmt, ap);
+  va_end(ap);
+  return -EPROTO;
+}
+
+/* ---- body codecs ---- */
+
+/* Rewrites the frame at data (len bytes, framed with f as from `origin`)
+ * with its body from c->offset decoded or encoded, into out. The length
+ * field is computed anew when the body's size changes. */
+static int body_transform(gw_pipe *p, gw_codec *c, bool decode, const gw_framing *f,
+                          gw_side origin, const uint8_t *data, size_t len, gw_bytes *out,
+                          char *err, size_t errlen) {
+  size_t off = c->offset;
+  out->len = 0;
+  if (off >= len) return gw_bytes_append(out, data, len); /* no body */
+  /* The header first, then the body's transform after it. */
+  int rc = gw_bytes_append(out, data, off);
+  if (rc) return rc;
+  if (decode) {
+    size_t used = 0;
+    rc = c->type->decode(c, data + off, len - off, &used, out, SIZE_MAX, err, errlen);
+  } else {
+    rc = c->type->encode(c, data + off, len - off, out, err, errlen);
+  }
+  if (rc) return rc;
+  if (out->len == len) return 0;
+  /* Another size: encode the frame again, its length field computed. */
+  size_t lf_end = f->length_offset + gw_frame_length_field_size(f, len);
+  if (lf_end > off) {
+    snprintf(err, errlen, "body codec offset %zu is inside the length field", off);
+    return -EINVAL;
+  }
+  size_t rest_len = out->len - lf_end;
+  gw_bytes *tmp = &p->enc; /* free here: stream encoding comes after */
+  tmp->len = 0;
+  if ((rc = gw_bytes_reserve(tmp, out->len + GW_VARINT_MAX))) return rc;
+  long n = gw_frame_encode(f, origin, tmp->p, tmp->cap, out->p, out->p + lf_end, rest_len);
+  if (n < 0) {
+    snprintf(err, errlen, "%s", n == -EMSGSIZE ? "frame too large after the body codec"
+                                                : "frame does not fit its framing after the body codec");
+    return (int)n;
+  }
+  out->len = 0;
+  return gw_bytes_append(out, tmp->p, (size_t)n);
+}
+
+/* ---- output ---- */
+
+/* Bytes toward `to`: a frame (frame=true, framed as from other(to)) or raw
+ * bytes, through to's body and stream encoders. */
+static int output(gw_pipe *p, gw_side to, const uint8_t *data, size_t len, bool frame,
+                  bool in_input) {
+  gw_pipe_side *dst = &p->side[to];
+  char err[160];
+  int rc;
+  if (frame && dst->body) {
+    gw_side origin = other(to);
+    rc = body_transform(p, dst->body, false, &p->side[origin].framing, origin, data, len,
+                        &p->obody, err, sizeof err);
+    if (rc) {
+      gw_warn("session %" PRIu64 " body codec %s toward the %s side: %s", p->ss->id,
+              dst->body->type->name, gw_side_name(to), err);
+      return rc;
+    }
+    data = p->obody.p;
+    len = p->obody.len;
+    in_input = false;
+  }
+  if (dst->stream) {
+    p->enc.len = 0;
+    rc = dst->stream->type->encode(dst->stream, data, len, &p->enc, err, sizeof err);
+    if (rc) {
+      gw_warn("session %" PRIu64 " stream codec %s toward the %s side: %s", p->ss->id,
+              dst->stream->type->name, gw_side_name(to), err);
+      return rc;
+    }
+    return p->enc.len ? p->drv->copy(p->ud, to, p->enc.p, p->enc.len) : 0;
+  }
+  return in_input ? p->drv->pass(p->ud, to, data, len) : p->drv->copy(p->ud, to, data, len);
+}
+
+int gw_pipe_output(gw_pipe *p, gw_side to, const uint8_t *data, size_t len) {
+  /* The frame in a handler, passed on: it may still lie in the input. */
+  bool in_input = data == p->cur_frame && p->cur_in_input;
+  return output(p, to, data, len, true, in_input);
+}
+
+size_t gw_pipe_finish(gw_pipe *p, gw_side from, uint8_t *data, uint32_t *start, uint32_t end,
+                      bool pass) {
+  gw_pipe_side *ps = &p->side[from];
+  size_t n = (end - *start) + ps->dec.len;
+  if (pass && ps->dec.len) output(p, other(from), ps->dec.p, ps->dec.len, false, false);
+  if (pass && *start < end) output(p, other(from), data + *start, end - *start, false, true);
+  ps->dec.len = 0;
+  ps->need = 0;
+  *start = end;
+  return n;
+}
+
+/* ---- input ---- */
+
+/* A length field that announces far more than arrives is often a framing
+ * that does not fit the protocol: say so once, so that a wrong framing is
+ * found from the log rather than by a hang (timeouts.frame_ms ends it). */
+static void log_long_wait(gw_pipe *p, gw_side from, const uint8_t *at, size_t n) {
+  gw_pipe_side *ps = &p->side[from];
+  ps->wait_logged = true;
+  if (!gw_log_enabled(GW_LOG_DEBUG)) return;
+  char hex[WAIT_HEX * 3 + 4] = "";
+  size_t shown = n < WAIT_HEX ? n : WAIT_HEX;
+  for (size_t i = 0; i < shown; i++)
+    snprintf(hex + 3 * i, sizeof hex - 3 * i, "%s%02x", i ? " " : "", at[i]);
+  gw_debug("session %" PRIu64 " waits for a frame of %u bytes from the %s side at stream "
+           "offset %" PRIu64 ", has %zu: %s%s (framing %s)",
+           p->ss->id, ps->need, gw_side_name(from), ps->offset, n, hex, n > shown ? " ..." : "",
+           ps->framing.name);
+}
+
+/* Frames data[*start, end) from `from`. in_input: the bytes lie in the
+ * caller's input (else in the pipeline's decode buffer). Stops early, with
+ * *start at the first byte not consumed, when the driver holds or when a
+ * handler installed a stream decoder on `from` (the rest must be decoded
+ * first: the caller looks again). */
+static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, uint32_t end,
+                      bool in_input) {
+  gw_pipe_side *ps = &p->side[from];
+  gw_side to = other(from);
+  const gw_handlers *h = p->ss->handlers;
+  bool had_decoder = ps->stream != NULL;
+  uint32_t run = *start; /* a run of bytes passed on as they are */
+  int rc = 0;
+#define FLUSH_RUN()                                                                   \
+  do {                                                                                \
+    if (run < *start && (rc = output(p, to, base + run, *start - run, false,         \
+                                     in_input)) < 0)                                  \
+      return rc;                                                                      \
+    run = *start;                                                                     \
+  } while (0)
+  /* Runs may go out as they are only if nothing on the way changes bytes. */
+  bool plain = !ps->body && !p->side[to].body;
+  while (*start < end) {
+    uint32_t avail = end - *start;
+    if (ps->raw_left || ps->framing.raw) {
+      uint32_t n = ps->framing.raw || ps->raw_left >= avail ? avail : (uint32_t)ps->raw_left;
+      if (!ps->framing.raw) ps->raw_left -= n;
+      *start += n;
+      ps->offset += n;
+      if (!plain) FLUSH_RUN(); /* raw bytes skip body codecs, not the run */
+      continue;
+    }
+    if (ps->need > avail) break; /* still waiting for the rest of a frame */
+    gw_frame_info fi;
+    rc = gw_frame_next(&ps->framing, from, base + *start, avail, &fi);
+    if (rc == -EAGAIN) {
+      ps->need = (uint32_t)fi.need;
+      if (fi.need > 2 * (size_t)avail + 1024 && !ps->wait_logged)
+        log_long_wait(p, from, base + *start, avail);
+      rc = 0;
+      break;
+    }
+    if (rc < 0) {
+      FLUSH_RUN();
+      return fail(p, from, fi.error, "%s", gw_frame_strerror(fi.error));
+    }
+    ps->need = 0;
+    ps->frames++;
+    if (plain && !gw_handlers_want(h, from, &fi)) { /* the fast path: it stays in the run */
+      *start += (uint32_t)fi.len;
+      ps->offset += fi.len;
+      continue;
+    }
+    FLUSH_RUN();
+    uint8_t *frame = base + *start;
+    size_t len = fi.len;
+    bool frame_in_input = in_input;
+    *start += (uint32_t)fi.len;
+    ps->offset += fi.len;
+    run = *start;
+    if (ps->body) { /* handlers see the clear frame (its opcode too) */
+      char err[160];
+      rc = body_transform(p, ps->body, true, &ps->framing, from, frame, len, &p->scratch, err,
+                          sizeof err);
+      if (rc) return fail(p, from, GW_FRAME_OK, "body codec %s: %s", ps->body->type->name, err);
+      frame = p->scratch.p;
+      len = p->scratch.len;
+      frame_in_input = false;
+      if (gw_frame_next(&ps->framing, from, frame, len, &fi) != 1 || fi.len != len)
+        return fail(p, from, GW_FRAME_OK, "body codec %s broke the frame", ps->body->type->name);
+    }
+    if (!gw_handlers_want(h, from, &fi)) {
+      if ((rc = output(p, to, frame, len, true, frame_in_input)) < 0) return rc;
+      continue;
+    }
+    p->cur_frame = frame;
+    p->cur_in_input = frame_in_input;
+    rc = gw_script_frame(p->script, p->ss, from, frame, &fi);
+    p->cur_frame = NULL;
+    if (rc < 0) return rc;
+    if (p->drv->hold && p->drv->hold(p->ud, from)) return GW_PIPE_HELD;
+    /* A handler may have switched codecs: re-plan the way out. */
+    if (!had_decoder && ps->stream) return 0;
+    plain = !ps->body && !p->side[to].body;
+  }
+  FLUSH_RUN();
+#undef FLUSH_RUN
+  return rc;
+}
+
+/* Frames what the decode buffer holds. */
+static int frame_decoded(gw_pipe *p, gw_side from) {
+  gw_bytes *dec = &p->side[from].dec;
+  uint32_t pos = 0;
+  int rc = frame_loop(p, from, dec->p, &pos, (uint32_t)dec->len, false);
+  gw_bytes_consume(dec, pos);
+  return rc;
+}
+
+int gw_pipe_input(gw_pipe *p, gw_side from, uint8_t *data, uint32_t *start, uint32_t end) {
+  gw_pipe_side *ps = &p->side[from];
+  int rc = 0;
+  for (;;) {
+    if (ps->dec.len) { /* decoded (or carried over) bytes come first */
+      if ((rc = frame_decoded(p, from))) return rc;
+      if (ps->dec.len && !ps->stream) {
+        /* A decoder removed mid-frame: the frame goes on in plain bytes. */
+        if (gw_bytes_append(&ps->dec, data + *start, end - *start)) return -ENOMEM;
+        *start = end;
+        return frame_decoded(p, from);
+      }
+    }
+    if (*start == end) return 0;
+    if (!ps->stream) {
+      uint32_t before = *start;
+      rc = frame_loop(p, from, data, start, end, true);
+      if (rc || !ps->stream || *start == before) return rc;
+      continue; /* a decoder was installed: the rest is decoded */
+    }
+    char err[160];
+    size_t used = 0;
+    rc = ps->stream->type->decode(ps->stream, data + *start, end - *start, &used, &ps->dec,
+                                  DECODE_STEP, err, sizeof err);
+    if (rc) return fail(p, from, GW_FRAME_OK, "stream codec %s: %s", ps->stream->type->name, err);
+    *start += (uint32_t)used;
+    if (!used && !ps->dec.len) return 0; /* the codec wants more input */
+    if (!ps->dec.len) continue;
+    if ((rc = frame_decoded(p, from))) return rc;
+    if (!used && *start < end) return 0; /* no progress: wait for more */
+  }
+}
