@@ -35,13 +35,19 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "script_int.h" /* gw_meter_open: metered patterns and tables */
+
 #define MIB (1024u * 1024u)
 
 /* What a config may cost to run. Generous for any real config (they run a few
  * thousand instructions), small enough that a mistake fails in well under a
- * second. */
+ * second. C work is charged too, as in the script state: pattern matching
+ * and table functions (gw_meter_open) by the step, and every CFG_ALLOC_CHARGE
+ * bytes allocated (string.rep, table.concat, .. build their results) as an
+ * instruction. */
 #define CFG_MAX_INSTRUCTIONS 10000000u
-#define CFG_HOOK_STEP 1000
+#define CFG_HOOK_STEP 1000 /* at most GW_HOOK_INTERVAL, for gw_meter_open */
+#define CFG_ALLOC_CHARGE 32
 #define CFG_MEMORY_MAX (64u * MIB)
 
 #define NAME_MAX_LEN 64        /* listener names */
@@ -58,6 +64,8 @@ typedef struct cfg_ctx {
   size_t used, limit;
   /* instruction hook */
   uint64_t instructions;
+  size_t alloc_uncharged;      /* bytes allocated not yet charged */
+  bool running;                /* the config's chunk runs: charge it */
   bool timed_out;
   /* the load */
   const char *file;            /* the path as given, for messages */
@@ -72,8 +80,22 @@ typedef struct cfg_ctx {
 
 /* ---- the throwaway state ---- */
 
+static void cfg_hook(lua_State *L, lua_Debug *ar);
+
+/* Past the limit, the hook fires at once and from then on at every
+ * instruction, so a pcall in the config cannot swallow the error and carry
+ * on: the next instruction after it fails again. */
+static void over_limit(cfg_ctx *c) {
+  if (!c->timed_out) {
+    c->timed_out = true;
+    lua_sethook(c->L, cfg_hook, LUA_MASKCOUNT, 1);
+  }
+}
+
 /* Counts bytes and refuses to go past the limit; Lua turns the NULL into a
- * "not enough memory" error. ptr == NULL means osize is a type, not a size. */
+ * "not enough memory" error. ptr == NULL means osize is a type, not a size.
+ * Growth is charged while the chunk runs; the hook raises, as an allocator
+ * must not. */
 static void *cfg_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   cfg_ctx *c = ud;
   size_t old = ptr ? osize : 0;
@@ -85,14 +107,19 @@ static void *cfg_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (nsize > old && nsize - old > c->limit - c->used)
     return NULL;
   void *p = realloc(ptr, nsize);
-  if (p)
-    c->used = c->used - old + nsize;
+  if (!p)
+    return NULL;
+  c->used = c->used - old + nsize;
+  if (c->running && nsize > old) {
+    c->alloc_uncharged += nsize - old;
+    c->instructions += c->alloc_uncharged / CFG_ALLOC_CHARGE;
+    c->alloc_uncharged %= CFG_ALLOC_CHARGE;
+    if (c->instructions >= CFG_MAX_INSTRUCTIONS)
+      over_limit(c);
+  }
   return p;
 }
 
-/* Past the limit the hook fires on every instruction, so a pcall in the
- * config cannot swallow the error and carry on: the next instruction after
- * it fails again. */
 static void cfg_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   cfg_ctx *c;
@@ -100,12 +127,22 @@ static void cfg_hook(lua_State *L, lua_Debug *ar) {
   c->instructions += c->timed_out ? 1 : CFG_HOOK_STEP;
   if (c->instructions < CFG_MAX_INSTRUCTIONS)
     return;
-  if (!c->timed_out) {
-    c->timed_out = true;
-    lua_sethook(L, cfg_hook, LUA_MASKCOUNT, 1);
-  }
+  over_limit(c);
   lua_pushliteral(L, "config took too long to run");
   lua_error(L);
+}
+
+/* The meter of the config's string and table functions (gw_meter_open). */
+static void cfg_charge(lua_State *L, uint64_t cost) {
+  cfg_ctx *c;
+  lua_getallocf(L, (void **)&c);
+  if (!c->running)
+    return;
+  c->instructions += cost;
+  if (c->instructions < CFG_MAX_INSTRUCTIONS && !c->timed_out)
+    return;
+  over_limit(c);
+  luaL_error(L, "config took too long to run");
 }
 
 static const char *const base_names[] = {
@@ -157,6 +194,9 @@ static void push_env(lua_State *L) {
     luaL_requiref(L, lib->name, lib->func, 0);
     lua_setfield(L, env, lib->name);
   }
+  /* in place: the string metatable's __index is the same table */
+  static const gw_meter meter = {cfg_charge};
+  gw_meter_open(L, &meter);
 }
 
 /* ---- messages ---- */
@@ -1075,7 +1115,9 @@ static int cfg_main(lua_State *L) {
   lua_pushvalue(L, -2);
   lua_setupvalue(L, -2, 1); /* the chunk's only upvalue is _ENV */
   lua_sethook(L, cfg_hook, LUA_MASKCOUNT, CFG_HOOK_STEP);
+  c->running = true;
   lua_call(L, 0, 1);
+  c->running = false;
   lua_sethook(L, NULL, 0, 0);
 
   if (!lua_istable(L, -1))
@@ -1146,6 +1188,7 @@ int gw_config_load(const char *path, gw_config *cfg, char *err, size_t errlen) {
   lua_pushcfunction(c.L, cfg_main);
   lua_pushlightuserdata(c.L, &c);
   int status = lua_pcall(c.L, 1, 0, 0);
+  c.running = false; /* the chunk may have raised */
   if (status != LUA_OK && !c.failed)
     lua_message(&c, status);
   lua_close(c.L);

@@ -192,10 +192,6 @@ void gw__charge(lua_State *L, uint64_t cost) {
              (lua_Integer)s->limits.handler_instructions);
 }
 
-void gw__charge_thread(lua_State *L) {
-  gw__charge(L, (uint64_t)hook_interval(gw_script_of(L)));
-}
-
 int gw__pcall(gw_script *s, int nargs, int nresults) {
   lua_State *L = s->L;
   s->instructions = 0;
@@ -655,7 +651,8 @@ static int verdict_tostring(lua_State *L) {
 static int init_state(lua_State *L) {
   gw_script *s = gw_script_of(L);
   luaL_openlibs(L);
-  gw__meter_open(L);
+  static const gw_meter meter = {gw__charge};
+  gw_meter_open(L, &meter);
   gw_packet_open(L, true);
   gw__session_open_lib(L);
   gw__timer_open_lib(L);

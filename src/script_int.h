@@ -1,5 +1,5 @@
 /* script_int.h: private to the script layer (src/script*.c and the
- * gangway.core Lua module). Not part of any contract: the relay only sees
+ * gangway.core Lua module; src/config.c uses gw_meter_open). Not part of any contract: the relay only sees
  * include/script.h.
  *
  * The layer is split by concern:
@@ -240,13 +240,17 @@ int gw__pcall(gw_script *s, int nargs, int nresults);
 /* Charges cost instructions to the call under way (C work the count hook
  * cannot see); past the limit, raises the limit's error. */
 void gw__charge(lua_State *L, uint64_t cost);
-/* Charges a new coroutine the instructions its hook count may never see:
- * one hook interval. Raises past the limit, as gw__charge. */
-void gw__charge_thread(lua_State *L);
+/* How a Lua state pays for the C work of its metered library functions:
+ * charge(L, cost) adds cost instructions to the run under way and raises
+ * the limit's error past it. Must outlive the state (a static). */
+typedef struct gw_meter {
+  void (*charge)(lua_State *L, uint64_t cost);
+} gw_meter;
 /* Replaces string.find/match/gmatch/gsub, table.sort/move/insert/remove
- * and coroutine.create/wrap with versions that charge their C work
- * (script_meter.c). */
-void gw__meter_open(lua_State *L);
+ * and coroutine.create/wrap (those of them the state has loaded) with
+ * versions that charge their C work to meter (script_meter.c). The config
+ * loader uses it too. */
+void gw_meter_open(lua_State *L, const gw_meter *meter);
 /* Logs a failed call (rate-limited) and counts it. what says which call
  * ("client frame 1", "timer"...). Pops the message. */
 void gw__report_error(gw_script *s, int status, const char *listener,

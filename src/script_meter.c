@@ -1,6 +1,8 @@
 /* script_meter.c: library functions whose C work the count hook cannot
- * see, charged to the call's instruction budget (gw__charge, which raises
- * the limit's error as the hook does).
+ * see, charged to the instruction budget of the state they run in through
+ * its gw_meter (each function holds it as an upvalue): gw__charge for the
+ * script state, the config loader's own for config.lua. A charge past the
+ * limit raises the limit's error, as the hook does.
  *
  * Patterns: Lua's string.find/match/gmatch/gsub backtrack in C, so
  * `text:find(".-.-.-x")` on a 16 KiB chat line from a player runs for
@@ -13,8 +15,9 @@
  * uncounted (a loop of short coroutines ran ~90 times its budget).
  * coroutine.create and wrap charge one hook interval up front for them.
  *
- * gw__meter_open puts them in the state's library tables, before any
- * script's environment copies them; `s:gsub(...)` uses them too. */
+ * gw_meter_open puts them in the state's library tables, before any
+ * script's (or the config's) environment copies them; `s:gsub(...)`
+ * uses them too. */
 #include <ctype.h>
 #include <lualib.h>
 #include <string.h>
@@ -31,6 +34,7 @@
 
 typedef struct matcher {
   lua_State *L;
+  const gw_meter *meter;     /* who pays for the steps */
   const char *src, *src_end; /* the subject */
   const char *pat_end;
   int depth;                 /* recursion left */
@@ -43,7 +47,7 @@ typedef struct matcher {
 } matcher;
 
 static void charge(matcher *m) {
-  if (m->steps) gw__charge(m->L, m->steps);
+  if (m->steps) m->meter->charge(m->L, m->steps);
   m->steps = 0;
 }
 
@@ -299,9 +303,16 @@ done:
   return s;
 }
 
+/* The meter of the library function running: its first upvalue for the
+ * string functions, its second for the others. */
+static const gw_meter *meter_of(lua_State *L, int up) {
+  return lua_touserdata(L, lua_upvalueindex(up));
+}
+
 static void matcher_init(matcher *m, lua_State *L, const char *s, size_t ls,
                          const char *p, size_t lp) {
   m->L = L;
+  m->meter = meter_of(L, 1);
   m->src = s;
   m->src_end = s + ls;
   m->pat_end = p + lp;
@@ -578,6 +589,11 @@ static uint64_t log2_ceil(uint64_t n) {
   return k;
 }
 
+/* Charges cost to the meter of the running function (upvalue 2). */
+static void tab_charge(lua_State *L, uint64_t cost) {
+  meter_of(L, 2)->charge(L, cost);
+}
+
 /* Calls the original function (upvalue 1) with the same arguments. */
 static int call_original(lua_State *L) {
   int n = lua_gettop(L);
@@ -596,14 +612,14 @@ static lua_Integer len_of(lua_State *L, int idx) {
 /* table.sort(t [, comp]): n log n comparisons. */
 static int tab_sort(lua_State *L) {
   uint64_t n = (uint64_t)len_of(L, 1);
-  gw__charge(L, n * log2_ceil(n));
+  tab_charge(L, n * log2_ceil(n));
   return call_original(L);
 }
 
 /* table.move(a1, f, e, t [, a2]): e - f + 1 elements. */
 static int tab_move(lua_State *L) {
   lua_Integer f = luaL_optinteger(L, 2, 1), e = luaL_optinteger(L, 3, 0);
-  if (e >= f && e - f < LUA_MAXINTEGER) gw__charge(L, (uint64_t)(e - f) + 1);
+  if (e >= f && e - f < LUA_MAXINTEGER) tab_charge(L, (uint64_t)(e - f) + 1);
   return call_original(L);
 }
 
@@ -612,7 +628,7 @@ static void charge_shift(lua_State *L, int posidx) {
   lua_Integer n = len_of(L, 1);
   if (!lua_isinteger(L, posidx)) return;
   lua_Integer pos = lua_tointeger(L, posidx);
-  if (pos >= 1 && pos <= n) gw__charge(L, (uint64_t)(n - pos) + 1);
+  if (pos >= 1 && pos <= n) tab_charge(L, (uint64_t)(n - pos) + 1);
 }
 
 /* table.insert(t, [pos,] v) */
@@ -627,46 +643,53 @@ static int tab_remove(lua_State *L) {
   return call_original(L);
 }
 
-/* coroutine.create(f) and coroutine.wrap(f) */
+/* coroutine.create(f) and coroutine.wrap(f): a new thread's own hook count
+ * may end before it reaches the hook. States metered use a hook interval
+ * of at most GW_HOOK_INTERVAL, so this is an upper bound. */
 static int co_new(lua_State *L) {
-  gw__charge_thread(L);
+  tab_charge(L, GW_HOOK_INTERVAL);
   return call_original(L);
 }
 
-/* Replaces each named function of library lib with func, which gets the
- * original as upvalue 1. */
-static void wrap_lib(lua_State *L, const char *lib, const char *const names[],
-                     lua_CFunction func) {
-  lua_getfield(L, -1, lib);
-  for (const char *const *n = names; *n; n++) {
-    lua_getfield(L, -1, *n);
-    lua_pushcclosure(L, func, 1);
-    lua_setfield(L, -2, *n);
+typedef struct wrapped {
+  const char *name;
+  lua_CFunction func;
+} wrapped;
+
+/* Replaces each function of library lib, if the state has it, with a
+ * closure of the original and the meter. */
+static void wrap_lib(lua_State *L, const char *lib, const wrapped *w,
+                     const gw_meter *meter) {
+  if (lua_getfield(L, -1, lib) == LUA_TTABLE) {
+    for (; w->name; w++) {
+      lua_getfield(L, -1, w->name); /* the original, as upvalue 1 */
+      lua_pushlightuserdata(L, (void *)meter);
+      lua_pushcclosure(L, w->func, 2);
+      lua_setfield(L, -2, w->name);
+    }
   }
   lua_pop(L, 1);
 }
 
-void gw__meter_open(lua_State *L) {
+void gw_meter_open(lua_State *L, const gw_meter *meter) {
   static const luaL_Reg str_funcs[] = {
     {"find", str_find}, {"match", str_match}, {"gmatch", str_gmatch},
     {"gsub", str_gsub}, {NULL, NULL},
   };
-  static const luaL_Reg tab_funcs[] = {
+  static const wrapped tab_funcs[] = {
     {"sort", tab_sort}, {"move", tab_move}, {"insert", tab_insert},
     {"remove", tab_remove}, {NULL, NULL},
   };
-  static const char *const co_names[] = {"create", "wrap", NULL};
+  static const wrapped co_funcs[] = {
+    {"create", co_new}, {"wrap", co_new}, {NULL, NULL},
+  };
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_getfield(L, -1, LUA_STRLIBNAME);
-  luaL_setfuncs(L, str_funcs, 0);
-  lua_pop(L, 1);
-  lua_getfield(L, -1, LUA_TABLIBNAME);
-  for (const luaL_Reg *r = tab_funcs; r->name; r++) {
-    lua_getfield(L, -1, r->name); /* the original, as upvalue */
-    lua_pushcclosure(L, r->func, 1);
-    lua_setfield(L, -2, r->name);
+  if (lua_getfield(L, -1, LUA_STRLIBNAME) == LUA_TTABLE) {
+    lua_pushlightuserdata(L, (void *)meter);
+    luaL_setfuncs(L, str_funcs, 1);
   }
   lua_pop(L, 1);
-  wrap_lib(L, LUA_COLIBNAME, co_names, co_new);
+  wrap_lib(L, LUA_TABLIBNAME, tab_funcs, meter);
+  wrap_lib(L, LUA_COLIBNAME, co_funcs, meter);
   lua_pop(L, 1);
 }

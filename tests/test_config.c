@@ -404,6 +404,28 @@ static const bad_case bad_cases[] = {
   {"infinite loop that catches the timeout",
    "while true do pcall(function() while true do end end) end\n",
    "config.lua: config took too long to run"},
+  {"catastrophic pattern",
+   "local s = (\"a\"):rep(30000)\nreturn { listeners = s:find(\".-.-.-.-.-x\") }\n",
+   "config.lua: config took too long to run"},
+  {"catastrophic pattern as a method, in gsub, gmatch and match",
+   "local s = (\"a\"):rep(30000)\n"
+   "pcall(s.gsub, s, \"(.-)(.-)(.-)z\", \"\")\n"
+   "for _ in s:gmatch(\"(.-)(.-)(.-)y\") do end\n"
+   "return s:match(\".-.-.-.-x\")\n",
+   "config.lua: config took too long to run"},
+  {"catastrophic pattern that catches the timeout",
+   "while true do pcall(string.find, (\"a\"):rep(30000), \".-.-.-.-.-x\") end\n",
+   "config.lua: config took too long to run"},
+  {"sorting loop",
+   "local t = {}\nfor i = 1, 100000 do t[i] = -i end\nwhile true do table.sort(t) end\n",
+   "config.lua: config took too long to run"},
+  {"allocation loop",
+   "while true do local s = (\"x\"):rep(8 * 1024 * 1024) end\n",
+   "config.lua: config took too long to run"},
+  {"concatenation loop",
+   "local t = {}\nfor i = 1, 1000 do t[i] = (\"x\"):rep(1000) end\n"
+   "while true do local s = table.concat(t) end\n",
+   "config.lua: config took too long to run"},
   {"memory bomb",
    "local t = {}\nfor i = 1, 1e9 do t[i] = (\"x\"):rep(100) .. i end\n",
    "config.lua: config used more than 64 MiB of memory"},
