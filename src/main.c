@@ -12,6 +12,7 @@
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +21,10 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 #include <lua.h>
+#include <systemd/sd-daemon.h>
 #include <uv.h>
 
 #include "config.h"
@@ -154,6 +157,27 @@ static void app_fd_fit(app *a, gw_config *cfg) {
   snprintf(a->fd_note, sizeof a->fd_note, "%s", note);
 }
 
+/* ---- systemd: Type=notify / notify-reload ------------------------------ */
+/* sd_notify does nothing without NOTIFY_SOCKET in the environment. */
+
+/* READY=1 with a one-line STATUS (systemd shows it; a newline would end the
+ * field early). */
+static void notify_ready(const char *status) {
+  char line[512];
+  snprintf(line, sizeof line, "%s", status);
+  for (char *p = line; *p; p++)
+    if (*p == '\n' || *p == '\r') *p = ' ';
+  sd_notifyf(0, "READY=1\nSTATUS=%s", line);
+}
+
+/* systemd 253+ (Type=notify-reload) wants the time the reload started. */
+static void notify_reloading(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+}
+
 static int load_config(const char *path, gw_config **out, char *err, size_t errlen) {
   gw_config *cfg = calloc(1, sizeof *cfg);
   if (!cfg) {
@@ -173,6 +197,7 @@ static int load_config(const char *path, gw_config **out, char *err, size_t errl
 /* Loads the config again and swaps it in; err says why not. */
 static int app_reload(app *a, const char *trigger, char *err, size_t errlen) {
   uint64_t t0 = uv_hrtime();
+  if (!a->stopping) notify_reloading();
   gw_config *cfg;
   int rc = load_config(a->config_path, &cfg, err, errlen);
   if (rc == 0) {
@@ -180,15 +205,22 @@ static int app_reload(app *a, const char *trigger, char *err, size_t errlen) {
     rc = gw_relay_reload(a->relay, cfg, err, errlen);
   }
   double ms = (double)(uv_hrtime() - t0) / 1e6;
+  char status[512];
   if (rc < 0) {
     gw_error("reload (%s) failed, still running generation %llu: %s", trigger,
              (unsigned long long)a->generation, err);
+    snprintf(status, sizeof status, "generation %llu running; reload (%s) failed: %s",
+             (unsigned long long)a->generation, trigger, err);
+    if (!a->stopping) notify_ready(status);
     return rc;
   }
   a->generation++;
   snprintf(err, errlen, "generation %llu active after %.1f ms",
            (unsigned long long)a->generation, ms);
   gw_info("reload (%s): %s", trigger, err);
+  snprintf(status, sizeof status, "generation %llu running (reload: %s)",
+           (unsigned long long)a->generation, trigger);
+  if (!a->stopping) notify_ready(status);
   if (gw_relay_config(a->relay)->watch || a->watches) app_watch(a);
   return 0;
 }
@@ -226,6 +258,7 @@ static void on_signal(uv_signal_t *h, int signum) {
   }
   a->stopping = true;
   gw_info("%s received", strsignal(signum));
+  sd_notifyf(0, "STOPPING=1\nSTATUS=draining after %s", strsignal(signum));
   gw_relay_drain(a->relay, on_drained, a);
 }
 
@@ -648,6 +681,11 @@ static int run(const char *config_path) {
     a.watch_timer.data = &a;
     app_watch(&a);
     gw_info("gangway %s running (config %s, pid %d)", GW_VERSION, config_path, (int)getpid());
+    /* Every listener is bound and the control socket answers. */
+    char status[512];
+    snprintf(status, sizeof status, "generation 1 running, %zu listener(s)",
+             gw_relay_config(a.relay)->nlisteners);
+    notify_ready(status);
   }
   uv_run(&a.loop, UV_RUN_DEFAULT);
   gw_relay_free(a.relay);

@@ -1,7 +1,8 @@
 /* it_control.c: the control socket under a careless config and hostile
  * local clients: gangway removes only the socket it created, answers
  * `gangway stats`/`reload` whatever other control clients do, and keeps
- * answering at the process's open-files limit. */
+ * answering at the process's open-files limit. Also what gangway tells
+ * systemd through NOTIFY_SOCKET (READY, RELOADING, STOPPING). */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -448,6 +449,102 @@ static void test_stats_with_every_fd_taken(void **state) {
   stop_gangway(&g, up);
 }
 
+/* ---- issue 15.3: systemd's readiness protocol (sd_notify) ---- */
+
+/* The next datagram on fd within timeout_ms ("" if none). */
+static void notify_next(int fd, char *out, size_t outlen, int timeout_ms) {
+  out[0] = '\0';
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  if (poll(&p, 1, timeout_ms) <= 0) return;
+  ssize_t n = recv(fd, out, outlen - 1, 0);
+  out[n > 0 ? n : 0] = '\0';
+}
+
+static void expect_notify(int fd, const char *want) {
+  char got[1024];
+  notify_next(fd, got, sizeof got, 5000);
+  if (strncmp(got, want, strlen(want)) != 0)
+    fail_msg("NOTIFY_SOCKET: got \"%s\", want \"%s...\"", got, want);
+}
+
+/* A datagram socket at dir/notify.sock, as systemd gives a Type=notify
+ * service; NOTIFY_SOCKET names it for the gangway started next. */
+static int notify_socket(const char *dir) {
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  char path[256];
+  snprintf(path, sizeof path, "%s/notify.sock", dir);
+  assert_true(strlen(path) < sizeof sa.sun_path);
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  setenv("NOTIFY_SOCKET", path, 1);
+  return fd;
+}
+
+static void test_sd_notify(void **state) {
+  (void)state;
+  int up_port, port = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  it_gangway_prepare(&g);
+  it_write(g.dir, "config.lua", LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  int nfd = notify_socket(g.dir);
+  it_gangway_run(&g, 0);
+  unsetenv("NOTIFY_SOCKET");
+  /* READY=1 comes once the listener accepts: a session works at once. */
+  expect_notify(nfd, "READY=1\nSTATUS=generation 1 running, 1 listener(s)");
+  int fd = it_connect(port);
+  assert_true(fd >= 0);
+  it_echo_byte(fd, 'r');
+  close(fd);
+  char got[1024];
+  expect_cmd("reload", g.config, 0, "ok: generation 2 active");
+  notify_next(nfd, got, sizeof got, 5000);
+  if (strncmp(got, "RELOADING=1\nMONOTONIC_USEC=", 27) != 0 || strtoull(got + 27, NULL, 10) == 0)
+    fail_msg("NOTIFY_SOCKET at reload: \"%s\"", got);
+  expect_notify(nfd, "READY=1\nSTATUS=generation 2 running (reload: control socket)");
+  /* A reload that fails is framed the same way: systemd waits for READY=1. */
+  it_write(g.dir, "broken.lua", "error(\"no\\nway\")\n");
+  it_write(g.dir, "config.lua",
+           "return { listeners = { { name = \"c\", listen = \"127.0.0.1:%d\", upstream = "
+           "\"127.0.0.1:%d\", scripts = { \"broken.lua\" } } }, control = \"ctl.sock\" }\n",
+           port, up_port);
+  expect_cmd("reload", g.config, 1, "error: ");
+  expect_notify(nfd, "RELOADING=1\nMONOTONIC_USEC=");
+  expect_notify(nfd, "READY=1\nSTATUS=generation 2 running; reload (control socket) failed: ");
+  it_write(g.dir, "config.lua", LISTENER ", control = \"ctl.sock\" }\n", port, up_port);
+  kill(g.pid, SIGHUP);
+  expect_notify(nfd, "RELOADING=1\nMONOTONIC_USEC=");
+  expect_notify(nfd, "READY=1\nSTATUS=generation 3 running (reload: SIGHUP)");
+  kill(g.pid, SIGTERM);
+  expect_notify(nfd, "STOPPING=1");
+  stop_gangway(&g, up);
+  notify_next(nfd, got, sizeof got, 0);
+  assert_string_equal(got, "");
+  close(nfd);
+}
+
+/* A gangway that cannot start never says READY=1. */
+static void test_sd_notify_not_ready_on_failure(void **state) {
+  (void)state;
+  char dir[128], cfg[256], *out;
+  it_mkdtemp(dir, sizeof dir);
+  it_write(dir, "config.lua", LISTENER ", control = \"taken\" }\n", it_free_port(), it_free_port());
+  it_write(dir, "taken", "a file\n");
+  snprintf(cfg, sizeof cfg, "%s/config.lua", dir);
+  int nfd = notify_socket(dir);
+  const char *args[] = {"-c", cfg, NULL};
+  int rc = it_run_gangway(&out, args);
+  unsetenv("NOTIFY_SOCKET");
+  assert_int_equal(rc, 3);
+  free(out);
+  char got[1024];
+  notify_next(nfd, got, sizeof got, 0);
+  assert_string_equal(got, "");
+  close(nfd);
+  it_rmdir(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_existing_file_is_not_touched),
@@ -460,6 +557,8 @@ int main(void) {
       cmocka_unit_test(test_check_reports_the_clamp),
       cmocka_unit_test(test_stats_and_reload_at_the_fd_limit),
       cmocka_unit_test(test_stats_with_every_fd_taken),
+      cmocka_unit_test(test_sd_notify),
+      cmocka_unit_test(test_sd_notify_not_ready_on_failure),
   };
   return cmocka_run_group_tests_name("control socket", tests, NULL, NULL);
 }
