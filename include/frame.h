@@ -98,7 +98,8 @@ size_t gw_frame_body_offset(const gw_framing *f);
 size_t gw_frame_length_field_size(const gw_framing *f, size_t frame_len);
 
 /* Builds a frame into out: the bytes before the length field (prefix, exactly
- * length_offset bytes), the length field (computed, never copied), then rest.
+ * length_offset bytes; NULL for zeros), the length field (computed, never
+ * copied), then rest.
  * Returns the frame length, -ENOBUFS if cap is too small, -ERANGE if the
  * length does not fit the field, or -EMSGSIZE if it breaks max_frame for
  * side. */

@@ -97,6 +97,22 @@ static const gw_framing presets[] = {
     .header_len = 0,
   },
   {
+    /* MQTT 3.1.1 and 5.0: the fixed header's first byte (the packet type in
+     * the high nibble, its flags in the low one) is the opcode, then the
+     * remaining length as a variable byte integer (LEB128, 4 bytes at most
+     * in MQTT). Strings are u16 BE length-prefixed. */
+    .name = "mqtt",
+    .length_offset = 1,
+    .length_size = GW_LENGTH_VARINT,
+    .big_endian = true,
+    .opcode_offset = 0,
+    .opcode_size = 1,
+    .min_frame = {2, 2},
+    .max_frame = {DEFAULT_MAX_FRAME, DEFAULT_MAX_FRAME},
+    .str_length_size = 2,
+    .header_len = 1,
+  },
+  {
     .name = "raw",
     .raw = true,
     .big_endian = true,
@@ -108,7 +124,7 @@ static const gw_framing presets[] = {
 #define NPRESETS (sizeof presets / sizeof presets[0])
 
 const char *const gw_framing_presets[] = {
-  "top", "u16be", "u32be", "u32le", "mysql", "varint", "raw", NULL,
+  "top", "u16be", "u32be", "u32le", "mysql", "varint", "mqtt", "raw", NULL,
 };
 
 const char *gw_side_name(gw_side side)
@@ -378,8 +394,10 @@ long gw_frame_encode(const gw_framing *f, gw_side side, uint8_t *out,
   /* rest first: it may already sit in out (a rewrite in place). */
   if (rest_len)
     memmove(out + off + field, rest, rest_len);
-  if (off)
+  if (off && prefix)
     memmove(out, prefix, off);
+  else if (off)
+    memset(out, 0, off); /* no prefix given: zeros (MQTT's type byte too) */
   put_length(f, out + off, field, value);
   return len;
 }
@@ -465,9 +483,12 @@ int gw_framing_validate(const gw_framing *f, char *msg, size_t msglen)
   uint64_t off = f->length_offset;
   uint64_t field_end = off + f->length_size;
   if (varint) {
-    if (f->opcode_size)
-      return FAIL("opcode_size: must be 0 with a varint length field, whose "
-                  "size varies, got %u", f->opcode_size);
+    /* After a field of varying size an opcode has no fixed offset; before
+     * it, it has (MQTT's packet type). */
+    if (f->opcode_size && (uint64_t)f->opcode_offset + f->opcode_size > off)
+      return FAIL("opcode_offset: with a varint length field the opcode must "
+                  "end before it (byte %u), got bytes %u..%u", f->length_offset,
+                  f->opcode_offset, f->opcode_offset + f->opcode_size - 1);
     if (f->header_len != off)
       return FAIL("header_len: must equal length_offset (%u) with a varint "
                   "length field, got %u", f->length_offset, f->header_len);

@@ -103,7 +103,7 @@ static void test_presets(void **state)
     assert_int_equal(gw_framing_validate(&f, msg, sizeof msg), 0);
     assert_string_equal(msg, "");
   }
-  assert_int_equal(count, 7);
+  assert_int_equal(count, 8);
   gw_framing f;
   assert_int_equal(gw_framing_preset("tOP", &f), -ENOENT);
   assert_int_equal(gw_framing_preset("", &f), -ENOENT);
@@ -349,6 +349,36 @@ static void test_mysql(void **state)
   /* Nothing after the length field: not even the sequence byte. */
   assert_int_equal(gw_frame_encode(&f, GW_SERVER, out, sizeof out, NULL, NULL, 0),
                    -ERANGE);
+}
+
+/* MQTT: the packet type byte before a varint remaining length. Vectors
+ * from the MQTT 3.1.1 specification's examples. */
+static void test_mqtt(void **state)
+{
+  (void)state;
+  gw_framing f = preset("mqtt");
+  char msg[160];
+  assert_int_equal(gw_framing_validate(&f, msg, sizeof msg), 0);
+  /* CONNECT, protocol "MQTT" level 4, clean session, keep-alive 60,
+   * client id "a": remaining length 13 */
+  const uint8_t connect[] = {0x10, 0x0d, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x04, 0x02,
+                             0x00, 0x3c, 0x00, 0x01, 'a'};
+  for (int s = 0; s < GW_SIDES; s++) {
+    expect_again(&f, s, connect, 1, 0);
+    expect_again(&f, s, connect, 2, sizeof connect);
+    expect_frame(&f, s, connect, sizeof connect, sizeof connect, 0x10);
+  }
+  /* PINGREQ: type 12, no remaining bytes */
+  const uint8_t ping[] = {0xc0, 0x00};
+  expect_frame(&f, GW_CLIENT, ping, sizeof ping, 2, 0xc0);
+  /* PUBLISH QoS 1 with 200 bytes after the fixed header: a 2-byte length */
+  uint8_t pub[203] = {0x32, 0xc8, 0x01};
+  expect_frame(&f, GW_CLIENT, pub, sizeof pub, sizeof pub, 0x32);
+  /* gw.packet: type byte, then the length computed */
+  uint8_t out[256];
+  assert_int_equal(gw_frame_build(&f, GW_CLIENT, out, sizeof out, 0x32, pub + 3, 200), 203);
+  assert_memory_equal(out, pub, 3);
+  assert_int_equal(gw_frame_body_offset(&f) + gw_frame_length_field_size(&f, 203), 3);
 }
 
 static void test_varint(void **state)
@@ -683,6 +713,12 @@ static void make_stream(const char *name, gw_framing *f, stream *st)
     add_encoded(st, f, 1); /* empty payload: no opcode */
     add_built(st, f, 0xff, 0);
     add_built(st, f, 1, 300);
+  } else if (strcmp(name, "mqtt") == 0) {
+    add_built(st, f, 0xc0, 0);   /* PINGREQ */
+    add_built(st, f, 0x30, 127); /* PUBLISH QoS 0 */
+    add_built(st, f, 0x32, 128); /* QoS 1: two length bytes */
+    add_built(st, f, 0x10, 300); /* CONNECT */
+    add_built(st, f, 0xe0, 0);   /* DISCONNECT */
   } else if (strcmp(name, "varint") == 0) {
     add_built(st, f, 0, 0);
     add_built(st, f, 0, 127);
@@ -729,7 +765,7 @@ static size_t consume(const gw_framing *f, const stream *st, const uint8_t *p,
 
 /* Every preset but raw, which has no frames to cut. */
 static const char *const stream_presets[] = {"top", "u16be", "u32be", "u32le",
-                                             "mysql", "varint"};
+                                             "mysql", "varint", "mqtt"};
 #define NSTREAMS (sizeof stream_presets / sizeof stream_presets[0])
 static stream st;             /* the stream under test */
 static uint8_t acc[STREAM_MAX]; /* what the consumer holds of it */
@@ -926,8 +962,16 @@ static void test_validate(void **state)
   expect_invalid(&f, "max_frame.client: must be at least the header's size (8), got 7");
   f = preset("varint");
   f.opcode_size = 1;
-  expect_invalid(&f, "opcode_size: must be 0 with a varint length field, whose "
-                     "size varies, got 1");
+  expect_invalid(&f, "opcode_offset: with a varint length field the opcode must end "
+                     "before it (byte 0), got bytes 0..0");
+  f = preset("mqtt");
+  f.opcode_size = 2; /* would run into the length field at byte 1 */
+  expect_invalid(&f, "opcode_offset: with a varint length field the opcode must end "
+                     "before it (byte 1), got bytes 0..1");
+  f = preset("mqtt");
+  f.opcode_offset = 2;
+  expect_invalid(&f, "opcode_offset: with a varint length field the opcode must end "
+                     "before it (byte 1), got bytes 2..2");
   f = preset("varint");
   f.header_len = 2;
   expect_invalid(&f, "header_len: must equal length_offset (0) with a varint "
@@ -986,6 +1030,7 @@ int main(void)
     cmocka_unit_test(test_top_max_per_side),
     cmocka_unit_test(test_u16be_u32),
     cmocka_unit_test(test_mysql),
+    cmocka_unit_test(test_mqtt),
     cmocka_unit_test(test_varint),
     cmocka_unit_test(test_raw),
     cmocka_unit_test(test_limits_per_side),
