@@ -504,11 +504,11 @@ static const bad_case bad_cases[] = {
   {"bad framing preset",
    "return { listeners = { { " LISTENER1 ", framing = \"tpo\" } } }\n",
    "config.lua: listeners[1].framing: unknown preset \"tpo\" (did you mean \"top\"? presets: "
-   "\"top\", \"u16be\", \"u32be\", \"u32le\", \"mysql\", \"varint\", \"raw\")"},
+   "\"top\", \"u16be\", \"u32be\", \"u32le\", \"mysql\", \"varint\", \"mqtt\", \"raw\")"},
   {"bad preset in a framing table",
    "return { listeners = { { " LISTENER1 ", framing = { preset = \"netty\" } } } }\n",
    "config.lua: listeners[1].framing.preset: unknown preset \"netty\" (presets: "
-   "\"top\", \"u16be\", \"u32be\", \"u32le\", \"mysql\", \"varint\", \"raw\")"},
+   "\"top\", \"u16be\", \"u32be\", \"u32le\", \"mysql\", \"varint\", \"mqtt\", \"raw\")"},
   {"framing of the wrong type",
    "return { listeners = { { " LISTENER1 ", framing = 2 } } }\n",
    "config.lua: listeners[1].framing: expected a preset name or a table, got number 2"},
@@ -529,7 +529,7 @@ static const bad_case bad_cases[] = {
    "config.lua: listeners[1].framing.opcode_offset: the opcode (bytes 0..1) overlaps the length field (bytes 0..1)"},
   {"opcode with a varint length",
    "return { listeners = { { " LISTENER1 ", framing = { length_size = \"varint\", opcode_offset = 1, opcode_size = 1 } } } }\n",
-   "config.lua: listeners[1].framing.opcode_size: must be 0 with a varint length field, whose size varies, got 1"},
+   "config.lua: listeners[1].framing.opcode_offset: with a varint length field the opcode must end before it (byte 0), got bytes 1..1"},
   {"header past the template",
    "return { listeners = { { " LISTENER1 ", framing = { length_offset = 14, length_size = 4 } } } }\n",
    "config.lua: listeners[1].framing.length_offset: the length field (bytes 14..17) must lie within the first 16 bytes"},
