@@ -1,10 +1,13 @@
 /* itest.c: the integration tests' toolbox (see itest.h). */
 #include "itest.h"
 
+#include "frame.h"
+
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -16,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -213,16 +217,19 @@ bool it_log_wait(it_gangway *g, const char *needle, int timeout_ms) {
   return false;
 }
 
-long it_rss_kb(pid_t pid) {
+/* A "Field:   N kB" line of /proc/PID/status. */
+static long status_kb(pid_t pid, const char *field) {
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
   char *s = it_slurp(path);
   long kb = -1;
-  char *p = s ? strstr(s, "VmRSS:") : NULL;
-  if (p) kb = strtol(p + 6, NULL, 10);
+  char *p = s ? strstr(s, field) : NULL;
+  if (p) kb = strtol(p + strlen(field), NULL, 10);
   free(s);
   return kb;
 }
+
+long it_rss_kb(pid_t pid) { return status_kb(pid, "VmRSS:"); }
 
 int it_run_gangway(char **out, const char *const args[]) {
   int pfd[2];
@@ -398,6 +405,10 @@ static void *server_main(void *arg) {
       int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd >= 0 && n < IT_MAX_CONNS) {
         conns[n] = (conn){.fd = fd};
+        /* Not polled this round: its slot holds the events of an earlier
+         * connection (maybe with the same fd number), which must not be
+         * taken for its own (an echo would send flood bytes). */
+        pfds[n + 2] = (struct pollfd){.fd = -1};
         n++;
         s->accepted++;
       } else if (fd >= 0) {
@@ -520,4 +531,174 @@ uint64_t it_fnv1a(const void *buf, size_t len, uint64_t h) {
     h *= 0x100000001b3ULL;
   }
   return h;
+}
+
+/* ---- hostile clients ---------------------------------------------------- */
+
+long it_hwm_kb(pid_t pid) { return status_kb(pid, "VmHWM:"); }
+
+int it_fd_count(pid_t pid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+  DIR *d = opendir(path);
+  if (!d) return -1;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n;
+}
+
+int it_connect_from(const char *src, const char *host, int port) {
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  struct sockaddr_in from = {.sin_family = AF_INET};
+  if (inet_pton(AF_INET, host, &a.sin_addr) != 1 || inet_pton(AF_INET, src, &from.sin_addr) != 1)
+    return -1;
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct timeval tv = {5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  if (bind(fd, (struct sockaddr *)&from, sizeof from) < 0 ||
+      connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+    close(fd);
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+int it_control(const char *path, const char *cmd, char *out, size_t cap, int timeout_ms) {
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  char line[256];
+  int n = snprintf(line, sizeof line, "%s\n", cmd);
+  size_t got = 0;
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+      it_send_all(fd, line, (size_t)n) == 0) {
+    uint64_t deadline = it_now_ms() + stretch(timeout_ms);
+    while (got + 1 < cap && it_now_ms() < deadline) {
+      struct pollfd p = {.fd = fd, .events = POLLIN};
+      if (poll(&p, 1, (int)(deadline - it_now_ms())) <= 0) break;
+      ssize_t k = recv(fd, out + got, cap - 1 - got, 0);
+      if (k <= 0) break;
+      got += (size_t)k;
+      if (out[got - 1] == '\n') break; /* one answer is one line */
+    }
+  }
+  close(fd);
+  out[got] = '\0';
+  return got ? (int)got : -1;
+}
+
+long long it_json_int(const char *json, const char *key) {
+  char pat[96];
+  snprintf(pat, sizeof pat, "\"%s\":", key);
+  const char *p = json ? strstr(json, pat) : NULL;
+  return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
+}
+
+int it_log_count(it_gangway *g, const char *needle, const char *needle2) {
+  char *log = it_slurp(g->log);
+  int n = 0;
+  for (char *line = log; line && *line;) {
+    char *nl = strchr(line, '\n');
+    if (nl) *nl = '\0';
+    if (strstr(line, needle) && (!needle2 || strstr(line, needle2))) n++;
+    if (!nl) break;
+    line = nl + 1;
+  }
+  free(log);
+  return n;
+}
+
+struct it_bystander {
+  int fd;
+  gw_framing framing;
+  uint32_t opcode;
+  pthread_t thread;
+  atomic_bool stop;
+  it_bystander_result res;
+};
+
+static void *bystander_main(void *arg) {
+  it_bystander *b = arg;
+  static __thread uint8_t body[512], frame[600], back[600];
+  for (uint32_t seq = 1; !b->stop; seq++) {
+    /* Body: the sequence number, then 4..259 bytes that depend on it, so a
+     * lost, repeated or reordered message shows. */
+    size_t blen = 4 + 4 + (seq * 37u) % 256;
+    memcpy(body, &seq, 4);
+    it_fill(body + 4, blen - 4, seq);
+    long n = gw_frame_build(&b->framing, GW_CLIENT, frame, sizeof frame, b->opcode, body, blen);
+    if (n < 0) {
+      snprintf(b->res.error, sizeof b->res.error, "cannot build message %u: %ld", seq, n);
+      break;
+    }
+    uint64_t t0 = it_now_ms();
+    if (it_send_all(b->fd, frame, (size_t)n) < 0) {
+      snprintf(b->res.error, sizeof b->res.error, "message %u: send: %s", seq, strerror(errno));
+      break;
+    }
+    b->res.bytes_sent += (uint64_t)n;
+    size_t got = it_recv_exact(b->fd, back, (size_t)n, 10000);
+    uint64_t rtt = it_now_ms() - t0;
+    if (rtt > b->res.worst_rtt_ms) b->res.worst_rtt_ms = rtt;
+    if (got != (size_t)n || memcmp(back, frame, (size_t)n) != 0) {
+      size_t bad = 0;
+      while (bad < got && back[bad] == frame[bad]) bad++;
+      snprintf(b->res.error, sizeof b->res.error,
+               "message %u (%ld bytes): %zu came back in %" PRIu64 " ms, first wrong byte at %zu",
+               seq, n, got, rtt, bad);
+      b->res.bytes_ok += bad;
+      break;
+    }
+    b->res.bytes_ok += (uint64_t)n;
+    b->res.frames++;
+    sleep_ms(5);
+  }
+  b->res.lost = b->res.bytes_sent - b->res.bytes_ok;
+  return NULL;
+}
+
+it_bystander *it_bystander_start(const char *src, int port, const gw_framing *f, uint32_t opcode) {
+  it_bystander *b = calloc(1, sizeof *b);
+  b->framing = *f;
+  b->opcode = opcode;
+  b->fd = it_connect_from(src, "127.0.0.1", port);
+  if (b->fd < 0) fail_msg("bystander cannot connect from %s to %d: %s", src, port, strerror(errno));
+  pthread_create(&b->thread, NULL, bystander_main, b);
+  /* The first echo proves the session is up before an attack starts. */
+  uint64_t deadline = it_now_ms() + stretch(5000);
+  while (!b->res.frames && !b->res.error[0] && it_now_ms() < deadline) sleep_ms(2);
+  if (!b->res.frames) fail_msg("bystander: no first echo: %s", b->res.error);
+  return b;
+}
+
+void it_bystander_stop(it_bystander *b, it_bystander_result *res) {
+  b->stop = true;
+  pthread_join(b->thread, NULL);
+  close(b->fd);
+  *res = b->res;
+  free(b);
+}
+
+void it_bystander_report(const char *name, const char *inputs, long hwm_kb,
+                         const it_bystander_result *res, uint64_t max_rtt_ms) {
+  printf("%s: inputs=%s rss_hwm_kb=%ld bystander_worst_rtt_ms=%" PRIu64
+         " bystander_lost=%" PRIu64 " bystander_frames=%" PRIu64 "%s%s\n",
+         name, inputs, hwm_kb, res->worst_rtt_ms, res->lost, res->frames,
+         res->error[0] ? " bystander_error=" : "", res->error);
+  fflush(stdout);
+  if (res->error[0]) fail_msg("%s: bystander: %s", name, res->error);
+  assert_int_equal(res->lost, 0);
+  assert_true(res->frames > 0);
+  if (res->worst_rtt_ms >= stretch((int)max_rtt_ms))
+    fail_msg("%s: bystander's worst round trip %" PRIu64 " ms (bound %" PRIu64 " ms)", name,
+             res->worst_rtt_ms, max_rtt_ms);
 }

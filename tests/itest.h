@@ -93,4 +93,45 @@ void it_fill(void *buf, size_t len, uint64_t seed);
 uint64_t it_fnv1a(const void *buf, size_t len, uint64_t h);
 #define IT_FNV_INIT 0xcbf29ce484222325ULL
 
+/* ---- hostile clients (it_hostile.c, it_replay.c) ---- */
+/* Peak resident set size of pid in KiB (VmHWM), -1 if unknown. */
+long it_hwm_kb(pid_t pid);
+/* Open file descriptors of pid, -1 if unknown. */
+int it_fd_count(pid_t pid);
+/* Like it_connect_addr, from the local address src (e.g. "127.0.0.2"), so
+ * that per-address limits see a different client. */
+int it_connect_from(const char *src, const char *host, int port);
+/* Sends one line to the control socket at path and reads the answer (up to
+ * cap - 1 bytes, NUL-terminated) within timeout_ms. Returns the answer's
+ * length, or -1 if nothing came. */
+int it_control(const char *path, const char *cmd, char *out, size_t cap, int timeout_ms);
+/* The integer after "key": in a flat JSON object, or -1 if absent. */
+long long it_json_int(const char *json, const char *key);
+/* Lines of the log that contain needle (and needle2 too, unless NULL). */
+int it_log_count(it_gangway *g, const char *needle, const char *needle2);
+
+/* A bystander: a thread that keeps one session through gangway busy with
+ * framed messages carrying sequence numbers, one at a time, each checked
+ * byte for byte when the echo upstream sends it back, and the round trips
+ * timed. It stops at the first error, which it keeps. */
+struct gw_framing;
+typedef struct it_bystander it_bystander;
+typedef struct {
+  uint64_t frames;         /* echoed intact */
+  uint64_t bytes_sent, bytes_ok;
+  uint64_t lost;           /* bytes_sent - bytes_ok */
+  uint64_t worst_rtt_ms;
+  char error[160];         /* "" while all is well */
+} it_bystander_result;
+/* Connects from src to 127.0.0.1:port; frames of framing f with opcode. */
+it_bystander *it_bystander_start(const char *src, int port, const struct gw_framing *f,
+                                 uint32_t opcode);
+/* Stops it (after the message in flight), closes its socket, fills *res. */
+void it_bystander_stop(it_bystander *b, it_bystander_result *res);
+/* Prints the summary line of one attack and asserts the bystander was
+ * intact (no error, nothing lost) with a worst round trip under
+ * max_rtt_ms. */
+void it_bystander_report(const char *name, const char *inputs, long hwm_kb,
+                         const it_bystander_result *res, uint64_t max_rtt_ms);
+
 #endif
