@@ -1,7 +1,7 @@
 /* main.c: gangway's command line, signals, control socket and live reload.
  *
  *   gangway [-c FILE]          run the proxy (default ./config.lua)
- *   gangway check [-c FILE]    load the config and every script, exit
+ *   gangway check [-c FILE] [--json]  load the config and every script, exit
  *   gangway reload [-c FILE]   ask the running gangway to reload
  *   gangway stats [-c FILE]    print the running gangway's counters (JSON)
  *
@@ -23,6 +23,7 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+#include <jansson.h>
 #include <lua.h>
 #include <systemd/sd-daemon.h>
 #include <uv.h>
@@ -48,10 +49,11 @@
 #define FD_RESERVE 24
 
 static const char usage[] =
-    "usage: gangway [-c FILE]            run the proxy (default ./config.lua)\n"
-    "       gangway check [-c FILE]      validate the config and its scripts\n"
-    "       gangway reload [-c FILE]     reload the running gangway's config and scripts\n"
-    "       gangway stats [-c FILE]      print the running gangway's counters as JSON\n"
+    "usage: gangway [-c FILE]                 run the proxy (default ./config.lua)\n"
+    "       gangway check [-c FILE] [--json]  validate the config and its scripts\n"
+    "                                         (--json: one JSON object on stdout)\n"
+    "       gangway reload [-c FILE]          reload the running gangway's config and scripts\n"
+    "       gangway stats [-c FILE]           print the running gangway's counters as JSON\n"
     "       gangway --version | --help\n"
     "\n"
     "Signals: SIGHUP reloads; SIGINT/SIGTERM drain (stop accepting, let sessions\n"
@@ -753,27 +755,105 @@ static void check_close(gw_script_session *ss, const char *reason) { (void)ss, (
 static uint64_t check_now(void *host) { (void)host; return 0; }
 static void check_wake(void *host, uint64_t when) { (void)host, (void)when; }
 
-static int check(const char *config_path) {
-  char err[2048];
-  gw_config *cfg;
-  if (load_config(config_path, &cfg, err, sizeof err) < 0) {
-    fprintf(stderr, "%s\n", err);
-    return EXIT_INVALID;
+/* s with every byte that does not start a valid UTF-8 sequence replaced by
+ * U+FFFD (malloc'd): JSON text must be UTF-8, and a path or a message may
+ * hold any bytes. */
+static char *utf8_clean(const char *s) {
+  size_t n = strlen(s);
+  char *out = malloc(3 * n + 1);
+  if (!out) return NULL;
+  const unsigned char *p = (const unsigned char *)s;
+  size_t o = 0;
+  while (*p) {
+    unsigned char c = *p;
+    size_t len = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
+               : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    /* The second byte's range rules out overlong forms, surrogates and
+     * code points past U+10FFFF. */
+    unsigned char lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+    unsigned char hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+    bool ok = len > 0;
+    for (size_t i = 1; ok && i < len; i++)
+      ok = p[i] >= (i == 1 ? lo : 0x80) && p[i] <= (i == 1 ? hi : 0xBF);
+    if (ok) {
+      memcpy(out + o, p, len);
+      o += len;
+      p += len;
+    } else {
+      memcpy(out + o, "\xEF\xBF\xBD", 3);
+      o += 3;
+      p++;
+    }
   }
+  out[o] = '\0';
+  return out;
+}
+
+/* A JSON string of any bytes (invalid UTF-8 as U+FFFD). */
+static json_t *json_text(const char *s) {
+  char *clean = utf8_clean(s);
+  json_t *j = clean ? json_string(clean) : NULL;
+  free(clean);
+  return j;
+}
+
+/* `check --json`: log lines (scripts' warnings while they load) go into the
+ * warnings array instead of stderr. A text line is "STAMP LEVEL  msg" with
+ * the level padded to 5 (log.h): keep the message. */
+static void check_log_sink(gw_log_level level, const char *line, void *ud) {
+  (void)level;
+  const char *msg = strchr(line, ' ');
+  msg = msg && strlen(msg) > 6 ? msg + 6 : line;
+  if (*msg == ' ') msg++;
+  json_array_append_new(ud, json_text(msg));
+}
+
+/* Loads the config and every script, as a run would, and says what it
+ * found: a line of text, or one JSON object on stdout (json). */
+static int check(const char *config_path, bool json) {
+  char err[2048], note[256];
+  json_t *warnings = json ? json_array() : NULL;
   gw_log_setup(GW_LOG_WARN, GW_LOG_TEXT);
-  char note[256];
-  fd_fit(cfg, false, note, sizeof note);
-  if (note[0]) fprintf(stderr, "%s: warning: %s\n", config_path, note);
-  static const gw_host_ops ops = {check_emit, check_close, check_now, check_wake};
-  gw_script_limits limits = {cfg->handler_instructions, (size_t)cfg->lua_memory_mb << 20};
-  gw_script *s = gw_script_new(&limits, &ops, NULL);
-  int rc = s ? gw_script_load(s, cfg, err, sizeof err) : -ENOMEM;
+  if (json) gw_log_set_sink(check_log_sink, warnings);
+  gw_config *cfg = NULL;
+  gw_script *s = NULL;
   size_t nscripts = 0;
-  for (size_t i = 0; i < cfg->nlisteners; i++) nscripts += cfg->listeners[i].nscripts;
-  if (rc < 0) fprintf(stderr, "%s\n", s ? err : "out of memory");
-  else printf("%s: ok (%zu listener(s), %zu script(s))\n", config_path, cfg->nlisteners, nscripts);
+  int rc = load_config(config_path, &cfg, err, sizeof err);
+  if (rc == 0) {
+    fd_fit(cfg, false, note, sizeof note);
+    if (note[0] && json) json_array_append_new(warnings, json_text(note));
+    else if (note[0]) fprintf(stderr, "%s: warning: %s\n", config_path, note);
+    static const gw_host_ops ops = {check_emit, check_close, check_now, check_wake};
+    gw_script_limits limits = {cfg->handler_instructions, (size_t)cfg->lua_memory_mb << 20};
+    s = gw_script_new(&limits, &ops, NULL);
+    rc = s ? gw_script_load(s, cfg, err, sizeof err) : -ENOMEM;
+    if (!s) snprintf(err, sizeof err, "out of memory");
+    for (size_t i = 0; i < cfg->nlisteners; i++) nscripts += cfg->listeners[i].nscripts;
+  }
+  if (json) {
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_boolean(rc == 0));
+    json_object_set_new(o, "config", json_text(config_path));
+    if (rc == 0) {
+      json_object_set_new(o, "listeners", json_integer((json_int_t)cfg->nlisteners));
+      json_object_set_new(o, "scripts", json_integer((json_int_t)nscripts));
+    } else {
+      json_object_set_new(o, "error", json_text(err));
+    }
+    json_object_set_new(o, "warnings", warnings);
+    char *text = json_dumps(o, JSON_COMPACT);
+    if (text) printf("%s\n", text);
+    else rc = -ENOMEM;
+    free(text);
+    json_decref(o);
+    gw_log_set_sink(NULL, NULL);
+  } else if (rc < 0) {
+    fprintf(stderr, "%s\n", err);
+  } else {
+    printf("%s: ok (%zu listener(s), %zu script(s))\n", config_path, cfg->nlisteners, nscripts);
+  }
   gw_script_free(s);
-  gw_config_free(cfg);
+  if (cfg) gw_config_free(cfg);
   free(cfg);
   return rc < 0 ? EXIT_INVALID : 0;
 }
@@ -786,15 +866,18 @@ int main(int argc, char **argv) {
     argi = 2;
   }
   const char *config_path = "config.lua";
+  bool json = false;
   static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                        {"help", no_argument, NULL, 'h'},
                                        {"version", no_argument, NULL, 'V'},
+                                       {"json", no_argument, NULL, 'j'},
                                        {NULL, 0, NULL, 0}};
   optind = argi;
   int c;
   while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
     switch (c) {
     case 'c': config_path = optarg; break;
+    case 'j': json = true; break;
     case 'h': fputs(usage, stdout); return 0;
     case 'V': printf("gangway %s (libuv %s, %s)\n", GW_VERSION, uv_version_string(), LUA_RELEASE); return 0;
     default: fputs(usage, stderr); return EXIT_USAGE;
@@ -805,7 +888,11 @@ int main(int argc, char **argv) {
     return EXIT_USAGE;
   }
   if (strcmp(cmd, "run") == 0) return run(config_path);
-  if (strcmp(cmd, "check") == 0) return check(config_path);
+  if (json && strcmp(cmd, "check") != 0) {
+    fprintf(stderr, "gangway: --json goes with check only\n%s", usage);
+    return EXIT_USAGE;
+  }
+  if (strcmp(cmd, "check") == 0) return check(config_path, json);
   if (strcmp(cmd, "reload") == 0 || strcmp(cmd, "stats") == 0)
     return control_command(config_path, cmd);
   fprintf(stderr, "gangway: unknown command \"%s\"\n%s", cmd, usage);

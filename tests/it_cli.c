@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "itest.h"
@@ -137,10 +138,78 @@ static void test_cannot_listen(void **state) {
   it_server_stop(up);
 }
 
+/* Runs python3 on the JSON text out: it must parse (UTF-8, one value) and
+ * satisfy the Python expression cond about it (d). */
+static void expect_json(const char *out, const char *cond) {
+  char dir[128], path[256], cmd[1024];
+  it_mkdtemp(dir, sizeof dir);
+  it_write(dir, "out.json", "%s", out);
+  snprintf(path, sizeof path, "%s/out.json", dir);
+  it_write(dir, "check.py",
+           "import json, sys\n"
+           "d = json.load(open(sys.argv[1], encoding='utf-8'))\n"
+           "if not (%s):\n"
+           "    sys.exit('condition false for %%r' %% (d,))\n",
+           cond);
+  snprintf(cmd, sizeof cmd, "python3 %s/check.py %s", dir, path);
+  int rc = system(cmd);
+  if (rc != 0) fail_msg("JSON from gangway check --json:\n%s\ndoes not satisfy: %s", out, cond);
+  it_rmdir(dir);
+}
+
+static void test_check_json(void **state) {
+  (void)state;
+  char dir[128], cfg[512], *out;
+  it_mkdtemp(dir, sizeof dir);
+  /* A path with a quote, a newline and a byte that is not UTF-8. */
+  char odd[256];
+  snprintf(odd, sizeof odd, "%s/we\"ird\nname\xff", dir);
+  assert_int_equal(mkdir(odd, 0755), 0);
+  snprintf(cfg, sizeof cfg, "%s/config.lua", odd);
+  it_write(odd, "rule.lua",
+           "local gw = require \"gangway\"\n"
+           "gw.log.warn(\"a \\\"quoted\\\"\\nwarning\")\n"
+           "gw.on(\"client\", 1, function() end)\n");
+  it_write(odd, "config.lua",
+           "return { listeners = { { name = \"g\", listen = \"127.0.0.1:1\", upstream = "
+           "\"127.0.0.1:2\", framing = \"top\", scripts = { \"rule.lua\" } } } }\n");
+  const char *args[] = {"check", "--json", "-c", cfg, NULL};
+  assert_int_equal(it_run_gangway(&out, args), 0);
+  expect_json(out, "d['ok'] is True and d['listeners'] == 1 and d['scripts'] == 1 and "
+                   "d['config'].endswith('/we\"ird\\nname\\ufffd/config.lua') and "
+                   "any('a \"quoted\"\\nwarning' in w for w in d['warnings'])");
+  free(out);
+
+  /* A syntax error: file and line, exit 1. */
+  it_write(odd, "config.lua", "return {\n  listeners = {\n}\n");
+  assert_int_equal(it_run_gangway(&out, args), 1);
+  expect_json(out, "d['ok'] is False and 'we\"ird\\nname\\ufffd/config.lua:4: \\'}\\' expected' in "
+                   "d['error'] and d['warnings'] == [] and 'listeners' not in d");
+  free(out);
+  /* A script that does not load, with a byte that is not UTF-8 in its
+   * message. */
+  it_write(dir, "rule.lua", "error(\"bad \\255 byte\")\n");
+  it_write(dir, "config.lua",
+           "return { listeners = { { name = \"g\", listen = \"127.0.0.1:1\", upstream = "
+           "\"127.0.0.1:2\", scripts = { \"rule.lua\" } } } }\n");
+  snprintf(cfg, sizeof cfg, "%s/config.lua", dir);
+  assert_int_equal(it_run_gangway(&out, args), 1);
+  expect_json(out, "d['ok'] is False and 'rule.lua:1: bad \\ufffd byte' in d['error']");
+  free(out);
+  /* A missing file. */
+  snprintf(cfg, sizeof cfg, "%s/nope.lua", dir);
+  assert_int_equal(it_run_gangway(&out, args), 1);
+  expect_json(out, "d['ok'] is False and 'nope.lua' in d['error'] and d['warnings'] == []");
+  free(out);
+  it_rmdir(dir);
+  expect("stats", "--json", NULL, 2, "--json goes with check only");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_version_and_help),
       cmocka_unit_test(test_check),
+      cmocka_unit_test(test_check_json),
       cmocka_unit_test(test_reload_and_stats_need_a_running_gangway),
       cmocka_unit_test(test_stats_of_a_running_gangway),
       cmocka_unit_test(test_cannot_listen),

@@ -12,7 +12,7 @@ pkgs=(
   clang libclang-rt-14-dev valgrind
   haproxy procps python3 netcat-openbsd iproute2 linux-perf
   nginx-light libnginx-mod-stream
-  zlib1g-dev libsystemd-dev systemd scdoc groff-base man-db dpkg-dev file adduser
+  zlib1g-dev libsystemd-dev libjansson-dev systemd scdoc groff-base man-db dpkg-dev file adduser
 )
 need=()
 for p in "${pkgs[@]}"; do
