@@ -1032,13 +1032,15 @@ static void parse_limits(cfg_ctx *c, int top) {
   parse_int_section(c, top, "limits", limit_settings);
   size_t mark, m;
   if (cfg->write_max < cfg->write_high_water) {
+    /* blame write_max if it was set, as below */
     enter(c, top, "limits", &mark);
-    if (enter(c, lua_gettop(c->L), "write_max", &m) == LUA_TNIL) {
-      leave(c, m);
-      enter(c, lua_gettop(c->L), "write_high_water", &m);
-    }
-    fail(c, "limits.write_max (%u) must be at least limits.write_high_water (%u)",
-         cfg->write_max, cfg->write_high_water);
+    if (enter(c, lua_gettop(c->L), "write_max", &m) != LUA_TNIL)
+      fail(c, "must be at least limits.write_high_water (%u), got %u",
+           cfg->write_high_water, cfg->write_max);
+    leave(c, m);
+    enter(c, lua_gettop(c->L), "write_high_water", &m);
+    fail(c, "must be at most limits.write_max (%u), got %u", cfg->write_max,
+         cfg->write_high_water);
   }
   if (cfg->write_low_water < cfg->write_high_water)
     return;

@@ -122,6 +122,12 @@ static void assert_settings(const gw_config *cfg, const gw_config *want) {
   assert_int_equal(cfg->log_level, want->log_level);
   assert_int_equal(cfg->log_format, want->log_format);
   assert_int_equal(cfg->watch, want->watch);
+  assert_int_equal(cfg->frame_ms, want->frame_ms);
+  assert_int_equal(cfg->first_frame_ms, want->first_frame_ms);
+  assert_int_equal(cfg->write_max, want->write_max);
+  assert_int_equal(cfg->sessions_per_ip, want->sessions_per_ip);
+  assert_int_equal(cfg->new_sessions_per_ip_per_s, want->new_sessions_per_ip_per_s);
+  assert_int_equal(cfg->log_session_lines_per_s, want->log_session_lines_per_s);
 }
 
 /* What docs/config.md promises. */
@@ -130,6 +136,9 @@ static const gw_config defaults = {
   .max_sessions = 10000, .handler_instructions = 1000000, .lua_memory_mb = 64,
   .write_high_water = 262144, .write_low_water = 65536,
   .log_level = GW_LOG_INFO, .log_format = GW_LOG_TEXT, .watch = false,
+  .frame_ms = 10000, .first_frame_ms = 30000, .write_max = 1048576,
+  .sessions_per_ip = 0, .new_sessions_per_ip_per_s = 0,
+  .log_session_lines_per_s = 100,
 };
 
 /* ---- good configs ---- */
@@ -148,7 +157,7 @@ static void test_full_config(void **state) {
     "  listeners = {\n"
     "    { name = \"game\", listen = \"127.0.0.1:1973\", upstream = \"127.0.0.1:1974\",\n"
     "      framing = \"top\", scripts = { \"a.lua\", \"sub/b.lua\", \"%s\" },\n"
-    "      on_error = \"close\", unsafe = true },\n"
+    "      on_error = \"close\", unsafe = true, unfinished_frame = \"pass\" },\n"
     "    { name = \"login.v6-2\", listen = \"[::1]:1975\", upstream = \"localhost:1976\",\n"
     "      framing = { preset = \"top\", max_frame = { client = 8192 }, min_frame = 2,\n"
     "                  keepalive = false } },\n"
@@ -157,15 +166,17 @@ static void test_full_config(void **state) {
     "                  length_adjust = -4, opcode_offset = 5, opcode_size = 4,\n"
     "                  min_frame = { client = 9, server = 10 }, max_frame = 4096,\n"
     "                  keepalive = true, string = { length_size = 1, nul = true } },\n"
-    "      on_error = \"drop\", unsafe = false },\n"
+    "      on_error = \"drop\", unsafe = false, unfinished_frame = \"drop\" },\n"
     "    { name = \"mc\", listen = \"localhost:1979\", upstream = \"127.0.0.1:1980\",\n"
     "      framing = { length_size = \"varint\", length_offset = 2 }, scripts = {} },\n"
     "  },\n"
-    "  timeouts = { connect_ms = 3 * ms, idle_ms = 0, drain_ms = 500 },\n"
+    "  timeouts = { connect_ms = 3 * ms, idle_ms = 0, drain_ms = 500,\n"
+    "               frame_ms = 0, first_frame_ms = 2 * ms },\n"
     "  limits = { max_sessions = 0, handler_instructions = 5000,\n"
     "             lua_memory_mb = 4096, write_high_water = 1 << 20,\n"
-    "             write_low_water = 1 << 19 },\n"
-    "  log = { level = \"debug\", format = \"json\" },\n"
+    "             write_low_water = 1 << 19, write_max = 1 << 20,\n"
+    "             sessions_per_ip = 8, new_sessions_per_ip_per_s = 20 },\n"
+    "  log = { level = \"debug\", format = \"json\", session_lines_per_s = 0 },\n"
     "  watch = true,\n"
     "  control = \"run/gw.sock\",\n"
     "}\n", abs_script);
@@ -193,6 +204,7 @@ static void test_full_config(void **state) {
   assert_string_equal(l->scripts[2], abs_script);
   assert_int_equal(l->on_error, GW_ON_ERROR_CLOSE);
   assert_true(l->unsafe);
+  assert_true(l->unfinished_frame_pass);
 
   l = &cfg.listeners[1];
   assert_string_equal(l->name, "login.v6-2");
@@ -211,6 +223,7 @@ static void test_full_config(void **state) {
   assert_null(l->scripts);
   assert_int_equal(l->on_error, GW_ON_ERROR_PASS);
   assert_false(l->unsafe);
+  assert_false(l->unfinished_frame_pass);
 
   l = &cfg.listeners[2];
   assert_addr(&l->listen_addr, "0.0.0.0:1977");
@@ -235,6 +248,7 @@ static void test_full_config(void **state) {
   static const uint8_t zeros[GW_HEADER_TEMPLATE_MAX];
   assert_memory_equal(f->header_template, zeros, sizeof zeros);
   assert_int_equal(l->on_error, GW_ON_ERROR_DROP);
+  assert_false(l->unfinished_frame_pass);
 
   l = &cfg.listeners[3];
   assert_addr(&l->listen_addr, "127.0.0.1:1979");
@@ -251,6 +265,9 @@ static void test_full_config(void **state) {
     .handler_instructions = 5000, .lua_memory_mb = 4096,
     .write_high_water = 1 << 20, .write_low_water = 1 << 19,
     .log_level = GW_LOG_DEBUG, .log_format = GW_LOG_JSON, .watch = true,
+    .frame_ms = 0, .first_frame_ms = 2000, .write_max = 1 << 20,
+    .sessions_per_ip = 8, .new_sessions_per_ip_per_s = 20,
+    .log_session_lines_per_s = 0,
   });
   snprintf(want, sizeof want, "%s/run/gw.sock", fx->real);
   assert_string_equal(cfg.control, want);
@@ -274,6 +291,7 @@ static void test_defaults(void **state) {
   assert_null(l->scripts);
   assert_int_equal(l->on_error, GW_ON_ERROR_PASS);
   assert_false(l->unsafe);
+  assert_false(l->unfinished_frame_pass); /* drop */
   assert_settings(&cfg, &defaults);
   char want[PATH_MAX + 32];
   snprintf(want, sizeof want, "%s/gangway.sock", fx->real);
@@ -600,6 +618,58 @@ static const bad_case bad_cases[] = {
   {"high water under the default low water",
    "return { listeners = { { " LISTENER1 " } }, limits = { write_high_water = 1024 } }\n",
    "config.lua: limits.write_high_water: must be above limits.write_low_water (65536), got 1024"},
+  {"negative frame timeout",
+   "return { listeners = { { " LISTENER1 " } }, timeouts = { frame_ms = -1 } }\n",
+   "config.lua: timeouts.frame_ms: expected a non-negative integer, got -1"},
+  {"first frame timeout as a float",
+   "return { listeners = { { " LISTENER1 " } }, timeouts = { first_frame_ms = 1.5 } }\n",
+   "config.lua: timeouts.first_frame_ms: expected a non-negative integer, got 1.5"},
+  {"first frame timeout past 32 bits",
+   "return { listeners = { { " LISTENER1 " } }, timeouts = { first_frame_ms = 1 << 32 } }\n",
+   "config.lua: timeouts.first_frame_ms: expected a non-negative integer up to 4294967295, got 4294967296"},
+  {"misspelt frame timeout",
+   "return { listeners = { { " LISTENER1 " } }, timeouts = { frame_sm = 5 } }\n",
+   "config.lua: timeouts.frame_sm: unknown key (did you mean \"frame_ms\"?)"},
+  {"write_max of zero",
+   "return { listeners = { { " LISTENER1 " } }, limits = { write_max = 0 } }\n",
+   "config.lua: limits.write_max: expected a positive integer, got 0"},
+  {"write_max under the default high water",
+   "return { listeners = { { " LISTENER1 " } }, limits = { write_max = 1000 } }\n",
+   "config.lua: limits.write_max: must be at least limits.write_high_water (262144), got 1000"},
+  {"write_max under high water",
+   "return { listeners = { { " LISTENER1 " } }, limits = { write_high_water = 8192,\n"
+   "  write_low_water = 4096, write_max = 8191 } }\n",
+   "config.lua: limits.write_max: must be at least limits.write_high_water (8192), got 8191"},
+  {"high water over the default write_max",
+   "return { listeners = { { " LISTENER1 " } }, limits = { write_high_water = 2 << 20 } }\n",
+   "config.lua: limits.write_high_water: must be at most limits.write_max (1048576), got 2097152"},
+  {"negative sessions per address",
+   "return { listeners = { { " LISTENER1 " } }, limits = { sessions_per_ip = -1 } }\n",
+   "config.lua: limits.sessions_per_ip: expected a non-negative integer, got -1"},
+  {"new sessions per address as a string",
+   "return { listeners = { { " LISTENER1 " } }, limits = { new_sessions_per_ip_per_s = \"10\" } }\n",
+   "config.lua: limits.new_sessions_per_ip_per_s: expected a non-negative integer, got string \"10\""},
+  {"new sessions per address past 32 bits",
+   "return { listeners = { { " LISTENER1 " } }, limits = { new_sessions_per_ip_per_s = 1 << 32 } }\n",
+   "config.lua: limits.new_sessions_per_ip_per_s: expected a non-negative integer up to 4294967295, got 4294967296"},
+  {"misspelt sessions per address",
+   "return { listeners = { { " LISTENER1 " } }, limits = { session_per_ip = 2 } }\n",
+   "config.lua: limits.session_per_ip: unknown key (did you mean \"sessions_per_ip\"?)"},
+  {"bad unfinished_frame",
+   "return { listeners = { { " LISTENER1 ", unfinished_frame = \"keep\" } } }\n",
+   "config.lua: listeners[1].unfinished_frame: expected \"drop\" or \"pass\", got \"keep\""},
+  {"unfinished_frame as a boolean",
+   "return { listeners = { { " LISTENER1 ", unfinished_frame = true } } }\n",
+   "config.lua: listeners[1].unfinished_frame: expected \"drop\" or \"pass\", got boolean true"},
+  {"negative session log rate",
+   "return { listeners = { { " LISTENER1 " } }, log = { session_lines_per_s = -1 } }\n",
+   "config.lua: log.session_lines_per_s: expected a non-negative integer, got -1"},
+  {"session log rate as a float",
+   "return { listeners = { { " LISTENER1 " } }, log = { session_lines_per_s = 0.5 } }\n",
+   "config.lua: log.session_lines_per_s: expected a non-negative integer, got 0.5"},
+  {"misspelt session log rate",
+   "return { listeners = { { " LISTENER1 " } }, log = { sessions_lines_per_s = 10 } }\n",
+   "config.lua: log.sessions_lines_per_s: unknown key (did you mean \"session_lines_per_s\"?)"},
   {"bad log level",
    "return { listeners = { { " LISTENER1 " } }, log = { level = \"verbose\" } }\n",
    "config.lua: log.level: expected \"debug\", \"info\", \"warn\" or \"error\", got \"verbose\""},
