@@ -123,6 +123,8 @@ void gw_script_run_timers(gw_script *s);
 /* Counters, for logs and the control socket. */
 typedef struct gw_script_stats {
   uint64_t frames, dropped, replaced, injected, errors, timeouts;
+  uint64_t injected_refused; /* sent frames emit refused with -ENOBUFS
+                                (past limits.write_max): not sent */
   size_t memory_bytes;
 } gw_script_stats;
 void gw_script_get_stats(const gw_script *s, gw_script_stats *st);
