@@ -1,6 +1,7 @@
 /* main.c: gangway's command line, signals, control socket and live reload.
  *
- *   gangway [-c FILE]          run the proxy (default ./config.lua)
+ *   gangway [-c FILE]          run the proxy (default ./config.lua, or the
+ *                              installed config for an installed gangway)
  *   gangway check [-c FILE] [--json]  load the config and every script, exit
  *   gangway reload [-c FILE]   ask the running gangway to reload
  *   gangway stats [-c FILE]    print the running gangway's counters (JSON)
@@ -9,6 +10,7 @@
  * 2 usage error; 3 runtime failure (cannot listen, no running gangway). */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
@@ -48,8 +50,9 @@
  * what a reload opens for a moment (the config, scripts, DNS sockets). */
 #define FD_RESERVE 24
 
-static const char usage[] =
-    "usage: gangway [-c FILE]                 run the proxy (default ./config.lua)\n"
+/* %s: the default config in effect (default_config). */
+static const char usage_fmt[] =
+    "usage: gangway [-c FILE]                 run the proxy (default config: %s)\n"
     "       gangway check [-c FILE] [--json]  validate the config and its scripts\n"
     "                                         (--json: one JSON object on stdout)\n"
     "       gangway reload [-c FILE]          reload the running gangway's config and scripts\n"
@@ -60,6 +63,32 @@ static const char usage[] =
     "finish for up to timeouts.drain_ms, then close the rest); a second one quits.\n"
     "Exit codes: 0 ok, 1 invalid config or script (or failed reload), 2 usage,\n"
     "3 runtime failure (cannot listen, no running gangway to talk to).\n";
+
+#if !defined(GW_INSTALL_BINDIR) || !defined(GW_INSTALL_CONFIG)
+#error "GW_INSTALL_BINDIR and GW_INSTALL_CONFIG come from CMake (GNUInstallDirs)"
+#endif
+
+/* The config a plain `gangway` reads: the installed one
+ * (GW_INSTALL_CONFIG, e.g. /etc/gangway/config.lua) when this binary runs
+ * from the install's bindir, else ./config.lua, so that a source checkout
+ * keeps using its own tree. */
+static const char *default_config(void) {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1); /* symlinks resolved */
+  if (n <= 0) return "config.lua";
+  exe[n] = '\0';
+  char *slash = strrchr(exe, '/');
+  if (!slash) return "config.lua";
+  *slash = '\0';
+  char *bindir = realpath(GW_INSTALL_BINDIR, NULL); /* /bin -> /usr/bin and such */
+  bool installed = bindir && strcmp(bindir, exe[0] ? exe : "/") == 0;
+  free(bindir);
+  return installed ? GW_INSTALL_CONFIG : "config.lua";
+}
+
+static void print_usage(FILE *f, const char *default_path) {
+  fprintf(f, usage_fmt, default_path[0] == '/' ? default_path : "./config.lua");
+}
 
 /* ---- the running proxy -------------------------------------------------- */
 
@@ -865,7 +894,8 @@ int main(int argc, char **argv) {
     cmd = argv[1];
     argi = 2;
   }
-  const char *config_path = "config.lua";
+  const char *default_path = default_config();
+  const char *config_path = default_path;
   bool json = false;
   static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                        {"help", no_argument, NULL, 'h'},
@@ -878,23 +908,26 @@ int main(int argc, char **argv) {
     switch (c) {
     case 'c': config_path = optarg; break;
     case 'j': json = true; break;
-    case 'h': fputs(usage, stdout); return 0;
+    case 'h': print_usage(stdout, default_path); return 0;
     case 'V': printf("gangway %s (libuv %s, %s)\n", GW_VERSION, uv_version_string(), LUA_RELEASE); return 0;
-    default: fputs(usage, stderr); return EXIT_USAGE;
+    default: print_usage(stderr, default_path); return EXIT_USAGE;
     }
   }
   if (optind < argc) {
-    fprintf(stderr, "gangway: unexpected argument \"%s\"\n%s", argv[optind], usage);
+    fprintf(stderr, "gangway: unexpected argument \"%s\"\n", argv[optind]);
+    print_usage(stderr, default_path);
     return EXIT_USAGE;
   }
   if (strcmp(cmd, "run") == 0) return run(config_path);
   if (json && strcmp(cmd, "check") != 0) {
-    fprintf(stderr, "gangway: --json goes with check only\n%s", usage);
+    fprintf(stderr, "gangway: --json goes with check only\n");
+    print_usage(stderr, default_path);
     return EXIT_USAGE;
   }
   if (strcmp(cmd, "check") == 0) return check(config_path, json);
   if (strcmp(cmd, "reload") == 0 || strcmp(cmd, "stats") == 0)
     return control_command(config_path, cmd);
-  fprintf(stderr, "gangway: unknown command \"%s\"\n%s", cmd, usage);
+  fprintf(stderr, "gangway: unknown command \"%s\"\n", cmd);
+  print_usage(stderr, default_path);
   return EXIT_USAGE;
 }

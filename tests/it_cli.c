@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "itest.h"
@@ -205,11 +206,80 @@ static void test_check_json(void **state) {
   expect("stats", "--json", NULL, 2, "--json goes with check only");
 }
 
+/* Runs script with sh (popen), stdout and stderr into *out; dir, bin and
+ * bindir reach it as $DIR, $BIN and $BINDIR, quoting and all. */
+static int sh(char **out, const char *script, const char *dir, const char *bin, const char *bindir) {
+  setenv("DIR", dir, 1);
+  setenv("BIN", bin, 1);
+  setenv("BINDIR", bindir, 1);
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "(%s) 2>&1", script);
+  FILE *p = popen(cmd, "r");
+  if (!p) fail_msg("popen: %s", script);
+  size_t len = 0, cap = 65536;
+  char *buf = malloc(cap);
+  size_t k;
+  while (len < cap - 1 && (k = fread(buf + len, 1, cap - 1 - len, p)) > 0) len += k;
+  buf[len] = '\0';
+  int status = pclose(p);
+  unsetenv("DIR");
+  unsetenv("BIN");
+  unsetenv("BINDIR");
+  *out = buf;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* A gangway run from anywhere but the install's bindir reads ./config.lua. */
+static void test_default_config_of_a_checkout(void **state) {
+  (void)state;
+  expect("--help", NULL, NULL, 0, "run the proxy (default config: ./config.lua)");
+  char dir[128], *out;
+  it_mkdtemp(dir, sizeof dir);
+  it_write(dir, "config.lua",
+           "return { listeners = { { name = \"here\", listen = \"127.0.0.1:1\", upstream = "
+           "\"127.0.0.1:2\" } } }\n");
+  int rc = sh(&out, "cd \"$DIR\" && exec \"$BIN\" check", dir, GW_BIN, "");
+  if (rc != 0 || !strstr(out, "config.lua: ok (1 listener(s), 0 script(s))"))
+    fail_msg("gangway check in a directory with config.lua: exit %d:\n%s", rc, out);
+  free(out);
+  it_rmdir(dir);
+}
+
+/* The same binary, run from the install's bindir, reads the installed
+ * config. Without installing anything: in a private mount namespace (a user
+ * namespace: no root needed), a temp dir holding a copy of the binary is
+ * mounted over GW_INSTALL_BINDIR. Skipped where namespaces are not allowed. */
+static void test_default_config_when_installed(void **state) {
+  (void)state;
+  char dir[128], *out;
+  it_mkdtemp(dir, sizeof dir);
+  int rc = sh(&out, "cp \"$BIN\" \"$DIR/gangway\"", dir, GW_BIN, GW_INSTALL_BINDIR);
+  assert_int_equal(rc, 0);
+  free(out);
+  static const char script[] =
+      "unshare -r -m sh -c 'mount --bind \"$DIR\" \"$BINDIR\" || exit 99; cd /; "
+      "\"$BINDIR/gangway\" --help; "
+      "echo \"check exit $(\"$BINDIR/gangway\" check >/dev/null 2>&1; echo $?)\"; "
+      "\"$BINDIR/gangway\" check'";
+  rc = sh(&out, script, dir, GW_BIN, GW_INSTALL_BINDIR);
+  it_rmdir(dir);
+  if (rc == 99 || strstr(out, "unshare:")) {
+    free(out);
+    skip(); /* no user or mount namespaces here */
+  }
+  if (!strstr(out, "run the proxy (default config: " GW_INSTALL_CONFIG ")") ||
+      !strstr(out, "check exit 1") || !strstr(out, GW_INSTALL_CONFIG ": cannot open"))
+    fail_msg("gangway in %s does not default to %s:\n%s", GW_INSTALL_BINDIR, GW_INSTALL_CONFIG, out);
+  free(out);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_version_and_help),
       cmocka_unit_test(test_check),
       cmocka_unit_test(test_check_json),
+      cmocka_unit_test(test_default_config_of_a_checkout),
+      cmocka_unit_test(test_default_config_when_installed),
       cmocka_unit_test(test_reload_and_stats_need_a_running_gangway),
       cmocka_unit_test(test_stats_of_a_running_gangway),
       cmocka_unit_test(test_cannot_listen),
