@@ -13,6 +13,7 @@ pkgs=(
   haproxy procps python3 netcat-openbsd iproute2 linux-perf
   nginx-light libnginx-mod-stream
   zlib1g-dev libsystemd-dev libjansson-dev systemd scdoc groff-base man-db dpkg-dev file adduser
+  libpcap-dev tshark jq
 )
 need=()
 for p in "${pkgs[@]}"; do
