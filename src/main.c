@@ -826,11 +826,11 @@ static json_t *json_text(const char *s) {
   return j;
 }
 
-/* `check --json`: log lines (scripts' warnings while they load) go into the
- * warnings array instead of stderr. A text line is "STAMP LEVEL  msg" with
- * the level padded to 5 (log.h): keep the message. */
+/* `check --json`: warnings logged while scripts load go into the warnings
+ * array instead of stderr; errors are the result's "error" already. A text
+ * line is "STAMP LEVEL  msg" with the level padded to 5 (log.h): keep msg. */
 static void check_log_sink(gw_log_level level, const char *line, void *ud) {
-  (void)level;
+  if (level != GW_LOG_WARN) return;
   const char *msg = strchr(line, ' ');
   msg = msg && strlen(msg) > 6 ? msg + 6 : line;
   if (*msg == ' ') msg++;
