@@ -318,6 +318,70 @@ describe("memory cap", function()
   end)
 end)
 
+describe("output limit (write_max)", function()
+  local BIG = string.rep("x", 1000) -- a 1008-byte frame
+
+  it("refuses sends past it, counts them, and the session goes on", function()
+    local t = host([[
+      gw.on("client", 1, function(pkt, session)
+        local all = true
+        for i = 1, 10 do
+          all = session:send_to_client(gw.packet(501, ("x"):rep(1000))) and all
+        end
+        pkt:set_body(tostring(all))
+      end)
+    ]], { write_max = 8000 })
+    local s = t:connect()
+    -- the client reads nothing: 7 frames fit in 8000 bytes, 3 do not
+    s:from_client(top.say("a"))
+    -- queued in the outbox during the call, so each send said true
+    assert.same({ top.frame(1, "true") }, s:to_server())
+    local st = t:stats()
+    assert.equal(7, st.injected)
+    assert.equal(3, st.injected_refused)
+    s:from_client(top.say("b"))
+    assert.equal(13, t:stats().injected_refused)
+    assert.is_nil(s:closed())
+    -- what was queued arrives, whole and in order; then there is room again
+    local out = s:to_client()
+    assert.equal(7, #out)
+    for _, f in ipairs(out) do assert.equal(top.frame(501, BIG), f) end
+    s:from_client(top.say("c"))
+    assert.equal(7, #s:to_client())
+    assert.equal(16, t:stats().injected_refused)
+    t:close()
+  end)
+
+  it("refuses timer sends past it too", function()
+    local t = host([[
+      gw.on_connect(function(session)
+        session:every(10, function(s) s:send_to_client(gw.packet(501, ("x"):rep(1000))) end)
+      end)
+    ]], { write_max = 3000 })
+    local s = t:connect()
+    t:advance(100)
+    assert.equal(2, t:stats().injected)
+    assert.equal(8, t:stats().injected_refused)
+    assert.equal(2, #s:to_client())
+    assert.is_nil(s:closed())
+    t:close()
+  end)
+
+  it("closes a session whose handled frame cannot be passed on", function()
+    local t = host([[
+      gw.on("client", 1, function(pkt) pkt:set_body(("y"):rep(1000)) end)
+    ]], { write_max = 3000 })
+    local s = t:connect()
+    -- the server reads nothing: the third replacement does not fit
+    s:from_client(top.say("a") .. top.say("b"))
+    assert.is_nil(s:closed())
+    s:from_client(top.say("c"))
+    assert.equal("output limit exceeded toward the server side", s:closed())
+    assert.equal(2, #s:to_server())
+    t:close()
+  end)
+end)
+
 describe("escapes that the limits close", function()
   it("keeps gangway's metatables out of reach (a __gc there would run unmetered)", function()
     local t = host([[

@@ -35,6 +35,7 @@ typedef struct hframe {
 
 typedef struct fqueue {
   hframe *head, **tail;
+  size_t bytes;           /* queued, as the relay counts toward write_max */
 } fqueue;
 
 typedef struct hbuf {
@@ -71,6 +72,7 @@ struct host {
   char listener[128];
   uint64_t now, wake;
   uint64_t next_id;
+  size_t write_max;       /* bytes queued toward a side; 0: no limit */
   hsession *sessions;
   logline *logs;
   size_t nlogs, caplogs;
@@ -81,6 +83,7 @@ struct host {
 static void fq_init(fqueue *q) {
   q->head = NULL;
   q->tail = &q->head;
+  q->bytes = 0;
 }
 
 static int fq_push(fqueue *q, const uint8_t *data, size_t len) {
@@ -91,6 +94,7 @@ static int fq_push(fqueue *q, const uint8_t *data, size_t len) {
   memcpy(f->data, data, len);
   *q->tail = f;
   q->tail = &f->next;
+  q->bytes += len;
   return 0;
 }
 
@@ -115,10 +119,19 @@ static void fq_take(lua_State *L, fqueue *q) {
 
 /* ---- the simulated host ---- */
 
+/* Queues a frame toward `to`, as the relay does: bytes not yet taken by
+ * the spec count toward write_max; past it, -ENOBUFS and nothing queued. */
+static int queue_out(hsession *hs, gw_side to, const uint8_t *data,
+                     size_t len) {
+  fqueue *q = &hs->out[to];
+  if (hs->h && hs->h->write_max && q->bytes + len > hs->h->write_max)
+    return -ENOBUFS;
+  return fq_push(q, data, len);
+}
+
 static int h_emit(gw_script_session *ss, gw_side to, const uint8_t *data,
                   size_t len) {
-  hsession *hs = gw_container_of(ss, hsession, ss);
-  return fq_push(&hs->out[to], data, len);
+  return queue_out(gw_container_of(ss, hsession, ss), to, data, len);
 }
 
 static void h_close(gw_script_session *ss, const char *reason) {
@@ -214,7 +227,7 @@ static host *check_host(lua_State *L, int idx) {
 }
 
 /* core.new{ config = path, listener = name, instructions = n,
- * memory = bytes } -> host | nil, err */
+ * memory = bytes, write_max = bytes } -> host | nil, err */
 static int core_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "config");
@@ -225,10 +238,13 @@ static int core_new(lua_State *L) {
   lua_Integer instructions = luaL_optinteger(L, -1, -1);
   lua_getfield(L, 1, "memory");
   lua_Integer memory = luaL_optinteger(L, -1, -1);
+  lua_getfield(L, 1, "write_max");
+  lua_Integer write_max = luaL_optinteger(L, -1, 0);
 
   host *h = lua_newuserdatauv(L, sizeof *h, 0);
   memset(h, 0, sizeof *h);
   h->wake = UINT64_MAX;
+  h->write_max = write_max > 0 ? (size_t)write_max : 0;
   luaL_setmetatable(L, HOST_MT);
   enter(h);
   char err[512];
@@ -386,11 +402,12 @@ static int host_stats(lua_State *L) {
   host *h = check_host(L, 1);
   gw_script_stats st;
   gw_script_get_stats(h->s, &st);
-  lua_createtable(L, 0, 7);
+  lua_createtable(L, 0, 8);
   set_count(L, "frames", st.frames);
   set_count(L, "dropped", st.dropped);
   set_count(L, "replaced", st.replaced);
   set_count(L, "injected", st.injected);
+  set_count(L, "injected_refused", st.injected_refused);
   set_count(L, "errors", st.errors);
   set_count(L, "timeouts", st.timeouts);
   set_count(L, "memory", st.memory_bytes);
@@ -517,8 +534,16 @@ static int hs_from(lua_State *L) {
       if (after.dropped > before.dropped) err = fq_push(&hs->dropped, orig, fi.len);
       free(orig);
       if (rc == -ECONNRESET) break;
-    } else {
-      err = fq_push(&hs->out[to], frame, fi.len); /* the zero-copy path */
+    } else { /* the zero-copy path */
+      size_t queued = hs->out[to].bytes;
+      if ((err = queue_out(hs, to, frame, fi.len)) == -ENOBUFS) {
+        char why[160];
+        snprintf(why, sizeof why, "output limit exceeded toward the %s side "
+                 "(%zu bytes queued)", gw_side_name(to), queued);
+        session_end(h, hs, why);
+        err = 0;
+        break;
+      }
     }
     if (err) break;
     pos += fi.len;

@@ -6,7 +6,14 @@
  * handler that adds a traceback, under the count hook. What Lua sends is
  * queued and emitted after the call, so the host is never re-entered from
  * inside Lua, and a frame's verdict always goes out before what its
- * handlers injected. */
+ * handlers injected.
+ *
+ * The host bounds what is queued toward each side of a session (write_max):
+ * its emit returns -ENOBUFS for a frame that does not fit, and queues
+ * nothing. A sent frame refused so is dropped and counted
+ * (injected_refused; the send itself returned true, as it was queued in
+ * the outbox); a frame that must pass (the handled frame or its
+ * replacement) and cannot closes its session. */
 #include <errno.h>
 #include <inttypes.h>
 #include <lualib.h>
@@ -324,8 +331,14 @@ void gw__flush(gw_script *s) {
   while (s->nout || s->ncloses) {
     for (size_t i = 0; i < s->nout; i++) {
       gw_outmsg m = s->out[i];
-      if (m.ss && s->ops.emit(m.ss, m.to, s->arena + m.off, m.len) < 0)
+      if (!m.ss) continue;
+      int rc = s->ops.emit(m.ss, m.to, s->arena + m.off, m.len);
+      if (rc == -ENOBUFS) { /* past write_max: not sent, the session goes on */
+        s->stats.injected--;
+        s->stats.injected_refused++;
+      } else if (rc < 0) {
         m.ss->closed = true; /* gone: the host will close it */
+      }
     }
     s->nout = 0;
     s->arena_len = 0;
@@ -606,15 +619,25 @@ int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
   }
   const uint8_t *out = p ? p->data : data;
   size_t outlen = p ? p->len : fi->len;
+  gw_side to = from == GW_CLIENT ? GW_SERVER : GW_CLIENT;
   switch (v) {
   case GW_VERDICT_PASS:
     if (p && p->replaced) {
       s->stats.replaced++;
       if (os) os->replaced++;
     }
-    if (s->ops.emit(ss, from == GW_CLIENT ? GW_SERVER : GW_CLIENT, out,
-                    outlen) < 0)
+    switch (s->ops.emit(ss, to, out, outlen)) {
+    case 0:
+      break;
+    case -ENOBUFS: /* a frame that must pass and cannot: the session goes */
+      snprintf(msg, sizeof msg, "output limit exceeded toward the %s side",
+               gw_side_name(to));
+      gw__request_close(s, ss, msg);
+      break;
+    default:
       ss->closed = true;
+      break;
+    }
     break;
   case GW_VERDICT_DROP:
   case GW_VERDICT_CLOSE:

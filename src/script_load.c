@@ -262,11 +262,12 @@ static void set_count(lua_State *L, const char *k, uint64_t v) {
 static int gw_stats(lua_State *L) {
   gw_script *s = gw_script_of(L);
   gw_listener_rt *rt = BINDING(L)->rt;
-  lua_createtable(L, 0, 10);
+  lua_createtable(L, 0, 11);
   set_count(L, "frames", s->stats.frames);
   set_count(L, "dropped", s->stats.dropped);
   set_count(L, "replaced", s->stats.replaced);
   set_count(L, "injected", s->stats.injected);
+  set_count(L, "injected_refused", s->stats.injected_refused);
   set_count(L, "errors", s->stats.errors);
   set_count(L, "timeouts", s->stats.timeouts);
   set_count(L, "memory", s->mem);

@@ -38,12 +38,15 @@ typedef struct fake_host {
   gw_script_session *closed_ss;
   uint64_t now, wake;
   int wakes;
+  int room;  /* emits accepted before -ENOBUFS (write_max); 0: no limit,
+                -1: none */
 } fake_host;
 
 static fake_host host;
 
 static int h_emit(gw_script_session *ss, gw_side to, const uint8_t *data,
                   size_t len) {
+  if (host.room && host.nemits >= host.room) return -ENOBUFS;
   assert_true(host.nemits < MAX_EMITS);
   assert_true(len <= sizeof host.emits[0].data);
   emitted *e = &host.emits[host.nemits++];
@@ -356,6 +359,42 @@ static void test_stack_depth_limit(void **state) {
   stop(f);
 }
 
+/* The host refuses what does not fit under write_max (-ENOBUFS): a sent
+ * frame is dropped and counted, the session goes on; a frame that must pass
+ * closes it. */
+static void test_output_limit(void **state) {
+  (void)state;
+  fixture *f = start(
+      "gw.on('client', 1, function(pkt, s)\n"
+      "  for i = 1, 3 do s:send_to_client(gw.packet(501, 'a')) end\n"
+      "end)",
+      GW_ON_ERROR_PASS, 1000000, 0);
+  assert_int_equal(gw_script_session_open(f->s, f->h, &f->ss), 0);
+  uint8_t buf[32];
+  size_t n = frame(buf, sizeof buf, 1, "x");
+  host.room = 2; /* the frame and one send */
+  assert_int_equal(feed(f, GW_CLIENT, buf, n), 0);
+  assert_int_equal(host.nemits, 2);
+  assert_ptr_equal(host.emits[0].ptr, buf);
+  assert_int_equal(host.emits[1].to, GW_CLIENT);
+  gw_script_stats st = stats(f);
+  assert_int_equal(st.injected, 1);
+  assert_int_equal(st.injected_refused, 2);
+  assert_int_equal(host.closes, 0);
+  assert_int_equal(st.errors, 0);
+
+  /* no room for the frame itself */
+  host.nemits = 0;
+  host.room = -1;
+  assert_int_equal(feed(f, GW_CLIENT, buf, n), -ECONNRESET);
+  assert_int_equal(host.nemits, 0);
+  assert_int_equal(host.closes, 1);
+  assert_string_equal(host.close_reason,
+                      "output limit exceeded toward the server side");
+  assert_int_equal(stats(f).injected_refused, 5);
+  stop(f);
+}
+
 static void test_memory_cap(void **state) {
   (void)state;
   fixture *f = start(
@@ -537,6 +576,7 @@ int main(void) {
     cmocka_unit_test(test_on_error_policies),
     cmocka_unit_test(test_instruction_limit),
     cmocka_unit_test(test_stack_depth_limit),
+    cmocka_unit_test(test_output_limit),
     cmocka_unit_test(test_memory_cap),
     cmocka_unit_test(test_tiny_memory_limit_fails_cleanly),
     cmocka_unit_test(test_reload_atomic),

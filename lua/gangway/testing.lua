@@ -131,6 +131,7 @@ local function new(opts, level)
   local host, err = core.new{
     config = config, listener = opts.listener,
     instructions = opts.instructions, memory = opts.memory,
+    write_max = opts.write_max,
   }
   if not host then
     self:close()
@@ -150,6 +151,9 @@ end
 --   unsafe        full standard library for the scripts
 --   config, listener  use a real config file (and one of its listeners)
 --   instructions, memory  limits (default: the config's)
+--   write_max     bytes queued toward a side (frames not yet taken with
+--                 to_client/to_server) past which the host refuses more,
+--                 as limits.write_max does in the proxy (default: none)
 -- Raises when the scripts do not load.
 function testing.new(opts)
   local t, err = new(opts, 3)
@@ -218,7 +222,7 @@ function Host:logged(text, level)
 end
 
 --- The script layer's counters (frames, dropped, replaced, injected,
---- errors, timeouts, memory).
+--- injected_refused, errors, timeouts, memory).
 function Host:stats() return self.core:stats() end
 --- Whether the relay would hand a frame of that side and opcode to Lua.
 function Host:want(side, opcode) return self.core:want(side, opcode) end
