@@ -522,11 +522,18 @@ static void p34_run(uint32_t opcode, int count, const char *name, const char *in
   int fd = track(it_connect(port));
   /* The yardstick: what a plain endless loop costs under the same limit. */
   uint64_t loop_mean, loop_worst = spin_frames(fd, 72, 10, &loop_mean);
+  char js[4096];
+  stats(js, sizeof js);
+  long long failed0 = it_json_int(js, "handler_errors") + it_json_int(js, "handler_timeouts");
   uint64_t mean, worst = spin_frames(fd, opcode, count, &mean);
-  printf("  %s: frames=%d worst_frame_ms=%" PRIu64 " mean_frame_ms=%" PRIu64
-         " plain_endless_loop_mean_ms=%" PRIu64 " worst_ms=%" PRIu64 "\n",
-         name, count, worst, mean, loop_mean, loop_worst);
+  stats(js, sizeof js);
+  long long failed =
+      it_json_int(js, "handler_errors") + it_json_int(js, "handler_timeouts") - failed0;
+  printf("  %s: frames=%d handler_calls_failed=%lld worst_frame_ms=%" PRIu64
+         " mean_frame_ms=%" PRIu64 " plain_endless_loop_mean_ms=%" PRIu64 " worst_ms=%" PRIu64 "\n",
+         name, count, failed, worst, mean, loop_mean, loop_worst);
   fflush(stdout);
+  assert_int_equal(failed, count); /* every call was stopped, none finished */
   bool found = false;
   for (int i = 0; logs[i] && !found; i++) found = it_log_wait(&T.g, logs[i], i ? 0 : 2000);
   if (!found) fail_msg("%s: the log does not say which limit stopped the handler", name);
@@ -546,7 +553,7 @@ static void p34_run(uint32_t opcode, int count, const char *name, const char *in
 
 static void test_p3_deep_recursion(void **state) {
   (void)state;
-  static const char *const logs[] = {"stack overflow", "depth", "C stack", NULL};
+  static const char *const logs[] = {"depth limit", "stack overflow", "C stack", NULL};
   p34_run(70, 50, "p3_deep_recursion", "50_frames_recursing_without_end", logs);
 }
 
@@ -875,6 +882,44 @@ static void test_p9_session_log_lines(void **state) {
   finish("p9_session_log_lines", inputs);
 }
 
+/* A careless admin: a config whose backtracking pattern ran unmetered for
+ * seconds in `check`, at start and at each reload, with the loop blocked.
+ * Now it is stopped like a loop: check refuses it at once, and a reload to
+ * it fails at once while the bystander keeps its round trips. */
+static void test_p9_config_pattern(void **state) {
+  (void)state;
+  start_one("", "", "session_lines_per_s = 0");
+  char *good = it_slurp(T.g.config);
+  assert_non_null(good);
+  it_write(T.g.dir, "config.lua", "local x = (\"a\"):rep(30000):find(\".-.-.-.-.-x\")\n%s", good);
+  free(good);
+  char *out = NULL;
+  const char *const check[] = {"check", "-c", T.g.config, NULL};
+  uint64_t t0 = it_now_ms();
+  int check_code = it_run_gangway(&out, check);
+  uint64_t check_ms = it_now_ms() - t0;
+  bool check_says = out && strstr(out, "too long");
+  printf("  p9_config_pattern: check exit=%d after_ms=%" PRIu64 " says: %s", check_code, check_ms,
+         out ? out : "(nothing)\n");
+  free(out);
+  const char *const reload[] = {"reload", "-c", T.g.config, NULL};
+  t0 = it_now_ms();
+  int reload_code = it_run_gangway(&out, reload);
+  uint64_t reload_ms = it_now_ms() - t0;
+  bool reload_says = out && strstr(out, "too long");
+  printf("  p9_config_pattern: reload exit=%d after_ms=%" PRIu64 " says: %s", reload_code,
+         reload_ms, out ? out : "(nothing)\n");
+  fflush(stdout);
+  free(out);
+  assert_int_equal(check_code, 1);
+  assert_true(check_says);
+  assert_true(check_ms < 5000); /* 10 million instructions: well under a second */
+  assert_int_equal(reload_code, 1);
+  assert_true(reload_says);
+  assert_true(reload_ms < 5000);
+  finish("p9_config_pattern", "check_and_reload_of_a_backtracking_pattern_on_30000_bytes");
+}
+
 /* ---- P10: an unfinished frame at FIN -------------------------------------- */
 
 static void test_p10_unfinished_frame_at_fin(void **state) {
@@ -1054,6 +1099,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_teardown(test_p6_sessions_per_ip, teardown),
       cmocka_unit_test_teardown(test_p6_new_sessions_per_ip_per_s, teardown),
       cmocka_unit_test_teardown(test_p9_session_log_lines, teardown),
+      cmocka_unit_test_teardown(test_p9_config_pattern, teardown),
       cmocka_unit_test_teardown(test_p10_unfinished_frame_at_fin, teardown),
       cmocka_unit_test_teardown(test_p11_misframing_logged_and_timed_out, teardown),
       cmocka_unit_test_teardown(test_p13_connect_and_leave, teardown),
