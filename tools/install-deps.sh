@@ -14,6 +14,7 @@ pkgs=(
   nginx-light libnginx-mod-stream
   zlib1g-dev libsystemd-dev libjansson-dev systemd scdoc groff-base man-db dpkg-dev file adduser
   libpcap-dev tshark jq
+  libmicrohttpd-dev prometheus curl
 )
 need=()
 for p in "${pkgs[@]}"; do
