@@ -307,13 +307,17 @@ static void test_idle_clients_do_not_lock_out_stats(void **state) {
 
 /* ---- issue 10.7: the control socket answers at the open-files limit ---- */
 
-/* Starts `gangway args...` with an open-files limit of nofile (soft and
- * hard), stdout and stderr to log. */
-static pid_t spawn_limited(rlim_t nofile, const char *dir, const char *log, const char *const args[]) {
+/* Starts `gangway args...` with an open-files limit of nofile (soft; the
+ * hard limit too unless keep_hard), stdout and stderr to log. */
+static pid_t spawn_limits(rlim_t nofile, bool keep_hard, const char *dir, const char *log,
+                          const char *const args[]) {
   pid_t pid = fork();
   if (pid < 0) fail_msg("fork: %s", strerror(errno));
   if (pid == 0) {
-    struct rlimit rl = {nofile, nofile};
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = nofile;
+    if (!keep_hard) rl.rlim_max = nofile;
     int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd < 0 || setrlimit(RLIMIT_NOFILE, &rl) < 0 || chdir(dir) < 0) _exit(126);
     dup2(fd, 1);
@@ -326,6 +330,10 @@ static pid_t spawn_limited(rlim_t nofile, const char *dir, const char *log, cons
     _exit(127);
   }
   return pid;
+}
+
+static pid_t spawn_limited(rlim_t nofile, const char *dir, const char *log, const char *const args[]) {
+  return spawn_limits(nofile, false, dir, log, args);
 }
 
 static void start_limited(it_gangway *g, rlim_t nofile) {
@@ -363,6 +371,17 @@ static void test_check_reports_the_clamp(void **state) {
   assert_non_null(strstr(text, "open files, the limit is 20000: using "));
   assert_non_null(strstr(text, "config.lua: ok (1 listener(s), 0 script(s))"));
   free(text);
+  /* max_sessions = 0 (no limit) is fitted the same way. */
+  unlink(log);
+  it_write(dir, "config.lua", LISTENER ", limits = { max_sessions = 0 } }\n", 1, 2);
+  pid = spawn_limited(64, dir, log, args);
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_int_equal(WEXITSTATUS(status), 0);
+  text = it_slurp(log);
+  if (clamped_to(text, "limits.max_sessions 0 (no limit) would exceed the open-files limit 64") < 1)
+    fail_msg("no clamp of max_sessions = 0 under 64 open files:\n%s", text);
+  free(text);
+  it_write(dir, "config.lua", LISTENER " }\n", 1, 2);
   /* Under a limit that is high enough, nothing to say. */
   unlink(log);
   pid = spawn_limited(21000, dir, log, args);
@@ -409,6 +428,30 @@ static void test_stats_and_reload_at_the_fd_limit(void **state) {
     it_echo_byte(fds[i], 'b');
     close(fds[i]);
   }
+  stop_gangway(&g, up);
+}
+
+/* A soft limit below what max_sessions needs is raised (the hard limit
+ * allows it): nothing clamped. */
+static void test_soft_limit_is_raised(void **state) {
+  (void)state;
+  struct rlimit rl;
+  getrlimit(RLIMIT_NOFILE, &rl);
+  if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 1000) skip();
+  int up_port, port = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  it_gangway_prepare(&g);
+  it_write(g.dir, "config.lua", LISTENER ", limits = { max_sessions = 100 } }\n", port, up_port);
+  const char *args[] = {"-c", g.config, NULL};
+  g.pid = spawn_limits(64, true, g.dir, g.log, args);
+  assert_true(it_log_wait(&g, " running (config ", 5000));
+  char *log = it_slurp(g.log);
+  const char *p = strstr(log, "open-files limit raised from 64 to ");
+  /* 2 x 100 sessions and what is kept for listeners and the control socket. */
+  if (!p || atoi(p + 35) <= 200 || strstr(log, "limits.max_sessions 100 needs"))
+    fail_msg("the soft limit was not raised enough:\n%s", log);
+  free(log);
   stop_gangway(&g, up);
 }
 
@@ -556,6 +599,7 @@ int main(void) {
       cmocka_unit_test(test_idle_clients_do_not_lock_out_stats),
       cmocka_unit_test(test_check_reports_the_clamp),
       cmocka_unit_test(test_stats_and_reload_at_the_fd_limit),
+      cmocka_unit_test(test_soft_limit_is_raised),
       cmocka_unit_test(test_stats_with_every_fd_taken),
       cmocka_unit_test(test_sd_notify),
       cmocka_unit_test(test_sd_notify_not_ready_on_failure),
