@@ -60,6 +60,8 @@ static void on_handle_closed(uv_handle_t *h)
     return;
   free(c->rbuf);
   c->rbuf = NULL;
+  free(c->key);
+  c->key = NULL;
   release_msgs(c->pend, c->npend);
   c->pend = NULL;
   c->npend = 0;
@@ -211,6 +213,16 @@ static void conn_parse(top_conn *c)
       conn_abort(c, why, false);
       return;
     }
+    if (c->rx_on && info.len > TOP_CIPHER_CLEAR) {
+      if (!c->key) {
+        conn_abort(c, "malformed frame: no cipher key", false);
+        return;
+      }
+      /* Whole frames only, each once: a partial one waits in rbuf as it
+       * came. The length is clear; the command is read again, decrypted. */
+      top_cipher_frame(&c->rx, c->rbuf + off, info.len);
+      gw_frame_next(top_framing(), c->from, c->rbuf + off, info.len, &info);
+    }
     c->cbs->frame(c, c->rbuf + off, &info);
     if (!info.has_opcode && c->echo_pings && c->state == TOP_OPEN)
       conn_ping(c);
@@ -344,10 +356,26 @@ static void on_flush(uv_prepare_t *p)
   conn_flush(TOP_CONTAINER_OF(p, top_conn, flush));
 }
 
+/* This connection's encrypted copy of m, with one reference, or NULL. */
+static top_msg *conn_encrypt(top_conn *c, const top_msg *m)
+{
+  top_msg *e = malloc(sizeof *e + m->len);
+  if (!e)
+    return NULL;
+  e->refs = 1;
+  e->len = m->len;
+  memcpy(e->data, m->data, m->len);
+  top_cipher_frame(&c->tx, e->data, e->len);
+  return e;
+}
+
 int top_conn_send(top_conn *c, top_msg *m)
 {
   if (c->state != TOP_OPEN || c->connecting)
     return UV_EPIPE;
+  bool encrypt = c->tx_on && m->len > TOP_CIPHER_CLEAR;
+  if (encrypt && !c->key)
+    return UV_EINVAL;
   if (top_conn_queued(c) > TOP_WRITE_HIGH) {
     conn_abort(c, "slow reader", false);
     return UV_ENOBUFS;
@@ -360,8 +388,16 @@ int top_conn_send(top_conn *c, top_msg *m)
     c->pend = p;
     c->pend_cap = cap;
   }
+  /* Encrypted last, once nothing can fail: the keystream moves on only for
+   * frames that go out, in the order they go out. */
+  if (encrypt) {
+    m = conn_encrypt(c, m);
+    if (!m)
+      return UV_ENOMEM;
+  } else {
+    m->refs++;
+  }
   c->pend[c->npend++] = m;
-  m->refs++;
   c->pend_bytes += m->len;
   /* Written just before the loop next waits for I/O, with whatever else
    * this iteration queues. */
@@ -380,6 +416,25 @@ int top_conn_send_cmd(top_conn *c, uint32_t cmd, const top_writer *w)
   top_msg_unref(m);
   return rc;
 }
+
+int top_conn_set_key(top_conn *c, const uint8_t *key, size_t n)
+{
+  if (c->key)
+    return -EEXIST;
+  if (n == 0)
+    return -EINVAL;
+  c->key = malloc(n);
+  if (!c->key)
+    return -ENOMEM;
+  memcpy(c->key, key, n);
+  top_cipher_init(&c->rx, c->key, n);
+  top_cipher_init(&c->tx, c->key, n);
+  return 0;
+}
+
+void top_conn_decrypt_reads(top_conn *c) { c->rx_on = true; }
+
+void top_conn_encrypt_sends(top_conn *c) { c->tx_on = true; }
 
 static void on_shutdown(uv_shutdown_t *req, int status)
 {

@@ -6,6 +6,8 @@
  * nothing, an answer to every `00 02` when echo_pings is set, and a drop
  * after idle_ms of hearing nothing. Memory per connection is bounded: a
  * peer whose write queue passes TOP_WRITE_HIGH is dropped as a slow reader.
+ * Optionally encrypts the frames it sends and decrypts the frames it reads
+ * with the demo cipher (top_cipher.h), from the frame the owner says on.
  *
  * Lifetime: after top_conn_init the connection ends only through
  * top_conn_close (or a peer's or a timer's doing), which calls cbs->end
@@ -20,6 +22,7 @@
 #include <uv.h>
 
 #include "frame.h"
+#include "top_cipher.h"
 #include "top_wire.h"
 
 /* The struct that embeds member at ptr (owners embed a top_conn). */
@@ -92,6 +95,10 @@ struct top_conn {
                                handed to uv_write */
   size_t npend, pend_cap, pend_bytes;
   char reason[96];
+  /* The demo cipher: each direction is clear until turned on. */
+  uint8_t *key;             /* owned; NULL until top_conn_set_key */
+  top_cipher rx, tx;        /* frames read, frames sent */
+  bool rx_on, tx_on;
 };
 
 /* Sets up the handles and the read buffer. Returns 0 or a negative errno
@@ -108,12 +115,25 @@ int top_conn_connect(top_conn *c, const struct sockaddr *addr);
 /* Queues a frame (takes a reference); the frames queued in one loop
  * iteration go out together, before the loop next waits. Returns 0 or a
  * negative errno (UV_EPIPE once closing; UV_ENOBUFS when the peer is
- * dropped as a slow reader). */
+ * dropped as a slow reader; UV_EINVAL when it should be encrypted and no
+ * key is set). */
 int top_conn_send(top_conn *c, top_msg *m);
 /* Bytes queued and not yet written. */
 size_t top_conn_queued(const top_conn *c);
 /* Builds and sends cmd with body w. */
 int top_conn_send_cmd(top_conn *c, uint32_t cmd, const top_writer *w);
+/* The demo cipher's key (the chap string's bytes), copied; set once. Both
+ * directions' counters start at 0. Returns 0, -EEXIST when a key is set
+ * already, -EINVAL for an empty key, or -ENOMEM. */
+int top_conn_set_key(top_conn *c, const uint8_t *key, size_t n);
+/* Decrypts every frame read after the one being handled now (call it from
+ * cbs->frame). A bodied frame read with no key set closes the connection
+ * ("malformed frame: no cipher key"). */
+void top_conn_decrypt_reads(top_conn *c);
+/* Encrypts every frame sent from now on; each connection encrypts its own
+ * copy of a shared top_msg. Until a key is set, top_conn_send refuses
+ * bodied frames (UV_EINVAL); keep-alives have nothing to encrypt. */
+void top_conn_encrypt_sends(top_conn *c);
 /* Closes after the queued frames are out (TOP_LINGER_MS at most). */
 void top_conn_close(top_conn *c, const char *reason);
 /* Sends our FIN after the queued frames and keeps reading until the peer

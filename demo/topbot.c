@@ -4,7 +4,8 @@
  * the room, then chat from a small list, walk at a human pace and answer
  * keep-alives, until -d seconds have passed. With -x, bot1 also bursts
  * moves like a speed hack; with -s, every bot follows a scenario file
- * instead of chance. Prints what each bot sends and receives, or with -q
+ * instead of chance; with -e, the demo cipher on the frames after login
+ * (top_cipher.h). Prints what each bot sends and receives, or with -q
  * only a summary of frames per command. See docs/demo.md. */
 #include <errno.h>
 #include <signal.h>
@@ -79,6 +80,7 @@ struct fleet {
   step *steps;         /* -s scenario, or NULL */
   size_t nsteps;
   bool quiet, speeder, stopping;
+  bool encrypt;        /* -e: the demo cipher after login */
   const char *prefix;             /* bot names: prefix1..prefixN */
   uint64_t start_time;
   uint64_t *sent, *recv; /* frames per command; [BOT_KEEPALIVE] keep-alives */
@@ -194,6 +196,40 @@ static void on_login_reply(bot *b, top_reader *r)
   b->next_burst = now + 1000;
   if (!b->fl->quiet)
     top_print("%s < login ok id=%u", b->name, id);
+  if (b->fl->encrypt) {
+    /* MC_LOGIN came clear; the server encrypts everything after it. */
+    top_conn_decrypt_reads(&b->conn);
+    if (!b->fl->quiet)
+      top_print("%s cipher on", b->name);
+  }
+}
+
+/* Unknown, or a known command that did not parse: the body in hex. */
+static void show_frame(bot *b, const top_reader *r, const gw_frame_info *info)
+{
+  char shown[BOT_TEXT_MAX + 64];
+  if (!b->fl->quiet)
+    top_print("%s < cmd=%u len=%zu body=%s", b->name, info->opcode, info->len,
+              top_hex(shown, sizeof shown, r->p, r->len));
+}
+
+/* MC_CHAPSTR: with -e, the cipher's key. */
+static void on_chapstr(bot *b, top_reader *r, const gw_frame_info *info)
+{
+  const char *s;
+  size_t n;
+  top_get_str(r, &s, &n);
+  if (r->err) {
+    show_frame(b, r, info);
+    return;
+  }
+  char shown[BOT_TEXT_MAX + 64];
+  if (!b->fl->quiet)
+    top_print("%s < chapstr %s", b->name, top_readable(shown, sizeof shown, s, n));
+  int rc = b->fl->encrypt ? top_conn_set_key(&b->conn, (const uint8_t *)s, n) : 0;
+  /* A second chap string changes nothing: the key is the first. */
+  if (rc != 0 && rc != -EEXIST)
+    top_print("%s cannot key the cipher: %s", b->name, strerror(-rc));
 }
 
 static void bot_frame(top_conn *c, const uint8_t *frame, const gw_frame_info *info)
@@ -207,32 +243,23 @@ static void bot_frame(top_conn *c, const uint8_t *frame, const gw_frame_info *in
     on_login_reply(b, &r);
     return;
   }
+  if (info->has_opcode && info->opcode == TOP_MC_CHAPSTR) {
+    on_chapstr(b, &r, info);
+    return;
+  }
   if (fl->quiet)
     return;
   char shown[BOT_TEXT_MAX + 64];
-  const char *s;
-  size_t n;
   top_say say;
   if (!info->has_opcode) {
     top_print("%s < keep-alive", b->name);
     return;
   }
-  switch (info->opcode) {
-  case TOP_MC_CHAPSTR:
-    top_get_str(&r, &s, &n);
-    if (r.err)
-      break;
-    top_print("%s < chapstr %s", b->name, top_readable(shown, sizeof shown, s, n));
-    return;
-  case TOP_MC_SAY:
-    if (top_get_say(&r, &say) != 0)
-      break;
+  if (info->opcode == TOP_MC_SAY && top_get_say(&r, &say) == 0) {
     top_print("%s < %s", b->name, top_format_say(shown, sizeof shown, &say));
     return;
   }
-  /* Unknown, or a known command that did not parse: show the body. */
-  top_print("%s < cmd=%u len=%zu body=%s", b->name, info->opcode, info->len,
-            top_hex(shown, sizeof shown, r.p, r.len));
+  show_frame(b, &r, info);
 }
 
 static void bot_pinged(top_conn *c)
@@ -259,6 +286,10 @@ static void bot_connected(top_conn *c, int status)
   top_writer_init(&w, body, sizeof body);
   top_put_login(&w, b->name);
   bot_send(b, TOP_CM_LOGIN, &w);
+  /* CM_LOGIN goes clear, what follows encrypted. The key comes with the
+   * chap string, before the login reply that lets the bot speak. */
+  if (b->fl->encrypt)
+    top_conn_encrypt_sends(&b->conn);
 }
 
 static void fleet_stop(fleet *fl);
@@ -456,7 +487,7 @@ static int load_steps(fleet *fl, const char *path)
 static void usage(FILE *out)
 {
   fprintf(out,
-          "usage: topbot [-c addr:port] [-n bots] [-p name] [-d seconds] [-s scenario] [-x] [-q]\n"
+          "usage: topbot [-c addr:port] [-n bots] [-p name] [-d seconds] [-s scenario] [-x] [-e] [-q]\n"
           "  -c  server or proxy to connect to (default " BOT_CONNECT ")\n"
           "  -n  number of bots, named bot1..botN (default 1)\n"
           "  -p  name prefix instead of \"bot\" (two fleets on one server)\n"
@@ -464,6 +495,7 @@ static void usage(FILE *out)
           "  -s  scenario file: each bot runs its steps (say TEXT, move X Y,\n"
           "      burst N, wait MS) instead of acting by chance\n"
           "  -x  bot1 bursts moves like a speed hack\n"
+          "  -e  encrypt frames after login with the demo cipher (topd -e too)\n"
           "  -q  print only problems and the summary\n");
 }
 
@@ -473,7 +505,7 @@ static int parse_args(fleet *fl, int argc, char **argv, unsigned long *seconds)
   const char *connect_spec = BOT_CONNECT;
   unsigned long v;
   int opt;
-  while ((opt = getopt(argc, argv, "c:n:p:d:s:xqh")) != -1) {
+  while ((opt = getopt(argc, argv, "c:n:p:d:s:xeqh")) != -1) {
     switch (opt) {
     case 'c': connect_spec = optarg; break;
     case 'p':
@@ -503,6 +535,7 @@ static int parse_args(fleet *fl, int argc, char **argv, unsigned long *seconds)
         return -EINVAL;
       break;
     case 'x': fl->speeder = true; break;
+    case 'e': fl->encrypt = true; break;
     case 'q': fl->quiet = true; break;
     case 'h': usage(stdout); return 1;
     default: usage(stderr); return -EINVAL;

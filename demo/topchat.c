@@ -4,7 +4,8 @@
  * the room's chat (MC_SAY) as "[local] name: text", and answers the game's
  * keep-alives. stdin may be a terminal, a pipe or a file; reading it never
  * blocks the loop. EOF, Ctrl-D or "/quit" ends the session politely: our
- * FIN, then the server's. See docs/demo.md. */
+ * FIN, then the server's. With -e, the demo cipher on the frames after
+ * login (top_cipher.h). See docs/demo.md. */
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -41,6 +42,7 @@ typedef struct chat {
   const char *name, *addr_text;
   struct sockaddr_storage addr;
   bool verbose, connected, logged_in, quitting;
+  bool encrypt;                /* -e: the demo cipher after login */
   int status;                  /* exit status */
 } chat;
 
@@ -241,7 +243,21 @@ static void on_login_reply(chat *ch, top_reader *r)
   }
   ch->logged_in = true;
   note("logged in as %s id=%u", ch->name, id);
+  if (ch->encrypt) {
+    /* MC_LOGIN came clear; the server encrypts everything after it. */
+    top_conn_decrypt_reads(&ch->conn);
+    note("cipher on");
+  }
   stdin_open(ch);
+}
+
+/* With -e, the chap string is the cipher's key. */
+static void on_chapstr(chat *ch, const char *s, size_t n)
+{
+  int rc = ch->encrypt ? top_conn_set_key(&ch->conn, (const uint8_t *)s, n) : 0;
+  /* A second chap string changes nothing: the key is the first. */
+  if (rc != 0 && rc != -EEXIST)
+    note("cannot key the cipher: %s", strerror(-rc));
 }
 
 static void chat_frame(top_conn *c, const uint8_t *frame, const gw_frame_info *info)
@@ -269,10 +285,12 @@ static void chat_frame(top_conn *c, const uint8_t *frame, const gw_frame_info *i
     fflush(stdout);
     return;
   case TOP_MC_CHAPSTR:
-    if (ch->verbose) {
-      top_get_str(&r, &s, &n);
+    top_get_str(&r, &s, &n);
+    if (r.err)
+      break;
+    if (ch->verbose)
       note("chapstr %s", top_readable(shown, sizeof shown, s, n));
-    }
+    on_chapstr(ch, s, n);
     return;
   }
   if (ch->verbose)
@@ -301,6 +319,10 @@ static void chat_connected(top_conn *c, int status)
   top_writer_init(&w, body, sizeof body);
   top_put_login(&w, ch->name);
   top_conn_send_cmd(&ch->conn, TOP_CM_LOGIN, &w);
+  /* CM_LOGIN goes clear, what follows encrypted. The key comes with the
+   * chap string, before the login reply that opens stdin. */
+  if (ch->encrypt)
+    top_conn_encrypt_sends(&ch->conn);
 }
 
 static void chat_end(top_conn *c, const char *reason)
@@ -337,9 +359,10 @@ static void on_signal(uv_signal_t *s, int signum)
 static void usage(FILE *out)
 {
   fprintf(out,
-          "usage: topchat [-c addr:port] [-n name] [-v]\n"
+          "usage: topchat [-c addr:port] [-n name] [-e] [-v]\n"
           "  -c  server or proxy to connect to (default " CHAT_CONNECT ")\n"
           "  -n  account name to log in with (default player)\n"
+          "  -e  encrypt frames after login with the demo cipher (topd -e too)\n"
           "  -v  also show keep-alives, the chap string and other commands\n"
           "Lines typed are said in the room; /quit or Ctrl-D leaves.\n");
 }
@@ -348,10 +371,11 @@ int main(int argc, char **argv)
 {
   chat ch = {.name = "player", .addr_text = CHAT_CONNECT};
   int opt;
-  while ((opt = getopt(argc, argv, "c:n:vh")) != -1) {
+  while ((opt = getopt(argc, argv, "c:n:evh")) != -1) {
     switch (opt) {
     case 'c': ch.addr_text = optarg; break;
     case 'n': ch.name = optarg; break;
+    case 'e': ch.encrypt = true; break;
     case 'v': ch.verbose = true; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;

@@ -3,7 +3,8 @@
  * Speaks the game's framing and enough of its commands for gangway's
  * example scripts to have something to act on: the chap string on connect,
  * login, local chat broadcast to one room, movement with a speed check, and
- * the game's keep-alive. One line per event goes to stdout, so a person
+ * the game's keep-alive; with -e, the demo cipher on the frames after login
+ * (top_cipher.h). One line per event goes to stdout, so a person
  * watching the console sees what the proxy in front of it lets through.
  * See docs/demo.md for the output lines and the message layouts. */
 #include <errno.h>
@@ -52,6 +53,7 @@ struct topd {
   uint32_t next_id;
   unsigned idle_ms, speed_limit;
   bool verbose, stopping;
+  bool encrypt;             /* -e: the demo cipher after login */
 };
 
 static peer *peer_of(top_conn *c) { return TOP_CONTAINER_OF(c, peer, conn); }
@@ -117,6 +119,12 @@ static void on_login(peer *p, top_reader *r)
   send_login_reply(p, 0);
   top_print("login peer=%u id=%u name=%s version=%u", p->num, p->id, p->name,
             l.version);
+  if (p->srv->encrypt) {
+    /* MC_LOGIN went out clear; everything after it is encrypted. (After
+     * an error reply only the close follows, so nothing to encrypt.) */
+    top_conn_encrypt_sends(&p->conn);
+    top_print("cipher peer=%u on", p->num);
+  }
 }
 
 /* CM_SAY: to everyone in the room as MC_SAY. */
@@ -186,10 +194,14 @@ static void peer_frame(top_conn *c, const uint8_t *frame, const gw_frame_info *i
   top_reader r;
   top_reader_init(&r, frame, info->len);
   if (!p->id) {
-    if (info->opcode == TOP_CM_LOGIN)
-      on_login(p, &r);
-    else
+    if (info->opcode != TOP_CM_LOGIN) {
       top_conn_close(&p->conn, "command before login");
+      return;
+    }
+    /* Whatever becomes of the login, the client encrypts what follows. */
+    if (p->srv->encrypt)
+      top_conn_decrypt_reads(&p->conn);
+    on_login(p, &r);
     return;
   }
   switch (info->opcode) {
@@ -255,6 +267,12 @@ static void send_chapstr(peer *p)
   top_writer_init(&w, body, sizeof body);
   top_put_str(&w, chap);
   top_conn_send_cmd(&p->conn, TOP_MC_CHAPSTR, &w);
+  /* The chap string is the demo cipher's key. */
+  if (p->srv->encrypt && top_conn_set_key(&p->conn, (const uint8_t *)chap,
+                                          strlen(chap)) != 0) {
+    top_print("error peer=%u reason=out of memory", p->num);
+    top_conn_close(&p->conn, "out of memory");
+  }
 }
 
 static void on_connection(uv_stream_t *listener, int status)
@@ -317,11 +335,12 @@ static void on_signal(uv_signal_t *s, int signum)
 static void usage(FILE *out)
 {
   fprintf(out,
-          "usage: topd [-l addr:port] [-k ms] [-m actions] [-n peers] [-v]\n"
+          "usage: topd [-l addr:port] [-k ms] [-m actions] [-n peers] [-e] [-v]\n"
           "  -l  listen address (default " TOPD_LISTEN "; port 0 picks one)\n"
           "  -k  drop a peer silent this long, in ms (default 10000)\n"
           "  -m  actions per second a human can do (default 8)\n"
           "  -n  most peers at once (default 1000)\n"
+          "  -e  encrypt frames after login with the demo cipher (clients -e too)\n"
           "  -v  also log keep-alives, actions and ignored commands\n");
 }
 
@@ -357,7 +376,7 @@ int main(int argc, char **argv)
   srv.max_peers = 1000;
   srv.next_id = TOPD_FIRST_ID;
   int opt;
-  while ((opt = getopt(argc, argv, "l:k:m:n:vh")) != -1) {
+  while ((opt = getopt(argc, argv, "l:k:m:n:evh")) != -1) {
     switch (opt) {
     case 'l': listen_spec = optarg; break;
     case 'k':
@@ -374,6 +393,7 @@ int main(int argc, char **argv)
       else
         srv.max_peers = (unsigned)v;
       break;
+    case 'e': srv.encrypt = true; break;
     case 'v': srv.verbose = true; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
