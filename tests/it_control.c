@@ -229,6 +229,8 @@ static void test_unfinished_request_times_out(void **state) {
     fail_msg("a client that never ends its request: got \"%s\", closed %d after %llu ms", text,
              closed, (unsigned long long)waited);
   free(text);
+  print_message("a client that sent \"rel\" was answered and closed after %llu ms\n",
+                (unsigned long long)waited);
   close(slow);
   stop_gangway(&g, up);
 }
