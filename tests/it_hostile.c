@@ -571,7 +571,8 @@ static void test_p4_coroutines(void **state) {
 
 #define FRAME_MS 1000
 #define FIRST_FRAME_MS 2000
-#define SLACK_MS 1500
+#define SLACK_MS 1500 /* late: a loaded machine */
+#define EARLY_MS 250  /* early: libuv times from the loop's cached clock */
 #define NSLOW 200
 
 static int p5_start(int *raw_port) {
@@ -663,8 +664,8 @@ static void test_p5_slowloris_frame(void **state) {
          closed, NSLOW, soonest, worst, timed_out, fd_base, peak_fds, fds_after);
   fflush(stdout);
   assert_int_equal(closed, NSLOW);
-  assert_true(soonest >= FRAME_MS - 100); /* the trickle did not count as progress... */
-  assert_true(worst <= FRAME_MS + SLACK_MS); /* ...and ended each session in time */
+  assert_true(soonest >= FRAME_MS - EARLY_MS); /* not before frame_ms... */
+  assert_true(worst <= FRAME_MS + SLACK_MS);    /* ...and the trickle kept none alive */
   assert_int_equal(timed_out, NSLOW);
   assert_true(fds_after <= fd_base);
   finish("p5_slowloris_frame", "200_sessions_trickling_1_byte_per_300ms");
@@ -699,7 +700,7 @@ static void test_p5_silent_first_frame(void **state) {
          closed, NSLOW, soonest, worst, reasons, fd_base, fds_after);
   fflush(stdout);
   assert_int_equal(closed, NSLOW);
-  assert_true(soonest >= FIRST_FRAME_MS - 100);
+  assert_true(soonest >= FIRST_FRAME_MS - EARLY_MS);
   assert_true(worst <= FIRST_FRAME_MS + SLACK_MS);
   assert_int_equal(reasons, NSLOW);
   assert_true(fds_after <= fd_base);
@@ -1018,7 +1019,7 @@ static void test_p11_misframing_logged_and_timed_out(void **state) {
   assert_non_null(strstr(line, "offset 0"));
   assert_non_null(strstr(line, "has 12"));
   assert_true(end != 0);
-  assert_true(took >= FRAME_MS - 100 && took <= FRAME_MS + SLACK_MS);
+  assert_true(took >= FRAME_MS - EARLY_MS && took <= FRAME_MS + SLACK_MS);
   assert_non_null(strstr(reason, "frame timeout"));
   finish("p11_misframing", "header_announcing_60000_bytes_then_10");
 }
