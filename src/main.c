@@ -7,11 +7,14 @@
  *   gangway stats [-c FILE]    print the running gangway's counters (JSON)
  *
  * Exit codes: 0 success; 1 invalid config or script (or a failed reload);
- * 2 usage error; 3 runtime failure (cannot listen, no running gangway). */
+ * 2 usage error; 3 runtime failure (cannot listen, control socket path
+ * unusable, no running gangway). Also here: what gangway tells systemd
+ * (sd_notify) and how it fits limits.max_sessions under the open-files
+ * limit. */
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <getopt.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -62,7 +65,8 @@ static const char usage_fmt[] =
     "Signals: SIGHUP reloads; SIGINT/SIGTERM drain (stop accepting, let sessions\n"
     "finish for up to timeouts.drain_ms, then close the rest); a second one quits.\n"
     "Exit codes: 0 ok, 1 invalid config or script (or failed reload), 2 usage,\n"
-    "3 runtime failure (cannot listen, no running gangway to talk to).\n";
+    "3 runtime failure (cannot listen, control socket path unusable, no running\n"
+    "gangway to talk to).\n";
 
 #if !defined(GW_INSTALL_BINDIR) || !defined(GW_INSTALL_CONFIG)
 #error "GW_INSTALL_BINDIR and GW_INSTALL_CONFIG come from CMake (GNUInstallDirs)"
