@@ -59,7 +59,17 @@ def say(text):
     s = text.encode() + b"\0"
     body = struct.pack(">H", len(s)) + s
     return struct.pack(">HIH", 8 + len(body), 0x80000000, 1) + body
-if sys.argv[1] == "echo":
+if sys.argv[1] == "notify":
+    # What systemd would get on NOTIFY_SOCKET: one line per datagram.
+    import os
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(sys.argv[2])
+    os.chmod(sys.argv[2], 0o666)
+    print("listen", flush=True)
+    srv.settimeout(60)
+    while True:
+        print(srv.recv(4096).decode().replace("\n", " "), flush=True)
+elif sys.argv[1] == "echo":
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", int(sys.argv[2])))
@@ -290,8 +300,12 @@ system-inner)
   grep -q '^/etc/gangway/config.lua: ok (1 listener(s), 4 script(s))' "$dir/check.out" ||
     fail "gangway check did not check /etc/gangway/config.lua: $(cat "$dir/check.out")"
   gangway check --json >"$dir/check.json" 2>&1 || fail "gangway check --json: $(cat "$dir/check.json")"
-  python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$dir/check.json" ||
-    fail "gangway check --json printed no JSON: $(cat "$dir/check.json")"
+  python3 - "$dir/check.json" <<'PY' || fail "gangway check --json: $(cat "$dir/check.json")"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert (r["ok"], r["config"], r["listeners"], r["scripts"]) == \
+    (True, "/etc/gangway/config.lua", 1, 4), r
+PY
   man -w gangway | grep -q '^/usr/share/man/man8/gangway.8.gz$' || fail "man does not find gangway(8)"
   systemd-analyze verify /lib/systemd/system/gangway.service >"$dir/verify.out" 2>&1 ||
     fail "systemd-analyze verify: $(cat "$dir/verify.out")"
@@ -316,11 +330,17 @@ system-inner)
   # shellcheck disable=SC2046 # the unit's words
   as_gangway $(cmdline ExecStartPre) >"$dir/startpre.out" 2>&1 || fail "ExecStartPre: $(cat "$dir/startpre.out")"
   echo_server 1974
+  # Type=notify: what systemd would hear, on a socket of our own.
+  python3 -u "$dir/peer.py" notify /run/notify.sock >"$dir/notify.out" 2>&1 &
+  pids+=($!)
+  wait_for "$dir/notify.out" "^listen" 5 || fail "no notify socket"
   # shellcheck disable=SC2046 # exec: $! is gangway itself
-  (exec setpriv --reuid=gangway --regid=gangway --init-groups -- $(cmdline ExecStart)) \
+  (exec env NOTIFY_SOCKET=/run/notify.sock \
+     setpriv --reuid=gangway --regid=gangway --init-groups -- $(cmdline ExecStart)) \
     >"$dir/gangway.out" 2>&1 &
   gwpid=$!; pids+=("$gwpid")
-  wait_for "$dir/gangway.out" " running (config " 5 || fail "ExecStart does not start"
+  wait_for "$dir/notify.out" "^READY=1" 5 || fail "ExecStart sent no READY=1"
+  grep -q " running (config " "$dir/gangway.out" || fail "READY=1 before gangway runs"
   [ -S /run/gangway/gangway.sock ] || fail "no control socket in /run/gangway"
   gangway stats | grep -q '"sessions_total":0' || fail "gangway stats (default config)"
   cmdline ExecReload >"$dir/reload.cmds"
@@ -329,7 +349,10 @@ system-inner)
     as_gangway $line >>"$dir/reload.out" 2>&1 || fail "ExecReload $line: $(cat "$dir/reload.out")"
   done <"$dir/reload.cmds"
   grep -q "generation 2 active" "$dir/reload.out" || fail "reload: $(cat "$dir/reload.out")"
+  [ "$(grep -o '^[A-Z]*=1' "$dir/notify.out" | tr '\n' ' ')" = "READY=1 RELOADING=1 READY=1 " ] ||
+    fail "notifications around the reload: $(cat "$dir/notify.out")"
   relay_and_stop 1973 "$gwpid"
+  grep -q '^STOPPING=1' "$dir/notify.out" || fail "no STOPPING=1 at SIGTERM: $(cat "$dir/notify.out")"
 
   dpkg -r gangway >>"$dir/dpkg.out" 2>&1 || fail "dpkg -r: $(cat "$dir/dpkg.out")"
   [ ! -e /usr/bin/gangway ] || fail "dpkg -r left /usr/bin/gangway"
@@ -337,7 +360,7 @@ system-inner)
   dpkg -P gangway >>"$dir/dpkg.out" 2>&1 || fail "dpkg -P: $(cat "$dir/dpkg.out")"
   [ ! -e /etc/gangway ] || fail "purge left /etc/gangway"
   ok=1
-  echo "system: dpkg -i, user gangway (uid $uid), default config checked, unit's commands run, $(grep -o '^[0-9]* successes' "$dir/busted.out") in the installed specs, $(cat "$dir/client.out"), purged"
+  echo "system: dpkg -i, user gangway (uid $uid), default config checked, unit's commands run (READY, RELOADING, READY, STOPPING), $(grep -o '^[0-9]* successes' "$dir/busted.out") in the installed specs, $(cat "$dir/client.out"), purged"
   ;;
 
 *)
