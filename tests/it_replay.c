@@ -3,15 +3,16 @@
  * build-fuzz/corpus/frame/, what fuzz/run.sh found, when it is there) is a
  * client stream on listeners of five framings in front of an echo upstream:
  * the file as it is and without the 16 bytes that describe the harness's
- * custom framing, plus a few deterministic mutations of the seed files, each
+ * custom framing, plus deterministic mutations of the seed files. Each is
  * sent once in one write and once cut into random writes of 1 to 16 bytes,
- * then FIN. What comes back is checked against the framing engine's own
- * reading of the stream (gw_frame_next): every whole frame before the first
- * invalid one comes back byte for byte and nothing else (an unfinished frame
- * at FIN is dropped), and a stream that turns invalid ends with a "protocol
- * error" reason. A bystander on another address streams numbered frames the
- * whole time; gangway must never die, and answers stats and exits 0 on
- * SIGTERM at the end. */
+ * then FIN; then all of them again, 64 sessions at a time. What comes back
+ * is checked against the framing engine's own reading of the stream
+ * (gw_frame_next): every whole frame before the first invalid one comes back
+ * byte for byte and nothing else (an unfinished frame at FIN is dropped),
+ * and a stream that turns invalid ends with a "protocol error" reason. A
+ * bystander on another address streams numbered frames the whole time;
+ * gangway must never die, and answers stats and exits 0 on SIGTERM at the
+ * end. */
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
@@ -266,6 +267,91 @@ static void replay_one(int port, const gw_framing *f, const input *in, bool cut,
     t->relayed++;
 }
 
+/* Every input on every framing again, CONCURRENT sessions at a time, so that
+ * gangway's pooled buffers serve many sessions in turn: each must get back
+ * exactly its own bytes (the close reasons were checked one by one above). */
+#define CONCURRENT 64
+
+typedef struct {
+  int fd;
+  size_t job, got, want, cap;
+  bool proto;
+  uint8_t *back;
+} slot;
+
+static void judge(tally *t, slot *sl, const input *in, const char *framing, bool ended) {
+  t->sessions++;
+  t->bytes_in += in->len;
+  t->bytes_back += sl->got;
+  if (!ended)
+    failed(t, "%s (concurrent) on %s: no end from gangway in time", in->name, framing);
+  else if (sl->got > sl->want || memcmp(sl->back, in->data, sl->got))
+    failed(t, "%s (concurrent) on %s: %zu bytes came back, %zu expected, not its own", in->name,
+           framing, sl->got, sl->want);
+  else if (!sl->proto && sl->got != sl->want)
+    failed(t, "%s (concurrent) on %s: valid, %zu of %zu bytes came back", in->name, framing,
+           sl->got, sl->want);
+  else if (sl->proto)
+    t->proto_closed++;
+  else
+    t->relayed++;
+  close(sl->fd);
+  free(sl->back);
+  memset(sl, 0, sizeof *sl);
+  sl->fd = -1;
+}
+
+static void replay_concurrent(const int *ports, size_t ninput, tally *t, uint64_t deadline) {
+  static slot sl[CONCURRENT];
+  for (int i = 0; i < CONCURRENT; i++) sl[i].fd = -1;
+  size_t next = 0, njobs = ninput * NFRAMINGS;
+  int busy = 0;
+  while ((next < njobs || busy) && it_now_ms() < deadline) {
+    for (int i = 0; i < CONCURRENT && next < njobs; i++) {
+      if (sl[i].fd >= 0) continue;
+      size_t job = next++;
+      const input *in = &inputs[job / NFRAMINGS];
+      int k = (int)(job % NFRAMINGS);
+      gw_framing f;
+      gw_framing_preset(framings[k], &f);
+      slot *x = &sl[i];
+      x->job = job;
+      x->want = expect(&f, in->data, in->len, &x->proto);
+      x->cap = in->len + 1;
+      x->back = malloc(x->cap);
+      x->fd = it_connect(ports[k]);
+      if (x->fd < 0) {
+        failed(t, "%s (concurrent) on %s: cannot connect", in->name, framings[k]);
+        free(x->back);
+        x->back = NULL;
+        continue;
+      }
+      it_send_all(x->fd, in->data, in->len); /* may fail after a protocol error */
+      shutdown(x->fd, SHUT_WR);
+      fcntl(x->fd, F_SETFL, O_NONBLOCK);
+      busy++;
+    }
+    struct pollfd p[CONCURRENT];
+    for (int i = 0; i < CONCURRENT; i++) p[i] = (struct pollfd){.fd = sl[i].fd, .events = POLLIN};
+    if (poll(p, CONCURRENT, 100) <= 0) continue;
+    for (int i = 0; i < CONCURRENT; i++) {
+      slot *x = &sl[i];
+      if (x->fd < 0 || !p[i].revents) continue;
+      ssize_t k = recv(x->fd, x->back + x->got, x->cap - x->got, 0);
+      if (k > 0) {
+        x->got += (size_t)k;
+        if (x->got < x->cap) continue; /* more than was sent: judged wrong at the end */
+      } else if (k < 0 && errno == EAGAIN) {
+        continue;
+      }
+      judge(t, x, &inputs[x->job / NFRAMINGS], framings[x->job % NFRAMINGS], true);
+      busy--;
+    }
+  }
+  for (int i = 0; i < CONCURRENT; i++)
+    if (sl[i].fd >= 0) judge(t, &sl[i], &inputs[sl[i].job / NFRAMINGS], framings[sl[i].job % NFRAMINGS], false);
+}
+
 static void test_corpus_replay(void **state) {
   (void)state;
   signal(SIGPIPE, SIG_IGN);
@@ -315,6 +401,10 @@ static void test_corpus_replay(void **state) {
     dead = waitpid(g.pid, &status, WNOHANG) == g.pid;
     if (dead) g.pid = 0;
   }
+  size_t one_by_one = t.sessions;
+  if (!dead) replay_concurrent(ports, tried, &t, t0 + 2 * BUDGET_MS);
+  int status;
+  if (!dead && waitpid(g.pid, &status, WNOHANG) == g.pid) dead = true, g.pid = 0;
   uint64_t took = it_now_ms() - t0;
 
   it_bystander_result br;
@@ -327,14 +417,15 @@ static void test_corpus_replay(void **state) {
   fclose(lg.f);
   free(lg.buf);
 
-  printf("  replay: corpus_files=%d (+%d from build-fuzz) inputs=%zu of %zu sessions=%zu relayed=%zu"
+  printf("  replay: corpus_files=%d (+%d from build-fuzz) inputs=%zu of %zu sessions=%zu"
+         " (%zu one by one, the rest %d at a time) relayed=%zu"
          " protocol_error_closes=%zu bytes_in=%zu bytes_back=%zu failures=%zu in %" PRIu64
          " ms%s%s\n",
-         seeds, found, tried, ninputs, t.sessions, t.relayed, t.proto_closed, t.bytes_in,
+         seeds, found, tried, ninputs, t.sessions, one_by_one, CONCURRENT, t.relayed, t.proto_closed, t.bytes_in,
          t.bytes_back, t.failures, took, t.failures ? " first_failure: " : "", t.first_failure);
   char what[128];
-  snprintf(what, sizeof what, "%zu_inputs_x_%d_framings_x_whole_and_cut=%zu_sessions", tried,
-           NFRAMINGS, t.sessions);
+  snprintf(what, sizeof what, "%zu_inputs_x_%d_framings_x_whole,cut,concurrent=%zu_sessions",
+           tried, NFRAMINGS, t.sessions);
   it_bystander_report("replay frame_corpus", what, hwm, &br, 2000);
   if (dead) fail_msg("gangway died during the replay");
   assert_true(answered > 0);
