@@ -9,6 +9,10 @@
  * mark, resume below a low one. A FIN is answered with a FIN once all
  * echoed bytes are out.
  *
+ * The same code runs inside gw-loadgen (--echo): one process and one loop
+ * for both ends of the load side, so it spends less CPU per frame than the
+ * proxy it measures (bench/echo.h; built with GW_ECHO_NO_MAIN there).
+ *
  * usage: gw-echo [HOST:]PORT  (HOST defaults to 127.0.0.1) */
 #include <signal.h>
 #include <stdbool.h>
@@ -17,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
+
+#include "echo.h"
 
 #define container_of(ptr, type, field) \
   ((type *)((char *)(ptr) - offsetof(type, field)))
@@ -27,6 +33,7 @@
 
 typedef struct echo_conn {
   uv_tcp_t tcp;
+  struct echo_conn *prev, *next; /* every open connection, for echo_stop */
   uv_shutdown_t shutdown;
   bool reading;
   bool eof; /* the client half-closed: never read again */
@@ -42,7 +49,7 @@ typedef struct echo_buf {
 
 static echo_buf *free_bufs;
 static uv_tcp_t listener;
-static uv_signal_t sigterm, sigint;
+static echo_conn *conns;
 
 static echo_buf *buf_get(void) {
   echo_buf *b = free_bufs;
@@ -64,7 +71,11 @@ static void buf_put(echo_buf *b) {
 }
 
 static void on_close(uv_handle_t *h) {
-  free(container_of((uv_tcp_t *)h, echo_conn, tcp));
+  echo_conn *c = container_of((uv_tcp_t *)h, echo_conn, tcp);
+  if (c->prev) c->prev->next = c->next;
+  else conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  free(c);
 }
 
 static void conn_close(echo_conn *c) {
@@ -153,6 +164,9 @@ static void on_connection(uv_stream_t *server, int status) {
     exit(2);
   }
   uv_tcp_init(server->loop, &c->tcp);
+  c->next = conns;
+  if (conns) conns->prev = c;
+  conns = c;
   if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
     conn_close(c);
     return;
@@ -163,6 +177,24 @@ static void on_connection(uv_stream_t *server, int status) {
   else
     conn_close(c);
 }
+
+int echo_listen(uv_loop_t *loop, const struct sockaddr_in *addr) {
+  signal(SIGPIPE, SIG_IGN); /* a reset peer closes its connection only */
+  uv_tcp_init(loop, &listener);
+  int r = uv_tcp_bind(&listener, (const struct sockaddr *)addr, 0);
+  if (r == 0) r = uv_listen((uv_stream_t *)&listener, 4096, on_connection);
+  if (r < 0) uv_close((uv_handle_t *)&listener, NULL);
+  return r;
+}
+
+void echo_stop(void) {
+  if (!uv_is_closing((uv_handle_t *)&listener))
+    uv_close((uv_handle_t *)&listener, NULL);
+  for (echo_conn *c = conns; c; c = c->next) conn_close(c);
+}
+
+#ifndef GW_ECHO_NO_MAIN
+static uv_signal_t sigterm, sigint;
 
 static void on_signal(uv_signal_t *s, int signum) {
   (void)signum;
@@ -191,14 +223,11 @@ int main(int argc, char **argv) {
     return 2;
   }
   uv_loop_t *loop = uv_default_loop();
-  uv_tcp_init(loop, &listener);
-  int r = uv_tcp_bind(&listener, (const struct sockaddr *)&addr, 0);
-  if (r == 0) r = uv_listen((uv_stream_t *)&listener, 4096, on_connection);
+  int r = echo_listen(loop, &addr);
   if (r < 0) {
     fprintf(stderr, "gw-echo: listen on %s: %s\n", argv[1], uv_strerror(r));
     return 1;
   }
-  signal(SIGPIPE, SIG_IGN);
   uv_signal_init(loop, &sigterm);
   uv_signal_start(&sigterm, on_signal, SIGTERM);
   uv_signal_init(loop, &sigint);
@@ -206,3 +235,4 @@ int main(int argc, char **argv) {
   uv_run(loop, UV_RUN_DEFAULT);
   return 0;
 }
+#endif

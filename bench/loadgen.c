@@ -33,6 +33,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "echo.h"
 #include "histogram.h"
 
 #define container_of(ptr, type, field) \
@@ -49,6 +50,7 @@
 #define LG_OPCODE 6        /* CMD_CM_BEGINACTION: an ordinary game frame */
 
 #define LG_BATCH 64              /* frames per uv_write */
+#define LG_WHOLE_MAX 1024        /* frames up to this size are sent whole */
 #define LG_RBUF (256 * 1024)     /* shared read buffer */
 #define LG_DIRECT_MIN 4096       /* read straight into the carry past this */
 #define LG_MAX_SOURCES 64
@@ -67,6 +69,8 @@ typedef struct lg_opts {
   unsigned nsources;
   int watch_pid; /* 0: none */
   int echo_pid;  /* 0: none; CPU only, to tell our load from others' */
+  bool echo;     /* the echo upstream runs in this process, on echo_addr */
+  struct sockaddr_in echo_addr;
   const char *label;
   bool check_scratch;
   uint32_t expect_scratch;
@@ -92,13 +96,16 @@ typedef struct lg_session {
   size_t carry_len;
 } lg_session;
 
-/* One uv_write of up to LG_BATCH frames: the headers live here until the
- * write callback; the payloads point into lg->pattern. */
+/* One uv_write of up to LG_BATCH frames. Small frames are copied whole,
+ * one after the other, into data: one buffer per write, which the kernel
+ * copies far faster than two small iovecs per frame. Large frames keep only
+ * their header in data (LG_HDR bytes each) and point into lg->pattern for
+ * the rest. data lives until the write callback. */
 typedef struct lg_write {
   uv_write_t req;
   struct lg_write *next_free;
-  uint8_t hdr[LG_BATCH][LG_HDR];
   uv_buf_t bufs[2 * LG_BATCH];
+  uint8_t data[]; /* LG_BATCH x (whole frame or header) */
 } lg_write;
 
 struct lg {
@@ -219,7 +226,8 @@ static lg_write *write_get(lg *g) {
     g->free_writes = w->next_free;
     return w;
   }
-  w = malloc(sizeof *w);
+  size_t each = g->o.size <= LG_WHOLE_MAX ? g->o.size : LG_HDR;
+  w = malloc(sizeof *w + LG_BATCH * each);
   if (!w) {
     fprintf(stderr, "gw-loadgen: out of memory\n");
     exit(2);
@@ -245,23 +253,44 @@ static void on_write(uv_write_t *req, int status) {
 static void session_send(lg_session *s, unsigned n) {
   lg *g = s->lg;
   size_t size = g->o.size;
+  bool whole = size <= LG_WHOLE_MAX;
   while (n > 0 && s->state == S_OPEN) {
     unsigned k = n < LG_BATCH ? n : LG_BATCH, nb = 0;
     lg_write *w = write_get(g);
     uint64_t now = uv_hrtime();
     for (unsigned i = 0; i < k; i++) {
-      uint8_t *h = w->hdr[i];
-      memcpy(h, g->pattern, LG_OFF_INDEX);
+      uint8_t *h = w->data + i * (whole ? size : LG_HDR);
+      memcpy(h, g->pattern, whole ? size : LG_OFF_INDEX);
       put_u32(h + LG_OFF_INDEX, s->index);
       put_u32(h + LG_OFF_SEQ, s->next_seq++);
       memcpy(h + LG_OFF_STAMP, &now, sizeof now);
+      if (whole) continue;
       w->bufs[nb++] = uv_buf_init((char *)h, LG_HDR);
       if (size > LG_HDR)
         w->bufs[nb++] = uv_buf_init((char *)g->pattern + LG_HDR,
                                     (unsigned)(size - LG_HDR));
     }
-    w->req.data = s;
-    int r = uv_write(&w->req, (uv_stream_t *)&s->tcp, w->bufs, nb, on_write);
+    if (whole) w->bufs[nb++] = uv_buf_init((char *)w->data, (unsigned)(k * size));
+    /* Most writes complete at once: uv_try_write spares them uv_write's
+     * callback round, which costs an epoll_ctl per write in libuv. Only a
+     * rest the socket did not take is queued. */
+    int r = uv_try_write((uv_stream_t *)&s->tcp, w->bufs, nb);
+    if (r >= 0 || r == UV_EAGAIN) {
+      size_t done = r > 0 ? (size_t)r : 0;
+      unsigned first = 0;
+      while (first < nb && done >= w->bufs[first].len) done -= w->bufs[first++].len;
+      if (first == nb) {
+        w->next_free = g->free_writes;
+        g->free_writes = w;
+        r = 0;
+      } else {
+        w->bufs[first].base += done;
+        w->bufs[first].len -= done;
+        w->req.data = s;
+        r = uv_write(&w->req, (uv_stream_t *)&s->tcp, w->bufs + first, nb - first,
+                     on_write);
+      }
+    }
     if (r < 0) {
       w->next_free = g->free_writes;
       g->free_writes = w;
@@ -431,6 +460,7 @@ lost:
 static void close_timers(lg *g) {
   if (g->timers_closed) return;
   g->timers_closed = true;
+  if (g->o.echo) echo_stop();
   uv_close((uv_handle_t *)&g->tick, NULL);
   uv_close((uv_handle_t *)&g->guard, NULL);
   uv_close((uv_handle_t *)&g->drain, NULL);
@@ -657,6 +687,7 @@ static void report(lg *g) {
   double echo_pct = -1, other_pct = -1;
   if (o->echo_pid && win > 0 && g->echo0_s >= 0 && g->echo1_s >= 0)
     echo_pct = (g->echo1_s - g->echo0_s) / win * 100;
+  if (o->echo) echo_pct = 0; /* counted in this process's own */
   /* Everything else the CPUs did: the noise of a shared machine. */
   if (echo_pct >= 0 && g->ncpus > 0) {
     other_pct = -self_pct - echo_pct - (watch_pct > 0 ? watch_pct : 0);
@@ -717,6 +748,8 @@ static void usage(FILE *f) {
 "                            127.0.0.1..127.0.0.N (more ephemeral ports)\n"
 "  -p, --watch-pid PID       report PID's CPU %% and (idle) RSS delta\n"
 "  -E, --echo-pid PID        report PID's CPU %% too (the echo server)\n"
+"  -e, --echo HOST:PORT      run the echo upstream in this process, listening\n"
+"                            there (its CPU is then counted in ours)\n"
 "  -C, --concurrency N       connects in progress at once (default 256)\n"
 "  -x, --expect-scratch HEX  the u32 at frame offset %d must read HEX on\n"
 "                            the echo (a rewriting handler's work)\n"
@@ -783,14 +816,14 @@ static void parse_opts(int argc, char **argv, lg_opts *o) {
       {"size", 1, 0, 's'},     {"depth", 1, 0, 'D'},    {"rate", 1, 0, 'r'},
       {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'},   {"hold", 1, 0, 'H'},
       {"sources", 1, 0, 'S'},  {"watch-pid", 1, 0, 'p'}, {"concurrency", 1, 0, 'C'},
-      {"expect-scratch", 1, 0, 'x'}, {"echo-pid", 1, 0, 'E'}, {"label", 1, 0, 'l'}, {"deadline", 1, 0, 'T'},
+      {"expect-scratch", 1, 0, 'x'}, {"echo-pid", 1, 0, 'E'}, {"echo", 1, 0, 'e'}, {"label", 1, 0, 'l'}, {"deadline", 1, 0, 'T'},
       {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
   *o = (lg_opts){.mode = MODE_PIPELINE, .sessions = 1, .size = 64, .depth = 1,
                  .concurrency = 256, .rate = 1000, .duration = 5, .warmup = 1,
                  .hold = 5, .label = "loadgen"};
   bool have_target = false;
   int c;
-  while ((c = getopt_long(argc, argv, "t:m:c:s:D:r:d:w:H:S:p:E:C:x:l:T:h", longs, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "t:m:c:s:D:r:d:w:H:S:p:E:e:C:x:l:T:h", longs, NULL)) != -1) {
     switch (c) {
     case 't':
       if (parse_ipv4(optarg, -1, &o->target) < 0) {
@@ -819,6 +852,13 @@ static void parse_opts(int argc, char **argv, lg_opts *o) {
     case 'H': o->hold = num("hold", optarg, 0, 86400); break;
     case 'p': o->watch_pid = (int)num("watch-pid", optarg, 1, 1 << 30); break;
     case 'E': o->echo_pid = (int)num("echo-pid", optarg, 1, 1 << 30); break;
+    case 'e':
+      if (parse_ipv4(optarg, -1, &o->echo_addr) < 0) {
+        fprintf(stderr, "gw-loadgen: --echo: expected IPv4:PORT, got '%s'\n", optarg);
+        exit(2);
+      }
+      o->echo = true;
+      break;
     case 'C': o->concurrency = (unsigned)num("concurrency", optarg, 1, 100000); break;
     case 'T': o->deadline = num("deadline", optarg, 0.1, 86400); break;
     case 'l': o->label = optarg; break;
@@ -886,6 +926,13 @@ int main(int argc, char **argv) {
   g.t_start = uv_hrtime();
   uv_timer_start(&g.tick, on_tick, 1, 1);
   uv_timer_start(&g.guard, on_guard, (uint64_t)(o->deadline * 1000), 0);
+  if (o->echo) {
+    int r = echo_listen(g.loop, &o->echo_addr);
+    if (r < 0) {
+      fprintf(stderr, "gw-loadgen: --echo: listen: %s\n", uv_strerror(r));
+      return 2;
+    }
+  }
   session_start_connect(&g);
   uv_run(g.loop, UV_RUN_DEFAULT);
   report(&g);

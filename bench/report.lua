@@ -1,12 +1,18 @@
 -- report.lua: turns bench/run.sh's JSON lines (one per gw-loadgen run) into
--- the markdown results table: medians over rounds, ratios to HAProxy,
--- latency added over direct, and where gangway stands against its targets.
+-- the markdown results: one table per scenario with a row per contender
+-- (medians over rounds, ratios to HAProxy, latency added over direct, which
+-- side was the bottleneck), then where gangway stands against its targets.
 --
 -- usage: lua5.4 bench/report.lua RESULTS.jsonl "machine description"
 local cjson = require("cjson")
 
 local path, meta = arg[1], arg[2] or ""
-local order = { "direct", "haproxy", "gw-raw", "gw-top", "gw-lua", "gw-rewrite" }
+local order = { "direct", "haproxy", "nginx", "gw-raw", "gw-top", "gw-lua", "gw-rewrite" }
+
+-- A side whose CPU share reaches this (in cores: 1.0 = one core busy all
+-- the window) is saturated. gangway, HAProxy (nbthread 1) and nginx (one
+-- worker) relay on one thread; run.sh pins the load side to one CPU.
+local SATURATED = 0.90
 
 -- runs[scenario][contender] = { run, ... }
 local runs, seen, bad = {}, {}, {}
@@ -38,9 +44,10 @@ local function median(xs)
   return (xs[m] + xs[m + 1]) / 2
 end
 
--- Derived per-run fields: the proxy's CPU time per unit of work. Each echo
--- crosses the proxy twice, so a run relays 2 x frames and 2 x bytes. These
--- move less than throughput when other work shares the machine.
+-- Derived per-run fields. Each echo crosses the proxy twice, so a run
+-- relays 2 x frames and 2 x bytes. CPU per unit moves less than throughput
+-- when other work shares the machine, and means something whichever side
+-- was the bottleneck.
 local derived = {
   cpu_ns_per_frame = function(r)
     if r.watch_cpu_pct < 0 or r.frames_per_s <= 0 then return nil end
@@ -49,6 +56,25 @@ local derived = {
   cpu_ms_per_gb = function(r)
     if r.watch_cpu_pct < 0 or r.mb_per_s <= 0 then return nil end
     return r.watch_cpu_pct / 100 / (2 * r.mb_per_s / 1000) * 1000
+  end,
+  -- CPU shares in cores over the measured window.
+  proxy_share = function(r)
+    if r.watch_cpu_pct < 0 then return nil end
+    return r.watch_cpu_pct / 100
+  end,
+  load_share = function(r)
+    return (r.loadgen_cpu_pct + math.max(r.echo_cpu_pct, 0)) / 100
+  end,
+  other_share = function(r)
+    if r.other_cpu_pct < 0 then return nil end
+    return r.other_cpu_pct / 100
+  end,
+  -- How full the machine was: every CPU's busy share, summed, over the
+  -- number of CPUs (1.0: all busy throughout).
+  machine_busy = function(r)
+    local n, sum = 0, 0
+    for _, b in ipairs(r.cpus_busy_pct or {}) do n, sum = n + 1, sum + b end
+    return n > 0 and sum / 100 / n or nil
   end,
 }
 
@@ -74,33 +100,34 @@ local function fmt(v, digits)
   return string.format("%." .. (digits or 1) .. "f", v)
 end
 
+local function ratio(a, b) return (a and b and b > 0) and a / b or nil end
+
+-- Which side limited the run: the proxy (its one thread saturated, the
+-- load side not), the load side (the reverse), both; "other work" when
+-- neither was saturated but the machine's CPUs were (someone else had
+-- them); else neither (a paced run, or one waiting on wake-ups).
+local function bottleneck(s, c)
+  local p, l = med(s, c, "proxy_share"), med(s, c, "load_share")
+  if not l then return nil end
+  local ps, ls = p and p >= SATURATED, l >= SATURATED
+  if ps and ls then return "both" end
+  if ps then return "proxy" end
+  if ls then return "load" end
+  if (med(s, c, "machine_busy") or 0) >= SATURATED then return "other work" end
+  return "neither"
+end
+
 local out = {}
 local function emit(s) out[#out + 1] = s end
 
--- A table row; a row with no value at all (CPU % of direct) is left out.
-local function row(label, metric, values)
-  local cells, any = { label, metric }, false
+local function table_rows(header, rowfn)
+  emit("| " .. table.concat(header, " | ") .. " |")
+  emit("|" .. string.rep("---|", #header))
   for _, c in ipairs(cols) do
-    local v = values[c]
-    any = any or (v ~= nil and v ~= "–")
-    cells[#cells + 1] = v or "–"
+    local cells = rowfn(c)
+    if cells then emit("| " .. c .. " | " .. table.concat(cells, " | ") .. " |") end
   end
-  if not any then return end
-  emit("| " .. table.concat(cells, " | ") .. " |")
-end
-
--- A metric row, and with ratio a row of contender / haproxy (ratio is the
--- row's label).
-local function metric_rows(scenario, label, field, unit, digits, ratio)
-  local vals, ratios = {}, {}
-  local base = med(scenario, "haproxy", field)
-  for _, c in ipairs(cols) do
-    local v = med(scenario, c, field)
-    vals[c] = fmt(v, digits)
-    if ratio and v and base and base > 0 then ratios[c] = string.format("%.2f", v / base) end
-  end
-  row(label, unit, vals)
-  if ratio and base then row("", ratio, ratios) end
+  emit("")
 end
 
 local function scenario_desc(s)
@@ -116,48 +143,94 @@ local function scenario_desc(s)
   return string.format("%s: %s sessions held open", s, fmt(r.sessions, 0))
 end
 
+-- The CPU columns every scenario shares.
+local function cpu_cells(s, c)
+  return { fmt(med(s, c, "proxy_share"), 2), fmt(med(s, c, "load_share"), 2),
+           fmt(med(s, c, "other_share"), 2), bottleneck(s, c) or "–" }
+end
+local CPU_HEAD = { "proxy CPU", "load CPU", "other work", "bottleneck" }
+
+local function join(a, b)
+  local t = {}
+  for _, v in ipairs(a) do t[#t + 1] = v end
+  for _, v in ipairs(b) do t[#t + 1] = v end
+  return t
+end
+
+-- A throughput scenario. CPU per unit leads unless every proxy was the
+-- bottleneck: only then do rates compare the proxies rather than the load
+-- side's ceiling.
+local function throughput(s, rate_field, rate_unit, rate_digits, cpu_field, cpu_unit)
+  local all_proxy = true
+  for _, c in ipairs(cols) do
+    if c ~= "direct" and bottleneck(s, c) ~= "proxy" then all_proxy = false end
+  end
+  local hp_rate, hp_cpu = med(s, "haproxy", rate_field), med(s, "haproxy", cpu_field)
+  local d_rate = med(s, "direct", rate_field)
+  local rate_head = { rate_unit, "× haproxy", "× direct" }
+  local cpu_head = { cpu_unit, "× haproxy" }
+  emit("#### " .. scenario_desc(s))
+  emit("")
+  if not all_proxy then
+    emit("Not every proxy was the bottleneck: compare " .. cpu_unit ..
+      ", not " .. rate_unit .. ".")
+    emit("")
+  end
+  local head = { "contender" }
+  head = join(head, all_proxy and join(rate_head, cpu_head) or join(cpu_head, rate_head))
+  table_rows(join(head, CPU_HEAD), function(c)
+    local v, u = med(s, c, rate_field), med(s, c, cpu_field)
+    local rate = { fmt(v, rate_digits), fmt(ratio(v, hp_rate), 2),
+                   c == "direct" and "–" or fmt(ratio(v, d_rate), 2) }
+    local cpu = { fmt(u, 0), fmt(ratio(u, hp_cpu), 2) }
+    return join(all_proxy and join(rate, cpu) or join(cpu, rate), cpu_cells(s, c))
+  end)
+end
+
 emit("## Results")
 emit("")
 emit(meta)
 emit("")
-local header = { "scenario", "metric" }
-for _, c in ipairs(cols) do header[#header + 1] = c end
-emit("| " .. table.concat(header, " | ") .. " |")
-emit("|" .. string.rep("---|", #header))
+emit(string.format("CPU columns are shares of one core over the measured window (1.00 = " ..
+  "one core busy throughout): the proxy's relaying process; the load side " ..
+  "(gw-loadgen with its echo upstream); other work on the machine. " ..
+  "Bottleneck: a side at %.2f or more is saturated; \"proxy\" or \"load\" " ..
+  "when only that side is, \"both\"; \"other work\" when neither is but " ..
+  "the machine's CPUs were at least %.0f %% busy; else \"neither\" (a paced run).",
+  SATURATED, SATURATED * 100))
+emit("")
 
 if runs.bulk then
-  metric_rows("bulk", scenario_desc("bulk"), "mb_per_s", "MB/s", 0, "× haproxy")
-  metric_rows("bulk", "", "watch_cpu_pct", "proxy CPU %", 0, false)
-  metric_rows("bulk", "", "cpu_ms_per_gb", "proxy CPU ms per GB relayed", 0,
-    "× haproxy (lower is better)")
-  metric_rows("bulk", "", "other_cpu_pct", "other work on the machine, CPU %", 0, false)
+  throughput("bulk", "mb_per_s", "MB/s", 0, "cpu_ms_per_gb", "proxy CPU ms per GB relayed")
 end
 if runs.small then
-  metric_rows("small", scenario_desc("small"), "frames_per_s", "frames/s", 0, "× haproxy")
-  metric_rows("small", "", "watch_cpu_pct", "proxy CPU %", 0, false)
-  metric_rows("small", "", "cpu_ns_per_frame", "proxy CPU ns per frame relayed", 0,
-    "× haproxy (lower is better)")
-  metric_rows("small", "", "other_cpu_pct", "other work on the machine, CPU %", 0, false)
+  throughput("small", "frames_per_s", "frames/s", 0, "cpu_ns_per_frame",
+    "proxy CPU ns per frame relayed")
 end
 for _, s in ipairs({ "lat1", "lat1000" }) do
   if runs[s] then
-    for _, p in ipairs({ "p50", "p99" }) do
-      local field = p .. "_us"
-      local vals, added = {}, {}
-      local d = med(s, "direct", field)
-      for _, c in ipairs(cols) do
-        local v = med(s, c, field)
-        vals[c] = fmt(v, 1)
-        if v and d and c ~= "direct" then added[c] = string.format("%+.1f", v - d) end
+    emit("#### " .. scenario_desc(s))
+    emit("")
+    local d50, d99 = med(s, "direct", "p50_us"), med(s, "direct", "p99_us")
+    table_rows(join({ "contender", "p50 round trip µs", "p50 added µs", "p99 round trip µs",
+      "p99 added µs" }, CPU_HEAD), function(c)
+      local p50, p99 = med(s, c, "p50_us"), med(s, c, "p99_us")
+      local function added(v, d)
+        return (v and d and c ~= "direct") and string.format("%+.1f", v - d) or "–"
       end
-      row(p == "p50" and scenario_desc(s) or "", p .. " round trip µs", vals)
-      if d then row("", p .. " added over direct µs", added) end
-    end
-    metric_rows(s, "", "other_cpu_pct", "other work on the machine, CPU %", 0, false)
+      return join({ fmt(p50, 1), added(p50, d50), fmt(p99, 1), added(p99, d99) },
+        cpu_cells(s, c))
+    end)
   end
 end
 if runs.idle then
-  metric_rows("idle", scenario_desc("idle"), "rss_per_session_b", "RSS B/session", 0, false)
+  emit("#### " .. scenario_desc("idle"))
+  emit("")
+  table_rows({ "contender", "RSS B/session", "RSS before, KiB" }, function(c)
+    local b = med("idle", c, "rss_per_session_b")
+    if not b then return nil end
+    return { fmt(b, 0), fmt(med("idle", c, "rss_before_kb"), 0) }
+  end)
 end
 
 -- Targets: what the project aims at, checked against the medians above.
@@ -167,7 +240,12 @@ local function target(what, ok, detail)
   local mark = ok == nil and "n/a" or (ok and "met" or "NOT met")
   targets[#targets + 1] = string.format("| %s | %s | %s |", what, detail or "–", mark)
 end
-local function ratio(a, b) return (a and b and b > 0) and a / b or nil end
+-- gw-top's CPU per small frame against a peer's, at most limit × it.
+local function cpu_target(peer, limit)
+  local r = ratio(med("small", "gw-top", "cpu_ns_per_frame"), med("small", peer, "cpu_ns_per_frame"))
+  target(string.format("framed, no handler: CPU per small frame ≤ %.2f × %s's", limit, peer),
+    r and r <= limit, r and string.format("%.2f × %s", r, peer))
+end
 if seen["gw-top"] and seen.haproxy then
   local r = ratio(med("small", "gw-top", "frames_per_s"), med("small", "haproxy", "frames_per_s"))
   target("framed, no handler: small frames/s ≥ HAProxy's", r and r >= 1,
@@ -175,19 +253,32 @@ if seen["gw-top"] and seen.haproxy then
   r = ratio(med("bulk", "gw-top", "mb_per_s"), med("bulk", "haproxy", "mb_per_s"))
   target("framed, no handler: bulk MB/s ≥ HAProxy's", r and r >= 1,
     r and string.format("%.2f × haproxy", r))
-  for _, s in ipairs({ "lat1", "lat1000" }) do
-    local d = med(s, "direct", "p50_us")
-    local g, h = med(s, "gw-top", "p50_us"), med(s, "haproxy", "p50_us")
-    local ok = nil
-    if d and g and h then ok = g - d <= h - d end
-    target("framed, no handler: added p50 ≤ HAProxy's (" .. s .. ")", ok,
-      (d and g and h) and string.format("%+.1f µs vs %+.1f µs", g - d, h - d))
+  cpu_target("haproxy", 0.85)
+end
+if seen["gw-top"] and seen.nginx then cpu_target("nginx", 1.0) end
+for _, peer in ipairs({ "haproxy", "nginx" }) do
+  if seen["gw-top"] and seen[peer] then
+    for _, s in ipairs({ "lat1", "lat1000" }) do
+      local d = med(s, "direct", "p50_us")
+      local g, h = med(s, "gw-top", "p50_us"), med(s, peer, "p50_us")
+      local ok = nil
+      if d and g and h then ok = g - d <= h - d end
+      target(string.format("framed, no handler: added p50 ≤ %s's (%s)", peer, s), ok,
+        (d and g and h) and string.format("%+.1f µs vs %+.1f µs", g - d, h - d))
+    end
   end
 end
 if seen["gw-lua"] and seen["gw-top"] then
   local r = ratio(med("small", "gw-lua", "frames_per_s"), med("small", "gw-top", "frames_per_s"))
   target("trivial handler on every frame: ≥ 0.7 × no-handler frames/s", r and r >= 0.7,
     r and string.format("%.2f ×", r))
+end
+for _, h in ipairs({ { "gw-lua", "trivial", 1.1 }, { "gw-rewrite", "rewriting", 1.25 } }) do
+  if seen[h[1]] and seen["gw-top"] then
+    local r = ratio(med("small", h[1], "cpu_ns_per_frame"), med("small", "gw-top", "cpu_ns_per_frame"))
+    target(string.format("%s handler on every frame: CPU per small frame ≤ %.2f × no-handler",
+      h[2], h[3]), r and r <= h[3], r and string.format("%.2f ×", r))
+  end
 end
 if seen["gw-top"] and runs.idle then
   local b = med("idle", "gw-top", "rss_per_session_b")
@@ -196,13 +287,12 @@ if seen["gw-top"] and runs.idle then
     b and b <= 4096, b and string.format("%s B", fmt(b, 0)))
 end
 if #targets > 0 then
-  emit("")
   emit("| target | gangway | |")
   emit("|---|---|---|")
   for _, t in ipairs(targets) do emit(t) end
+  emit("")
 end
 
-emit("")
 if #bad > 0 then
   emit("Runs that failed or saw a wrong echo (left out of the medians):")
   for _, b in ipairs(bad) do emit("- " .. b) end

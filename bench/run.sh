@@ -5,9 +5,11 @@
 # ratios (also written as markdown to the results file).
 #
 # Contenders: direct (loadgen -> echo, no proxy), haproxy (Debian's, TCP mode,
-# nbthread 1), gangway raw, gangway top (framed, no handler), gangway lua (a
-# trivial handler on every frame), gangway rewrite (a handler that writes a
-# u32 into every frame, which the load generator checks on the echo).
+# nbthread 1), nginx (Debian's, stream module, one worker), gangway raw,
+# gangway top (framed, no handler), gangway lua (a trivial handler on every
+# frame), gangway rewrite (a handler that writes a u32 into every frame,
+# which the load generator checks on the echo). The echo upstream runs in
+# gw-loadgen's own loop (--echo-process: gw-echo, a process of its own).
 # Scenarios: bulk (64 KiB frames), small (64-byte frames, 50 sessions
 # pipelined), lat1 / lat1000 (round trips at a fixed moderate rate over 1 and
 # 1,000 sessions), idle (as many mostly idle sessions as the fd limit allows:
@@ -22,25 +24,35 @@ BUILD="$ROOT/build-bench"
 ROUNDS=3
 MODE=full        # full, quick (< 60 s), smoke (tools only, < 30 s)
 PIN=1
+ECHO_PROCESS=0   # 1: gw-echo as its own process (default: inside gw-loadgen)
 BUILD_FIRST=1
 OUT=""
 PROFILE=""
 NOISE_MAX=""     # % of a CPU of other work a run may see (-1: no check)
 NOISE_WAIT=20    # s to wait for a quiet machine before each run
 SCENARIOS="bulk small lat1 lat1000 idle"
-CONTENDERS="direct haproxy gw-raw gw-top gw-lua gw-rewrite"
+CONTENDERS="direct haproxy nginx gw-raw gw-top gw-lua gw-rewrite"
+# nginx and its stream module: Debian's (tools/install-deps.sh), or from the
+# environment.
+NGINX=${NGINX:-/usr/sbin/nginx}
+NGINX_STREAM=${NGINX_STREAM:-/usr/lib/nginx/modules/ngx_stream_module.so}
 
 usage() {
   cat <<EOF
 usage: bench/run.sh [options]
   --rounds N          rounds per scenario (default $ROUNDS); medians are reported
   --quick             one short round of everything (under 60 s)
-  --smoke             checks the tools only: loadgen against gw-echo, every
-                      mode, echoes verified (under 30 s); for ctest
+  --smoke             checks the tools only: loadgen against its echo, direct
+                      and through nginx (skipped if not installed), every
+                      mode, echoes verified, a wrong echo caught (under 30 s);
+                      for ctest
   --scenarios "A B"   subset of: $SCENARIOS
   --contenders "A B"  subset of: $CONTENDERS
   --no-pin            let the scheduler place every process (default: proxy
                       on CPU 1, load generator and echo server on CPU 0)
+  --echo-process      run the echo upstream as its own process (gw-echo)
+                      rather than in gw-loadgen's loop (the default: one
+                      process for the load side costs less CPU per frame)
   --build-dir DIR     where to build and find the tools (default build-bench)
   --no-build          use the binaries already in the build directory
  --profile NAME      perf record -g the proxy of contender NAME over the
@@ -63,6 +75,7 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIOS=$2; shift ;;
     --contenders) CONTENDERS=$2; shift ;;
     --no-pin) PIN=0 ;;
+    --echo-process) ECHO_PROCESS=1 ;;
     --build-dir) BUILD=$(realpath -m "$2"); shift ;;
     --no-build) BUILD_FIRST=0 ;;
     --out) OUT=$2; shift ;;
@@ -166,7 +179,9 @@ case "$MODE" in
   full)  DUR=5;   WARM=1;   IDLE_N=$IDLE_MAX; HOLD=3; : "${NOISE_MAX:=25}" ;;
   quick) DUR=0.8; WARM=0.3; IDLE_N=1000;      HOLD=0.5; ROUNDS=1; : "${NOISE_MAX:=-1}" ;;
   smoke) DUR=0.5; WARM=0.2; IDLE_N=200;       HOLD=0.2; ROUNDS=1; NOISE_MAX=-1
-         CONTENDERS="direct" ;;
+         # nginx too: its generated configuration is the one run.sh's own
+         # code writes, and nothing else would check it.
+         CONTENDERS="direct nginx" ;;
 esac
 
 # loadgen arguments per scenario (after --target).
@@ -205,10 +220,15 @@ done
 # Drops contenders this machine cannot run.
 have_gangway=0; [ -x "$GANGWAY" ] && have_gangway=1
 have_haproxy=0; command -v haproxy >/dev/null && have_haproxy=1
+have_nginx=0
+[ -x "$NGINX" ] && [ -f "$NGINX_STREAM" ] && have_nginx=1
 active=()
 for c in $CONTENDERS; do
   case "$c" in
     haproxy) [ "$have_haproxy" = 1 ] || { echo "run.sh: no haproxy, skipped" >&2; continue; } ;;
+    nginx) [ "$have_nginx" = 1 ] || {
+      echo "run.sh: no nginx ($NGINX) with its stream module ($NGINX_STREAM): nginx skipped (tools/install-deps.sh installs both)" >&2
+      continue; } ;;
     gw-*) [ "$have_gangway" = 1 ] || { echo "run.sh: no gangway binary, $c skipped" >&2; continue; } ;;
   esac
   active+=("$c")
@@ -216,10 +236,11 @@ done
 
 # ---- contenders ----
 # Starts the proxy of contender $1 in front of upstream port $2 listening on
-# port $3; sets PROXY_PID (empty for direct).
+# port $3; sets PROXY_PID (empty for direct) and WATCH_PID, the process that
+# relays (nginx's worker; the proxy itself otherwise).
 start_proxy() {
   local c=$1 up=$2 port=$3 dir="$WORK/$1"
-  PROXY_PID=""
+  PROXY_PID="" WATCH_PID=""
   [ "$c" = direct ] && return 0
   mkdir -p "$dir"
   case "$c" in
@@ -242,6 +263,36 @@ backend echo
   server echo 127.0.0.1:$up
 EOF
       "${PIN_PROXY[@]+"${PIN_PROXY[@]}"}" haproxy -db -f "$dir/haproxy.cfg" >"$dir/log" 2>&1 &
+      ;;
+    nginx)
+      # Debian's nginx, stream module, one worker: two sockets per session
+      # for the idle scenario within the open-files limit; buffers as
+      # HAProxy's (16 KiB, nginx's default too); no access log. -e keeps
+      # even the startup errors out of /var/log.
+      cat >"$dir/nginx.conf" <<EOF
+load_module $NGINX_STREAM;
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile $FD_LIMIT;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events {
+  worker_connections $((IDLE_MAX * 2 + 200));
+}
+stream {
+  access_log off;
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    proxy_pass 127.0.0.1:$up;
+    proxy_buffer_size 16k;
+    proxy_connect_timeout 5s;
+    proxy_timeout 120s;
+    tcp_nodelay on;
+  }
+}
+EOF
+      "${PIN_PROXY[@]+"${PIN_PROXY[@]}"}" "$NGINX" -e "$dir/error.log" -p "$dir" \
+        -c "$dir/nginx.conf" >"$dir/log" 2>&1 &
       ;;
     gw-*)
       local framing scripts=""
@@ -268,11 +319,28 @@ EOF
       ;;
   esac
   PROXY_PID=$!
+  WATCH_PID=$PROXY_PID
   PIDS+=("$PROXY_PID")
   if ! wait_listen "$port" "$PROXY_PID"; then
     echo "run.sh: $c did not start; its log:" >&2
-    cat "$dir/log" >&2
+    cat "$dir/log" "$dir/error.log" 2>/dev/null >&2
     return 1
+  fi
+  if [ "$c" = nginx ]; then
+    # The master only forks and waits: measure its one worker. Listed for
+    # cleanup too, should the master die without taking it along.
+    local i
+    WATCH_PID=""
+    for i in $(seq 100); do
+      WATCH_PID=$(pgrep -P "$PROXY_PID" | head -1) && [ -n "$WATCH_PID" ] && break
+      sleep 0.05
+    done
+    if [ -z "$WATCH_PID" ]; then
+      echo "run.sh: nginx started no worker; its log:" >&2
+      cat "$dir/log" "$dir/error.log" 2>/dev/null >&2
+      return 1
+    fi
+    PIDS+=("$WATCH_PID")
   fi
 }
 
@@ -328,33 +396,40 @@ run_one() {
 run_attempt() {
   local scenario=$1 c=$2 round=$3 up port args extra=()
   RUN_LINE="" RUN_OK=false
-  PROXY_PID=""
+  PROXY_PID="" WATCH_PID=""
   up=$(free_port)
-  "${PIN_LOAD[@]+"${PIN_LOAD[@]}"}" "$ECHO" "127.0.0.1:$up" >"$WORK/echo.log" 2>&1 &
-  local echo_pid=$!
-  PIDS+=("$echo_pid")
-  wait_listen "$up" "$echo_pid" || { echo "run.sh: gw-echo did not start" >&2; exit 1; }
+  local echo_pid=""
+  if [ "$ECHO_PROCESS" = 1 ]; then
+    "${PIN_LOAD[@]+"${PIN_LOAD[@]}"}" "$ECHO" "127.0.0.1:$up" >"$WORK/echo.log" 2>&1 &
+    echo_pid=$!
+    PIDS+=("$echo_pid")
+    wait_listen "$up" "$echo_pid" || { echo "run.sh: gw-echo did not start" >&2; exit 1; }
+    extra+=(--echo-pid "$echo_pid")
+  else
+    # The proxies connect upstream only when a session comes, by which
+    # time gw-loadgen listens.
+    extra+=(--echo "127.0.0.1:$up")
+  fi
   port=$up
   if [ "$c" != direct ]; then
     port=$(free_port)
     while [ "$port" = "$up" ]; do port=$(free_port); done
     if ! start_proxy "$c" "$up" "$port"; then
       FAILED=1
-      stop_pid "$echo_pid"
+      [ -z "$echo_pid" ] || stop_pid "$echo_pid"
       return
     fi
-    extra+=(--watch-pid "$PROXY_PID")
+    extra+=(--watch-pid "$WATCH_PID")
   fi
-  extra+=(--echo-pid "$echo_pid")
   [ "$c" = gw-rewrite ] && extra+=(--expect-scratch "$REWRITE_VALUE")
   # shellcheck disable=SC2207
   args=($(scenario_args "$scenario"))
   local deadline
   deadline=$(awk -v d="$DUR" -v w="$WARM" -v h="$HOLD" 'BEGIN { print int(d + w + h + 40) }')
   local perf_pid="" perf_stat_pid=""
-  if [ -n "$PROFILE" ] && [ -n "$PROXY_PID" ]; then
+  if [ -n "$PROFILE" ] && [ -n "$WATCH_PID" ]; then
     # Samples the measured window only, not the connects and warm-up.
-    (sleep "$WARM"; exec perf record -g -p "$PROXY_PID" -o "$BUILD/perf-$c.data" \
+    (sleep "$WARM"; exec perf record -g -p "$WATCH_PID" -o "$BUILD/perf-$c.data" \
        -- sleep "$DUR") >"$WORK/perf.log" 2>&1 &
     perf_pid=$!
     PIDS+=("$perf_pid")
@@ -365,7 +440,7 @@ run_attempt() {
              epoll_wait epoll_pwait epoll_ctl splice; do
       ev="$ev,syscalls:sys_enter_$k"
     done
-    (sleep "$WARM"; exec perf stat -x, -e "$ev" -p "$PROXY_PID" \
+    (sleep "$WARM"; exec perf stat -x, -e "$ev" -p "$WATCH_PID" \
        -o "$WORK/perf-stat.csv" -- sleep "$DUR") >/dev/null 2>&1 &
     perf_stat_pid=$!
     PIDS+=("$perf_stat_pid")
@@ -409,18 +484,20 @@ run_attempt() {
     head -40 "$BUILD/perf-$c.txt" >&2
   fi
   if [ -n "$PROXY_PID" ]; then
-    if ! kill -0 "$PROXY_PID" 2>/dev/null; then
+    if ! kill -0 "$WATCH_PID" 2>/dev/null; then
       echo "run.sh: $c died during $scenario; its log:" >&2
       tail -20 "$WORK/$c/log" >&2
       FAILED=1
     fi
     stop_pid "$PROXY_PID"
+    [ "$WATCH_PID" = "$PROXY_PID" ] || stop_pid "$WATCH_PID"
   fi
-  stop_pid "$echo_pid"
+  [ -z "$echo_pid" ] || stop_pid "$echo_pid"
 }
 
 # The smoke run also proves the checker catches a wrong echo: gw-echo does
-# not rewrite, so expecting a rewritten u32 must fail.
+# not rewrite, so expecting a rewritten u32 must fail. (It runs gw-echo as a
+# process of its own, so that path is checked too.)
 smoke_negative() {
   local up rc=0
   up=$(free_port)
@@ -461,7 +538,8 @@ echo "== done in $(( $(date +%s) - start )) s" >&2
 # ---- the table ----
 meta="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), kernel $(uname -r)"
 [ "$have_haproxy" = 1 ] && meta="$meta, $(haproxy -v 2>/dev/null | sed -n '1s/^\(HAProxy version [^ ]*\).*/\1/p')"
-meta="$meta; mode $MODE, $ROUNDS round(s), ${DUR} s per run; pinning: $([ "$PIN" = 1 ] && echo 'proxy CPU 1, loadgen+echo CPU 0' || echo none)"
+[ "$have_nginx" = 1 ] && meta="$meta, $("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
+meta="$meta; mode $MODE, $ROUNDS round(s), ${DUR} s per run; pinning: $([ "$PIN" = 1 ] && echo 'proxy CPU 1, loadgen+echo CPU 0' || echo none); echo upstream $([ "$ECHO_PROCESS" = 1 ] && echo 'gw-echo, its own process' || echo 'in gw-loadgen')"
 [ "$NOISE_MAX" -ge 0 ] && meta="$meta; a run that saw other work above $NOISE_MAX% of a CPU was measured again (3 attempts at most, after waiting up to ${NOISE_WAIT} s for a quiet machine)"
 lua5.4 "$ROOT/bench/report.lua" "$JSONL" "$meta" | tee "$OUT"
 echo "(results: $OUT, raw: $JSONL)" >&2
