@@ -63,18 +63,20 @@ endif()
 install(TARGETS gangway RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 if(TARGET gangway_luamod)
   install(TARGETS gangway_luamod LIBRARY DESTINATION ${GW_INSTALL_LUACDIR}/gangway)
-  install(FILES ${CMAKE_SOURCE_DIR}/lua/gangway/testing.lua
-          DESTINATION ${GW_INSTALL_LUADIR}/gangway)
+  # lua/ is a Lua module tree: gangway/testing.lua is `gangway.testing`.
+  install(DIRECTORY ${CMAKE_SOURCE_DIR}/lua/ DESTINATION ${GW_INSTALL_LUADIR}
+          FILES_MATCHING PATTERN "*.lua")
 endif()
 
 # The example scripts, with top.lua which they require, and their specs:
 # `cd <datadir>/gangway && busted` runs them (spec/ finds scripts/ from there).
-set(GW_EXAMPLES chat_filter online_command packet_logger speed_limit)
-set(GW_EXAMPLE_SCRIPTS ${CMAKE_SOURCE_DIR}/scripts/top.lua)
+file(GLOB GW_EXAMPLE_SCRIPTS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/scripts/*.lua)
 set(GW_EXAMPLE_SPECS)
-foreach(name ${GW_EXAMPLES})
-  list(APPEND GW_EXAMPLE_SCRIPTS ${CMAKE_SOURCE_DIR}/scripts/${name}.lua)
-  list(APPEND GW_EXAMPLE_SPECS ${CMAKE_SOURCE_DIR}/spec/${name}_spec.lua)
+foreach(script ${GW_EXAMPLE_SCRIPTS})
+  get_filename_component(name ${script} NAME_WE)
+  if(EXISTS ${CMAKE_SOURCE_DIR}/spec/${name}_spec.lua)
+    list(APPEND GW_EXAMPLE_SPECS ${CMAKE_SOURCE_DIR}/spec/${name}_spec.lua)
+  endif()
 endforeach()
 install(FILES ${GW_EXAMPLE_SCRIPTS} DESTINATION ${GW_INSTALL_SHAREDIR}/scripts)
 install(FILES ${GW_EXAMPLE_SPECS} DESTINATION ${GW_INSTALL_SHAREDIR}/spec)
