@@ -9,6 +9,11 @@
 #   chat     a lone topchat: keep-alives both ways, its lines come back
 #   speed    topbot -x with a scenario: speed warning, keep-alive echo
 #   idle     topd -k 1000 and a silent socket: the keep-alive kick
+#   cipher   topd -e, 3 topbots -e and a topchat -e: the demo cipher after
+#            login, and everything still understood both ways
+#   mixed    topd -e with a topbot without it, and a topd without it with a
+#            topbot -e: each side sees the other's frames as garbage, while
+#            a second topbot that agrees with the server (scenario) is heard
 # Every server must then exit 0 on SIGINT. DEMO_VALGRIND=1 runs the servers
 # under valgrind, which fails them on any error or leak; DEMO_KEEP=1 keeps
 # the outputs.
@@ -78,6 +83,9 @@ start_topd room
 start_topd chat
 start_topd speed
 start_topd idle -k 1000
+start_topd cipher -e
+start_topd mixed -e
+start_topd mixed2
 
 # room: five bots chatting for 3 s.
 timeout 20 "$bin/topbot" -c "127.0.0.1:$port_room" -n 5 -d 3 >"$work/bots.out" 2>&1 &
@@ -91,9 +99,9 @@ alice=$!
 pids+=($alice)
 
 # speed: a scenario that bursts, then stays silent long enough for a
-# keep-alive, then speaks.
+# keep-alive, then speaks (by 4 s even when valgrind slows the login).
 printf '# smoke scenario\nmove 10 10\nburst 30\nwait 2500\nsay still here\n' >"$work/speed.bot"
-timeout 20 "$bin/topbot" -c "127.0.0.1:$port_speed" -d 3 -s "$work/speed.bot" \
+timeout 20 "$bin/topbot" -c "127.0.0.1:$port_speed" -d 4 -s "$work/speed.bot" \
   >"$work/speedbot.out" 2>&1 &
 speedbot=$!
 pids+=($speedbot)
@@ -101,16 +109,46 @@ pids+=($speedbot)
 # idle: a socket that never speaks.
 exec 4<>"/dev/tcp/127.0.0.1/$port_idle"
 
+# cipher: both ends with -e.
+timeout 20 "$bin/topbot" -e -c "127.0.0.1:$port_cipher" -n 3 -d 3 >"$work/cbots.out" 2>&1 &
+cbots=$!
+pids+=($cbots)
+{ sleep 1; echo "secret plans"; } |
+  timeout 20 "$bin/topchat" -e -c "127.0.0.1:$port_cipher" -n carol >"$work/carol.out" 2>&1 &
+carol=$!
+pids+=($carol)
+
+# mixed: -e on one end only, each way round (bot1), and beside it a bot
+# that agrees with the server (ok1), so that bot1 has chat to misread.
+printf 'wait 700\nsay ping one\nwait 300\nsay ping two\n' >"$work/ok.bot"
+timeout 20 "$bin/topbot" -c "127.0.0.1:$port_mixed" -d 2 >"$work/mbot.out" 2>&1 &
+mbot=$!
+pids+=($mbot)
+timeout 20 "$bin/topbot" -e -p ok -s "$work/ok.bot" -c "127.0.0.1:$port_mixed" -d 2 \
+  >"$work/mok.out" 2>&1 &
+pids+=($!)
+timeout 20 "$bin/topbot" -e -c "127.0.0.1:$port_mixed2" -d 2 >"$work/mbot2.out" 2>&1 &
+mbot2=$!
+pids+=($mbot2)
+timeout 20 "$bin/topbot" -p ok -s "$work/ok.bot" -c "127.0.0.1:$port_mixed2" -d 2 \
+  >"$work/mok2.out" 2>&1 &
+pids+=($!)
+
 wait "$bots" || fail "topbot exited with $?"
 wait "$alice" || fail "topchat exited with $?"
 wait "$speedbot" || fail "topbot -s exited with $?"
+wait "$cbots" || fail "topbot -e exited with $?"
+wait "$carol" || fail "topchat -e exited with $?"
+# Logged in (the login is clear), so both exit 0 whatever they heard.
+wait "$mbot" || fail "topbot (to topd -e) exited with $?"
+wait "$mbot2" || fail "topbot -e (to topd) exited with $?"
 exec 4>&-
 
 # A frame of length 1, and a CM_LOGIN ("eve", "pw", version 136, marker 0).
 raw_exchange malformed "$port_room" 0001
 raw_exchange nomarker "$port_room" 00178000000001af000465766500000370770000880000
 
-for s in room chat speed idle; do
+for s in room chat speed idle cipher mixed mixed2; do
   pid_var=pid_$s
   kill -INT "${!pid_var}"
   rc=0
@@ -153,4 +191,37 @@ expect speed ' keep-alive peer=1 dir=in$'
 
 # The silent socket is dropped.
 expect idle ' kick peer=1 name=- reason=keep-alive timeout$'
+# The cipher: on for every peer after its login; chat and moves
+# understood both ways; the chat client's line comes back.
+expect cipher ' cipher peer=[0-9]+ on$' 4
+expect cbots ' bot[1-3] cipher on$' 3
+for i in 1 2 3; do
+  for j in 1 2 3; do
+    expect cbots " bot$i < \[local\] bot$j: hello everyone$"
+  done
+done
+expect cbots ' summary bots=3 logged_in=3 failed=0 dropped=0 '
+expect cipher ' say peer=[0-9]+ id=[0-9]+ name=bot[1-3] to=[34] text=hello everyone$' 3
+expect cipher ' action peer=[0-9]+ name=bot[1-3] world=[0-9]+ type=1 '
+expect carol '^\* cipher on$'
+expect carol '^\[local\] carol: secret plans$'
+expect cipher ' say peer=[0-9]+ id=[0-9]+ name=carol to=[0-9]+ text=secret plans$'
+if grep -E ' (kick|ignore) ' "$work/cipher.out"; then fail "cipher: a frame not understood"; fi
+
+# Mixed: the server reads the disagreeing bot1's frames as commands it
+# does not know and never hears it; bot1 reads the chat of ok1 (which
+# agrees with the server) as unknown commands. Each way round.
+for m in mixed mixed2; do
+  expect $m ' login peer=[0-9]+ id=[0-9]+ name=bot1 version=136$'
+  expect $m ' ignore peer=[0-9]+ name=bot1 cmd=[0-9]+ '
+  expect $m ' say peer=[0-9]+ id=[0-9]+ name=ok1 to=2 text=ping two$'
+  if grep ' say .* name=bot1 ' "$work/$m.out"; then fail "$m: bot1 understood"; fi
+done
+for b in mbot mbot2; do
+  expect $b ' bot1 < cmd=[0-9]+ len=[0-9]+ body=' 2
+  if grep -F '[local]' "$work/$b.out"; then fail "$b: an MC_SAY understood"; fi
+done
+expect mok ' ok1 < \[local\] ok1: ping two$'
+expect mok2 ' ok1 < \[local\] ok1: ping two$'
+
 echo "ok: demo_direct"
