@@ -812,6 +812,53 @@ static void test_p6_sessions_per_ip(void **state) {
   finish("p6_sessions_per_ip", "6_sessions_from_127.0.0.1_limit_5");
 }
 
+/* Every way a session can end gives its place back: a client locked out
+ * for good by a count that leaked on one close path would be the attack.
+ * Rounds of 5 sessions (the limit) from 127.0.0.1 end by FIN, RST, the
+ * first-frame timeout, the frame timeout, FIN in the middle of a frame, and
+ * a frame sent by a client that is gone before its echo; after each round
+ * 5 new sessions all fit and a 6th is refused. */
+static void test_p6_sessions_per_ip_released(void **state) {
+  (void)state;
+  int port = start_one("frame_ms = 500, first_frame_ms = 500", "sessions_per_ip = 5",
+                       "session_lines_per_s = 0");
+  enum { WAYS = 6, ROUNDS = 3 };
+  static const char *const ways[WAYS] = {"FIN", "RST", "silent", "trickle", "FIN mid-frame",
+                                         "gone before echo"};
+  static const uint8_t fr[] = {0, 3, 'a', 'b', 'c'}, part[] = {0, 50, 'x'};
+  int fits = 0, refused = 0;
+  for (int round = 0; round < ROUNDS; round++) {
+    int fds[5];
+    for (int i = 0; i < 5; i++) {
+      fds[i] = track(it_connect(port));
+      int way = (round * 5 + i) % WAYS;
+      if (way != 2) assert_true(frame_echoes(fds[i], 2000)); /* in, and counted */
+      if (way == 1) {
+        struct linger lg = {1, 0};
+        setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+      }
+      if (way == 3 || way == 4) assert_int_equal(it_send_all(fds[i], part, sizeof part), 0);
+      if (way == 4) shutdown(fds[i], SHUT_WR);
+      if (way == 5) assert_int_equal(it_send_all(fds[i], fr, sizeof fr), 0);
+      if (way == 0 || way == 1 || way == 5) close_fd(fds[i]);
+    }
+    wait_active(1, 3000); /* the timeouts end the rest */
+    int again[6];
+    for (int i = 0; i < 6; i++) again[i] = track(it_connect(port));
+    for (int i = 0; i < 5; i++) fits += frame_echoes(again[i], 2000);
+    refused += it_wait_eof(again[5], 1000, NULL) != 0;
+    for (int i = 0; i < 6; i++) close_fd(again[i]);
+    wait_active(1, 3000);
+  }
+  printf("  p6_sessions_per_ip_released: rounds=%d ways=", ROUNDS);
+  for (int i = 0; i < WAYS; i++) printf("%s%s", i ? "," : "", ways[i]);
+  printf(" then_5_fit=%d/%d sixth_refused=%d/%d\n", fits, 5 * ROUNDS, refused, ROUNDS);
+  fflush(stdout);
+  assert_int_equal(fits, 5 * ROUNDS);
+  assert_int_equal(refused, ROUNDS);
+  finish("p6_sessions_per_ip_released", "3_rounds_of_5_sessions_ended_6_ways_then_5+1");
+}
+
 /* Connects n sessions from src as fast as it can; returns how many of them
  * echo a frame (the others must be closed at once). */
 static int burst(const char *src, int port, int n, uint64_t *took_ms) {
@@ -1117,6 +1164,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_teardown(test_p5_silent_first_frame, teardown),
       cmocka_unit_test_teardown(test_p5_raw_silence_is_fine, teardown),
       cmocka_unit_test_teardown(test_p6_sessions_per_ip, teardown),
+      cmocka_unit_test_teardown(test_p6_sessions_per_ip_released, teardown),
       cmocka_unit_test_teardown(test_p6_new_sessions_per_ip_per_s, teardown),
       cmocka_unit_test_teardown(test_p9_session_log_lines, teardown),
       cmocka_unit_test_teardown(test_p9_config_pattern, teardown),
