@@ -21,6 +21,14 @@ typedef enum { GW_LOG_TEXT = 0, GW_LOG_JSON } gw_log_format;
 
 #define GW_ADDR_MAX 300 /* "host:port" as written, with IPv6 brackets */
 
+/* An address block: IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d, bits + 96). */
+typedef struct gw_cidr {
+  uint8_t addr[16];
+  uint8_t bits;
+} gw_cidr;
+/* Is addr (AF_INET or AF_INET6) in one of the n blocks? */
+bool gw_cidr_match(const gw_cidr *blocks, size_t n, const struct sockaddr *addr);
+
 typedef struct gw_listener_config {
   char *name;                       /* unique among listeners */
   char listen[GW_ADDR_MAX];         /* as written, e.g. "[::1]:1973" */
@@ -35,6 +43,10 @@ typedef struct gw_listener_config {
   bool unsafe;                      /* scripts get io/os/debug/C modules */
   bool unfinished_frame_pass;       /* at FIN, pass bytes of a frame that
                                        never completed (default: drop) */
+  bool proxy_protocol;              /* clients come with a PROXY header */
+  gw_cidr *proxy_from;              /* who may connect then; none: anyone */
+  size_t nproxy_from;
+  uint8_t upstream_proxy_protocol;  /* 0 none, 1 or 2: header to send */
 } gw_listener_config;
 
 typedef struct gw_config {

@@ -804,7 +804,7 @@ static void listener_framing(cfg_ctx *c, int l, gw_framing *f) {
 
 static const char *const listener_keys[] = {
   "name", "listen", "upstream", "framing", "scripts", "on_error", "unsafe",
-  "unfinished_frame",
+  "unfinished_frame", "proxy_protocol", "proxy_protocol_from", "upstream_proxy_protocol",
   NULL,
 };
 
@@ -891,6 +891,87 @@ static void listener_scripts(cfg_ctx *c, int l, gw_listener_config *lc) {
   leave(c, mark);
 }
 
+/* "10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "::1": the block's bits
+ * past the prefix must be zero, as a route's would. */
+static bool parse_cidr(const char *s, gw_cidr *out) {
+  char buf[64];
+  const char *slash = strchr(s, '/');
+  size_t n = slash ? (size_t)(slash - s) : strlen(s);
+  if (n == 0 || n >= sizeof buf) return false;
+  memcpy(buf, s, n);
+  buf[n] = '\0';
+  memset(out, 0, sizeof *out);
+  unsigned max;
+  uint8_t v4[4];
+  if (inet_pton(AF_INET, buf, v4) == 1) {
+    out->addr[10] = out->addr[11] = 0xff;
+    memcpy(out->addr + 12, v4, 4);
+    max = 32;
+  } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+    max = 128;
+  } else {
+    return false;
+  }
+  unsigned bits = max;
+  if (slash) {
+    char *end;
+    errno = 0;
+    unsigned long b = strtoul(slash + 1, &end, 10);
+    if (!slash[1] || *end || errno || b > max || !isdigit((unsigned char)slash[1])) return false;
+    bits = (unsigned)b;
+  }
+  out->bits = (uint8_t)(bits + (128 - max));
+  for (unsigned i = out->bits; i < 128; i++)
+    if (out->addr[i / 8] & (0x80 >> (i % 8))) return false;
+  return true;
+}
+
+bool gw_cidr_match(const gw_cidr *blocks, size_t n, const struct sockaddr *addr) {
+  uint8_t a[16] = {0};
+  if (addr->sa_family == AF_INET) {
+    a[10] = a[11] = 0xff;
+    memcpy(a + 12, &((const struct sockaddr_in *)addr)->sin_addr, 4);
+  } else if (addr->sa_family == AF_INET6) {
+    memcpy(a, &((const struct sockaddr_in6 *)addr)->sin6_addr, 16);
+  } else {
+    return false;
+  }
+  for (size_t k = 0; k < n; k++) {
+    unsigned bits = blocks[k].bits, whole = bits / 8, rest = bits % 8;
+    if (memcmp(a, blocks[k].addr, whole)) continue;
+    if (rest && ((a[whole] ^ blocks[k].addr[whole]) & (0xff00 >> rest) & 0xff)) continue;
+    return true;
+  }
+  return false;
+}
+
+static void listener_proxy(cfg_ctx *c, int l, gw_listener_config *lc) {
+  static const choice versions[] = {{"v1", 1}, {"v2", 2}};
+  lc->proxy_protocol = get_bool(c, l, "proxy_protocol", false);
+  size_t mark;
+  if (enter(c, l, "proxy_protocol_from", &mark) != LUA_TNIL) {
+    lua_Integer n = want_list(c, "a list of addresses or blocks (\"10.0.0.0/8\")", true, 1024);
+    int list = lua_gettop(c->L);
+    if (!(lc->proxy_from = calloc((size_t)n, sizeof *lc->proxy_from)))
+      fail(c, "out of memory");
+    lc->nproxy_from = (size_t)n;
+    for (lua_Integer i = 1; i <= n; i++) {
+      size_t m;
+      enter_index(c, list, i, &m);
+      const char *s = want_string(c, "an address or block (\"10.0.0.0/8\")");
+      if (!parse_cidr(s, &lc->proxy_from[i - 1]))
+        fail_expected(c, -1, "an address or block such as \"10.0.0.0/8\" or \"::1\"",
+                      LUA_TSTRING);
+      leave(c, m);
+    }
+    if (!lc->proxy_protocol)
+      fail(c, "needs proxy_protocol = true");
+  }
+  leave(c, mark);
+  lc->upstream_proxy_protocol = (uint8_t)get_choice(
+      c, l, "upstream_proxy_protocol", versions, COUNT(versions), "\"v1\" or \"v2\"", 0);
+}
+
 static void parse_listener(cfg_ctx *c, int l, size_t i) {
   static const choice on_errors[] = {
     {"pass", GW_ON_ERROR_PASS}, {"drop", GW_ON_ERROR_DROP},
@@ -928,6 +1009,7 @@ static void parse_listener(cfg_ctx *c, int l, size_t i) {
                                          "\"pass\", \"drop\" or \"close\"",
                                          GW_ON_ERROR_PASS);
   lc->unsafe = get_bool(c, l, "unsafe", false);
+  listener_proxy(c, l, lc);
   static const choice unfinished[] = {{"drop", 0}, {"pass", 1}};
   lc->unfinished_frame_pass = get_choice(c, l, "unfinished_frame", unfinished,
                                          COUNT(unfinished),
@@ -1210,6 +1292,7 @@ void gw_config_free(gw_config *cfg) {
     for (size_t j = 0; j < l->nscripts; j++)
       free(l->scripts[j]);
     free(l->scripts);
+    free(l->proxy_from);
   }
   free(cfg->listeners);
   free(cfg->path);

@@ -22,6 +22,7 @@
 #include "log.h"
 #include "pipe.h"
 #include "pool.h"
+#include "proxyproto.h"
 #include "script.h"
 
 #define GW_BUF_SIZE (64 * 1024) /* one read; holds any top frame */
@@ -49,6 +50,10 @@ struct gw_listener {
   struct sockaddr_storage upstream_addr;
   gw_framing framing;           /* for new sessions; sessions copy it */
   bool unfinished_pass;         /* listener unfinished_frame = "pass" */
+  bool proxy_in;                /* proxy_protocol */
+  uint8_t proxy_out;            /* upstream_proxy_protocol: 0, 1 or 2 */
+  gw_cidr *proxy_from;          /* a copy: the config it came from goes */
+  size_t nproxy_from;
   gw_handlers *handlers;        /* stable for the life of the gw_script */
   uint32_t sessions;            /* live sessions that point here */
   bool listening;               /* tcp is open (not closed or closing) */
@@ -93,7 +98,9 @@ typedef struct gw_wreq {
   uint8_t to;
 } gw_wreq;
 
-enum { S_CONNECTING, S_OPEN, S_CLOSING };
+/* S_PREFACE: waiting for the client's PROXY header (proxy_protocol);
+ * the upstream is dialled once it has come. */
+enum { S_PREFACE, S_CONNECTING, S_OPEN, S_CLOSING };
 
 struct gw_session {
   uv_tcp_t tcp[GW_SIDES];       /* [GW_CLIENT] accepted, [GW_SERVER] upstream */
@@ -111,6 +118,8 @@ struct gw_session {
   struct sockaddr_storage peer; /* the client's address */
   bool ip_counted;              /* in relay->iplimit */
   bool unfinished_pass;         /* the listener's, fixed at open */
+  uint8_t proxy_out;            /* the listener's upstream_proxy_protocol */
+  struct sockaddr_storage local; /* where the client connected to */
   bool in_frame;                /* a handler of a frame from cur_side runs */
   uint8_t cur_side;
   bool echo[GW_SIDES];          /* handlers of frames from a side have sent
@@ -160,6 +169,7 @@ static void listener_maybe_free(gw_listener *l) {
   while (*pp && *pp != l) pp = &(*pp)->next;
   if (*pp) *pp = l->next;
   free(l->name);
+  free(l->proxy_from);
   free(l);
 }
 static int flush_out(gw_session *s, gw_side to);
@@ -351,6 +361,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 
 static void process(gw_session *s, gw_side side);
+static void preface_read(gw_session *s, ssize_t nread);
 static void track_partial(gw_session *s, gw_side side);
 static void release_idle_rbuf(gw_session *s, gw_side side);
 
@@ -631,6 +642,10 @@ static void timer_cb(uv_timer_t *t) {
     session_close(s, "upstream connect timeout after %u ms", cfg->connect_ms);
     return;
   }
+  if (s->state == S_PREFACE) {
+    session_close(s, "no PROXY header after %" PRIu64 " ms", now - s->opened_ms);
+    return;
+  }
   for (int i = 0; i < GW_SIDES; i++) {
     const gw_dir *d = &s->dir[i];
     if (cfg->frame_ms && d->partial_ms && now - d->partial_ms >= cfg->frame_ms) {
@@ -773,6 +788,11 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   gw_dir *d = &s->dir[side];
   gw_relay *r = s->relay;
 
+  if (s->state == S_PREFACE) {
+    preface_read(s, nread);
+    if (s->state != S_CLOSING) release_idle_rbuf(s, side);
+    return;
+  }
   if (nread > 0) {
     d->end += (uint32_t)nread;
     d->bytes += (uint64_t)nread;
@@ -838,11 +858,21 @@ static void connect_cb(uv_connect_t *req, int status) {
     if (d->paused && !d->blocked) d->paused = false;
     if (!d->paused) uv_read_start((uv_stream_t *)&s->tcp[i], alloc_cb, read_cb);
   }
+  /* What the client sent right behind its PROXY header waits in its
+   * buffer: it goes first. */
+  gw_dir *cd = &s->dir[GW_CLIENT];
+  if (cd->rbuf && cd->end > cd->start && !cd->paused) {
+    process(s, GW_CLIENT);
+    if (s->state != S_CLOSING) track_partial(s, GW_CLIENT);
+  }
   if (s->out[GW_SERVER].niov) mark_dirty(s);
   flush_dirty(r);
 }
 
 static void refuse_cb(uv_handle_t *h) { free(h); }
+static void refuse(gw_session *s, const char *why);
+static bool ip_admit(gw_session *s);
+static void session_begin(gw_session *s);
 
 static void accept_cb(uv_stream_t *server, int status) {
   gw_listener *l = container_of(server, gw_listener, tcp);
@@ -888,19 +918,17 @@ static void accept_cb(uv_stream_t *server, int status) {
     gw_format_addr((struct sockaddr *)&s->peer, s->ss.client, sizeof s->ss.client);
   else
     snprintf(s->ss.client, sizeof s->ss.client, "?");
-  gw_ip_verdict iv = gw_iplimit_open(r->iplimit, (struct sockaddr *)&s->peer, uv_now(r->loop));
-  if (iv != GW_IP_OK) {
-    r->stats.sessions_refused++;
-    if (log_allow(r, &r->refusal_lines))
-      gw_warn("listener %s: connection from %s refused: %s", l->name, s->ss.client,
-              iv == GW_IP_TOO_MANY ? "limits.sessions_per_ip reached"
-              : iv == GW_IP_TOO_FAST ? "limits.new_sessions_per_ip_per_s exceeded"
-                                     : "out of memory");
-    s->state = S_CLOSING;
-    uv_close((uv_handle_t *)&s->tcp[GW_CLIENT], session_handle_closed);
+  plen = sizeof s->local;
+  uv_tcp_getsockname(&s->tcp[GW_CLIENT], (struct sockaddr *)&s->local, &plen);
+  if (l->proxy_in && l->nproxy_from &&
+      !gw_cidr_match(l->proxy_from, l->nproxy_from, (struct sockaddr *)&s->peer)) {
+    refuse(s, "not in proxy_protocol_from");
     return;
   }
-  s->ip_counted = true;
+  /* Behind a load balancer the client's address comes in the PROXY
+   * header: per-address limits wait for it. */
+  if (!l->proxy_in && !ip_admit(s)) return;
+  s->proxy_out = l->proxy_out;
   uv_tcp_init(r->loop, &s->tcp[GW_SERVER]);
   s->tcp[GW_SERVER].data = s;
   uv_timer_init(r->loop, &s->timer);
@@ -912,13 +940,104 @@ static void accept_cb(uv_stream_t *server, int status) {
   r->stats.sessions_total++;
   gw_format_addr((struct sockaddr *)&l->upstream_addr, s->ss.upstream, sizeof s->ss.upstream);
   s->opened_ms = s->last_active_ms = uv_now(r->loop);
-  s->state = S_CONNECTING;
   s->next = r->sessions;
   if (r->sessions) r->sessions->prev = s;
   r->sessions = s;
+  if (l->proxy_in) {
+    s->state = S_PREFACE;
+    const gw_config *cfg = r->cfg;
+    uv_timer_start(&s->timer, timer_cb, cfg->first_frame_ms ? cfg->first_frame_ms : cfg->connect_ms, 0);
+    uv_read_start((uv_stream_t *)&s->tcp[GW_CLIENT], alloc_cb, read_cb);
+    return;
+  }
+  session_begin(s);
+}
+
+/* ---- the PROXY protocol --------------------------------------------------- */
+
+/* Reads the client's PROXY header; once it is whole, the session goes on
+ * with the address it names, from the bytes after it. */
+static void preface_read(gw_session *s, ssize_t nread) {
+  gw_dir *d = &s->dir[GW_CLIENT];
+  gw_relay *r = s->relay;
+  if (nread < 0) {
+    session_close(s, "client %s before its PROXY header",
+                  nread == UV_EOF ? "closed" : "reset the connection");
+    return;
+  }
+  d->end += (uint32_t)nread;
+  d->bytes += (uint64_t)nread;
+  r->stats.bytes[GW_CLIENT] += (uint64_t)nread;
+  gw_proxy_info info;
+  char msg[160];
+  int n = gw_proxy_parse(d->rbuf->data + d->start, d->end - d->start, &info, msg, sizeof msg);
+  if (n == -EAGAIN) return;
+  if (n < 0) {
+    r->stats.protocol_errors++;
+    session_close(s, "bad PROXY header: %s", msg);
+    return;
+  }
+  d->start += (uint32_t)n;
+  uv_read_stop((uv_stream_t *)&s->tcp[GW_CLIENT]); /* again once connected */
+  if (!info.local) {
+    s->peer = info.src;
+    s->local = info.dst;
+    gw_format_addr((struct sockaddr *)&s->peer, s->ss.client, sizeof s->ss.client);
+  }
+  if (!ip_admit(s)) return;
+  uv_timer_stop(&s->timer);
+  session_begin(s);
+}
+
+/* Writes the PROXY header toward the upstream first: the client's address
+ * and the one it connected to. */
+static void preface_send(gw_session *s) {
+  uint8_t hdr[GW_PROXY_V1_MAX + 1];
+  const struct sockaddr *src = (struct sockaddr *)&s->peer, *dst = (struct sockaddr *)&s->local;
+  int n = s->proxy_out == 1 ? gw_proxy_write_v1(src, dst, hdr, sizeof hdr)
+                            : gw_proxy_write_v2(src, dst, hdr, sizeof hdr);
+  if (n > 0) out_copy(s, GW_SERVER, hdr, (size_t)n);
+}
+
+/* ---- admission ----------------------------------------------------------- */
+
+/* A connection closed before it became a session. */
+static void refuse(gw_session *s, const char *why) {
+  gw_relay *r = s->relay;
+  r->stats.sessions_refused++;
+  if (log_allow(r, &r->refusal_lines))
+    gw_warn("listener %s: connection from %s refused: %s", s->listener->name, s->ss.client, why);
+  if (s->state == S_PREFACE) { /* a session already: close it as one */
+    session_close(s, "refused: %s", why);
+    return;
+  }
+  s->state = S_CLOSING;
+  uv_close((uv_handle_t *)&s->tcp[GW_CLIENT], session_handle_closed);
+}
+
+/* Per-address limits; false if refused (and closed). */
+static bool ip_admit(gw_session *s) {
+  gw_relay *r = s->relay;
+  gw_ip_verdict iv = gw_iplimit_open(r->iplimit, (struct sockaddr *)&s->peer, uv_now(r->loop));
+  if (iv == GW_IP_OK) {
+    s->ip_counted = true;
+    return true;
+  }
+  refuse(s, iv == GW_IP_TOO_MANY  ? "limits.sessions_per_ip reached"
+            : iv == GW_IP_TOO_FAST ? "limits.new_sessions_per_ip_per_s exceeded"
+                                   : "out of memory");
+  return false;
+}
+
+/* The session proper: logged, handed to on_connect, and its upstream
+ * dialled. */
+static void session_begin(gw_session *s) {
+  gw_relay *r = s->relay;
+  gw_listener *l = s->listener;
+  s->state = S_CONNECTING;
   session_log(s, GW_LOG_INFO, "session %" PRIu64 " open listener=%s client=%s upstream=%s",
               s->ss.id, l->name, s->ss.client, s->ss.upstream);
-
+  if (s->proxy_out) preface_send(s);
   if (gw_script_session_open(r->script, l->handlers, &s->ss) < 0) {
     /* Whatever on_connect sent first ("server full") still reaches the
      * client; the upstream is never dialled. */
@@ -926,8 +1045,8 @@ static void accept_cb(uv_stream_t *server, int status) {
     return;
   }
   if (s->state == S_CLOSING) return;
-  rc = uv_tcp_connect(&s->connect, &s->tcp[GW_SERVER],
-                      (const struct sockaddr *)&l->upstream_addr, connect_cb);
+  int rc = uv_tcp_connect(&s->connect, &s->tcp[GW_SERVER],
+                          (const struct sockaddr *)&l->upstream_addr, connect_cb);
   if (rc < 0) {
     session_close(s, "upstream connect failed: %s", uv_strerror(rc));
     return;
@@ -1021,6 +1140,13 @@ static void listener_update(gw_relay *r, gw_listener *l, const gw_listener_confi
   l->upstream_addr = lc->upstream_addr;
   l->framing = lc->framing;
   l->unfinished_pass = lc->unfinished_frame_pass;
+  l->proxy_in = lc->proxy_protocol;
+  l->proxy_out = lc->upstream_proxy_protocol;
+  gw_cidr *from = lc->nproxy_from ? malloc(lc->nproxy_from * sizeof *from) : NULL;
+  if (from) memcpy(from, lc->proxy_from, lc->nproxy_from * sizeof *from);
+  free(l->proxy_from);
+  l->proxy_from = from;
+  l->nproxy_from = from ? lc->nproxy_from : 0;
   l->handlers = gw_script_handlers(r->script, lc->name);
   l->removed = false;
 }
@@ -1209,6 +1335,7 @@ void gw_relay_free(gw_relay *r) {
     gw_listener *l = r->listeners;
     r->listeners = l->next;
     free(l->name);
+    free(l->proxy_from);
     free(l);
   }
   gw_script_free(r->script);
