@@ -120,6 +120,14 @@ static size_t build(const gw_framing *f, uint32_t opcode, const void *body, size
   return (size_t)n;
 }
 
+/* One top frame of opcode 1 (no handler) through fd: true if it came back. */
+static bool frame_echoes_top(int fd) {
+  uint8_t fr[16], back[16];
+  size_t n = build(&top, 1, "ping", 4, fr, sizeof fr);
+  return it_send_all(fd, fr, n) == 0 && it_recv_exact(fd, back, n, 2000) == n &&
+         !memcmp(back, fr, n);
+}
+
 /* The reason of the last close line of the session from client ("ip:port"),
  * or NULL if it has not closed. */
 static const char *close_reason(const char *log, const char *client, char *out, size_t cap) {
@@ -217,6 +225,14 @@ static const char p2_lua[] =
     "end)\n"
     "gw.on(\"client\", 68, function(pkt, session)\n"
     "  for i = 1, 1000 do note(session, session:send_to_client(big)) end\n"
+    "  return gw.DROP\n"
+    "end)\n"
+    "gw.on(\"client\", 69, function(pkt, session)\n"
+    "  local seq = pkt:u32(8)\n"
+    "  for i = 1, 20 do\n"
+    "    local body = gw.writer():u32(seq):u32(i):build() .. string.rep(\"x\", 8184)\n"
+    "    note(session, session:send_to_client(gw.packet(98, body)))\n"
+    "  end\n"
     "  return gw.DROP\n"
     "end)\n"
     "gw.on(\"client\", 67, function(pkt, session)\n"
@@ -483,6 +499,79 @@ static const p2_case p2_client = {P2_CLIENT, "p2_output_client"},
 static void test_p2_output_bound(void **state) {
   const p2_case *c = *state;
   p2_run(c->kind, c->name);
+}
+
+/* Held output resumes whole and in order: a client sends 100 frames each
+ * answered with 20 numbered frames of 8 KiB (16 MiB in all) and reads
+ * nothing for a second (gangway must stop taking its frames: backpressure
+ * on the side that produces the output), then reads everything: every
+ * answer arrives, in order, none refused (no call goes past write_max). */
+static void test_p2_held_output_resumes(void **state) {
+  (void)state;
+  enum { TRIGGERS = 100, ANSWERS = 20, ANSWER_LEN = 8200 };
+  int up_port, port = it_free_port();
+  T.up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway_prepare(&T.g);
+  it_write(T.g.dir, "p2.lua", "%s", p2_lua);
+  run_gangway(port,
+              "  listeners = { { name = \"game\", listen = \"127.0.0.1:%d\",\n"
+              "    upstream = \"127.0.0.1:%d\", framing = \"top\", scripts = { \"p2.lua\" } } },\n"
+              "  timeouts = { drain_ms = %d },\n"
+              "  limits = { write_max = %d, lua_memory_mb = %d },\n"
+              "  log = { session_lines_per_s = 0 }",
+              port, up_port, DRAIN_MS, P2_WRITE_MAX, P2_LUA_MB);
+  T.by = it_bystander_start(BYSTANDER_IP, port, &top, 1);
+  long hwm0 = it_hwm_kb(T.g.pid);
+  int fd = track(it_connect(port));
+  static uint8_t triggers[TRIGGERS * 12];
+  for (uint32_t k = 0; k < TRIGGERS; k++) {
+    uint8_t body[4] = {(uint8_t)(k >> 24), (uint8_t)(k >> 16), (uint8_t)(k >> 8), (uint8_t)k};
+    build(&top, 69, body, 4, triggers + 12 * k, 12);
+  }
+  assert_int_equal(it_send_all(fd, triggers, sizeof triggers), 0);
+  usleep(1000 * 1000);
+  char js[4096];
+  stats(js, sizeof js);
+  long long held_at = it_json_int(js, "handler_frames");
+  long grown_held = it_hwm_kb(T.g.pid) - hwm0;
+
+  /* Now read it all, checking each answer's place. */
+  static uint8_t fr[ANSWER_LEN];
+  int in_order = 0;
+  char wrong[200] = "";
+  uint64_t t0 = it_now_ms();
+  for (uint32_t k = 0; k < TRIGGERS && !wrong[0]; k++) {
+    for (uint32_t i = 1; i <= ANSWERS && !wrong[0]; i++) {
+      size_t n = it_recv_exact(fd, fr, sizeof fr, 5000);
+      uint32_t seq = gw_get_uint(fr + 8, 4, true), idx = gw_get_uint(fr + 12, 4, true);
+      if (n != sizeof fr || gw_get_uint(fr, 2, true) != ANSWER_LEN ||
+          gw_get_uint(fr + 6, 2, true) != 98 || seq != k || idx != i || fr[ANSWER_LEN - 1] != 'x')
+        snprintf(wrong, sizeof wrong,
+                 "answer %u/%u: %zu bytes, length field %u, opcode %u, says %u/%u", k, i, n,
+                 (unsigned)gw_get_uint(fr, 2, true), (unsigned)gw_get_uint(fr + 6, 2, true), seq,
+                 idx);
+      else
+        in_order++;
+    }
+  }
+  uint64_t read_ms = it_now_ms() - t0;
+  bool alive = frame_echoes_top(fd);
+  char *log = it_slurp(T.g.log);
+  bool refusals = log && strstr(log, "refused");
+  free(log);
+  long grown = it_hwm_kb(T.g.pid) - hwm0;
+  printf("  p2_held_output_resumes: triggers=%d answers_in_order=%d/%d read_ms=%" PRIu64
+         " handler_frames_after_1s_unread=%lld grown_kb_held=%ld grown_kb=%ld refusals=%d alive=%d%s%s\n",
+         TRIGGERS, in_order, TRIGGERS * ANSWERS, read_ms, held_at, grown_held, grown, refusals,
+         alive, wrong[0] ? " first_wrong=" : "", wrong);
+  fflush(stdout);
+  assert_true(held_at < TRIGGERS); /* not all taken while nothing was read */
+  assert_int_equal(in_order, TRIGGERS * ANSWERS);
+  assert_false(refusals);
+  assert_true(alive);
+  assert_true(grown < 2 * (P2_WRITE_MAX / 1024 + 2 * 64) + P2_LUA_MB * 1024 + 16 * 1024 +
+                          ASAN_QUARANTINE_KB);
+  finish("p2_held_output_resumes", "100_frames_x_20x8KiB_answers_read_after_1s");
 }
 
 /* ---- P3, P4: handlers that escape the instruction limit ----------------- */
@@ -1158,6 +1247,7 @@ int main(int argc, char **argv) {
       {"test_p2_output_server", test_p2_output_bound, NULL, teardown_p2, (void *)&p2_server},
       {"test_p2_output_burst", test_p2_output_bound, NULL, teardown_p2, (void *)&p2_burst},
       {"test_p2_output_timer", test_p2_output_bound, NULL, teardown_p2, (void *)&p2_timer},
+      cmocka_unit_test_teardown(test_p2_held_output_resumes, teardown),
       cmocka_unit_test_teardown(test_p3_deep_recursion, teardown),
       cmocka_unit_test_teardown(test_p4_coroutines, teardown),
       cmocka_unit_test_teardown(test_p5_slowloris_frame, teardown),
