@@ -270,10 +270,11 @@ static bool put_plain_value(sbuf *b, const gw_field *f) {
  * name), then key=value for each field not hidden. */
 static void render_text_body(sbuf *b, const char *event, const char *msg,
                              const gw_field *fields) {
+  size_t start = b->n;
   sb_puts(b, msg ? msg : event);
   for (const gw_field *f = fields; f && f->type != GW_FT_END; f++) {
     if (f->flags & GW_FF_HIDE) continue;
-    if (b->n) sb_put(b, " ", 1);
+    if (b->n > start) sb_put(b, " ", 1);
     sb_puts(b, f->key);
     sb_put(b, "=", 1);
     if (f->type == GW_FT_STR && f->p)

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -245,6 +247,7 @@ static void test_long_values_cut(void **state) {
     assert_string_equal(v + n - strlen(GW_LOG_CUT_MARK), GW_LOG_CUT_MARK);
     assert_memory_equal(v, big, n - strlen(GW_LOG_CUT_MARK)); /* whole characters */
     assert_true(json_is_true(json_object_get(j, "truncated")));
+    if (i == 0) assert_null(json_object_get(j, "msg")); /* an event without a message */
     json_decref(j);
   }
   json_t *j = parse(2);
@@ -311,6 +314,61 @@ static void test_journald_or_fallback(void **state) {
   assert_non_null(strstr(err, " info  still logged session=9\n"));
 }
 
+/* In a mount namespace of its own with a fresh /run: binds the journal's
+ * socket itself, logs through it, and prints the datagrams it received. */
+static int journal_child(void) {
+  int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+  struct sockaddr_un a = {.sun_family = AF_UNIX, .sun_path = "/run/systemd/journal/socket"};
+  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0) return 2;
+  gw_log_setup(GW_LOG_DEBUG, GW_LOG_JSON); /* the journal takes fields whatever the format */
+  if (gw_log_set_target(GW_LOG_JOURNALD) != 0) return 3;
+  gw_log_event(GW_LOG_WARN, "session_close",
+               GW_FIELDS(GW_F_HIDE(GW_F_U64("session", 7)), GW_F_STR("listener", "game"),
+                         GW_F_QSTR("reason", "client closed"), GW_F_STR("bad-key.x", "\xff")),
+               "session %d close", 7);
+  gw_log(GW_LOG_ERROR, "plain %s", "line");
+  static char buf[65536];
+  for (int i = 0; i < 2; i++) {
+    ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n <= 0) return 4;
+    printf("%.*s----\n", (int)n, buf);
+  }
+  return 0;
+}
+
+static void test_journald_fields(void **state) {
+  (void)state;
+  char self[512];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  assert_true(n > 0);
+  self[n] = '\0';
+  if (geteuid() != 0 || system("command -v unshare >/dev/null") != 0) {
+    fprintf(stderr, "test_journald_fields: needs root and unshare(1) for a private /run\n");
+    skip();
+  }
+  char cmd[1200];
+  snprintf(cmd, sizeof cmd,
+           "unshare -m sh -c 'mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && "
+           "exec \"$0\" journal-child' '%s'", self);
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  static char out[8192];
+  size_t len = fread(out, 1, sizeof out - 1, p);
+  out[len] = '\0';
+  int status = pclose(p);
+  if (status != 0) fail_msg("%s: status %d, output: %s", cmd, status, out);
+  const char *second = strstr(out, "----\n");
+  assert_non_null(second);
+  /* libsystemd adds SYSLOG_IDENTIFIER after these */
+  static const char first[] = "MESSAGE=session 7 close listener=game reason=\"client closed\" "
+                              "bad-key.x=\\xff\nGW_EVENT=session_close\nGW_SESSION=7\n"
+                              "GW_LISTENER=game\nGW_REASON=client closed\n"
+                              "GW_BAD_KEY_X=\xef\xbf\xbd\nPRIORITY=4\n";
+  assert_memory_equal(out, first, sizeof first - 1);
+  static const char plain[] = "MESSAGE=plain line\nPRIORITY=3\n";
+  assert_memory_equal(second + 5, plain, sizeof plain - 1);
+}
+
 static void test_hex(void **state) {
   (void)state;
   char out[16];
@@ -334,7 +392,8 @@ static void test_ratelimit(void **state) {
   assert_true(gw_ratelimit_allow(&rl, 2000));
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "journal-child") == 0) return journal_child();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_text_unchanged, setup, teardown),
       cmocka_unit_test_setup_teardown(test_text_fields_stay_on_one_line, setup, teardown),
@@ -344,6 +403,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_json_any_bytes, setup, teardown),
       cmocka_unit_test_setup_teardown(test_long_values_cut, setup, teardown),
       cmocka_unit_test_setup_teardown(test_journald_or_fallback, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_journald_fields, setup, teardown),
       cmocka_unit_test(test_hex),
       cmocka_unit_test(test_ratelimit),
   };
