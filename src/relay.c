@@ -100,7 +100,7 @@ typedef struct gw_wreq {
 
 /* S_PREFACE: waiting for the client's PROXY header (proxy_protocol);
  * the upstream is dialled once it has come. */
-enum { S_PREFACE, S_CONNECTING, S_OPEN, S_CLOSING };
+enum { S_CONNECTING, S_OPEN, S_CLOSING, S_PREFACE };
 
 struct gw_session {
   uv_tcp_t tcp[GW_SIDES];       /* [GW_CLIENT] accepted, [GW_SERVER] upstream */
