@@ -119,7 +119,8 @@ static void test_level_filter(void **state) {
   assert_int_equal(got.level[0], GW_LOG_ERROR);
 }
 
-/* Every line is JSON to python3's parser too, not only to jansson. */
+/* Every line is JSON to python3's parser and to jq too, not only to
+ * jansson: each line one object (jq -s counts them). */
 static void assert_python_parses(void) {
   char path[] = "/tmp/test_log_XXXXXX";
   int fd = mkstemp(path);
@@ -127,13 +128,20 @@ static void assert_python_parses(void) {
   FILE *f = fdopen(fd, "w");
   for (size_t i = 0; i < got.n; i++) fprintf(f, "%s\n", got.line[i]);
   fclose(f);
-  char cmd[256];
+  char cmd[512];
   snprintf(cmd, sizeof cmd,
            "python3 -c 'import json,sys\nfor l in open(sys.argv[1],encoding=\"utf-8\"):"
-           " json.loads(l)' %s", path);
+           " assert type(json.loads(l)) is dict' %s", path);
   int rc = system(cmd);
+  int jq = 0;
+  if (system("command -v jq >/dev/null") == 0) {
+    snprintf(cmd, sizeof cmd, "test \"$(jq -s 'map(select(type == \"object\")) | length' %s)\" = %zu",
+             path, got.n);
+    jq = system(cmd);
+  }
   unlink(path);
   assert_int_equal(rc, 0);
+  assert_int_equal(jq, 0);
 }
 
 static json_t *parse(size_t i) {
