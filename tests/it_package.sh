@@ -256,7 +256,7 @@ man)
   [ ! -s "$dir/man.err" ] || fail "man -l warns: $(cat "$dir/man.err")"
   for want in "gangway check" "--json" "SIGHUP" "SIGTERM" "EXIT STATUS" "/etc/gangway/config.lua" \
               "/run/gangway/gangway.sock" "first_frame_ms" "frame_ms" "write_max" "sessions_per_ip" \
-              "new_sessions_per_ip_per_s" "unfinished_frame" "session_lines_per_s"; do
+              "new_sessions_per_ip_per_s" "unfinished_frame" "session_lines_per_s" "proxy_protocol"; do
     grep -q -- "$want" "$dir/man.txt" || fail "gangway(8) does not mention $want"
   done
   grep -q '@GW_' "$dir/man.txt" && fail "gangway(8) has an unfilled @GW_...@"
