@@ -75,6 +75,7 @@ typedef struct gw_config {
   /* log */
   gw_log_level log_level;           /* default info */
   gw_log_format log_format;         /* default text */
+  uint8_t log_target;               /* gw_log_target: 0 stderr, 1 journald */
   uint32_t log_session_lines_per_s; /* session open/close lines; the rest
                                        are counted in a summary; default
                                        100; 0 = no limit */

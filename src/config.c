@@ -1040,7 +1040,7 @@ static void parse_listeners(cfg_ctx *c, int top) {
 static const char *const top_keys[] = {
   "listeners", "timeouts", "limits", "log", "watch", "control", NULL,
 };
-static const char *const log_keys[] = {"level", "format",
+static const char *const log_keys[] = {"level", "format", "target",
                                        "session_lines_per_s", NULL};
 
 /* Pushes top[key] and returns its index as a checked record, or 0 (with nil
@@ -1157,6 +1157,9 @@ static void parse_log(cfg_ctx *c, int top) {
         c, t, "format", formats, COUNT(formats), "\"text\" or \"json\"",
         cfg->log_format);
   }
+  static const choice targets[] = {{"stderr", 0}, {"journald", 1}};
+  cfg->log_target = t ? (uint8_t)get_choice(c, t, "target", targets, COUNT(targets),
+                                            "\"stderr\" or \"journald\"", 0) : 0;
   cfg->log_session_lines_per_s =
       t ? (uint32_t)get_int(c, t, "session_lines_per_s", 0, UINT32_MAX, 100) : 100;
   leave(c, mark);

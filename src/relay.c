@@ -211,11 +211,14 @@ static bool log_allow(gw_relay *r, gw_ratelimit *rl) {
 
 /* A line about one session (open, close, its errors), under
  * log.session_lines_per_s. */
-#define session_log(s, level, ...)                                           \
+#define session_log(s, level, event, fields, ...)                           \
   do {                                                                       \
     if (gw_log_enabled(level) && log_allow((s)->relay, &(s)->relay->session_lines)) \
-      gw_log(level, __VA_ARGS__);                                            \
+      gw_log_event(level, event, fields, __VA_ARGS__);                       \
   } while (0)
+/* The fields every session line carries (in JSON and journald; the text
+ * line's sentence has them already). */
+#define SESSION_ID(s) GW_F_HIDE(GW_F_U64("session", (s)->ss.id))
 
 /* Errors that only mean the peer has gone (reset, or closed while we still
  * had something to say): the reason is what the peer did, not the call
@@ -538,12 +541,16 @@ static void session_close(gw_session *s, const char *fmt, ...) {
   s->state = S_CLOSING;
   gw_script_session_close(r->script, &s->ss, s->reason);
 
-  session_log(s, GW_LOG_INFO, "session %" PRIu64 " close listener=%s client=%s upstream=%s "
-          "client_bytes=%" PRIu64 " server_bytes=%" PRIu64 " client_frames=%" PRIu64
-          " server_frames=%" PRIu64 " duration_ms=%" PRIu64 " reason=\"%s\"",
-          s->ss.id, s->listener->name, s->ss.client, s->ss.upstream, s->dir[GW_CLIENT].bytes,
-          s->dir[GW_SERVER].bytes, s->pipe.side[GW_CLIENT].frames, s->pipe.side[GW_SERVER].frames,
-          uv_now(r->loop) - s->opened_ms, s->reason);
+  session_log(s, GW_LOG_INFO, "session_close",
+              GW_FIELDS(SESSION_ID(s), GW_F_STR("listener", s->listener->name),
+                        GW_F_STR("client", s->ss.client), GW_F_STR("upstream", s->ss.upstream),
+                        GW_F_U64("client_bytes", s->dir[GW_CLIENT].bytes),
+                        GW_F_U64("server_bytes", s->dir[GW_SERVER].bytes),
+                        GW_F_U64("client_frames", s->pipe.side[GW_CLIENT].frames),
+                        GW_F_U64("server_frames", s->pipe.side[GW_SERVER].frames),
+                        GW_F_U64("duration_ms", uv_now(r->loop) - s->opened_ms),
+                        GW_F_QSTR("reason", s->reason)),
+              "session %" PRIu64 " close", s->ss.id);
 
   if (s->prev) s->prev->next = s->next;
   else r->sessions = s->next;
@@ -727,8 +734,13 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void protocol_error(gw_session *s, gw_side side) {
   const gw_pipe *p = &s->pipe;
   s->relay->stats.protocol_errors++;
-  session_log(s, GW_LOG_WARN, "session %" PRIu64 " protocol error from %s side at stream offset %"
-              PRIu64 ": %s (framing %s)", s->ss.id, gw_side_name(side), p->error_offset,
+  session_log(s, GW_LOG_WARN, "protocol_error",
+              GW_FIELDS(SESSION_ID(s), GW_F_HIDE(GW_F_STR("side", gw_side_name(side))),
+                        GW_F_HIDE(GW_F_U64("offset", p->error_offset)),
+                        GW_F_HIDE(GW_F_STR("error", p->error_msg)),
+                        GW_F_HIDE(GW_F_STR("framing", p->side[side].framing.name))),
+              "session %" PRIu64 " protocol error from %s side at stream offset %" PRIu64
+              ": %s (framing %s)", s->ss.id, gw_side_name(side), p->error_offset,
               p->error_msg, p->side[side].framing.name);
   session_close(s, "protocol error from %s side at offset %" PRIu64 ": %s", gw_side_name(side),
                 p->error_offset, p->error_msg);
@@ -775,8 +787,11 @@ static void on_eof(gw_session *s, gw_side side) {
   size_t n = gw_pipe_finish(&s->pipe, side, d->rbuf ? d->rbuf->data : NULL, &d->start, d->end,
                             s->unfinished_pass);
   if (n && !s->unfinished_pass)
-    session_log(s, GW_LOG_INFO, "session %" PRIu64 " dropped %zu bytes of an unfinished frame "
-                "from the %s side at its FIN", s->ss.id, n, gw_side_name(side));
+    session_log(s, GW_LOG_INFO, "unfinished_frame",
+                GW_FIELDS(SESSION_ID(s), GW_F_HIDE(GW_F_U64("bytes", n)),
+                          GW_F_HIDE(GW_F_STR("side", gw_side_name(side)))),
+                "session %" PRIu64 " dropped %zu bytes of an unfinished frame from the %s side "
+                "at its FIN", s->ss.id, n, gw_side_name(side));
   d->partial_ms = 0;
   shutdown_side(s, other(side));
 }
@@ -834,8 +849,11 @@ static void connect_cb(uv_connect_t *req, int status) {
   gw_relay *r = s->relay;
   if (status == UV_ECANCELED || s->state == S_CLOSING) return;
   if (status < 0) {
-    session_log(s, GW_LOG_WARN, "session %" PRIu64 " upstream %s: connect failed: %s", s->ss.id,
-                s->ss.upstream, uv_strerror(status));
+    session_log(s, GW_LOG_WARN, "connect_failed",
+                GW_FIELDS(SESSION_ID(s), GW_F_HIDE(GW_F_STR("upstream", s->ss.upstream)),
+                          GW_F_HIDE(GW_F_STR("error", uv_strerror(status)))),
+                "session %" PRIu64 " upstream %s: connect failed: %s", s->ss.id, s->ss.upstream,
+                uv_strerror(status));
     session_close(s, "upstream connect failed: %s", uv_strerror(status));
     return;
   }
@@ -1035,8 +1053,10 @@ static void session_begin(gw_session *s) {
   gw_relay *r = s->relay;
   gw_listener *l = s->listener;
   s->state = S_CONNECTING;
-  session_log(s, GW_LOG_INFO, "session %" PRIu64 " open listener=%s client=%s upstream=%s",
-              s->ss.id, l->name, s->ss.client, s->ss.upstream);
+  session_log(s, GW_LOG_INFO, "session_open",
+              GW_FIELDS(SESSION_ID(s), GW_F_STR("listener", l->name),
+                        GW_F_STR("client", s->ss.client), GW_F_STR("upstream", s->ss.upstream)),
+              "session %" PRIu64 " open", s->ss.id);
   if (s->proxy_out) preface_send(s);
   if (gw_script_session_open(r->script, l->handlers, &s->ss) < 0) {
     /* Whatever on_connect sent first ("server full") still reaches the
@@ -1163,6 +1183,7 @@ static gw_listener *listener_find(gw_relay *r, const char *name) {
 static void apply_limits(gw_relay *r) {
   const gw_config *cfg = r->cfg;
   gw_log_setup(cfg->log_level, cfg->log_format);
+  gw_log_set_target((gw_log_target)cfg->log_target);
   r->session_lines.per_s = cfg->log_session_lines_per_s;
   r->refusal_lines.per_s = GW_REFUSAL_LINES_PER_S;
   gw_iplimit_set(r->iplimit, cfg->sessions_per_ip, cfg->new_sessions_per_ip_per_s);
