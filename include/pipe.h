@@ -54,7 +54,14 @@ typedef struct gw_codec_type {
 struct gw_codec {
   const gw_codec_type *type;
   uint32_t offset;              /* body codecs: bytes of a frame left clear */
+  uint32_t refs;                /* pipeline slots holding it (one codec may
+                                   serve both ways of a side) */
 };
+/* A codec is made with no reference; each pipeline slot that holds it
+ * takes one. gw_codec_unref drops one and frees the codec with the last
+ * (or at once if none was ever taken). */
+gw_codec *gw_codec_ref(gw_codec *c);
+void gw_codec_unref(gw_codec *c);
 
 /* C codecs. zlib: a deflate stream each way (RFC 1950 with header), each
  * write flushed with Z_SYNC_FLUSH so the peer can read it at once. */
@@ -80,8 +87,11 @@ typedef struct gw_pipe_side {
   uint32_t need;                /* the unfinished frame's size, 0 unknown */
   uint64_t frames;              /* whole frames from this side */
   uint64_t offset;              /* stream offset (decoded) of the next frame */
-  gw_codec *stream;             /* wire bytes of this side are encoded */
-  gw_codec *body;               /* frame bodies of this side are encoded */
+  /* Codecs of this side's wire: "in" decodes what it sends, "out" encodes
+   * what goes to it. Stream codecs see the bytes, body codecs each frame's
+   * body from their offset on. */
+  gw_codec *stream_in, *stream_out;
+  gw_codec *body_in, *body_out;
   gw_bytes dec;                 /* stream-decoded bytes not yet framed */
   bool wait_logged;
 } gw_pipe_side;
@@ -131,9 +141,12 @@ int gw_pipe_output(gw_pipe *p, gw_side to, const uint8_t *data, size_t len);
 void gw_pipe_set_framing(gw_pipe *p, gw_side side, const gw_framing *f);
 /* The next n bytes from `side` pass unframed, then framing resumes. */
 void gw_pipe_expect_raw(gw_pipe *p, gw_side side, uint64_t n);
-/* Installs (or with NULL removes) a codec; the pipeline owns it. */
-void gw_pipe_set_stream_codec(gw_pipe *p, gw_side side, gw_codec *c);
-void gw_pipe_set_body_codec(gw_pipe *p, gw_side side, gw_codec *c);
+/* Installs (or with NULL removes) a codec on side's wire for what it sends
+ * (in), what goes to it (out), or both; the pipeline takes a reference per
+ * slot, the caller keeps its own. Applies from the next frame on. */
+enum { GW_CODEC_IN = 1, GW_CODEC_OUT = 2, GW_CODEC_BOTH = 3 };
+void gw_pipe_set_stream_codec(gw_pipe *p, gw_side side, gw_codec *c, int ways);
+void gw_pipe_set_body_codec(gw_pipe *p, gw_side side, gw_codec *c, int ways);
 
 /* The end of side's stream (FIN): what is left of an unfinished frame,
  * in data[*start, end) and the pipeline's own buffer, is dropped, or with

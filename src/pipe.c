@@ -70,14 +70,21 @@ void gw_pipe_init(gw_pipe *p, const gw_framing *f, gw_script *script,
   p->ud = ud;
 }
 
-static void codec_free(gw_codec *c) {
-  if (c && c->type->free) c->type->free(c);
+gw_codec *gw_codec_ref(gw_codec *c) {
+  if (c) c->refs++;
+  return c;
+}
+
+void gw_codec_unref(gw_codec *c) {
+  if (c && (!c->refs || !--c->refs) && c->type->free) c->type->free(c);
 }
 
 void gw_pipe_free(gw_pipe *p) {
   for (int i = 0; i < GW_SIDES; i++) {
-    codec_free(p->side[i].stream);
-    codec_free(p->side[i].body);
+    gw_codec_unref(p->side[i].stream_in);
+    gw_codec_unref(p->side[i].stream_out);
+    gw_codec_unref(p->side[i].body_in);
+    gw_codec_unref(p->side[i].body_out);
     gw_bytes_free(&p->side[i].dec);
   }
   gw_bytes_free(&p->scratch);
@@ -98,14 +105,23 @@ void gw_pipe_expect_raw(gw_pipe *p, gw_side side, uint64_t n) {
   p->side[side].need = 0;
 }
 
-void gw_pipe_set_stream_codec(gw_pipe *p, gw_side side, gw_codec *c) {
-  codec_free(p->side[side].stream);
-  p->side[side].stream = c;
+static void set_slots(gw_codec **in, gw_codec **out, gw_codec *c, int ways) {
+  if (ways & GW_CODEC_IN) {
+    gw_codec_unref(*in);
+    *in = gw_codec_ref(c);
+  }
+  if (ways & GW_CODEC_OUT) {
+    gw_codec_unref(*out);
+    *out = gw_codec_ref(c);
+  }
 }
 
-void gw_pipe_set_body_codec(gw_pipe *p, gw_side side, gw_codec *c) {
-  codec_free(p->side[side].body);
-  p->side[side].body = c;
+void gw_pipe_set_stream_codec(gw_pipe *p, gw_side side, gw_codec *c, int ways) {
+  set_slots(&p->side[side].stream_in, &p->side[side].stream_out, c, ways);
+}
+
+void gw_pipe_set_body_codec(gw_pipe *p, gw_side side, gw_codec *c, int ways) {
+  set_slots(&p->side[side].body_in, &p->side[side].body_out, c, ways);
 }
 
 bool gw_pipe_partial(const gw_pipe *p, gw_side side, uint32_t input_left) {
@@ -176,25 +192,25 @@ static int output(gw_pipe *p, gw_side to, const uint8_t *data, size_t len, bool 
   gw_pipe_side *dst = &p->side[to];
   char err[160];
   int rc;
-  if (frame && dst->body) {
+  if (frame && dst->body_out) {
     gw_side origin = other(to);
-    rc = body_transform(p, dst->body, false, &p->side[origin].framing, origin, data, len,
+    rc = body_transform(p, dst->body_out, false, &p->side[origin].framing, origin, data, len,
                         &p->obody, err, sizeof err);
     if (rc) {
       gw_warn("session %" PRIu64 " body codec %s toward the %s side: %s", p->ss->id,
-              dst->body->type->name, gw_side_name(to), err);
+              dst->body_out->type->name, gw_side_name(to), err);
       return rc;
     }
     data = p->obody.p;
     len = p->obody.len;
     in_input = false;
   }
-  if (dst->stream) {
+  if (dst->stream_out) {
     p->enc.len = 0;
-    rc = dst->stream->type->encode(dst->stream, data, len, &p->enc, err, sizeof err);
+    rc = dst->stream_out->type->encode(dst->stream_out, data, len, &p->enc, err, sizeof err);
     if (rc) {
       gw_warn("session %" PRIu64 " stream codec %s toward the %s side: %s", p->ss->id,
-              dst->stream->type->name, gw_side_name(to), err);
+              dst->stream_out->type->name, gw_side_name(to), err);
       return rc;
     }
     return p->enc.len ? p->drv->copy(p->ud, to, p->enc.p, p->enc.len) : 0;
@@ -249,7 +265,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
   gw_pipe_side *ps = &p->side[from];
   gw_side to = other(from);
   const gw_handlers *h = p->ss->handlers;
-  bool had_decoder = ps->stream != NULL;
+  bool had_decoder = ps->stream_in != NULL;
   uint32_t run = *start; /* a run of bytes passed on as they are */
   int rc = 0;
 #define FLUSH_RUN()                                                                   \
@@ -260,7 +276,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     run = *start;                                                                     \
   } while (0)
   /* Runs may go out as they are only if nothing on the way changes bytes. */
-  bool plain = !ps->body && !p->side[to].body;
+  bool plain = !ps->body_in && !p->side[to].body_out;
   while (*start < end) {
     uint32_t avail = end - *start;
     if (ps->raw_left || ps->framing.raw) {
@@ -299,16 +315,16 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     *start += (uint32_t)fi.len;
     ps->offset += fi.len;
     run = *start;
-    if (ps->body) { /* handlers see the clear frame (its opcode too) */
+    if (ps->body_in) { /* handlers see the clear frame (its opcode too) */
       char err[160];
-      rc = body_transform(p, ps->body, true, &ps->framing, from, frame, len, &p->scratch, err,
+      rc = body_transform(p, ps->body_in, true, &ps->framing, from, frame, len, &p->scratch, err,
                           sizeof err);
-      if (rc) return fail(p, from, GW_FRAME_OK, "body codec %s: %s", ps->body->type->name, err);
+      if (rc) return fail(p, from, GW_FRAME_OK, "body codec %s: %s", ps->body_in->type->name, err);
       frame = p->scratch.p;
       len = p->scratch.len;
       frame_in_input = false;
       if (gw_frame_next(&ps->framing, from, frame, len, &fi) != 1 || fi.len != len)
-        return fail(p, from, GW_FRAME_OK, "body codec %s broke the frame", ps->body->type->name);
+        return fail(p, from, GW_FRAME_OK, "body codec %s broke the frame", ps->body_in->type->name);
     }
     if (!gw_handlers_want(h, from, &fi)) {
       if ((rc = output(p, to, frame, len, true, frame_in_input)) < 0) return rc;
@@ -321,8 +337,8 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     if (rc < 0) return rc;
     if (p->drv->hold && p->drv->hold(p->ud, from)) return GW_PIPE_HELD;
     /* A handler may have switched codecs: re-plan the way out. */
-    if (!had_decoder && ps->stream) return 0;
-    plain = !ps->body && !p->side[to].body;
+    if (!had_decoder && ps->stream_in) return 0;
+    plain = !ps->body_in && !p->side[to].body_out;
   }
   FLUSH_RUN();
 #undef FLUSH_RUN
@@ -344,7 +360,7 @@ int gw_pipe_input(gw_pipe *p, gw_side from, uint8_t *data, uint32_t *start, uint
   for (;;) {
     if (ps->dec.len) { /* decoded (or carried over) bytes come first */
       if ((rc = frame_decoded(p, from))) return rc;
-      if (ps->dec.len && !ps->stream) {
+      if (ps->dec.len && !ps->stream_in) {
         /* A decoder removed mid-frame: the frame goes on in plain bytes. */
         if (gw_bytes_append(&ps->dec, data + *start, end - *start)) return -ENOMEM;
         *start = end;
@@ -352,17 +368,17 @@ int gw_pipe_input(gw_pipe *p, gw_side from, uint8_t *data, uint32_t *start, uint
       }
     }
     if (*start == end) return 0;
-    if (!ps->stream) {
+    if (!ps->stream_in) {
       uint32_t before = *start;
       rc = frame_loop(p, from, data, start, end, true);
-      if (rc || !ps->stream || *start == before) return rc;
+      if (rc || !ps->stream_in || *start == before) return rc;
       continue; /* a decoder was installed: the rest is decoded */
     }
     char err[160];
     size_t used = 0;
-    rc = ps->stream->type->decode(ps->stream, data + *start, end - *start, &used, &ps->dec,
-                                  DECODE_STEP, err, sizeof err);
-    if (rc) return fail(p, from, GW_FRAME_OK, "stream codec %s: %s", ps->stream->type->name, err);
+    rc = ps->stream_in->type->decode(ps->stream_in, data + *start, end - *start, &used, &ps->dec,
+                                     DECODE_STEP, err, sizeof err);
+    if (rc) return fail(p, from, GW_FRAME_OK, "stream codec %s: %s", ps->stream_in->type->name, err);
     *start += (uint32_t)used;
     if (!used && !ps->dec.len) return 0; /* the codec wants more input */
     if (!ps->dec.len) continue;

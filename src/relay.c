@@ -704,7 +704,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   gw_pool *pool = &s->relay->pool;
   uint32_t tail = d->end - d->start;
   size_t want = GW_MIN_READ;
-  uint32_t need = s->pipe.side[side].stream ? 0 : s->pipe.side[side].need;
+  uint32_t need = s->pipe.side[side].stream_in ? 0 : s->pipe.side[side].need;
   if (need > tail && need - tail > want) want = need - tail;
 
   if (!d->rbuf) {

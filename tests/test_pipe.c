@@ -207,8 +207,8 @@ static void test_zlib_both_ways(void **state) {
   (void)state;
   fixture f;
   setup_framing(&f, "u16be");
-  gw_pipe_set_stream_codec(&f.p, GW_CLIENT, gw_codec_zlib_new());
-  gw_pipe_set_stream_codec(&f.p, GW_SERVER, gw_codec_zlib_new());
+  gw_pipe_set_stream_codec(&f.p, GW_CLIENT, gw_codec_zlib_new(), GW_CODEC_BOTH);
+  gw_pipe_set_stream_codec(&f.p, GW_SERVER, gw_codec_zlib_new(), GW_CODEC_BOTH);
   /* the client compresses 300 frames; they arrive cut at odd places */
   gw_bytes plain = {0};
   uint8_t fr[64];
@@ -252,7 +252,7 @@ static void test_zlib_garbage_is_a_protocol_error(void **state) {
   (void)state;
   fixture f;
   setup_framing(&f, "u16be");
-  gw_pipe_set_stream_codec(&f.p, GW_CLIENT, gw_codec_zlib_new());
+  gw_pipe_set_stream_codec(&f.p, GW_CLIENT, gw_codec_zlib_new(), GW_CODEC_BOTH);
   const uint8_t junk[] = "this is not zlib";
   assert_int_equal(feed(&f, GW_CLIENT, junk, sizeof junk, NULL), -EPROTO);
   assert_non_null(strstr(f.p.error_msg, "stream codec zlib: inflate"));
@@ -265,7 +265,7 @@ static void test_zlib_bomb_goes_in_steps(void **state) {
   (void)state;
   fixture f;
   setup_framing(&f, "u32be");
-  gw_pipe_set_stream_codec(&f.p, GW_CLIENT, gw_codec_zlib_new());
+  gw_pipe_set_stream_codec(&f.p, GW_CLIENT, gw_codec_zlib_new(), GW_CODEC_BOTH);
   size_t total = 8u << 20;
   uint8_t *zeros = calloc(1, total); /* frames of length 0: 4 bytes each */
   z_stream z = {0};
@@ -327,7 +327,7 @@ static void test_body_codec_decodes_and_encodes(void **state) {
   setup_framing(&f, "top");
   /* The client's bodies are encrypted with key 7 after the 6-byte header;
    * the server's wire is clear. */
-  gw_pipe_set_body_codec(&f.p, GW_CLIENT, xcodec_new(7, 6));
+  gw_pipe_set_body_codec(&f.p, GW_CLIENT, xcodec_new(7, 6), GW_CODEC_BOTH);
   uint8_t clear[] = {0x00, 0x0d, 0x80, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x03, 'h', 'i', 0x00};
   uint8_t wire[2][sizeof clear];
   uint8_t k = 7;
