@@ -299,6 +299,9 @@ system-inner)
   [ "$uid" -lt 1000 ] || fail "gangway is not a system user: $(cat "$dir/user")"
   dpkg-query -W -f='${Conffiles}' gangway | grep -q '/etc/gangway/config.lua' ||
     fail "dpkg registered no conffile"
+  # Installed again (as an upgrade would): the same user, no error.
+  dpkg -i "$dir/gangway.deb" >>"$dir/dpkg.out" 2>&1 || fail "dpkg -i again: $(cat "$dir/dpkg.out")"
+  [ "$(getent passwd gangway)" = "$(cat "$dir/user")" ] || fail "the second install changed the user"
 
   # The default config of an installed gangway, as shipped.
   gangway check >"$dir/check.out" 2>&1 || fail "gangway check: $(cat "$dir/check.out")"
