@@ -233,6 +233,70 @@ describe("string patterns in scripts", function()
     t:close()
   end)
 
+  it("make a repetition of nothing at once", function()
+    local t = testing.inline([[
+      gw.on("client", 1, function(pkt)
+        pkt:set_body(#string.rep("", 1e15) .. #(""):rep(1e15, "") .. ("ab"):rep(3, ","))
+      end)
+    ]])
+    local s = t:connect()
+    s:from_client(top.say("x"))
+    assert.same({ top.frame(1, "00ab,ab,ab") }, s:to_server())
+    assert.equal(0, t:stats().errors)
+    t:close()
+  end)
+
+  -- Each loop makes or takes 10,000 items a round and counts its rounds:
+  -- at one instruction an item, the limit allows about 100 (unmetered,
+  -- tens of thousands, each a few milliseconds).
+  local bulk = {
+    ["string.byte"] = "select('#', s:byte(1, -1))",
+    ["table.unpack"] = "select('#', table.unpack(big))",
+    ["utf8.codepoint"] = "select('#', utf8.codepoint(s, 1, -1))",
+    ["utf8.len"] = "utf8.len(s .. s)",
+    ["table.concat"] = "table.concat(empty)",
+    ["string.char"] = "string.char(table.unpack(big, 1, 5000))",
+    ["string.unpack"] = "string.unpack(fmt, s)",
+    ["select"] = "(function(...) for _ = 1, 3 do select(2, ...) end end)(table.unpack(big, 1, 2500))",
+  }
+  for name, expr in pairs(bulk) do
+    it("charge bulk work to the limit (" .. name .. ")", function()
+      local t = testing.inline([[
+        local s = ("x"):rep(10000)
+        local fmt = ("B"):rep(10000)
+        local big, empty = {}, {}
+        for i = 1, 10000 do big[i] = 65 empty[i] = "" end
+        local rounds = 0
+        gw.on("client", 1, function() rounds = 0 while true do local _ = ]] .. expr .. [[ rounds = rounds + 1 end end)
+        gw.on("client", 2, function(pkt) pkt:set_body(tostring(rounds)) end)
+      ]], { instructions = 1000000, on_error = "drop" })
+      local s = t:connect()
+      s:from_client(top.say("x"))
+      assert.equal(1, t:stats().timeouts)
+      s:from_client(top.frame(2, ""))
+      local rounds = tonumber(top.parse(s:to_server()[1]):body())
+      assert.is_true(rounds >= 30 and rounds <= 110, name .. " ran " .. rounds .. " rounds")
+      t:close()
+    end)
+  end
+
+  it("name the library function in its argument errors", function()
+    local t = testing.inline([[
+      gw.on("client", 1, function(pkt)
+        local _, a = pcall(string.rep)
+        local _, b = pcall(table.unpack, {}, 1, 1e8)
+        local _, c = pcall(table.insert, 1, 2)
+        pkt:set_body(table.concat({ a, b, c }, "|"))
+      end)
+    ]])
+    local s = t:connect()
+    s:from_client(top.say("x"))
+    assert.same({ top.frame(1, "bad argument #1 to 'string.rep' (string expected, got no value)"
+      .. "|too many results to unpack|bad argument #1 to 'table.insert' (table expected, got number)") },
+      s:to_server())
+    t:close()
+  end)
+
   it("charge table work to the limit", function()
     local t = testing.inline([[
       gw.on("client", 1, function()

@@ -10,6 +10,14 @@
  * the same results and error messages, and charge every matching step.
  * Tables: table.sort, move, insert and remove do O(n) or O(n log n) work
  * per call; they are charged for it up front.
+ * Bulk work: string.rep, byte, char, format, pack, unpack, table.unpack
+ * and concat, utf8.char, codepoint and len, select do work in proportion to
+ * the items they make or take (about one instruction's time each), out of
+ * the hook's sight: `string.rep("", 1e15)` never returned. They are charged
+ * one instruction per item (string.rep: per 64 copies, its bytes being
+ * charged by the allocator), after the call: what they did is bounded by
+ * the memory limit or Lua's stack size (1,000,000 values), and their own
+ * errors ("not enough memory", "too many results") keep coming first.
  * Coroutines: each new thread starts its own hook count, so the up to
  * GW_HOOK_INTERVAL - 1 instructions it runs after its last hook go
  * uncounted (a loop of short coroutines ran ~90 times its budget).
@@ -589,8 +597,8 @@ static uint64_t log2_ceil(uint64_t n) {
   return k;
 }
 
-/* Charges cost to the meter of the running function (upvalue 2). */
-static void tab_charge(lua_State *L, uint64_t cost) {
+/* Charges cost to the meter of the running wrapper (upvalue 2). */
+static void wrapped_charge(lua_State *L, uint64_t cost) {
   meter_of(L, 2)->charge(L, cost);
 }
 
@@ -612,14 +620,14 @@ static lua_Integer len_of(lua_State *L, int idx) {
 /* table.sort(t [, comp]): n log n comparisons. */
 static int tab_sort(lua_State *L) {
   uint64_t n = (uint64_t)len_of(L, 1);
-  tab_charge(L, n * log2_ceil(n));
+  wrapped_charge(L, n * log2_ceil(n));
   return call_original(L);
 }
 
 /* table.move(a1, f, e, t [, a2]): e - f + 1 elements. */
 static int tab_move(lua_State *L) {
   lua_Integer f = luaL_optinteger(L, 2, 1), e = luaL_optinteger(L, 3, 0);
-  if (e >= f && e - f < LUA_MAXINTEGER) tab_charge(L, (uint64_t)(e - f) + 1);
+  if (e >= f && e - f < LUA_MAXINTEGER) wrapped_charge(L, (uint64_t)(e - f) + 1);
   return call_original(L);
 }
 
@@ -628,7 +636,7 @@ static void charge_shift(lua_State *L, int posidx) {
   lua_Integer n = len_of(L, 1);
   if (!lua_isinteger(L, posidx)) return;
   lua_Integer pos = lua_tointeger(L, posidx);
-  if (pos >= 1 && pos <= n) tab_charge(L, (uint64_t)(n - pos) + 1);
+  if (pos >= 1 && pos <= n) wrapped_charge(L, (uint64_t)(n - pos) + 1);
 }
 
 /* table.insert(t, [pos,] v) */
@@ -647,8 +655,74 @@ static int tab_remove(lua_State *L) {
  * may end before it reaches the hook. States metered use a hook interval
  * of at most GW_HOOK_INTERVAL, so this is an upper bound. */
 static int co_new(lua_State *L) {
-  tab_charge(L, GW_HOOK_INTERVAL);
+  wrapped_charge(L, GW_HOOK_INTERVAL);
   return call_original(L);
+}
+
+/* ---- bulk work ---- */
+
+/* Calls the original with the same arguments, then charges one instruction
+ * per result and extra: what it did, once it did it. */
+static int charge_after(lua_State *L, uint64_t extra) {
+  int n = call_original(L);
+  wrapped_charge(L, (uint64_t)n + extra);
+  return n;
+}
+
+static lua_Integer opt_int(lua_State *L, int idx, lua_Integer def) {
+  int ok;
+  lua_Integer v = lua_tointegerx(L, idx, &ok);
+  return ok ? v : def;
+}
+
+/* Bytes of the string argument at idx (0 if it is none). */
+static uint64_t str_len(lua_State *L, int idx) {
+  size_t len = 0;
+  if (lua_type(L, idx) == LUA_TSTRING) lua_tolstring(L, idx, &len);
+  return len;
+}
+
+/* string.byte, table.unpack, utf8.codepoint, string.unpack: their results;
+ * string.unpack scans its format too. */
+static int results_cost(lua_State *L) {
+  return charge_after(L, 0);
+}
+
+static int fmt_cost(lua_State *L) {
+  uint64_t fmt = str_len(L, 1);
+  return charge_after(L, fmt + (uint64_t)lua_gettop(L));
+}
+
+/* string.char, utf8.char, select: their arguments. */
+static int args_cost(lua_State *L) {
+  return charge_after(L, (uint64_t)lua_gettop(L));
+}
+
+/* utf8.len(s [, i [, j]]): the bytes it decodes (at most #s). */
+static int bytes_cost(lua_State *L) {
+  return charge_after(L, str_len(L, 1) / 2);
+}
+
+/* string.rep(s, n [, sep]): n copies, charged one instruction per 64 (the
+ * bytes are charged by the allocator; a copy of a few bytes costs less
+ * than an instruction). An empty result takes no memory, so no limit would
+ * stop it: it is made here. */
+static int str_rep(lua_State *L) {
+  lua_Integer n = opt_int(L, 2, 0);
+  bool sep_empty = lua_isnoneornil(L, 3) ||
+                   (lua_type(L, 3) == LUA_TSTRING && str_len(L, 3) == 0);
+  if (n > 0 && lua_type(L, 1) == LUA_TSTRING && str_len(L, 1) == 0 &&
+      sep_empty) {
+    lua_pushliteral(L, "");
+    return 1;
+  }
+  return charge_after(L, n > 0 ? (uint64_t)n / 64 : 0);
+}
+
+/* table.concat(t [, sep [, i [, j]]]): one step per element. */
+static int tab_concat(lua_State *L) {
+  lua_Integer i = opt_int(L, 3, 1), j = opt_int(L, 4, len_of(L, 1));
+  return charge_after(L, j >= i ? (lua_Unsigned)j - (lua_Unsigned)i : 0);
 }
 
 typedef struct wrapped {
@@ -657,18 +731,26 @@ typedef struct wrapped {
 } wrapped;
 
 /* Replaces each function of library lib, if the state has it, with a
- * closure of the original and the meter. */
+ * closure of the original and the meter. The original stays in the loaded
+ * table (at the top of the stack) as "lib.name": Lua names a C function
+ * called from C by where it finds it there, so its argument errors read
+ * "bad argument #1 to 'string.rep'" rather than "to '?'". A sandboxed
+ * require never looks there. */
 static void wrap_lib(lua_State *L, const char *lib, const wrapped *w,
                      const gw_meter *meter) {
-  if (lua_getfield(L, -1, lib) == LUA_TTABLE) {
+  int loaded = lua_gettop(L);
+  if (lua_getfield(L, loaded, lib) == LUA_TTABLE) {
     for (; w->name; w++) {
       lua_getfield(L, -1, w->name); /* the original, as upvalue 1 */
+      lua_pushfstring(L, "%s.%s", lib, w->name);
+      lua_pushvalue(L, -2);
+      lua_rawset(L, loaded);
       lua_pushlightuserdata(L, (void *)meter);
       lua_pushcclosure(L, w->func, 2);
       lua_setfield(L, -2, w->name);
     }
   }
-  lua_pop(L, 1);
+  lua_settop(L, loaded);
 }
 
 void gw_meter_open(lua_State *L, const gw_meter *meter) {
@@ -676,20 +758,34 @@ void gw_meter_open(lua_State *L, const gw_meter *meter) {
     {"find", str_find}, {"match", str_match}, {"gmatch", str_gmatch},
     {"gsub", str_gsub}, {NULL, NULL},
   };
+  static const wrapped str_bulk[] = {
+    {"rep", str_rep}, {"byte", results_cost}, {"char", args_cost},
+    {"format", fmt_cost}, {"pack", fmt_cost}, {"unpack", fmt_cost},
+    {NULL, NULL},
+  };
   static const wrapped tab_funcs[] = {
     {"sort", tab_sort}, {"move", tab_move}, {"insert", tab_insert},
-    {"remove", tab_remove}, {NULL, NULL},
+    {"remove", tab_remove}, {"unpack", results_cost}, {"concat", tab_concat},
+    {NULL, NULL},
+  };
+  static const wrapped utf8_funcs[] = {
+    {"char", args_cost}, {"codepoint", results_cost}, {"len", bytes_cost},
+    {NULL, NULL},
   };
   static const wrapped co_funcs[] = {
     {"create", co_new}, {"wrap", co_new}, {NULL, NULL},
   };
+  static const wrapped base_funcs[] = {{"select", args_cost}, {NULL, NULL}};
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   if (lua_getfield(L, -1, LUA_STRLIBNAME) == LUA_TTABLE) {
     lua_pushlightuserdata(L, (void *)meter);
     luaL_setfuncs(L, str_funcs, 1);
   }
   lua_pop(L, 1);
+  wrap_lib(L, LUA_STRLIBNAME, str_bulk, meter);
   wrap_lib(L, LUA_TABLIBNAME, tab_funcs, meter);
+  wrap_lib(L, LUA_UTF8LIBNAME, utf8_funcs, meter);
   wrap_lib(L, LUA_COLIBNAME, co_funcs, meter);
+  wrap_lib(L, LUA_GNAME, base_funcs, meter);
   lua_pop(L, 1);
 }

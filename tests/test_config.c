@@ -444,6 +444,12 @@ static const bad_case bad_cases[] = {
    "local t = {}\nfor i = 1, 1000 do t[i] = (\"x\"):rep(1000) end\n"
    "while true do local s = table.concat(t) end\n",
    "config.lua: config took too long to run"},
+  {"repetition of nothing",
+   "return { listeners = { { " LISTENER1 " } }, log = { format = string.rep(\"\", 1e15) } }\n",
+   "config.lua: log.format: expected \"text\" or \"json\", got \"\""},
+  {"bulk results loop",
+   "local s = (\"x\"):rep(100000)\nwhile true do local n = select(\"#\", s:byte(1, -1)) end\n",
+   "config.lua: config took too long to run"},
   {"memory bomb",
    "local t = {}\nfor i = 1, 1e9 do t[i] = (\"x\"):rep(100) .. i end\n",
    "config.lua: config used more than 64 MiB of memory"},
