@@ -77,6 +77,10 @@ typedef struct gw_pipe_driver {
   /* After a frame that went to the handlers: should the pipeline stop
    * here and keep the rest for later (backpressure)? NULL: never. */
   bool (*hold)(void *ud, gw_side from);
+  /* Around each frame handed to the handlers, for a host that watches
+   * them (the busted harness keeps dropped frames); NULL: none. */
+  void (*before_handlers)(void *ud, gw_side from, const uint8_t *frame, size_t len);
+  void (*after_handlers)(void *ud, gw_side from, int rc);
 } gw_pipe_driver;
 
 /* One side's protocol state: how frames from it are cut, and its codecs. */

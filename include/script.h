@@ -22,6 +22,26 @@
 #include "frame.h"
 
 typedef struct gw_script gw_script;
+struct gw_codec;
+
+/* What a script asks of a session's pipeline (session:set_framing,
+ * expect_raw, set_codec). Handed to the host in order with what the script
+ * sends, after the frame being handled has gone on: a switch applies from
+ * the next frame. */
+typedef enum {
+  GW_PIPE_OP_FRAMING,           /* frames from `side` are cut with framing */
+  GW_PIPE_OP_RAW,               /* the next n bytes from `side` pass as they are */
+  GW_PIPE_OP_STREAM_CODEC,      /* codec (or NULL) on side's wire, `ways` */
+  GW_PIPE_OP_BODY_CODEC,
+} gw_pipe_op_kind;
+typedef struct gw_pipe_op {
+  gw_pipe_op_kind kind;
+  gw_side side;
+  const gw_framing *framing;    /* valid during the call only */
+  uint64_t n;
+  struct gw_codec *codec;       /* the host takes its own references */
+  int ways;                     /* GW_CODEC_IN, _OUT or _BOTH (pipe.h) */
+} gw_pipe_op;
 
 /* Per session, embedded in the host's session struct (get back to it with
  * container_of). The host fills the first block before
@@ -30,6 +50,9 @@ typedef struct gw_script_session {
   uint64_t id;
   char client[64];                  /* "ip:port" */
   char upstream[64];
+  /* The framing the session's frames from each side are cut with now (the
+   * host's pipeline's; NULL: the listener's as at open). */
+  const gw_framing *framing[GW_SIDES];
   /* script layer only */
   struct gw_script_session *prev, *next; /* live sessions, for gw.sessions() */
   struct gw_handlers *handlers;     /* the listener's, fixed at open */
@@ -52,6 +75,9 @@ typedef struct gw_host_ops {
    * gw_script_run_timers() called at (or after) when_ms. */
   uint64_t (*now_ms)(void *host);
   void (*wake_at)(void *host, uint64_t when_ms);
+  /* Applies a pipeline request; NULL: the host has no pipeline (requests
+   * are then refused to the script). */
+  void (*pipe)(gw_script_session *ss, const gw_pipe_op *op);
 } gw_host_ops;
 
 typedef struct gw_script_limits {

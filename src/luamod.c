@@ -20,6 +20,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "pipe.h"
 #include "script.h"
 #include "script_int.h"
 
@@ -50,6 +51,12 @@ typedef struct hsession {
   host *h;                /* NULL once the host is gone */
   gw_handlers *hd;        /* the listener's, as at connect */
   gw_framing framing;     /* the listener's at connect: the relay's copy */
+  gw_pipe pipe;           /* the relay's own session pipeline */
+  bool piped;             /* pipe set up and not yet freed */
+  uint8_t *orig;          /* the frame in the handlers, as it came */
+  size_t orig_len;
+  uint64_t dropped_before;
+  int err;                /* out of memory while recording */
   struct hsession *prev, *next;
   hbuf in[GW_SIDES];      /* bytes from each side not yet framed */
   fqueue out[GW_SIDES];   /* frames sent toward each side */
@@ -131,7 +138,77 @@ static int queue_out(hsession *hs, gw_side to, const uint8_t *data,
 
 static int h_emit(gw_script_session *ss, gw_side to, const uint8_t *data,
                   size_t len) {
-  return queue_out(gw_container_of(ss, hsession, ss), to, data, len);
+  hsession *hs = gw_container_of(ss, hsession, ss);
+  return hs->piped ? gw_pipe_output(&hs->pipe, to, data, len) : queue_out(hs, to, data, len);
+}
+
+/* ---- the pipeline's driver: what comes out is recorded ---- */
+
+/* Bytes toward `to`: recorded frame by frame when they are whole frames
+ * of the framing they travel in, as the specs take them; else (raw bytes,
+ * a stream codec's output) as they come. */
+static int d_out(void *ud, gw_side to, const uint8_t *p, size_t len) {
+  hsession *hs = ud;
+  gw_side from = to == GW_CLIENT ? GW_SERVER : GW_CLIENT;
+  const gw_framing *f = &hs->pipe.side[from].framing;
+  size_t pos = 0, nframes = 0;
+  while (!f->raw && !hs->pipe.side[to].stream_out && pos < len) {
+    gw_frame_info fi;
+    if (gw_frame_next(f, from, p + pos, len - pos, &fi) != 1) break;
+    pos += fi.len;
+    nframes++;
+  }
+  if (pos != len || nframes < 2) return queue_out(hs, to, p, len);
+  /* Only whole frames: check the bound for all, then record each. */
+  if (hs->h && hs->h->write_max && hs->out[to].bytes + len > hs->h->write_max) return -ENOBUFS;
+  for (pos = 0; pos < len;) {
+    gw_frame_info fi;
+    gw_frame_next(f, from, p + pos, len - pos, &fi);
+    int rc = fq_push(&hs->out[to], p + pos, fi.len);
+    if (rc) return rc;
+    pos += fi.len;
+  }
+  return 0;
+}
+
+/* The frame as it came, in case its handlers drop it (they may edit it in
+ * place first). */
+static void d_before(void *ud, gw_side from, const uint8_t *frame, size_t len) {
+  (void)from;
+  hsession *hs = ud;
+  gw_script_stats st;
+  gw_script_get_stats(hs->h->s, &st);
+  hs->dropped_before = st.dropped;
+  free(hs->orig);
+  hs->orig = malloc(len ? len : 1);
+  hs->orig_len = len;
+  if (hs->orig) memcpy(hs->orig, frame, len);
+  else hs->err = -ENOMEM;
+}
+
+static void d_after(void *ud, gw_side from, int rc) {
+  (void)from, (void)rc;
+  hsession *hs = ud;
+  gw_script_stats st;
+  gw_script_get_stats(hs->h->s, &st);
+  if (st.dropped > hs->dropped_before && hs->orig &&
+      fq_push(&hs->dropped, hs->orig, hs->orig_len))
+    hs->err = -ENOMEM;
+  free(hs->orig);
+  hs->orig = NULL;
+}
+
+static const gw_pipe_driver pipe_driver = {d_out, d_out, NULL, d_before, d_after};
+
+static void h_pipe(gw_script_session *ss, const gw_pipe_op *op) {
+  hsession *hs = gw_container_of(ss, hsession, ss);
+  if (!hs->piped) return;
+  switch (op->kind) {
+  case GW_PIPE_OP_FRAMING: gw_pipe_set_framing(&hs->pipe, op->side, op->framing); break;
+  case GW_PIPE_OP_RAW: gw_pipe_expect_raw(&hs->pipe, op->side, op->n); break;
+  case GW_PIPE_OP_STREAM_CODEC: gw_pipe_set_stream_codec(&hs->pipe, op->side, op->codec, op->ways); break;
+  case GW_PIPE_OP_BODY_CODEC: gw_pipe_set_body_codec(&hs->pipe, op->side, op->codec, op->ways); break;
+  }
 }
 
 static void h_close(gw_script_session *ss, const char *reason) {
@@ -148,7 +225,7 @@ static void h_wake_at(void *ud, uint64_t when) {
   if (when < h->wake) h->wake = when;
 }
 
-static const gw_host_ops host_ops = {h_emit, h_close, h_now, h_wake_at};
+static const gw_host_ops host_ops = {h_emit, h_close, h_now, h_wake_at, h_pipe};
 
 static void log_sink(gw_log_level level, const char *line, void *ud) {
   host *h = ud;
@@ -189,6 +266,15 @@ static void settle(host *h) {
   }
 }
 
+/* Its codecs may hold the script state's values: freed before the state. */
+static void unpipe(hsession *hs) {
+  if (!hs->piped) return;
+  hs->piped = false;
+  gw_pipe_free(&hs->pipe);
+  free(hs->orig);
+  hs->orig = NULL;
+}
+
 static void session_end(host *h, hsession *hs, const char *reason) {
   if (hs->ended) return;
   hs->ended = true;
@@ -197,6 +283,7 @@ static void session_end(host *h, hsession *hs, const char *reason) {
     snprintf(hs->reason, sizeof hs->reason, "%s", reason);
   }
   gw_script_session_close(h->s, &hs->ss, reason);
+  unpipe(hs);
 }
 
 static void host_free(host *h) {
@@ -340,6 +427,9 @@ static int host_connect(lua_State *L) {
   hs->h = h;
   hs->hd = hd;
   hs->framing = hd->framing;
+  gw_pipe_init(&hs->pipe, &hs->framing, h->s, &hs->ss, &pipe_driver, hs);
+  hs->piped = true;
+  for (int i = 0; i < GW_SIDES; i++) hs->ss.framing[i] = &hs->pipe.side[i].framing;
   hs->ss.id = ++h->next_id;
   snprintf(hs->ss.client, sizeof hs->ss.client, "%s", client);
   const gw_listener_config *lc = host_listener(h);
@@ -506,47 +596,23 @@ static int hs_from(lua_State *L) {
   if (hbuf_append(b, bytes, n)) return luaL_error(L, "out of memory");
   enter(h);
   gw_side to = side == GW_CLIENT ? GW_SERVER : GW_CLIENT;
-  size_t pos = 0;
-  int err = 0;
-  while (!hs->close_requested && !hs->ended && pos < b->len) {
-    gw_frame_info fi;
-    int rc = gw_frame_next(&hs->framing, side, b->p + pos, b->len - pos, &fi);
-    if (rc == -EAGAIN) break;
-    if (rc < 0) {
-      char why[160];
-      snprintf(why, sizeof why, "protocol error from the %s: %s",
-               gw_side_name(side), gw_frame_strerror(fi.error));
-      session_end(h, hs, why);
-      break;
-    }
-    uint8_t *frame = b->p + pos;
-    if (gw_handlers_want(hs->hd, side, &fi)) {
-      gw_script_stats before, after;
-      gw_script_get_stats(h->s, &before);
-      uint8_t *orig = malloc(fi.len ? fi.len : 1);
-      if (!orig) {
-        err = -ENOMEM;
-        break;
-      }
-      memcpy(orig, frame, fi.len);
-      rc = gw_script_frame(h->s, &hs->ss, side, frame, &fi);
-      gw_script_get_stats(h->s, &after);
-      if (after.dropped > before.dropped) err = fq_push(&hs->dropped, orig, fi.len);
-      free(orig);
-      if (rc == -ECONNRESET) break;
-    } else { /* the zero-copy path */
-      size_t queued = hs->out[to].bytes;
-      if ((err = queue_out(hs, to, frame, fi.len)) == -ENOBUFS) {
-        char why[160];
-        snprintf(why, sizeof why, "output limit exceeded toward the %s side "
-                 "(%zu bytes queued)", gw_side_name(to), queued);
-        session_end(h, hs, why);
-        err = 0;
-        break;
-      }
-    }
-    if (err) break;
-    pos += fi.len;
+  /* The relay's own pipeline: framing, dispatch, codecs. */
+  uint32_t pos = 0;
+  size_t queued = hs->out[to].bytes;
+  hs->err = 0;
+  int rc = gw_pipe_input(&hs->pipe, side, b->p, &pos, (uint32_t)b->len);
+  int err = hs->err;
+  char why[200];
+  if (rc == -EPROTO) {
+    snprintf(why, sizeof why, "protocol error from the %s: %s", gw_side_name(side),
+             hs->pipe.error_msg);
+    session_end(h, hs, why);
+  } else if (rc == -ENOBUFS) {
+    snprintf(why, sizeof why, "output limit exceeded toward the %s side (%zu bytes queued)",
+             gw_side_name(to), queued);
+    session_end(h, hs, why);
+  } else if (rc == -ENOMEM) {
+    err = rc;
   }
   memmove(b->p, b->p + pos, b->len - pos);
   b->len -= pos;

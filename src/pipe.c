@@ -279,9 +279,9 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
   bool plain = !ps->body_in && !p->side[to].body_out;
   while (*start < end) {
     uint32_t avail = end - *start;
-    if (ps->raw_left || ps->framing.raw) {
-      uint32_t n = ps->framing.raw || ps->raw_left >= avail ? avail : (uint32_t)ps->raw_left;
-      if (!ps->framing.raw) ps->raw_left -= n;
+    if (ps->raw_left) { /* expect_raw: bytes no framing applies to */
+      uint32_t n = ps->raw_left >= avail ? avail : (uint32_t)ps->raw_left;
+      ps->raw_left -= n;
       *start += n;
       ps->offset += n;
       if (!plain) FLUSH_RUN(); /* raw bytes skip body codecs, not the run */
@@ -302,7 +302,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
       return fail(p, from, fi.error, "%s", gw_frame_strerror(fi.error));
     }
     ps->need = 0;
-    ps->frames++;
+    if (!ps->framing.raw) ps->frames++; /* a raw chunk is no frame */
     if (plain && !gw_handlers_want(h, from, &fi)) { /* the fast path: it stays in the run */
       *start += (uint32_t)fi.len;
       ps->offset += fi.len;
@@ -332,7 +332,9 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     }
     p->cur_frame = frame;
     p->cur_in_input = frame_in_input;
+    if (p->drv->before_handlers) p->drv->before_handlers(p->ud, from, frame, len);
     rc = gw_script_frame(p->script, p->ss, from, frame, &fi);
+    if (p->drv->after_handlers) p->drv->after_handlers(p->ud, from, rc);
     p->cur_frame = NULL;
     if (rc < 0) return rc;
     if (p->drv->hold && p->drv->hold(p->ud, from)) return GW_PIPE_HELD;

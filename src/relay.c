@@ -840,7 +840,7 @@ static int drv_copy(void *ud, gw_side to, const uint8_t *p, size_t len) {
 
 static bool drv_hold(void *ud, gw_side from) { return over_high_water(ud, from); }
 
-static const gw_pipe_driver pipe_driver = {drv_pass, drv_copy, drv_hold};
+static const gw_pipe_driver pipe_driver = {drv_pass, drv_copy, drv_hold, NULL, NULL};
 
 /* ---- connecting -------------------------------------------------------- */
 
@@ -919,6 +919,7 @@ static void accept_cb(uv_stream_t *server, int status) {
   s->listener = l;
   s->unfinished_pass = l->unfinished_pass;
   gw_pipe_init(&s->pipe, &l->framing, r->script, &s->ss, &pipe_driver, s);
+  for (int i = 0; i < GW_SIDES; i++) s->ss.framing[i] = &s->pipe.side[i].framing;
   uv_tcp_init(r->loop, &s->tcp[GW_CLIENT]);
   s->tcp[GW_CLIENT].data = s;
   s->handles = 1;
@@ -1089,12 +1090,9 @@ static int host_emit(gw_script_session *ss, gw_side to, const uint8_t *data, siz
   /* Whatever produced them (relayed frames, replacements, sends, timers),
    * bytes queued toward a side are bounded: past write_max the session
    * goes, rather than gangway's memory. */
-  size_t q = queued(s, to);
-  if (q + len > s->relay->cfg->write_max) {
-    session_close(s, "output limit exceeded toward the %s side (%zu bytes queued, "
-                  "limits.write_max = %u)", gw_side_name(to), q, s->relay->cfg->write_max);
-    return -ECONNRESET;
-  }
+  /* The script layer drops a sent frame refused so and closes the session
+   * if it was the frame being handled, which must pass. */
+  if (queued(s, to) + len > s->relay->cfg->write_max) return -ENOBUFS;
   if (s->in_frame && s->cur_side == to) s->echo[to] = true;
   int rc = gw_pipe_output(&s->pipe, to, data, len);
   if (rc < 0 && rc != -ECONNRESET) session_close(s, "cannot queue frame: %s", strerror(-rc));
@@ -1121,8 +1119,21 @@ static void host_wake_at(void *host, uint64_t when_ms) {
   uv_timer_start(&r->script_timer, script_timer_cb, when_ms > now ? when_ms - now : 0, 0);
 }
 
-static const gw_host_ops host_ops = {
-    .emit = host_emit, .close = host_close, .now_ms = host_now, .wake_at = host_wake_at};
+/* A script's request to the session's pipeline. */
+static void host_pipe(gw_script_session *ss, const gw_pipe_op *op) {
+  gw_session *s = container_of(ss, gw_session, ss);
+  if (s->state == S_CLOSING) return;
+  gw_pipe *p = &s->pipe;
+  switch (op->kind) {
+  case GW_PIPE_OP_FRAMING: gw_pipe_set_framing(p, op->side, op->framing); break;
+  case GW_PIPE_OP_RAW: gw_pipe_expect_raw(p, op->side, op->n); break;
+  case GW_PIPE_OP_STREAM_CODEC: gw_pipe_set_stream_codec(p, op->side, op->codec, op->ways); break;
+  case GW_PIPE_OP_BODY_CODEC: gw_pipe_set_body_codec(p, op->side, op->codec, op->ways); break;
+  }
+}
+
+static const gw_host_ops host_ops = {.emit = host_emit, .close = host_close, .now_ms = host_now,
+                                     .wake_at = host_wake_at, .pipe = host_pipe};
 
 /* ---- listeners --------------------------------------------------------- */
 

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "pipe.h"
 #include "script_int.h"
 
 static void count_hook(lua_State *L, lua_Debug *ar);
@@ -214,7 +215,10 @@ int gw__pcall(gw_script *s, int nargs, int nresults) {
   if (st != LUA_OK) {
     /* A call that fails sends nothing and closes nothing: no half-done
      * sequences (on_error decides what happens next). */
-    s->stats.injected -= s->nout - nout;
+    for (size_t i = nout; i < s->nout; i++) {
+      if (s->out[i].op) gw_codec_unref(s->out[i].codec);
+      else s->stats.injected--;
+    }
     s->nout = nout;
     s->arena_len = arena_len;
     for (size_t i = ncloses; i < s->ncloses; i++)
@@ -292,8 +296,9 @@ void gw__report_error(gw_script *s, int status, const char *listener,
 
 /* ---- the outbox ---- */
 
-void gw__send(lua_State *L, gw_script_session *ss, gw_side to,
-              const uint8_t *data, size_t len) {
+/* A new outbox entry with len bytes of data copied into the arena. */
+static gw_outmsg *outbox_push(lua_State *L, gw_script_session *ss, gw_side to,
+                              const void *data, size_t len) {
   gw_script *s = gw_script_of(L);
   void *out = grow(s, s->out, &s->capout, s->nout + 1, sizeof *s->out);
   if (!out) luaL_error(L, "not enough memory");
@@ -302,10 +307,38 @@ void gw__send(lua_State *L, gw_script_session *ss, gw_side to,
   void *arena = grow(s, s->arena, &s->arena_cap, s->arena_len + len, 1);
   if (!arena) luaL_error(L, "not enough memory");
   s->arena = arena;
-  memcpy(s->arena + s->arena_len, data, len);
-  s->out[s->nout++] = (gw_outmsg){ss, to, s->arena_len, len};
+  if (len) memcpy(s->arena + s->arena_len, data, len);
+  gw_outmsg *m = &s->out[s->nout++];
+  *m = (gw_outmsg){.ss = ss, .to = to, .off = s->arena_len, .len = len};
   s->arena_len += len;
-  s->stats.injected++;
+  return m;
+}
+
+void gw__send(lua_State *L, gw_script_session *ss, gw_side to,
+              const uint8_t *data, size_t len) {
+  outbox_push(L, ss, to, data, len);
+  gw_script_of(L)->stats.injected++;
+}
+
+void gw__pipe_request(lua_State *L, gw_script_session *ss, const gw_pipe_op *op) {
+  gw_outmsg *m = outbox_push(L, ss, op->side, op->framing,
+                             op->framing ? sizeof *op->framing : 0);
+  m->op = (int)op->kind + 1;
+  m->ways = op->ways;
+  m->n = op->n;
+  m->codec = gw_codec_ref(op->codec);
+}
+
+/* Hands one queued pipeline request to the host. */
+static void pipe_request(gw_script *s, const gw_outmsg *m) {
+  gw_framing f;
+  gw_pipe_op op = {.kind = (gw_pipe_op_kind)(m->op - 1), .side = m->to, .n = m->n,
+                   .codec = m->codec, .ways = m->ways};
+  if (m->len == sizeof f) { /* the arena is bytes: copy it out aligned */
+    memcpy(&f, s->arena + m->off, sizeof f);
+    op.framing = &f;
+  }
+  if (m->ss && s->ops.pipe) s->ops.pipe(m->ss, &op);
 }
 
 void gw__request_close(gw_script *s, gw_script_session *ss, const char *reason) {
@@ -331,6 +364,11 @@ void gw__flush(gw_script *s) {
   while (s->nout || s->ncloses) {
     for (size_t i = 0; i < s->nout; i++) {
       gw_outmsg m = s->out[i];
+      if (m.op) {
+        pipe_request(s, &m);
+        gw_codec_unref(m.codec);
+        continue;
+      }
       if (!m.ss) continue;
       int rc = s->ops.emit(m.ss, m.to, s->arena + m.off, m.len);
       if (rc == -ENOBUFS) { /* past write_max: not sent, the session goes on */
@@ -567,7 +605,8 @@ int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
     p->len = fi->len;
     p->buf = NULL;
     p->cap = 0;
-    p->f = &u->framing; /* the session's, which a reload does not change */
+    p->f = gw__session_framing(u, from); /* the session's now: a reload does
+                                             not change it, its phases may */
     p->side = from;
     p->valid = true;
     p->dirty = p->replaced = false;

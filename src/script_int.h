@@ -146,8 +146,12 @@ typedef struct gw_listener_rt {
 
 typedef struct gw_outmsg {
   gw_script_session *ss; /* NULL once the session was released */
-  gw_side to;
-  size_t off, len;       /* in the outbox arena */
+  gw_side to;            /* a send: toward; a pipeline request: its side */
+  size_t off, len;       /* in the outbox arena: the frame, or the framing */
+  int op;                /* 0: a send; else gw_pipe_op_kind + 1 */
+  int ways;
+  uint64_t n;
+  struct gw_codec *codec; /* one reference, held until done or dropped */
 } gw_outmsg;
 
 typedef struct gw_closereq {
@@ -256,6 +260,16 @@ void gw_meter_open(lua_State *L, const gw_meter *meter);
 void gw__report_error(gw_script *s, int status, const char *listener,
                       const char *what);
 /* Queues a frame toward `to` of ss, sent after the call under way. */
+/* script_codec.c: gw.codec, session:set_codec / set_framing / expect_raw. */
+int gw__lua_codec(lua_State *L);
+int gw__session_set_codec(lua_State *L);
+int gw__session_set_framing(lua_State *L);
+int gw__session_expect_raw(lua_State *L);
+void gw__codec_open_lib(lua_State *L);
+
+/* Queues a pipeline request behind what ss was sent so far. framing (may
+ * be NULL) is copied; codec gets a reference of the outbox's. */
+void gw__pipe_request(lua_State *L, gw_script_session *ss, const gw_pipe_op *op);
 void gw__send(lua_State *L, gw_script_session *ss, gw_side to,
               const uint8_t *data, size_t len);
 /* Asks for ss to be closed after the call under way. */
@@ -295,6 +309,12 @@ typedef struct gw_session_ud {
    * a reload changes it, for every live session of the listener. */
   gw_framing framing;
 } gw_session_ud;
+
+/* The framing frames from `from` are cut with now: the host pipeline's,
+ * or the listener's as at open. */
+static inline const gw_framing *gw__session_framing(const gw_session_ud *u, gw_side from) {
+  return u->ss && u->ss->framing[from] ? u->ss->framing[from] : &u->framing;
+}
 
 /* Pushes ss's userdata, creating it on first use. Raises memory errors. */
 gw_session_ud *gw__push_session(lua_State *L, gw_script_session *ss);

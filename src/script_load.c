@@ -326,7 +326,8 @@ static const luaL_Reg gw_funcs[] = {
   {"packet", gw_build},   {"writer", gw_writer},
   {"after", gw_after},     {"every", gw_every},
   {"now", gw_now},         {"sessions", gw_sessions},
-  {"stats", gw_stats},     {NULL, NULL},
+  {"stats", gw_stats},     {"codec", gw__lua_codec},
+  {NULL, NULL},
 };
 
 static const luaL_Reg log_funcs[] = {

@@ -81,7 +81,7 @@ static int send_to(lua_State *L, gw_side to, const char *method) {
    * way round: check it against that side's limits. */
   gw_side from = to == GW_CLIENT ? GW_SERVER : GW_CLIENT;
   char why[160];
-  if (gw_frame_check(&u->framing, from, data, len, why, sizeof why))
+  if (gw_frame_check(gw__session_framing(u, from), from, data, len, why, sizeof why))
     return luaL_error(L, "session:%s: %s", method, why);
   gw__send(L, ss, to, data, len);
   lua_pushboolean(L, 1);
@@ -166,6 +166,8 @@ static int s_tostring(lua_State *L) {
 static const luaL_Reg s_methods[] = {
   {"send_to_client", s_send_to_client}, {"send_to_server", s_send_to_server},
   {"close", s_close}, {"after", s_after}, {"every", s_every},
+  {"set_framing", gw__session_set_framing}, {"expect_raw", gw__session_expect_raw},
+  {"set_codec", gw__session_set_codec},
   {NULL, NULL},
 };
 
@@ -182,6 +184,7 @@ void gw__session_open_lib(lua_State *L) {
   lua_pushboolean(L, 0); /* out of scripts' reach, as the packet's */
   lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
+  gw__codec_open_lib(L);
 }
 
 /* ---- open and close ---- */

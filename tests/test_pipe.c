@@ -38,7 +38,7 @@ static int d_copy(void *ud, gw_side to, const uint8_t *p, size_t len) {
   return gw_bytes_append(&r->out[to], p, len);
 }
 
-static const gw_pipe_driver drv = {d_pass, d_copy, NULL};
+static const gw_pipe_driver drv = {d_pass, d_copy, NULL, NULL, NULL};
 
 typedef struct fixture {
   gw_pipe p;
