@@ -88,6 +88,8 @@ int gw_admin_reply_json(gw_admin_response *res, int status, json_t *j);
 /* {"error": "<message>"} with the given status. */
 int gw_admin_reply_error(gw_admin_response *res, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* 200 with the registry in Prometheus text format (GET /metrics). */
+int gw_admin_reply_metrics(gw_admin_response *res, gw_metrics *m);
 /* An extra response header (Location, Retry-After...). 0 or -ENOMEM. */
 int gw_admin_reply_header(gw_admin_response *res, const char *name, const char *value);
 

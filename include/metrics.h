@@ -162,4 +162,75 @@ json_t *gw_metrics_json(gw_metrics *m);
  * -ENOMEM (dst then holds part of src). */
 int gw_metrics_merge(gw_metrics *dst, gw_metrics *src);
 
+/* ---- gangway's own families ----
+ *
+ * Registered once by the app (gw_metrics_add_gangway); each listener then
+ * takes its slots (gw_listener_counters_init) when it is created, and the
+ * worker adds to them on the hot path:
+ *   (*lc->bytes[side]) += n;  (*lc->frames[side])++;
+ *   (*gw_opcode_counters_slot(lc->passed[side], opcode))++;
+ *   gw_histogram_observe(lc->handler_time, us);
+ * Arrays [2] are indexed by gw_side (frame.h: 0 client, 1 server). */
+
+/* Why a connection was refused: the label values of
+ * gangway_sessions_refused_total{reason}. */
+typedef enum gw_refusal {
+  GW_REFUSED_MAX_SESSIONS,      /* "max_sessions": limits.max_sessions */
+  GW_REFUSED_SESSIONS_PER_IP,   /* "sessions_per_ip" */
+  GW_REFUSED_NEW_PER_IP,        /* "new_sessions_per_ip_per_s" */
+  GW_REFUSED_SCRIPT,            /* "on_connect": a script's on_connect */
+  GW_REFUSED_COUNT
+} gw_refusal;
+const char *gw_refusal_name(gw_refusal r);
+
+#define GW_OPCODE_CAP 256 /* opcode series per listener and side */
+
+typedef struct gw_gangway_families {
+  /* per listener */
+  gw_metric *sessions_open;     /* gauge {listener} */
+  gw_metric *sessions_total;    /* {listener} */
+  gw_metric *sessions_refused;  /* {listener, reason} */
+  gw_metric *bytes;             /* {listener, side}: read from that side */
+  gw_metric *frames;            /* {listener, side}: cut by the framing */
+  gw_metric *passed, *dropped, *replaced, *injected; /* {listener, side, opcode} */
+  gw_metric *injected_refused;  /* {listener}: sends past limits.write_max */
+  gw_metric *protocol_errors;   /* {listener} */
+  gw_metric *handler_errors;    /* {listener} */
+  gw_metric *handler_timeouts;  /* {listener} */
+  gw_metric *handler_time;      /* histogram {listener}, observed in us */
+  /* process-wide, with their slots */
+  int64_t *lua_memory;          /* gangway_lua_memory_bytes */
+  int64_t *pool_in_use, *pool_free; /* gangway_pool_buffers{state} */
+  int64_t *script_generation;   /* gangway_script_generation */
+  uint64_t *reloads_ok, *reloads_failed; /* gangway_reloads_total{result} */
+} gw_gangway_families;
+
+/* Handler-time buckets, in microseconds. */
+extern const uint64_t GW_HANDLER_BUCKETS_US[];
+extern const size_t GW_HANDLER_NBUCKETS;
+
+/* Registers every family above, gangway_info{version} and the process
+ * families (gw_metrics_add_process). 0 or -ENOMEM. */
+int gw_metrics_add_gangway(gw_metrics *m, gw_gangway_families *f);
+
+/* One listener's slots. The series exist from this call on, so /metrics
+ * shows a new listener's zeros at once. */
+typedef struct gw_listener_counters {
+  int64_t *sessions_open;
+  uint64_t *sessions_total, *protocol_errors, *handler_errors, *handler_timeouts,
+      *injected_refused;
+  uint64_t *refused[GW_REFUSED_COUNT];
+  uint64_t *bytes[2], *frames[2];
+  gw_opcode_counters *passed[2], *dropped[2], *replaced[2], *injected[2];
+  gw_histogram *handler_time;
+} gw_listener_counters;
+
+/* 0 or -ENOMEM (then nothing to free). A listener removed by a reload
+ * keeps its series (counters never go back); gw_listener_counters_free
+ * frees only the opcode tables, and a listener of the same name added
+ * again continues them. */
+int gw_listener_counters_init(gw_listener_counters *lc, const gw_gangway_families *f,
+                              const char *listener);
+void gw_listener_counters_free(gw_listener_counters *lc);
+
 #endif

@@ -148,6 +148,13 @@ int gw_admin_reply_error(gw_admin_response *res, int status, const char *fmt, ..
   return rc;
 }
 
+int gw_admin_reply_metrics(gw_admin_response *res, gw_metrics *m) {
+  size_t len;
+  char *text = gw_metrics_prometheus(m, &len);
+  if (!text) return -ENOMEM;
+  return gw_admin_reply_take(res, 200, GW_METRICS_CONTENT_TYPE, text, len);
+}
+
 int gw_admin_reply_header(gw_admin_response *res, const char *name, const char *value) {
   if (res->nheaders == HEADERS_MAX) return -ENOBUFS;
   char *n = strdup(name), *v = strdup(value);

@@ -753,3 +753,132 @@ int gw_metrics_merge(gw_metrics *dst, gw_metrics *src) {
   }
   return 0;
 }
+
+/* ---- gangway's own families ---- */
+
+const uint64_t GW_HANDLER_BUCKETS_US[] = {10,   25,    50,    100,   250,    500,   1000,
+                                          2500, 5000, 10000, 25000, 100000, 1000000};
+const size_t GW_HANDLER_NBUCKETS = sizeof GW_HANDLER_BUCKETS_US / sizeof GW_HANDLER_BUCKETS_US[0];
+
+static const char *const REFUSALS[GW_REFUSED_COUNT] = {
+    "max_sessions", "sessions_per_ip", "new_sessions_per_ip_per_s", "on_connect"};
+
+const char *gw_refusal_name(gw_refusal r) {
+  return (unsigned)r < GW_REFUSED_COUNT ? REFUSALS[r] : "unknown";
+}
+
+static const char *const SIDES[2] = {"client", "server"};
+
+int gw_metrics_add_gangway(gw_metrics *m, gw_gangway_families *f) {
+  memset(f, 0, sizeof *f);
+  const char *const *L = GW_LABELS("listener");
+  const char *const *LS = GW_LABELS("listener", "side");
+  const char *const *LSO = GW_LABELS("listener", "side", "opcode");
+  f->sessions_open = gw_metrics_gauge(m, "gangway_sessions_open", "Sessions open now.", L);
+  f->sessions_total = gw_metrics_counter(m, "gangway_sessions_total",
+      "Sessions accepted (refused ones included).", L);
+  f->sessions_refused = gw_metrics_counter(m, "gangway_sessions_refused_total",
+      "Connections refused, per reason.", GW_LABELS("listener", "reason"));
+  f->bytes = gw_metrics_counter(m, "gangway_bytes_total", "Bytes read from each side.", LS);
+  f->frames = gw_metrics_counter(m, "gangway_frames_total",
+      "Frames cut from each side's bytes (framed listeners).", LS);
+  f->passed = gw_metrics_counter(m, "gangway_frames_passed_total",
+      "Frames a handler saw and let pass unchanged, per opcode.", LSO);
+  f->dropped = gw_metrics_counter(m, "gangway_frames_dropped_total",
+      "Frames a handler dropped, per opcode.", LSO);
+  f->replaced = gw_metrics_counter(m, "gangway_frames_replaced_total",
+      "Frames a handler replaced, per opcode.", LSO);
+  f->injected = gw_metrics_counter(m, "gangway_frames_injected_total",
+      "Frames scripts sent toward a side, per opcode.", LSO);
+  f->injected_refused = gw_metrics_counter(m, "gangway_frames_injected_refused_total",
+      "Frames scripts sent that were refused (past limits.write_max).", L);
+  f->protocol_errors = gw_metrics_counter(m, "gangway_protocol_errors_total",
+      "Sessions closed for bytes the framing could not cut.", L);
+  f->handler_errors = gw_metrics_counter(m, "gangway_handler_errors_total",
+      "Handler calls that raised an error.", L);
+  f->handler_timeouts = gw_metrics_counter(m, "gangway_handler_timeouts_total",
+      "Handler calls stopped at their instruction or time limit.", L);
+  f->handler_time = gw_metrics_histogram(m, "gangway_handler_seconds",
+      "Time spent in handler calls.", L, GW_HANDLER_BUCKETS_US, GW_HANDLER_NBUCKETS);
+  gw_metric *lua = gw_metrics_gauge(m, "gangway_lua_memory_bytes",
+      "Memory of the script state.", NULL);
+  gw_metric *pool = gw_metrics_gauge(m, "gangway_pool_buffers",
+      "Read buffers of the pool, in use or free.", GW_LABELS("state"));
+  gw_metric *gen = gw_metrics_gauge(m, "gangway_script_generation",
+      "Generation of the scripts in use (1 at start, +1 per reload that succeeded).", NULL);
+  gw_metric *reloads = gw_metrics_counter(m, "gangway_reloads_total",
+      "Reloads of the configuration and scripts, per result.", GW_LABELS("result"));
+  gw_metric *info = gw_metrics_gauge(m, "gangway_info", "The gangway version (value 1).",
+                                     GW_LABELS("version"));
+  const gw_metric *all[] = {f->sessions_open, f->sessions_total, f->sessions_refused,
+                           f->bytes, f->frames, f->passed, f->dropped, f->replaced,
+                           f->injected, f->injected_refused, f->protocol_errors,
+                           f->handler_errors, f->handler_timeouts, f->handler_time,
+                           lua, pool, gen, reloads, info};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+    if (!all[i]) return -ENOMEM;
+  gw_metric_set_scale(f->handler_time, 1e6);
+  gw_metric *ops[] = {f->passed, f->dropped, f->replaced, f->injected};
+  for (size_t i = 0; i < 4; i++) gw_metric_set_cap(ops[i], "opcode", GW_OPCODE_CAP);
+  f->lua_memory = gw_metric_gauge(lua, NULL);
+  f->pool_in_use = gw_metric_gauge(pool, GW_LABELS("in_use"));
+  f->pool_free = gw_metric_gauge(pool, GW_LABELS("free"));
+  f->script_generation = gw_metric_gauge(gen, NULL);
+  f->reloads_ok = gw_metric_slot(reloads, GW_LABELS("ok"));
+  f->reloads_failed = gw_metric_slot(reloads, GW_LABELS("failed"));
+#ifdef GW_VERSION
+  int64_t *v = gw_metric_gauge(info, GW_LABELS(GW_VERSION));
+#else
+  int64_t *v = gw_metric_gauge(info, GW_LABELS("unknown"));
+#endif
+  if (!f->lua_memory || !f->pool_in_use || !f->pool_free || !f->script_generation ||
+      !f->reloads_ok || !f->reloads_failed || !v)
+    return -ENOMEM;
+  *v = 1;
+  return gw_metrics_add_process(m);
+}
+
+void gw_listener_counters_free(gw_listener_counters *lc) {
+  for (int side = 0; side < 2; side++) {
+    gw_opcode_counters_free(lc->passed[side]);
+    gw_opcode_counters_free(lc->dropped[side]);
+    gw_opcode_counters_free(lc->replaced[side]);
+    gw_opcode_counters_free(lc->injected[side]);
+  }
+  memset(lc, 0, sizeof *lc);
+}
+
+int gw_listener_counters_init(gw_listener_counters *lc, const gw_gangway_families *f,
+                              const char *listener) {
+  memset(lc, 0, sizeof *lc);
+  const char *const *L = GW_LABELS(listener);
+  lc->sessions_open = gw_metric_gauge(f->sessions_open, L);
+  lc->sessions_total = gw_metric_slot(f->sessions_total, L);
+  lc->protocol_errors = gw_metric_slot(f->protocol_errors, L);
+  lc->handler_errors = gw_metric_slot(f->handler_errors, L);
+  lc->handler_timeouts = gw_metric_slot(f->handler_timeouts, L);
+  lc->injected_refused = gw_metric_slot(f->injected_refused, L);
+  lc->handler_time = gw_metric_hist(f->handler_time, L);
+  bool ok = lc->sessions_open && lc->sessions_total && lc->protocol_errors &&
+            lc->handler_errors && lc->handler_timeouts && lc->injected_refused &&
+            lc->handler_time;
+  for (int r = 0; ok && r < GW_REFUSED_COUNT; r++)
+    ok = (lc->refused[r] = gw_metric_slot(f->sessions_refused,
+                                          GW_LABELS(listener, REFUSALS[r]))) != NULL;
+  for (int side = 0; ok && side < 2; side++) {
+    const char *const *LS = GW_LABELS(listener, SIDES[side]);
+    lc->bytes[side] = gw_metric_slot(f->bytes, LS);
+    lc->frames[side] = gw_metric_slot(f->frames, LS);
+    lc->passed[side] = gw_opcode_counters_new(f->passed, LS);
+    lc->dropped[side] = gw_opcode_counters_new(f->dropped, LS);
+    lc->replaced[side] = gw_opcode_counters_new(f->replaced, LS);
+    lc->injected[side] = gw_opcode_counters_new(f->injected, LS);
+    ok = lc->bytes[side] && lc->frames[side] && lc->passed[side] && lc->dropped[side] &&
+         lc->replaced[side] && lc->injected[side];
+  }
+  if (!ok) {
+    gw_listener_counters_free(lc);
+    return -ENOMEM;
+  }
+  return 0;
+}

@@ -24,6 +24,12 @@
 
 #include "admin.h"
 
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#else
+#define RUNNING_ON_VALGRIND 0
+#endif
+
 #define TOKEN "s3cret-token"
 
 /* ---- the server side: fake routes ---- */
@@ -72,6 +78,14 @@ static void h_silent(void *ud, const gw_admin_request *req, gw_admin_response *r
 }
 
 static gw_admin *g_admin;
+static gw_metrics *g_metrics;
+
+static void h_registry(void *ud, const gw_admin_request *req, gw_admin_response *res) {
+  (void)ud, (void)req;
+  handled++;
+  if (g_metrics) gw_admin_reply_metrics(res, g_metrics);
+  else gw_admin_reply_error(res, 503, "no registry");
+}
 
 static void h_stop(void *ud, const gw_admin_request *req, gw_admin_response *res) {
   (void)ud, (void)req;
@@ -91,6 +105,7 @@ static const gw_admin_route ROUTES[] = {
     {"DELETE", "/scripts/{name}", h_echo},
     {"GET", "/silent", h_silent},
     {"POST", "/stop", h_stop},
+    {"GET", "/registry", h_registry},
 };
 #define NROUTES (sizeof ROUTES / sizeof ROUTES[0])
 
@@ -672,10 +687,13 @@ static void test_stop_from_handler(void **state) {
   serve((gw_admin_config){.token = TOKEN}, c_stop_from_handler);
 }
 
-static gw_metrics *g_metrics;
-
 static void c_counted(int port) {
   reply r;
+  char h[128];
+  request(port, "GET", "/registry", NULL, NULL, &r);
+  CHECK(r.status == 200, "GET /registry: %d", r.status);
+  CHECK(strcmp(header(&r, "Content-Type", h, sizeof h), GW_METRICS_CONTENT_TYPE) == 0, "%s", h);
+  CHECK(strstr(r.body, "# TYPE gangway_admin_requests_total counter\n"), "%s", r.body);
   request(port, "GET", "/metrics", NULL, NULL, &r);
   request(port, "GET", "/metrics", NULL, NULL, &r);
   request(port, "GET", "/nope", NULL, NULL, &r);
@@ -687,11 +705,12 @@ static void test_requests_counted(void **state) {
   g_metrics = gw_metrics_new();
   serve((gw_admin_config){.token = TOKEN, .metrics = g_metrics}, c_counted);
   char *text = gw_metrics_prometheus(g_metrics, NULL);
-  assert_non_null(strstr(text, "gangway_admin_requests_total{code=\"200\"} 2\n"));
+  assert_non_null(strstr(text, "gangway_admin_requests_total{code=\"200\"} 3\n"));
   assert_non_null(strstr(text, "gangway_admin_requests_total{code=\"404\"} 1\n"));
   assert_non_null(strstr(text, "gangway_admin_requests_total{code=\"401\"} 1\n"));
   free(text);
   gw_metrics_free(g_metrics);
+  g_metrics = NULL;
 }
 
 /* At the open-files limit accept() fails; the endpoint must keep running
@@ -739,6 +758,9 @@ static void c_fd_limit(int port) {
 
 static void test_fd_limit(void **state) {
   (void)state;
+  /* valgrind keeps descriptors of its own past the limit and closes a
+   * client's accepted past it: not the kernel's behaviour */
+  if (RUNNING_ON_VALGRIND) skip();
   serve((gw_admin_config){.token = TOKEN}, c_fd_limit);
 }
 

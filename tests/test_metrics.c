@@ -355,6 +355,86 @@ static void test_collect_hook_refreshes(void **state) {
   gw_metrics_free(m);
 }
 
+/* gangway's families: what a worker does with a listener's slots shows in
+ * both renderings, and the whole exposition passes promtool. */
+static void test_gangway_families(void **state) {
+  (void)state;
+  gw_metrics *m = gw_metrics_new();
+  gw_gangway_families f;
+  assert_int_equal(gw_metrics_add_gangway(m, &f), 0);
+  gw_listener_counters game, chat;
+  assert_int_equal(gw_listener_counters_init(&game, &f, "game"), 0);
+  assert_int_equal(gw_listener_counters_init(&chat, &f, "chat"), 0);
+  /* a session on game: 3 frames from the client, opcodes 1, 1, 2 */
+  (*game.sessions_total)++;
+  (*game.sessions_open)++;
+  *game.bytes[0] += 30;
+  *game.frames[0] += 3;
+  (*gw_opcode_counters_slot(game.passed[0], 1)) += 2;
+  (*gw_opcode_counters_slot(game.dropped[0], 2))++;
+  (*gw_opcode_counters_slot(game.injected[1], 9))++;
+  gw_histogram_observe(game.handler_time, 40);
+  gw_histogram_observe(game.handler_time, 2000000);
+  (*game.refused[GW_REFUSED_SESSIONS_PER_IP])++;
+  (*f.reloads_ok)++;
+  *f.script_generation = 2;
+  *f.pool_in_use = 4;
+  /* 1000 opcodes on chat: 256 series and "other" */
+  for (uint32_t op = 0; op < 1000; op++) (*gw_opcode_counters_slot(chat.passed[1], op))++;
+  char *text = gw_metrics_prometheus(m, NULL);
+  const char *want[] = {
+      "gangway_sessions_total{listener=\"game\"} 1\n",
+      "gangway_sessions_open{listener=\"game\"} 1\n",
+      "gangway_sessions_open{listener=\"chat\"} 0\n",
+      "gangway_bytes_total{listener=\"game\",side=\"client\"} 30\n",
+      "gangway_bytes_total{listener=\"game\",side=\"server\"} 0\n",
+      "gangway_frames_total{listener=\"game\",side=\"client\"} 3\n",
+      "gangway_frames_passed_total{listener=\"game\",side=\"client\",opcode=\"1\"} 2\n",
+      "gangway_frames_dropped_total{listener=\"game\",side=\"client\",opcode=\"2\"} 1\n",
+      "gangway_frames_injected_total{listener=\"game\",side=\"server\",opcode=\"9\"} 1\n",
+      "gangway_frames_passed_total{listener=\"chat\",side=\"server\",opcode=\"255\"} 1\n",
+      "gangway_frames_passed_total{listener=\"chat\",side=\"server\",opcode=\"other\"} 744\n",
+      "gangway_sessions_refused_total{listener=\"game\",reason=\"sessions_per_ip\"} 1\n",
+      "gangway_sessions_refused_total{listener=\"chat\",reason=\"max_sessions\"} 0\n",
+      "gangway_handler_seconds_bucket{listener=\"game\",le=\"1e-05\"} 0\n",
+      "gangway_handler_seconds_bucket{listener=\"game\",le=\"5e-05\"} 1\n",
+      "gangway_handler_seconds_bucket{listener=\"game\",le=\"1\"} 1\n",
+      "gangway_handler_seconds_bucket{listener=\"game\",le=\"+Inf\"} 2\n",
+      "gangway_handler_seconds_sum{listener=\"game\"} 2.00004\n",
+      "gangway_reloads_total{result=\"ok\"} 1\n",
+      "gangway_reloads_total{result=\"failed\"} 0\n",
+      "gangway_script_generation 2\n",
+      "gangway_pool_buffers{state=\"in_use\"} 4\n",
+      "gangway_info{version=\"" GW_VERSION "\"} 1\n",
+      "# TYPE process_cpu_seconds_total counter\n",
+  };
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+    if (!strstr(text, want[i])) fail_msg("missing: %s", want[i]);
+  assert_null(strstr(text, "opcode=\"256\""));
+  if (system("command -v promtool >/dev/null 2>&1") == 0) {
+    char out[8192];
+    int rc = pipe_through("promtool check metrics", text, out, sizeof out);
+    if (rc != 0 || out[0]) print_message("%s\n", out);
+    assert_int_equal(rc, 0);
+    assert_string_equal(out, "");
+  }
+  free(text);
+  /* a listener removed and added again continues its series */
+  gw_listener_counters_free(&game);
+  assert_int_equal(gw_listener_counters_init(&game, &f, "game"), 0);
+  (*game.sessions_total)++;
+  (*gw_opcode_counters_slot(game.passed[0], 1))++;
+  json_t *j = gw_metrics_json(m);
+  assert_int_equal(json_integer_value(json_object_get(series_of(j, "gangway_sessions_total", 0),
+                                                      "value")), 2);
+  assert_int_equal(json_integer_value(json_object_get(
+      series_of(j, "gangway_frames_passed_total", 0), "value")), 3);
+  json_decref(j);
+  gw_listener_counters_free(&game);
+  gw_listener_counters_free(&chat);
+  gw_metrics_free(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_exposition_every_type),
@@ -367,6 +447,7 @@ int main(void) {
       cmocka_unit_test(test_process_gauges),
       cmocka_unit_test(test_merge_sums_workers),
       cmocka_unit_test(test_collect_hook_refreshes),
+      cmocka_unit_test(test_gangway_families),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
