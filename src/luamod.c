@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "config.h"
 #include "log.h"
@@ -767,11 +768,75 @@ static const luaL_Reg session_methods[] = {
   {"close", hs_close},   {NULL, NULL},
 };
 
+/* ---- zlib for specs: a peer's side of a compressed stream ---- */
+
+#define ZLIB_MT "gangway.core.zlib"
+
+typedef struct zpeer {
+  z_stream d, i;
+  bool ok;
+} zpeer;
+
+/* core.zlib() -> z: z:deflate(s) compresses (sync-flushed, one stream
+ * across calls), z:inflate(s) decompresses another stream. */
+static int core_zlib(lua_State *L) {
+  zpeer *z = lua_newuserdatauv(L, sizeof *z, 0);
+  memset(z, 0, sizeof *z);
+  if (deflateInit(&z->d, 6) != Z_OK) return luaL_error(L, "deflateInit failed");
+  if (inflateInit(&z->i) != Z_OK) {
+    deflateEnd(&z->d);
+    return luaL_error(L, "inflateInit failed");
+  }
+  z->ok = true;
+  luaL_setmetatable(L, ZLIB_MT);
+  return 1;
+}
+
+static int z_run(lua_State *L, bool deflating) {
+  zpeer *z = luaL_checkudata(L, 1, ZLIB_MT);
+  size_t n;
+  const char *in = luaL_checklstring(L, 2, &n);
+  z_stream *st = deflating ? &z->d : &z->i;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  st->next_in = (Bytef *)in;
+  st->avail_in = (uInt)n;
+  do {
+    char *out = luaL_prepbuffsize(&b, 16384);
+    st->next_out = (Bytef *)out;
+    st->avail_out = 16384;
+    int rc = deflating ? deflate(st, Z_SYNC_FLUSH) : inflate(st, Z_SYNC_FLUSH);
+    if (rc != Z_OK && rc != Z_BUF_ERROR && rc != Z_STREAM_END)
+      return luaL_error(L, "zlib: %s", zError(rc));
+    luaL_addsize(&b, 16384 - st->avail_out);
+  } while (st->avail_out == 0);
+  luaL_pushresult(&b);
+  return 1;
+}
+
+static int z_deflate(lua_State *L) { return z_run(L, true); }
+static int z_inflate(lua_State *L) { return z_run(L, false); }
+
+static int z_gc(lua_State *L) {
+  zpeer *z = luaL_checkudata(L, 1, ZLIB_MT);
+  if (z->ok) {
+    deflateEnd(&z->d);
+    inflateEnd(&z->i);
+    z->ok = false;
+  }
+  return 0;
+}
+
+static const luaL_Reg zlib_methods[] = {
+  {"deflate", z_deflate}, {"inflate", z_inflate}, {NULL, NULL},
+};
+
 static const luaL_Reg core_funcs[] = {
   {"new", core_new},       {"realpath", core_realpath},
   {"mkdtemp", core_mkdtemp}, {"rmdir", core_rmdir},
   {"build", core_build},   {"writer", core_writer},
-  {"parse", core_parse},   {NULL, NULL},
+  {"parse", core_parse},   {"zlib", core_zlib},
+  {NULL, NULL},
 };
 
 static void new_class(lua_State *L, const char *name, lua_CFunction gc,
@@ -791,6 +856,7 @@ int luaopen_gangway_core(lua_State *L) {
   gw_packet_open(L, false);
   new_class(L, HOST_MT, host_gc, host_methods);
   new_class(L, SESSION_MT, hs_gc, session_methods);
+  new_class(L, ZLIB_MT, z_gc, zlib_methods);
   luaL_newlib(L, core_funcs);
   lua_pushliteral(L, GW_VERSION);
   lua_setfield(L, -2, "version");

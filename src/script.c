@@ -304,10 +304,12 @@ static gw_outmsg *outbox_push(lua_State *L, gw_script_session *ss, gw_side to,
   if (!out) luaL_error(L, "not enough memory");
   s->out = out;
   if (len > SIZE_MAX / 2 - s->arena_len) luaL_error(L, "not enough memory");
-  void *arena = grow(s, s->arena, &s->arena_cap, s->arena_len + len, 1);
-  if (!arena) luaL_error(L, "not enough memory");
-  s->arena = arena;
-  if (len) memcpy(s->arena + s->arena_len, data, len);
+  if (len) {
+    void *arena = grow(s, s->arena, &s->arena_cap, s->arena_len + len, 1);
+    if (!arena) luaL_error(L, "not enough memory");
+    s->arena = arena;
+    memcpy(s->arena + s->arena_len, data, len);
+  }
   gw_outmsg *m = &s->out[s->nout++];
   *m = (gw_outmsg){.ss = ss, .to = to, .off = s->arena_len, .len = len};
   s->arena_len += len;

@@ -1,0 +1,63 @@
+-- top_cipher.lua: the demo server's body encryption (topd -e), undone and
+-- redone by gangway so that the other scripts see clear frames.
+--
+-- Tales of Pirates encrypts the part of each frame after the 6-byte header
+-- (command and payload) once a player has logged in, with a key from the
+-- server's first packet, MC_CHAPSTR. The demo cipher (docs/demo.md, "The
+-- demo cipher") XORs byte i of a direction's stream with key[i % #key] and
+-- (i * 7 + 13) & 0xff; i counts every encrypted byte of that direction.
+--   client -> server: every frame after the client's CM_LOGIN;
+--   server -> client: every frame after the server's MC_LOGIN.
+-- gangway decodes what a side sends and encodes what goes to it, each with
+-- its own counter, so a handler may change a frame's size (the length field
+-- stays clear) and both peers still see the key stream they expect.
+--
+-- Put it first in a listener's scripts: a switch applies from the frame
+-- after the one in hand, so CM_LOGIN and MC_LOGIN themselves pass clear.
+local gw = require "gangway"
+local top = require "top"
+
+local HEADER = 6 -- length (2) and session (4) stay clear
+
+local function xor(bytes, st)
+  local key, i, n = st.key, st.i, #st.key
+  local out = {}
+  for k = 1, #bytes do
+    out[k] = bytes:byte(k) ~ key:byte(i % n + 1) ~ ((i * 7 + 13) & 0xff)
+    i = i + 1
+  end
+  st.i = i
+  -- string.char takes at most a few thousand arguments at once
+  local parts = {}
+  for k = 1, #out, 4096 do
+    parts[#parts + 1] = string.char(table.unpack(out, k, math.min(k + 4095, #out)))
+  end
+  return table.concat(parts)
+end
+
+-- XOR is its own inverse: one function each way.
+local cipher = gw.codec{ name = "top-demo", decode = xor, encode = xor }
+
+-- The codec for one way of one side, with a counter of its own.
+local function encrypt(session, side, ways)
+  session:set_codec(side, cipher, { body = true, offset = HEADER, ways = ways,
+                                    state = { key = session.state.chapstr, i = 0 } })
+end
+
+gw.on("server", top.MC_CHAPSTR, function(pkt, session)
+  session.state.chapstr = pkt:str(top.BODY)
+end)
+
+gw.on("client", top.CM_LOGIN, function(pkt, session)
+  if not session.state.chapstr or session.state.cipher_up then return end
+  session.state.cipher_up = true
+  encrypt(session, "client", "in")  -- what the client sends from now on
+  encrypt(session, "server", "out") -- and what the server gets
+end)
+
+gw.on("server", top.MC_LOGIN, function(pkt, session)
+  if not session.state.chapstr or session.state.cipher_down then return end
+  session.state.cipher_down = true
+  encrypt(session, "server", "in")
+  encrypt(session, "client", "out")
+end)

@@ -1,0 +1,142 @@
+-- pipeline_spec.lua: protocols with phases and codecs, through the same
+-- session pipeline (src/pipe.c) as the relay: unframed bytes before the
+-- frames (expect_raw), a switch of framing at a frame boundary (set_framing,
+-- to "raw" for an in-band TLS upgrade and back), Lua body codecs with state
+-- and the C zlib stream codec and MQTT's type byte before its varint length.
+-- scripts/top_cipher.lua has a spec of its own.
+local testing = require "gangway.testing"
+local core = testing.core
+
+local function u16(body) return string.pack(">s2", body) end
+
+describe("phases", function()
+  it("an unframed hello and a one-byte answer before the frames", function()
+    -- A protocol whose client first sends 4 bytes with no length field,
+    -- and whose server answers with one byte; then u16be frames.
+    local t = testing.inline([[
+      gw.on_connect(function(session)
+        session:expect_raw("client", 4)
+        session:expect_raw("server", 1)
+      end)
+      gw.on("client", "*", function(pkt) pkt:set_body(pkt:body():upper()) end)
+    ]], { framing = "u16be" })
+    local s = t:connect()
+    -- the hello would be a frame of 0xffff bytes if it were framed
+    s:from_client("\255\255HI" .. u16("one") .. u16("two"))
+    assert.same({ "\255\255HI", u16("ONE"), u16("TWO") }, s:to_server())
+    s:from_server("S" .. u16("ok"))
+    -- the byte and the frame after it go on in one write, as they came
+    assert.equal("S" .. u16("ok"), table.concat(s:to_client()))
+    assert.is_nil(s:closed())
+    t:close()
+  end)
+
+  it("switches to raw after STARTTLS and back to frames", function()
+    local t = testing.inline([[
+      gw.on("client", "*", function(pkt, session)
+        if pkt:body() == "STARTTLS" then
+          session:set_framing("client", "raw")
+          session:set_framing("server", "raw")
+        elseif pkt:body() == "PLAIN" then
+          session:set_framing("client", "u16be")
+        end
+      end)
+    ]], { framing = "u16be" })
+    local s = t:connect()
+    -- the switch comes after the frame in hand: STARTTLS itself is framed
+    local hello = "\22\3\1\2\0\1\0\1\252\3\3" -- a TLS ClientHello's start
+    s:from_client(u16("STARTTLS") .. hello)
+    assert.same({ u16("STARTTLS"), hello }, s:to_server())
+    s:from_server("\22\3\3\0\122") -- the server's answer, not u16be-shaped
+    assert.same({ "\22\3\3\0\122" }, s:to_client())
+    assert.is_nil(s:closed())
+    t:close()
+  end)
+end)
+
+describe("codecs", function()
+  local function rot(bytes, st)
+    st.calls = (st.calls or 0) + 1
+    return (bytes:gsub(".", function(c) return string.char((c:byte() + st.k) % 256) end))
+  end
+
+  it("a Lua body codec: handlers see clear frames, both peers their own", function()
+    local t = testing.inline([[
+      local shift = gw.codec{ name = "shift",
+        decode = function(b, st) return (b:gsub(".", function(c) return string.char((c:byte() - st.k) % 256) end)) end,
+        encode = function(b, st) return (b:gsub(".", function(c) return string.char((c:byte() + st.k) % 256) end)) end }
+      gw.on_connect(function(session)
+        -- the client's bodies are shifted by 1 after a 2-byte length
+        session:set_codec("client", shift, { body = true, offset = 2, state = { k = 1 } })
+      end)
+      gw.on("client", "*", function(pkt, session)
+        assert(pkt:body() == "hello", pkt:body())
+        pkt:set_body("hello, world")                -- longer: the length grows
+        session:send_to_client(gw.packet(nil, "ack"))
+      end)
+    ]], { framing = "u16be" })
+    local s = t:connect()
+    s:from_client(u16(rot("hello", { k = 1 })))
+    assert.same({ u16("hello, world") }, s:to_server())
+    -- toward the client the codec encodes, from its own side's settings
+    assert.same({ u16(rot("ack", { k = 1 })) }, s:to_client())
+    assert.equal(0, t:stats().errors, table.concat(t:logs(), "\n"))
+    t:close()
+  end)
+
+  it("a codec that fails closes its session only", function()
+    local t = testing.inline([[
+      local bad = gw.codec{ decode = function() error("no key yet") end,
+                            encode = function(b) return b end }
+      gw.on_connect(function(session)
+        session:set_codec("client", bad, { body = true, offset = 2 })
+      end)
+      gw.on("client", "*", function() end)
+    ]], { framing = "u16be" })
+    local a, b = t:connect(), t:connect()
+    a:from_client(u16("x"))
+    assert.matches("codec lua: .*no key yet", a:closed())
+    assert.same({}, a:to_server())
+    t:close()
+  end)
+
+  it("zlib on the client's wire, a handler that rewrites, the server in clear", function()
+    local t = testing.inline([[
+      gw.on_connect(function(session) session:set_codec("client", "zlib") end)
+      gw.on("client", "*", function(pkt) pkt:set_body(pkt:body():rep(2)) end)
+    ]], { framing = "u16be" })
+    local s = t:connect()
+    local z = core.zlib()
+    local wire = z:deflate(u16("ab") .. u16("cd"))
+    -- cut at every byte: the decoder keeps its state across reads
+    for i = 1, #wire do s:from_client(wire:sub(i, i)) end
+    assert.same({ u16("abab"), u16("cdcd") }, s:to_server())
+    -- toward the client it compresses: inflate and compare
+    s:from_server(u16("hi"))
+    local back = s:to_client()
+    assert.equal(u16("hi"), z:inflate(table.concat(back)))
+    t:close()
+  end)
+end)
+
+describe("mqtt", function()
+  it("handlers on the packet type before a varint length", function()
+    local t = testing.inline([[
+      gw.on("client", 0x30, function(pkt) -- PUBLISH, QoS 0
+        local topic = pkt:str(pkt.body_offset)
+        if topic == "secret" then return gw.DROP end
+      end)
+    ]], { framing = "mqtt" })
+    local s = t:connect()
+    local function publish(topic, payload)
+      local body = string.pack(">s2", topic) .. payload
+      assert(#body < 128)
+      return "\48" .. string.char(#body) .. body
+    end
+    local connect = "\16\13\0\4MQTT\4\2\0\60\0\1a"
+    s:from_client(connect .. publish("news", "hi") .. publish("secret", "pw") .. "\192\0")
+    assert.same({ connect, publish("news", "hi"), "\192\0" }, s:to_server())
+    assert.same({ publish("secret", "pw") }, s:dropped())
+    t:close()
+  end)
+end)
