@@ -774,49 +774,53 @@ int gw_metrics_add_gangway(gw_metrics *m, gw_gangway_families *f) {
   const char *const *L = GW_LABELS("listener");
   const char *const *LS = GW_LABELS("listener", "side");
   const char *const *LSO = GW_LABELS("listener", "side", "opcode");
-  f->sessions_open = gw_metrics_gauge(m, "gangway_sessions_open", "Sessions open now.", L);
-  f->sessions_total = gw_metrics_counter(m, "gangway_sessions_total",
-      "Sessions accepted (refused ones included).", L);
-  f->sessions_refused = gw_metrics_counter(m, "gangway_sessions_refused_total",
-      "Connections refused, per reason.", GW_LABELS("listener", "reason"));
-  f->bytes = gw_metrics_counter(m, "gangway_bytes_total", "Bytes read from each side.", LS);
-  f->frames = gw_metrics_counter(m, "gangway_frames_total",
-      "Frames cut from each side's bytes (framed listeners).", LS);
-  f->passed = gw_metrics_counter(m, "gangway_frames_passed_total",
-      "Frames a handler saw and let pass unchanged, per opcode.", LSO);
-  f->dropped = gw_metrics_counter(m, "gangway_frames_dropped_total",
-      "Frames a handler dropped, per opcode.", LSO);
-  f->replaced = gw_metrics_counter(m, "gangway_frames_replaced_total",
-      "Frames a handler replaced, per opcode.", LSO);
-  f->injected = gw_metrics_counter(m, "gangway_frames_injected_total",
-      "Frames scripts sent toward a side, per opcode.", LSO);
-  f->injected_refused = gw_metrics_counter(m, "gangway_frames_injected_refused_total",
-      "Frames scripts sent that were refused (past limits.write_max).", L);
-  f->protocol_errors = gw_metrics_counter(m, "gangway_protocol_errors_total",
-      "Sessions closed for bytes the framing could not cut.", L);
-  f->handler_errors = gw_metrics_counter(m, "gangway_handler_errors_total",
-      "Handler calls that raised an error.", L);
-  f->handler_timeouts = gw_metrics_counter(m, "gangway_handler_timeouts_total",
-      "Handler calls stopped at their instruction or time limit.", L);
-  f->handler_time = gw_metrics_histogram(m, "gangway_handler_seconds",
-      "Time spent in handler calls.", L, GW_HANDLER_BUCKETS_US, GW_HANDLER_NBUCKETS);
-  gw_metric *lua = gw_metrics_gauge(m, "gangway_lua_memory_bytes",
-      "Memory of the script state.", NULL);
-  gw_metric *pool = gw_metrics_gauge(m, "gangway_pool_buffers",
-      "Read buffers of the pool, in use or free.", GW_LABELS("state"));
-  gw_metric *gen = gw_metrics_gauge(m, "gangway_script_generation",
-      "Generation of the scripts in use (1 at start, +1 per reload that succeeded).", NULL);
-  gw_metric *reloads = gw_metrics_counter(m, "gangway_reloads_total",
-      "Reloads of the configuration and scripts, per result.", GW_LABELS("result"));
-  gw_metric *info = gw_metrics_gauge(m, "gangway_info", "The gangway version (value 1).",
-                                     GW_LABELS("version"));
-  const gw_metric *all[] = {f->sessions_open, f->sessions_total, f->sessions_refused,
-                           f->bytes, f->frames, f->passed, f->dropped, f->replaced,
-                           f->injected, f->injected_refused, f->protocol_errors,
-                           f->handler_errors, f->handler_timeouts, f->handler_time,
-                           lua, pool, gen, reloads, info};
-  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-    if (!all[i]) return -ENOMEM;
+  gw_metric *lua, *pool, *gen, *reloads, *info;
+  enum { C = GW_METRIC_COUNTER, G = GW_METRIC_GAUGE, H = GW_METRIC_HISTOGRAM };
+  const struct {
+    gw_metric **dst;
+    int type;
+    const char *name, *help;
+    const char *const *labels;
+  } defs[] = {
+      {&f->sessions_open, G, "gangway_sessions_open", "Sessions open now.", L},
+      {&f->sessions_total, C, "gangway_sessions_total",
+       "Sessions accepted (refused ones included).", L},
+      {&f->sessions_refused, C, "gangway_sessions_refused_total",
+       "Connections refused, per reason.", GW_LABELS("listener", "reason")},
+      {&f->bytes, C, "gangway_bytes_total", "Bytes read from each side.", LS},
+      {&f->frames, C, "gangway_frames_total",
+       "Frames cut from each side's bytes (framed listeners).", LS},
+      {&f->passed, C, "gangway_frames_passed_total",
+       "Frames a handler saw and let pass unchanged, per opcode.", LSO},
+      {&f->dropped, C, "gangway_frames_dropped_total", "Frames a handler dropped, per opcode.", LSO},
+      {&f->replaced, C, "gangway_frames_replaced_total",
+       "Frames a handler replaced, per opcode.", LSO},
+      {&f->injected, C, "gangway_frames_injected_total",
+       "Frames scripts sent toward a side, per opcode.", LSO},
+      {&f->injected_refused, C, "gangway_frames_injected_refused_total",
+       "Frames scripts sent that were refused (past limits.write_max).", L},
+      {&f->protocol_errors, C, "gangway_protocol_errors_total",
+       "Sessions closed for bytes the framing could not cut.", L},
+      {&f->handler_errors, C, "gangway_handler_errors_total", "Handler calls that raised an error.", L},
+      {&f->handler_timeouts, C, "gangway_handler_timeouts_total",
+       "Handler calls stopped at their instruction or time limit.", L},
+      {&f->handler_time, H, "gangway_handler_seconds", "Time spent in handler calls.", L},
+      {&lua, G, "gangway_lua_memory_bytes", "Memory of the script state.", NULL},
+      {&pool, G, "gangway_pool_buffers", "Read buffers of the pool, in use or free.",
+       GW_LABELS("state")},
+      {&gen, G, "gangway_script_generation",
+       "Generation of the scripts in use (1 at start, +1 per reload that succeeded).", NULL},
+      {&reloads, C, "gangway_reloads_total", "Reloads of the configuration and scripts, per result.",
+       GW_LABELS("result")},
+      {&info, G, "gangway_info", "The gangway version (value 1).", GW_LABELS("version")},
+  };
+  for (size_t i = 0; i < sizeof defs / sizeof defs[0]; i++) {
+    bool hist = defs[i].type == H;
+    *defs[i].dst = family_add(m, defs[i].name, defs[i].help, (gw_metric_type)defs[i].type,
+                              defs[i].labels, hist ? GW_HANDLER_BUCKETS_US : NULL,
+                              hist ? GW_HANDLER_NBUCKETS : 0);
+    if (!*defs[i].dst) return -ENOMEM;
+  }
   gw_metric_set_scale(f->handler_time, 1e6);
   gw_metric *ops[] = {f->passed, f->dropped, f->replaced, f->injected};
   for (size_t i = 0; i < 4; i++) gw_metric_set_cap(ops[i], "opcode", GW_OPCODE_CAP);
