@@ -16,9 +16,14 @@
  *     method: 405 with an Allow header;
  *   - a body larger than max_body: 413 (at once when Content-Length says
  *     so, else once the body has been read past the limit);
- *   - at most max_connections connections, each closed after timeout_s
- *     seconds without activity, so idle or slow clients cannot hold the
- *     endpoint; malformed requests get MHD's 400 or a close.
+ *   - at most max_connections connections; a request must arrive whole
+ *     within timeout_s seconds of its connection (or of the answer before
+ *     it on a kept-alive connection), else the connection is shut down, so
+ *     idle clients and clients that trickle bytes (slowloris) cannot hold
+ *     the endpoint; malformed requests get MHD's 4xx or a close;
+ *   - when accept() fails (the open-files limit), the endpoint pauses its
+ *     listener 100 ms at a time instead of spinning, and serves again as
+ *     soon as descriptors are free.
  * Error bodies are JSON: {"error": "..."}. Every response has
  * Cache-Control: no-store. HEAD is answered as GET without the body. */
 #ifndef GW_ADMIN_H
