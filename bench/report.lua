@@ -13,6 +13,9 @@ local order = { "direct", "haproxy", "nginx", "gw-raw", "gw-top", "gw-lua", "gw-
 -- the window) is saturated. gangway, HAProxy (nbthread 1) and nginx (one
 -- worker) relay on one thread; run.sh pins the load side to one CPU.
 local SATURATED = 0.90
+-- A run whose median other work reaches this (cores) was on a busy
+-- machine: run.sh's default noise limit (--noise 25).
+local BUSY = 0.25
 
 -- runs[scenario][contender] = { run, ... }
 local runs, seen, bad = {}, {}, {}
@@ -191,6 +194,34 @@ emit("## Results")
 emit("")
 emit(meta)
 emit("")
+
+-- Was the machine busy? Other work over every run, and the runs measured
+-- again for it (run.sh's noise check).
+do
+  local others, again, total, ncpu = {}, 0, 0, 0
+  for _, byc in pairs(runs) do
+    for _, list in pairs(byc) do
+      for _, r in ipairs(list) do
+        total = total + 1
+        ncpu = math.max(ncpu, #(r.cpus_busy_pct or {}))
+        if (r.attempts or 1) > 1 then again = again + 1 end
+        local o = derived.other_share(r)
+        if o then others[#others + 1] = o end
+      end
+    end
+  end
+  local m = median(others)
+  if m then
+    emit(string.format("Machine: %s: other work took a median %.2f cores (of %d) " ..
+      "during the runs; %d of %d runs were measured again for it.",
+      m >= BUSY and "**BUSY**" or "quiet", m, ncpu, again, total))
+    if m >= BUSY then
+      emit("Rates and latencies of a busy run say more about the other work than " ..
+        "about the proxies; CPU per unit relayed holds up better.")
+    end
+    emit("")
+  end
+end
 emit(string.format("CPU columns are shares of one core over the measured window (1.00 = " ..
   "one core busy throughout): the proxy's relaying process; the load side " ..
   "(gw-loadgen with its echo upstream); other work on the machine. " ..
