@@ -285,6 +285,12 @@ static bool good_get(int port) {
 
 /* ---- the tests ---- */
 
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static void c_reads_and_routing(int port) {
   reply r;
   char h[256];
@@ -539,14 +545,12 @@ static void c_malformed(int port) {
 
 static void test_malformed(void **state) {
   (void)state;
-  serve((gw_admin_config){.token = TOKEN}, c_malformed);
+  /* libmicrohttpd misses the end of some half-closed malformed requests
+   * (a TLS ClientHello, two Content-Lengths): the request deadline cuts
+   * them, 1 s here */
+  serve((gw_admin_config){.token = TOKEN, .timeout_s = 1}, c_malformed);
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* 100 idle connections against a limit of 64 and a timeout of 1 s: a real
  * request is answered once the idle ones are cut, within a few timeouts. */
@@ -620,8 +624,8 @@ static void test_slowloris(void **state) {
   serve((gw_admin_config){.token = TOKEN, .timeout_s = 1}, c_slowloris);
 }
 
-/* 1,000 random byte strings, some starting like a request; a good GET is
- * answered after each batch of 100. */
+/* 1,000 random byte strings, some starting like a request, sent 100 at a
+ * time on parallel connections; a good GET is answered after each batch. */
 static void c_fuzz(int port) {
   static const char *starts[] = {"", "GET ", "POST /reload HTTP/1.1\r\n", "GET /metrics HTTP/1.1\r\n",
                                  "DELETE /sessions/", "GET /scripts/"};
@@ -629,6 +633,7 @@ static void c_fuzz(int port) {
   char buf[1024];
   int answered = 0, closed = 0;
   for (int batch = 0; batch < 10; batch++) {
+    int fds[100];
     for (int i = 0; i < 100; i++) {
       const char *s = starts[rand_r(&seed) % 6];
       size_t n = strlen(s), len = n + (size_t)(rand_r(&seed) % 512);
@@ -637,19 +642,30 @@ static void c_fuzz(int port) {
         int pick = rand_r(&seed) % 8;
         buf[k] = pick == 0 ? '\r' : pick == 1 ? '\n' : pick == 2 ? ':' : (char)rand_r(&seed);
       }
-      reply r;
-      exchange_on(AF_INET, port, buf, len, true, &r);
-      if (r.status) answered++;
+      fds[i] = dial(port, AF_INET);
+      CHECK(fds[i] >= 0, "dial in batch %d", batch);
+      send_all(fds[i], buf, len); /* the server may have closed already */
+      shutdown(fds[i], SHUT_WR);
+    }
+    for (int i = 0; i < 100; i++) {
+      char out[4096];
+      int status = 0;
+      if (read_all(fds[i], out, sizeof out) > 0) sscanf(out, "HTTP/1.%*d %d", &status);
+      close(fds[i]);
+      /* an answer (never a server error but 505) or a close */
+      CHECK(status == 0 || (status >= 200 && status < 500) || status == 505,
+            "batch %d input %d: %d", batch, i, status);
+      if (status) answered++;
       else closed++;
     }
     CHECK(good_get(port), "GET after batch %d", batch);
   }
-  print_message("fuzz: 1000 inputs, %d answered (4xx), %d closed\n", answered, closed);
+  print_message("fuzz: 1000 inputs, %d answered, %d closed\n", answered, closed);
 }
 
 static void test_fuzz(void **state) {
   (void)state;
-  serve((gw_admin_config){.token = TOKEN, .timeout_s = 2}, c_fuzz);
+  serve((gw_admin_config){.token = TOKEN, .timeout_s = 1, .max_connections = 128}, c_fuzz);
 }
 
 static void c_ipv6(int port) {
