@@ -472,8 +472,16 @@ static void test_refuses_to_start(void **state) {
   assert_int_equal(gw_admin_set_token(b, NULL, false), -EINVAL);
   assert_int_equal(gw_admin_set_token(a, NULL, true), -EINVAL);
   assert_int_equal(gw_admin_set_token(a, NULL, false), 0);
+  /* a reload that moves nothing: stop, then bind the same address at once */
+  gw_admin_stop(a);
+  a = gw_admin_start(&loop, &same, ROUTES, NROUTES, NULL, err, sizeof err);
+  if (!a) fail_msg("the same address again: %s", err);
   gw_admin_stop(a);
   gw_admin_stop(b);
+  gw_admin_config local = {.listen = "localhost:0"};
+  a = gw_admin_start(&loop, &local, ROUTES, NROUTES, NULL, err, sizeof err);
+  if (!a) fail_msg("localhost: %s", err);
+  gw_admin_stop(a);
   assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
   assert_int_equal(uv_loop_close(&loop), 0);
 }
