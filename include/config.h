@@ -29,6 +29,14 @@ typedef struct gw_cidr {
 /* Is addr (AF_INET or AF_INET6) in one of the n blocks? */
 bool gw_cidr_match(const gw_cidr *blocks, size_t n, const struct sockaddr *addr);
 
+/* One step of a side's phases: n unframed bytes, or frames cut with a
+ * framing of their own (frames of them, or 0: until a script switches). */
+typedef struct gw_phase {
+  uint64_t raw;                     /* > 0: a raw step of this many bytes */
+  gw_framing framing;
+  uint32_t frames;
+} gw_phase;
+
 typedef struct gw_listener_config {
   char *name;                       /* unique among listeners */
   char listen[GW_ADDR_MAX];         /* as written, e.g. "[::1]:1973" */
@@ -47,6 +55,8 @@ typedef struct gw_listener_config {
   gw_cidr *proxy_from;              /* who may connect then; none: anyone */
   size_t nproxy_from;
   uint8_t upstream_proxy_protocol;  /* 0 none, 1 or 2: header to send */
+  gw_phase *phases[GW_SIDES];       /* before `framing` applies, per side */
+  size_t nphases[GW_SIDES];
 } gw_listener_config;
 
 typedef struct gw_config {

@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h"
 #include "frame.h"
 #include "script.h"
 
@@ -98,6 +99,12 @@ typedef struct gw_pipe_side {
   gw_codec *body_in, *body_out;
   gw_bytes dec;                 /* stream-decoded bytes not yet framed */
   bool wait_logged;
+  /* Phases (listener `phases`): steps before `base` applies. */
+  gw_phase *phases;             /* a copy, owned */
+  size_t nphases, phase;        /* phase == nphases: over */
+  uint32_t frames_left;         /* of a framing step; 0: until switched */
+  bool raw_step;                /* raw_left belongs to a step */
+  gw_framing base;              /* the framing after the phases */
 } gw_pipe_side;
 
 typedef struct gw_pipe {
@@ -143,6 +150,9 @@ int gw_pipe_output(gw_pipe *p, gw_side to, const uint8_t *data, size_t len);
 /* From the next frame boundary on, frames from `side` are cut with f (a
  * raw framing passes everything from then on unframed). */
 void gw_pipe_set_framing(gw_pipe *p, gw_side side, const gw_framing *f);
+/* Side's phases: the steps run in order, then its framing so far applies.
+ * Returns 0 or -ENOMEM. */
+int gw_pipe_set_phases(gw_pipe *p, gw_side side, const gw_phase *steps, size_t n);
 /* The next n bytes from `side` pass unframed, then framing resumes. */
 void gw_pipe_expect_raw(gw_pipe *p, gw_side side, uint64_t n);
 /* Installs (or with NULL removes) a codec on side's wire for what it sends

@@ -31,6 +31,25 @@ describe("phases", function()
     t:close()
   end)
 
+  it("the same handshake from config.lua phases, no script needed", function()
+    local t = testing.inline([[
+      gw.on("client", "*", function(pkt) pkt:set_body(pkt:body():upper()) end)
+    ]], { framing = "u16be",
+          phases = { client = { { raw = 4 } },
+                     -- the server's first frame is a u8-length greeting
+                     server = { { raw = 1 }, { framing = { length_size = 1 }, frames = 1 } } } })
+    local s = t:connect()
+    for c in ("\255\255HI" .. u16("one")):gmatch(".") do s:from_client(c) end
+    assert.equal("\255\255HI" .. u16("ONE"), table.concat(s:to_server()))
+    s:from_server("S" .. "\3abc" .. u16("ok"))
+    assert.equal("S\3abc" .. u16("ok"), table.concat(s:to_client()))
+    -- after its steps the listener's framing: a u16be frame of 0x0203 bytes waits
+    s:from_server("\2\3")
+    assert.same({}, s:to_client())
+    assert.is_nil(s:closed())
+    t:close()
+  end)
+
   it("switches to raw after STARTTLS and back to frames", function()
     local t = testing.inline([[
       gw.on("client", "*", function(pkt, session)

@@ -804,7 +804,7 @@ static void listener_framing(cfg_ctx *c, int l, gw_framing *f) {
 
 static const char *const listener_keys[] = {
   "name", "listen", "upstream", "framing", "scripts", "on_error", "unsafe",
-  "unfinished_frame", "proxy_protocol", "proxy_protocol_from", "upstream_proxy_protocol",
+  "unfinished_frame", "phases", "proxy_protocol", "proxy_protocol_from", "upstream_proxy_protocol",
   NULL,
 };
 
@@ -945,6 +945,53 @@ bool gw_cidr_match(const gw_cidr *blocks, size_t n, const struct sockaddr *addr)
   return false;
 }
 
+#define PHASES_MAX 16
+
+/* phases = { client = { { raw = 4 }, { framing = "u16be", frames = 1 } },
+ *            server = { { raw = 1 } } }: each side's steps before the
+ * listener's framing applies. */
+static void listener_phases(cfg_ctx *c, int l, gw_listener_config *lc) {
+  static const char *const side_keys[] = {"client", "server", NULL};
+  static const char *const step_keys[] = {"raw", "framing", "frames", NULL};
+  size_t mark;
+  if (enter(c, l, "phases", &mark) == LUA_TNIL) {
+    leave(c, mark);
+    return;
+  }
+  int t = want_record(c, side_keys);
+  for (int side = 0; side < GW_SIDES; side++) {
+    size_t m;
+    if (enter(c, t, side_keys[side], &m) != LUA_TNIL) {
+      lua_Integer n = want_list(c, "a list of steps ({ raw = n } or { framing = ..., frames = n })",
+                                true, PHASES_MAX);
+      int list = lua_gettop(c->L);
+      if (!(lc->phases[side] = calloc((size_t)n, sizeof *lc->phases[side])))
+        fail(c, "out of memory");
+      lc->nphases[side] = (size_t)n;
+      for (lua_Integer i = 1; i <= n; i++) {
+        size_t sm;
+        enter_index(c, list, i, &sm);
+        int st = want_record(c, step_keys);
+        gw_phase *ph = &lc->phases[side][i - 1];
+        ph->raw = (uint64_t)get_int(c, st, "raw", 0, LUA_MAXINTEGER, 0);
+        lua_getfield(c->L, st, "framing");
+        bool has_framing = !lua_isnil(c->L, -1);
+        lua_pop(c->L, 1);
+        if (ph->raw && has_framing)
+          fail(c, "a step is either { raw = n } or { framing = ..., frames = n }, not both");
+        if (!ph->raw && !has_framing)
+          fail(c, "a step needs raw = n (bytes) or framing = a preset or a table");
+        if (has_framing) listener_framing(c, st, &ph->framing);
+        ph->frames = (uint32_t)get_int(c, st, "frames", 0, UINT32_MAX, 0);
+        if (ph->raw && ph->frames) fail(c, "frames = n goes with framing, not raw");
+        leave(c, sm);
+      }
+    }
+    leave(c, m);
+  }
+  leave(c, mark);
+}
+
 static void listener_proxy(cfg_ctx *c, int l, gw_listener_config *lc) {
   static const choice versions[] = {{"v1", 1}, {"v2", 2}};
   lc->proxy_protocol = get_bool(c, l, "proxy_protocol", false);
@@ -1010,6 +1057,7 @@ static void parse_listener(cfg_ctx *c, int l, size_t i) {
                                          GW_ON_ERROR_PASS);
   lc->unsafe = get_bool(c, l, "unsafe", false);
   listener_proxy(c, l, lc);
+  listener_phases(c, l, lc);
   static const choice unfinished[] = {{"drop", 0}, {"pass", 1}};
   lc->unfinished_frame_pass = get_choice(c, l, "unfinished_frame", unfinished,
                                          COUNT(unfinished),
@@ -1296,6 +1344,7 @@ void gw_config_free(gw_config *cfg) {
       free(l->scripts[j]);
     free(l->scripts);
     free(l->proxy_from);
+    for (int s = 0; s < GW_SIDES; s++) free(l->phases[s]);
   }
   free(cfg->listeners);
   free(cfg->path);

@@ -430,7 +430,13 @@ static int host_connect(lua_State *L) {
   hs->framing = hd->framing;
   gw_pipe_init(&hs->pipe, &hs->framing, h->s, &hs->ss, &pipe_driver, hs);
   hs->piped = true;
-  for (int i = 0; i < GW_SIDES; i++) hs->ss.framing[i] = &hs->pipe.side[i].framing;
+  const gw_listener_config *plc = host_listener(h);
+  for (int i = 0; i < GW_SIDES; i++) {
+    hs->ss.framing[i] = &hs->pipe.side[i].framing;
+    if (plc && plc->nphases[i] &&
+        gw_pipe_set_phases(&hs->pipe, (gw_side)i, plc->phases[i], plc->nphases[i]) < 0)
+      return luaL_error(L, "out of memory");
+  }
   hs->ss.id = ++h->next_id;
   snprintf(hs->ss.client, sizeof hs->ss.client, "%s", client);
   const gw_listener_config *lc = host_listener(h);

@@ -86,14 +86,60 @@ void gw_pipe_free(gw_pipe *p) {
     gw_codec_unref(p->side[i].body_in);
     gw_codec_unref(p->side[i].body_out);
     gw_bytes_free(&p->side[i].dec);
+    free(p->side[i].phases);
   }
   gw_bytes_free(&p->scratch);
   gw_bytes_free(&p->obody);
   gw_bytes_free(&p->enc);
 }
 
+static void enter_phase(gw_pipe_side *ps) {
+  ps->raw_step = false;
+  ps->frames_left = 0;
+  ps->need = 0;
+  ps->wait_logged = false;
+  if (ps->phase >= ps->nphases) {
+    ps->framing = ps->base;
+    return;
+  }
+  const gw_phase *st = &ps->phases[ps->phase];
+  if (st->raw) {
+    ps->raw_left = st->raw;
+    ps->raw_step = true;
+  } else {
+    ps->framing = st->framing;
+    ps->frames_left = st->frames;
+  }
+}
+
+/* After a frame (or a raw step's last byte): on to the next step? */
+static void phase_done_one(gw_pipe_side *ps) {
+  if (ps->phase >= ps->nphases) return;
+  if (ps->raw_step ? ps->raw_left == 0 : ps->frames_left && !--ps->frames_left) {
+    ps->phase++;
+    enter_phase(ps);
+  }
+}
+
+int gw_pipe_set_phases(gw_pipe *p, gw_side side, const gw_phase *steps, size_t n) {
+  gw_pipe_side *ps = &p->side[side];
+  free(ps->phases);
+  ps->phases = NULL;
+  ps->nphases = ps->phase = 0;
+  if (n) {
+    if (!(ps->phases = malloc(n * sizeof *steps))) return -ENOMEM;
+    memcpy(ps->phases, steps, n * sizeof *steps);
+    ps->nphases = n;
+  }
+  ps->base = ps->framing;
+  enter_phase(ps);
+  return 0;
+}
+
 void gw_pipe_set_framing(gw_pipe *p, gw_side side, const gw_framing *f) {
   gw_pipe_side *ps = &p->side[side];
+  ps->phase = ps->nphases; /* a script took over from the phases */
+  ps->raw_step = false;
   ps->framing = *f;
   ps->switched = true;
   ps->need = 0;
@@ -282,6 +328,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     if (ps->raw_left) { /* expect_raw: bytes no framing applies to */
       uint32_t n = ps->raw_left >= avail ? avail : (uint32_t)ps->raw_left;
       ps->raw_left -= n;
+      if (ps->raw_step) phase_done_one(ps);
       *start += n;
       ps->offset += n;
       if (!plain) FLUSH_RUN(); /* raw bytes skip body codecs, not the run */
@@ -306,6 +353,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     if (plain && !gw_handlers_want(h, from, &fi)) { /* the fast path: it stays in the run */
       *start += (uint32_t)fi.len;
       ps->offset += fi.len;
+      if (ps->frames_left) phase_done_one(ps);
       continue;
     }
     FLUSH_RUN();
@@ -327,6 +375,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
         return fail(p, from, GW_FRAME_OK, "body codec %s broke the frame", ps->body_in->type->name);
     }
     if (!gw_handlers_want(h, from, &fi)) {
+      if (ps->frames_left) phase_done_one(ps);
       if ((rc = output(p, to, frame, len, true, frame_in_input)) < 0) return rc;
       continue;
     }
@@ -336,6 +385,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     rc = gw_script_frame(p->script, p->ss, from, frame, &fi);
     if (p->drv->after_handlers) p->drv->after_handlers(p->ud, from, rc);
     p->cur_frame = NULL;
+    if (ps->frames_left) phase_done_one(ps); /* after: the handler read it framed */
     if (rc < 0) return rc;
     if (p->drv->hold && p->drv->hold(p->ud, from)) return GW_PIPE_HELD;
     /* A handler may have switched codecs: re-plan the way out. */

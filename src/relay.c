@@ -54,6 +54,8 @@ struct gw_listener {
   uint8_t proxy_out;            /* upstream_proxy_protocol: 0, 1 or 2 */
   gw_cidr *proxy_from;          /* a copy: the config it came from goes */
   size_t nproxy_from;
+  gw_phase *phases[GW_SIDES];   /* copies too, for new sessions */
+  size_t nphases[GW_SIDES];
   gw_handlers *handlers;        /* stable for the life of the gw_script */
   uint32_t sessions;            /* live sessions that point here */
   bool listening;               /* tcp is open (not closed or closing) */
@@ -161,6 +163,13 @@ struct gw_relay {
 static void session_close(gw_session *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+static void listener_free(gw_listener *l) {
+  free(l->name);
+  free(l->proxy_from);
+  for (int i = 0; i < GW_SIDES; i++) free(l->phases[i]);
+  free(l);
+}
+
 /* A listener gone from the config is freed once its handle is closed and
  * its last session has ended. */
 static void listener_maybe_free(gw_listener *l) {
@@ -168,9 +177,7 @@ static void listener_maybe_free(gw_listener *l) {
   gw_listener **pp = &l->relay->listeners;
   while (*pp && *pp != l) pp = &(*pp)->next;
   if (*pp) *pp = l->next;
-  free(l->name);
-  free(l->proxy_from);
-  free(l);
+  listener_free(l);
 }
 static int flush_out(gw_session *s, gw_side to);
 static void unblock_drained(gw_session *s, gw_side to);
@@ -919,7 +926,10 @@ static void accept_cb(uv_stream_t *server, int status) {
   s->listener = l;
   s->unfinished_pass = l->unfinished_pass;
   gw_pipe_init(&s->pipe, &l->framing, r->script, &s->ss, &pipe_driver, s);
-  for (int i = 0; i < GW_SIDES; i++) s->ss.framing[i] = &s->pipe.side[i].framing;
+  for (int i = 0; i < GW_SIDES; i++) {
+    s->ss.framing[i] = &s->pipe.side[i].framing;
+    if (l->nphases[i]) gw_pipe_set_phases(&s->pipe, (gw_side)i, l->phases[i], l->nphases[i]);
+  }
   uv_tcp_init(r->loop, &s->tcp[GW_CLIENT]);
   s->tcp[GW_CLIENT].data = s;
   s->handles = 1;
@@ -1178,6 +1188,14 @@ static void listener_update(gw_relay *r, gw_listener *l, const gw_listener_confi
   free(l->proxy_from);
   l->proxy_from = from;
   l->nproxy_from = from ? lc->nproxy_from : 0;
+  for (int i = 0; i < GW_SIDES; i++) {
+    size_t n = lc->nphases[i];
+    gw_phase *ph = n ? malloc(n * sizeof *ph) : NULL;
+    if (ph) memcpy(ph, lc->phases[i], n * sizeof *ph);
+    free(l->phases[i]);
+    l->phases[i] = ph;
+    l->nphases[i] = ph ? n : 0;
+  }
   l->handlers = gw_script_handlers(r->script, lc->name);
   l->removed = false;
 }
@@ -1366,9 +1384,7 @@ void gw_relay_free(gw_relay *r) {
   while (r->listeners) {
     gw_listener *l = r->listeners;
     r->listeners = l->next;
-    free(l->name);
-    free(l->proxy_from);
-    free(l);
+    listener_free(l);
   }
   gw_script_free(r->script);
   gw_iplimit_free(r->iplimit);

@@ -82,6 +82,7 @@ local function make_config(self, opts)
     scripts = scripts,
     on_error = opts.on_error or "pass",
     unsafe = opts.unsafe or false,
+    phases = opts.phases,
   }
   local text = "return " .. table.concat(serialize({
     listeners = { listener }, control = "",
