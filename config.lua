@@ -1,7 +1,7 @@
 -- gangway's default configuration: the bundled Tales of Pirates demo.
--- tools/demo.sh starts the demo game server (build/topd) on 127.0.0.1:1974,
--- gangway in front of it on 127.0.0.1:1973 with the example scripts, and a
--- few bots. Every key is documented in docs/config.md.
+-- tools/demo.sh starts the demo game server (build/topd -e: chat encrypted
+-- after login) on 127.0.0.1:1974, gangway in front of it on 127.0.0.1:1973
+-- with the example scripts, and a few bots. Every key is documented in docs/config.md.
 return {
   listeners = {
     {
@@ -10,6 +10,7 @@ return {
       upstream = "127.0.0.1:1974",
       framing = "top",              -- Tales of Pirates: u16 BE length, u32 session, u16 BE command
       scripts = {
+        "scripts/top_cipher.lua",     -- undoes and redoes the demo's encryption (topd -e), first
         "scripts/chat_filter.lua",    -- drops or rewrites chat lines
         "scripts/online_command.lua", -- answers /online itself
         "scripts/speed_limit.lua",    -- drops CM_BEGINACTION bursts, kicks speed hackers
