@@ -107,8 +107,9 @@ local function ratio(a, b) return (a and b and b > 0) and a / b or nil end
 
 -- Which side limited the run: the proxy (its one thread saturated, the
 -- load side not), the load side (the reverse), both; "other work" when
--- neither was saturated but the machine's CPUs were (someone else had
--- them); else neither (a paced run, or one waiting on wake-ups).
+-- neither was saturated but the machine's CPUs were, with a busy share of
+-- someone else's work; else neither (a paced run, or one waiting on
+-- wake-ups).
 local function bottleneck(s, c)
   local p, l = med(s, c, "proxy_share"), med(s, c, "load_share")
   if not l then return nil end
@@ -116,7 +117,9 @@ local function bottleneck(s, c)
   if ps and ls then return "both" end
   if ps then return "proxy" end
   if ls then return "load" end
-  if (med(s, c, "machine_busy") or 0) >= SATURATED then return "other work" end
+  if (med(s, c, "machine_busy") or 0) >= SATURATED and (med(s, c, "other_share") or 0) >= BUSY then
+    return "other work"
+  end
   return "neither"
 end
 
@@ -227,8 +230,8 @@ emit(string.format("CPU columns are shares of one core over the measured window 
   "(gw-loadgen with its echo upstream); other work on the machine. " ..
   "Bottleneck: a side at %.2f or more is saturated; \"proxy\" or \"load\" " ..
   "when only that side is, \"both\"; \"other work\" when neither is but " ..
-  "the machine's CPUs were at least %.0f %% busy; else \"neither\" (a paced run).",
-  SATURATED, SATURATED * 100))
+  "the machine's CPUs were at least %.0f %% busy, other work %.2f cores or more; " ..
+  "else \"neither\" (a paced run).", SATURATED, SATURATED * 100, BUSY))
 emit("")
 
 if runs.bulk then
