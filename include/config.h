@@ -93,6 +93,11 @@ typedef struct gw_config {
   bool watch;                       /* reload when a script or config changes */
   char *control;                    /* control socket path; default
                                        "gangway.sock" next to the config; "" off */
+  /* admin: the HTTP endpoint (docs/admin.md), off when the key is absent */
+  char admin_listen[GW_ADDR_MAX];   /* "" = no endpoint; else "host:port" */
+  struct sockaddr_storage admin_addr;
+  char *admin_token;                /* NULL: none (the API is read-only) */
+  bool admin_token_for_reads;       /* GET needs the token too */
 } gw_config;
 
 /* Loads and checks path into *cfg (zeroed first). Returns 0, or -EINVAL with

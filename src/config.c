@@ -1086,8 +1086,9 @@ static void parse_listeners(cfg_ctx *c, int top) {
 /* ---- the rest of the top level ---- */
 
 static const char *const top_keys[] = {
-  "listeners", "timeouts", "limits", "log", "watch", "control", NULL,
+  "listeners", "timeouts", "limits", "log", "watch", "control", "admin", NULL,
 };
+static const char *const admin_keys[] = {"listen", "token", "token_for_reads", NULL};
 static const char *const log_keys[] = {"level", "format", "target",
                                        "session_lines_per_s", NULL};
 
@@ -1230,6 +1231,62 @@ static void parse_control(cfg_ctx *c, int top) {
   leave(c, mark);
 }
 
+#define ADMIN_DEFAULT_LISTEN "127.0.0.1:9973"
+#define ADMIN_TOKEN_MIN 16
+#define ADMIN_TOKEN_MAX 256
+
+static bool is_loopback(const struct sockaddr_storage *a) {
+  if (a->ss_family == AF_INET)
+    return (ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr) >> 24) == 127;
+  const struct in6_addr *in6 = &((const struct sockaddr_in6 *)a)->sin6_addr;
+  return IN6_IS_ADDR_LOOPBACK(in6) || (IN6_IS_ADDR_V4MAPPED(in6) && in6->s6_addr[12] == 127);
+}
+
+/* admin = { listen, token, token_for_reads }: absent, no endpoint. A token
+ * goes in an HTTP header and must be hard to guess: visible ASCII, no
+ * spaces, at least ADMIN_TOKEN_MIN characters. */
+static void parse_admin(cfg_ctx *c, int top) {
+  gw_config *cfg = c->cfg;
+  size_t mark, m;
+  int t = enter_record(c, top, "admin", admin_keys, &mark);
+  if (!t) {
+    leave(c, mark);
+    return;
+  }
+  const char *listen = ADMIN_DEFAULT_LISTEN;
+  if (enter(c, t, "listen", &m) != LUA_TNIL) listen = want_string(c, "\"host:port\"");
+  char msg[256];
+  if (gw_parse_addr(listen, &cfg->admin_addr, false, msg, sizeof msg) != 0) fail(c, "%s", msg);
+  snprintf(cfg->admin_listen, sizeof cfg->admin_listen, "%s", listen);
+  for (size_t i = 0; i < cfg->nlisteners; i++)
+    if (addrs_conflict(&cfg->listeners[i].listen_addr, &cfg->admin_addr))
+      fail(c, "\"%s\" conflicts with listeners[%zu].listen \"%s\"", listen, i + 1,
+           cfg->listeners[i].listen);
+  leave(c, m);
+  if (enter(c, t, "token", &m) != LUA_TNIL) {
+    const char *tok = want_string(c, "a string");
+    size_t n = strlen(tok);
+    for (const char *p = tok; *p; p++)
+      if (*p <= ' ' || *p > '~')
+        fail(c, "must be visible ASCII without spaces (it goes in an HTTP header)");
+    if (n < ADMIN_TOKEN_MIN || n > ADMIN_TOKEN_MAX)
+      fail(c, "expected %d to %d characters, got %zu", ADMIN_TOKEN_MIN, ADMIN_TOKEN_MAX, n);
+    if (!(cfg->admin_token = strdup(tok))) fail(c, "out of memory");
+  }
+  leave(c, m);
+  cfg->admin_token_for_reads = get_bool(c, t, "token_for_reads", false);
+  if (cfg->admin_token_for_reads && !cfg->admin_token) {
+    enter(c, t, "token_for_reads", &m);
+    fail(c, "needs admin.token");
+  }
+  if (!cfg->admin_token && !is_loopback(&cfg->admin_addr)) {
+    enter(c, t, "listen", &m);
+    fail(c, "\"%s\" is not a loopback address: set admin.token (requests from other "
+         "hosts must prove who they are)", listen);
+  }
+  leave(c, mark);
+}
+
 /* ---- the load ---- */
 
 /* The protected part: argument 1 is the cfg_ctx. */
@@ -1265,6 +1322,7 @@ static int cfg_main(lua_State *L) {
   parse_log(c, top);
   c->cfg->watch = get_bool(c, top, "watch", false);
   parse_control(c, top);
+  parse_admin(c, top);
   return 0;
 }
 
@@ -1349,6 +1407,7 @@ void gw_config_free(gw_config *cfg) {
   free(cfg->listeners);
   free(cfg->path);
   free(cfg->control);
+  free(cfg->admin_token);
   memset(cfg, 0, sizeof *cfg);
 }
 

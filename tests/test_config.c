@@ -323,6 +323,36 @@ static void test_defaults(void **state) {
   gw_config_free(&cfg);
 }
 
+/* admin: absent, no endpoint; {} the loopback default; a token makes any
+ * address possible. */
+static void test_admin(void **state) {
+  (void)state;
+  gw_config cfg;
+  load_ok("return { listeners = { { " LISTENER1 " } } }", &cfg);
+  assert_string_equal(cfg.admin_listen, "");
+  assert_null(cfg.admin_token);
+  assert_false(cfg.admin_token_for_reads);
+  gw_config_free(&cfg);
+
+  load_ok("return { listeners = { { " LISTENER1 " } }, admin = {} }", &cfg);
+  assert_string_equal(cfg.admin_listen, "127.0.0.1:9973");
+  assert_addr(&cfg.admin_addr, "127.0.0.1:9973");
+  assert_null(cfg.admin_token);
+  gw_config_free(&cfg);
+
+  load_ok("return { listeners = { { " LISTENER1 " } },\n"
+          "  admin = { listen = \"[::1]:9000\" } }", &cfg);
+  assert_addr(&cfg.admin_addr, "[::1]:9000");
+  gw_config_free(&cfg);
+
+  load_ok("return { listeners = { { " LISTENER1 " } }, admin = { listen = \"0.0.0.0:9973\",\n"
+          "  token = \"0123456789abcdef-ghij\", token_for_reads = true } }", &cfg);
+  assert_string_equal(cfg.admin_listen, "0.0.0.0:9973");
+  assert_string_equal(cfg.admin_token, "0123456789abcdef-ghij");
+  assert_true(cfg.admin_token_for_reads);
+  gw_config_free(&cfg);
+}
+
 /* The file is found by the path as given; scripts resolve against its
  * directory, not the working directory. */
 static void test_paths_from_elsewhere(void **state) {
@@ -692,6 +722,46 @@ static const bad_case bad_cases[] = {
    "return { listeners = { { " LISTENER1 " } }, control = \"/\" .. (\"x\"):rep(120) }\n",
    "config.lua: control: socket path \"/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\" is longer than 107 bytes"},
+  {"admin as a string",
+   "return { listeners = { { " LISTENER1 " } }, admin = \"127.0.0.1:9973\" }\n",
+   "config.lua: admin: expected a table, got string \"127.0.0.1:9973\""},
+  {"misspelt admin key",
+   "return { listeners = { { " LISTENER1 " } }, admin = { tokn = \"x\" } }\n",
+   "config.lua: admin.tokn: unknown key (did you mean \"token\"?)"},
+  {"admin listen not numeric",
+   "return { listeners = { { " LISTENER1 " } }, admin = { listen = \"example.com:9973\" } }\n",
+   "config.lua: admin.listen: \"example.com\" is not a numeric address (expected an IPv4 "
+   "address, [IPv6] or localhost)"},
+  {"admin on a listener's port",
+   "return { listeners = { { " LISTENER1 " } }, admin = { listen = \"0.0.0.0:1973\",\n"
+   "  token = \"0123456789abcdef\" } }\n",
+   "config.lua: admin.listen: \"0.0.0.0:1973\" conflicts with listeners[1].listen \"127.0.0.1:1973\""},
+  {"admin on every interface without a token",
+   "return { listeners = { { " LISTENER1 " } }, admin = { listen = \"0.0.0.0:9973\" } }\n",
+   "config.lua: admin.listen: \"0.0.0.0:9973\" is not a loopback address: set admin.token "
+   "(requests from other hosts must prove who they are)"},
+  {"admin on IPv6 without a token",
+   "return { listeners = { { " LISTENER1 " } }, admin = { listen = \"[::]:9973\" } }\n",
+   "config.lua: admin.listen: \"[::]:9973\" is not a loopback address: set admin.token "
+   "(requests from other hosts must prove who they are)"},
+  {"admin token too short",
+   "return { listeners = { { " LISTENER1 " } }, admin = { token = \"secret\" } }\n",
+   "config.lua: admin.token: expected 16 to 256 characters, got 6"},
+  {"admin token with a space",
+   "return { listeners = { { " LISTENER1 " } }, admin = { token = \"0123456789 abcdef\" } }\n",
+   "config.lua: admin.token: must be visible ASCII without spaces (it goes in an HTTP header)"},
+  {"admin token with a newline",
+   "return { listeners = { { " LISTENER1 " } }, admin = { token = \"0123456789abcdef\\r\\nX: y\" } }\n",
+   "config.lua: admin.token: must be visible ASCII without spaces (it goes in an HTTP header)"},
+  {"admin token as a number",
+   "return { listeners = { { " LISTENER1 " } }, admin = { token = 1234 } }\n",
+   "config.lua: admin.token: expected a string, got number 1234"},
+  {"admin token_for_reads without a token",
+   "return { listeners = { { " LISTENER1 " } }, admin = { token_for_reads = true } }\n",
+   "config.lua: admin.token_for_reads: needs admin.token"},
+  {"admin token_for_reads as a string",
+   "return { listeners = { { " LISTENER1 " } }, admin = { token_for_reads = \"yes\" } }\n",
+   "config.lua: admin.token_for_reads: expected a boolean, got string \"yes\""},
   {"long string value is cut in the message",
    "return { listeners = { { " LISTENER1 " } }, log = { format = (\"y\"):rep(50) } }\n",
    "config.lua: log.format: expected \"text\" or \"json\", got \"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy...\""},
@@ -827,6 +897,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_full_config, setup, teardown),
     cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
     cmocka_unit_test_setup_teardown(test_paths_from_elsewhere, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_admin, setup, teardown),
     cmocka_unit_test_setup_teardown(test_sandbox_allows, setup, teardown),
     cmocka_unit_test_setup_teardown(test_unresolvable_upstream, setup, teardown),
     cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),
