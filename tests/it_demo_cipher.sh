@@ -37,12 +37,16 @@ run() {
   "$build/topd" -v -e -l 127.0.0.1:0 >"$dir/$name-topd.out" 2>&1 &
   local topd=$!; pids+=($topd)
   wait_for "$dir/$name-topd.out" "listen addr=" 5 || fail "$name: topd does not listen"
-  local up port
+  local up port gw tries
   up=$(sed -n 's/.*listen addr=127.0.0.1:\([0-9]*\).*/\1/p' "$dir/$name-topd.out" | head -1)
-  port=$(( 20000 + RANDOM % 30000 ))
-  while [ "$port" = "$last_port" ] || ! port_free "$port"; do port=$(( port + 1 )); done
-  last_port=$port
-  cat >"$dir/$name.lua" <<LUA
+  # A port below the kernel's ephemeral range (32768 and up), where the
+  # outgoing connections of other tests on this machine cannot hold it;
+  # another one if gangway still cannot listen on it.
+  for tries in 1 2 3 4 5; do
+    port=$(( 10000 + RANDOM % 22000 ))
+    while [ "$port" = "$last_port" ] || ! port_free "$port"; do port=$(( port + 1 )); done
+    last_port=$port
+    cat >"$dir/$name.lua" <<LUA
 return {
   listeners = { {
     name = "game", listen = "127.0.0.1:$port", upstream = "127.0.0.1:$up", framing = "top",
@@ -51,9 +55,13 @@ return {
   control = "",
 }
 LUA
-  "$build/gangway" -c "$dir/$name.lua" >"$dir/$name-gangway.out" 2>&1 &
-  local gw=$!; pids+=($gw)
-  wait_for "$dir/$name-gangway.out" " running (config " 5 || fail "$name: gangway does not start"
+    "$build/gangway" -c "$dir/$name.lua" >"$dir/$name-gangway.out" 2>&1 &
+    gw=$!; pids+=($gw)
+    wait_for "$dir/$name-gangway.out" " running (config \|cannot listen" 5 || fail "$name: gangway does not start"
+    grep -q " running (config " "$dir/$name-gangway.out" && break
+    wait "$gw" || true
+    [ "$tries" = 5 ] && fail "$name: gangway found no port to listen on"
+  done
   "$build/topbot" -e -c "127.0.0.1:$port" -p player -n 3 -d 4 -s "$dir/players.txt" \
     >"$dir/$name-players.out" 2>&1 || fail "$name: players: exit $?"
   kill -TERM "$gw"; wait "$gw" || fail "$name: gangway exit $?"
