@@ -67,6 +67,9 @@ void gw_codec_unref(gw_codec *c);
 /* C codecs. zlib: a deflate stream each way (RFC 1950 with header), each
  * write flushed with Z_SYNC_FLUSH so the peer can read it at once. */
 gw_codec *gw_codec_zlib_new(void);
+/* xor: each call's bytes XORed with the key from its first byte on (a body
+ * codec restarts it every frame); its own inverse. NULL for an empty key. */
+gw_codec *gw_codec_xor_new(const uint8_t *key, size_t keylen);
 
 /* What comes out of a pipeline. ud is the driver's. */
 typedef struct gw_pipe_driver {

@@ -155,4 +155,28 @@ typedef struct gw_script_stats {
 } gw_script_stats;
 void gw_script_get_stats(const gw_script *s, gw_script_stats *st);
 
+/* Per opcode of handled frames, per listener and side of origin (at most a
+ * few thousand opcodes each; past that they are not counted). */
+typedef struct gw_opstat_counts {
+  uint64_t frames;              /* handed to the handlers */
+  uint64_t passed, dropped, replaced, errors;
+  uint64_t injected;            /* frames of this opcode sent from Lua */
+} gw_opstat_counts;
+typedef void (*gw_opstat_fn)(void *ud, const char *listener, gw_side side, bool has_opcode,
+                             uint32_t opcode, const gw_opstat_counts *c);
+void gw_script_foreach_opstat(gw_script *s, gw_opstat_fn fn, void *ud);
+
+/* Each call of gw_script_frame is timed (microseconds) into h, when set. */
+struct gw_histogram;
+void gw_script_set_handler_histogram(gw_script *s, struct gw_histogram *h);
+
+/* A script endpoint, gw.admin(name, fn): calls fn(req) with req = { method
+ * = "GET" | "POST" | "DELETE", body = the request's JSON decoded (nil if
+ * none) } and encodes what it returns as JSON (fn may return a status
+ * first: `return 201, { ok = true }`). Returns the HTTP status (404 when no
+ * script registered name, 400 for a body that is not JSON, 500 when fn
+ * fails) and *out, a malloc'd JSON body the caller frees. */
+int gw_script_admin(gw_script *s, const char *name, const char *method, const char *body,
+                    size_t len, char **out, size_t *outlen);
+
 #endif

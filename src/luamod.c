@@ -761,11 +761,32 @@ static int core_parse(lua_State *L) {
   return 1;
 }
 
+/* host:admin(name, method, body) -> status, body: a request to a script
+ * endpoint (gw.admin), as the admin API makes it. */
+static int host_admin(lua_State *L) {
+  host *h = check_host(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  const char *method = luaL_optstring(L, 3, "GET");
+  size_t n = 0;
+  const char *body = luaL_optlstring(L, 4, NULL, &n);
+  char *out;
+  size_t outlen;
+  enter(h);
+  int status = gw_script_admin(h->s, name, method, body, n, &out, &outlen);
+  settle(h);
+  lua_pushinteger(L, status);
+  if (out) lua_pushlstring(L, out, outlen);
+  else lua_pushnil(L);
+  free(out);
+  return 2;
+}
+
 static const luaL_Reg host_methods[] = {
   {"reload", host_reload}, {"connect", host_connect}, {"advance", host_advance},
   {"now", host_now},       {"logs", host_logs},       {"stats", host_stats},
   {"want", host_want},     {"build", host_build},     {"writer", host_writer},
-  {"parse", host_parse},   {"close", host_close},     {NULL, NULL},
+  {"parse", host_parse},   {"close", host_close},     {"admin", host_admin},
+  {NULL, NULL},
 };
 
 static const luaL_Reg session_methods[] = {

@@ -20,8 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "pipe.h"
 #include "script_int.h"
 
@@ -359,6 +361,9 @@ void gw__request_close(gw_script *s, gw_script_session *ss, const char *reason) 
   snprintf(c->reason, sizeof c->reason, "%s", reason ? reason : "closed");
 }
 
+static void count_injected(gw_script *s, gw_script_session *ss, gw_side to,
+                           const uint8_t *data, size_t len);
+
 void gw__flush(gw_script *s) {
   if (s->flushing) return; /* a close the host did at once: the outer loop
                               picks up what it queued */
@@ -373,6 +378,7 @@ void gw__flush(gw_script *s) {
       }
       if (!m.ss) continue;
       int rc = s->ops.emit(m.ss, m.to, s->arena + m.off, m.len);
+      if (rc == 0) count_injected(s, m.ss, m.to, s->arena + m.off, m.len);
       if (rc == -ENOBUFS) { /* past write_max: not sent, the session goes on */
         s->stats.injected--;
         s->stats.injected_refused++;
@@ -548,8 +554,58 @@ static void frame_what(char *out, size_t outlen, const gw_frame_ctx *c) {
 /* Runs the handlers of a frame. Each handler is its own protected call,
  * made from here with nothing allocated around it: the packet is a token
  * for s->pkt, the session's userdata exists from its first frame on. */
+static int frame_handlers(gw_script *s, gw_script_session *ss, gw_side from, uint8_t *data,
+                          const gw_frame_info *fi);
+
+static uint64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
                     uint8_t *data, const gw_frame_info *fi) {
+  if (!s->handler_time) return frame_handlers(s, ss, from, data, fi);
+  uint64_t t0 = now_us();
+  int rc = frame_handlers(s, ss, from, data, fi);
+  gw_histogram_observe(s->handler_time, now_us() - t0);
+  return rc;
+}
+
+void gw_script_set_handler_histogram(gw_script *s, struct gw_histogram *h) { s->handler_time = h; }
+
+void gw_script_foreach_opstat(gw_script *s, gw_opstat_fn fn, void *ud) {
+  for (size_t i = 0; i < s->nlisteners; i++) {
+    gw_listener_rt *rt = s->listeners[i];
+    for (size_t j = 0; j < rt->capops; j++) {
+      const gw_opstat *o = &rt->ops[j];
+      if (o->key == UINT64_MAX) continue;
+      gw_opstat_counts c = {.frames = o->frames, .passed = o->frames - o->dropped,
+                            .dropped = o->dropped, .replaced = o->replaced,
+                            .errors = o->errors, .injected = o->injected};
+      gw_side side = (gw_side)(o->key >> 33 & 1);
+      bool has = !(o->key >> 32 & 1);
+      fn(ud, rt->h.listener, side, has, (uint32_t)o->key, &c);
+    }
+  }
+}
+
+/* A frame sent from Lua went out: counted under its opcode, as a frame of
+ * the side it comes from (toward the client: the server side's). */
+static void count_injected(gw_script *s, gw_script_session *ss, gw_side to,
+                           const uint8_t *data, size_t len) {
+  if (!ss->handlers) return;
+  gw_side from = to == GW_CLIENT ? GW_SERVER : GW_CLIENT;
+  const gw_framing *f = ss->framing[from] ? ss->framing[from] : &ss->handlers->framing;
+  gw_frame_info fi;
+  if (gw_frame_next(f, from, data, len, &fi) != 1) return;
+  gw_opstat *os = gw__opstat(gw__rt_of(ss->handlers), from, fi.has_opcode, fi.opcode);
+  if (os) os->injected++;
+  (void)s;
+}
+
+static int frame_handlers(gw_script *s, gw_script_session *ss, gw_side from, uint8_t *data,
+                          const gw_frame_info *fi) {
   if (!ss->handlers || ss->closed) return -ECONNRESET;
   if (s->depth) return -EDEADLK; /* a host callback came back in */
   lua_State *L = s->L;
@@ -747,7 +803,7 @@ gw_script *gw_script_new(const gw_script_limits *limits,
   s->host = host;
   s->wake = UINT64_MAX;
   s->shared_ref = s->base_ref = s->modules_ref = LUA_NOREF;
-  s->next_modules_ref = s->reload_ref = LUA_NOREF;
+  s->next_modules_ref = s->reload_ref = s->cjson_ref = LUA_NOREF;
   lua_State *L = lua_newstate(l_alloc, s);
   if (!L) {
     free(s);
@@ -781,13 +837,14 @@ void gw__gen_tables_clear(gw_script *s, gw_gen_tables *g) {
   }
   luaL_unref(s->L, LUA_REGISTRYINDEX, g->connect_ref);
   luaL_unref(s->L, LUA_REGISTRYINDEX, g->close_ref);
+  luaL_unref(s->L, LUA_REGISTRYINDEX, g->admin_ref);
   gw__gen_tables_init(g);
 }
 
 void gw__gen_tables_init(gw_gen_tables *g) {
   memset(g, 0, sizeof *g);
   for (int i = 0; i < GW_SIDES; i++) g->map_ref[i] = g->star_ref[i] = LUA_NOREF;
-  g->connect_ref = g->close_ref = LUA_NOREF;
+  g->connect_ref = g->close_ref = g->admin_ref = LUA_NOREF;
 }
 
 void gw_script_free(gw_script *s) {

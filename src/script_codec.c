@@ -6,6 +6,7 @@
  *   session:set_codec("client", xor, { body = true, offset = 6,
  *                                      ways = "both", state = { key = k } })
  *   session:set_codec("server", "zlib")             -- C, a stream codec
+ *   session:set_codec("client", "xor", { body = true, key = "k" }) -- C
  *   session:set_framing("client", "top")            -- a preset or "raw"
  *   session:expect_raw("server", 1)                 -- one unframed byte
  *
@@ -126,12 +127,25 @@ static bool is_codec(lua_State *L, int idx) {
 
 /* A gw_codec for the value at idx: "zlib", or a gw.codec table whose
  * instance gets the state table at sidx (a new one if none). */
-static gw_codec *codec_for(lua_State *L, int idx, int sidx) {
+static gw_codec *codec_for(lua_State *L, int idx, int sidx, int oidx) {
   if (lua_type(L, idx) == LUA_TSTRING) {
     const char *name = lua_tostring(L, idx);
-    if (strcmp(name, "zlib") != 0)
-      luaL_error(L, "session:set_codec: unknown codec \"%s\" (C codecs: \"zlib\")", name);
-    gw_codec *c = gw_codec_zlib_new();
+    gw_codec *c;
+    if (strcmp(name, "zlib") == 0) {
+      c = gw_codec_zlib_new();
+    } else if (strcmp(name, "xor") == 0) {
+      size_t n = 0;
+      const char *key = NULL;
+      if (oidx) {
+        lua_getfield(L, oidx, "key");
+        key = lua_tolstring(L, -1, &n);
+      }
+      if (!key || !n) luaL_error(L, "session:set_codec: \"xor\" needs a key (a non-empty string)");
+      c = gw_codec_xor_new((const uint8_t *)key, n);
+    } else {
+      luaL_error(L, "session:set_codec: unknown codec \"%s\" (C codecs: \"zlib\", \"xor\")", name);
+      return NULL;
+    }
     if (!c) luaL_error(L, "not enough memory");
     return c;
   }
@@ -194,7 +208,7 @@ int gw__session_set_codec(lua_State *L) {
   }
   gw_codec *c = lua_isnoneornil(L, 3) || (lua_isboolean(L, 3) && !lua_toboolean(L, 3))
                     ? NULL
-                    : codec_for(L, 3, sidx);
+                    : codec_for(L, 3, sidx, lua_istable(L, 4) ? 4 : 0);
   if (c) c->offset = (uint32_t)offset;
   gw_pipe_op op = {.kind = body ? GW_PIPE_OP_BODY_CODEC : GW_PIPE_OP_STREAM_CODEC,
                    .side = side, .codec = c, .ways = ways};

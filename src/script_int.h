@@ -121,13 +121,14 @@ typedef struct gw_gen_tables {
                             to it */
   int connect_ref;       /* arrays of functions, LUA_NOREF when empty */
   int close_ref;
+  int admin_ref;         /* gw.admin endpoints: name -> function */
   uint8_t *bits[GW_SIDES];
   bool any[GW_SIDES], all[GW_SIDES], wide[GW_SIDES];
 } gw_gen_tables;
 
 typedef struct gw_opstat {
   uint64_t key;          /* side << 32 | opcode; UINT64_MAX when free */
-  uint64_t frames, dropped, replaced, errors;
+  uint64_t frames, dropped, replaced, errors, injected;
 } gw_opstat;
 
 typedef struct gw_listener_rt {
@@ -187,6 +188,8 @@ struct gw_script {
   bool out_of_memory;    /* a memory error, even if the script caught it */
   struct { void *ptr; size_t osize, nsize; } refused; /* last refusal */
   int depth;             /* calls into Lua under way (0 or 1) */
+  struct gw_histogram *handler_time; /* gw_script_frame's, in us, or NULL */
+  int cjson_ref;         /* cjson for gw_script_admin, made on first use */
 
   unsigned gen;          /* generation the relay runs */
   unsigned loading_gen;  /* generation being loaded, 0 when none */

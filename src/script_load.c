@@ -196,6 +196,28 @@ static int gw_on_connect(lua_State *L) {
   return 0;
 }
 
+/* gw.admin(name, fn): serves /scripts/<name> on the admin endpoint. */
+static int gw_admin_endpoint(lua_State *L) {
+  check_loading(L, "admin");
+  size_t n;
+  const char *name = luaL_checklstring(L, 1, &n);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (!n || n > 64 || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") != n)
+    return luaL_error(L, "gw.admin: a name of 1 to 64 letters, digits, '_', '-' or '.', got \"%s\"", name);
+  int *ref = &BINDING(L)->rt->next.admin_ref;
+  if (*ref == LUA_NOREF) {
+    lua_newtable(L);
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
+  if (lua_getfield(L, -1, name) != LUA_TNIL)
+    return luaL_error(L, "gw.admin: \"%s\" is served already", name);
+  lua_pop(L, 1);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, name);
+  return 0;
+}
+
 static int gw_on_close(lua_State *L) {
   check_loading(L, "on_close");
   add_to_list(L, &BINDING(L)->rt->next.close_ref);
@@ -327,6 +349,7 @@ static const luaL_Reg gw_funcs[] = {
   {"after", gw_after},     {"every", gw_every},
   {"now", gw_now},         {"sessions", gw_sessions},
   {"stats", gw_stats},     {"codec", gw__lua_codec},
+  {"admin", gw_admin_endpoint},
   {NULL, NULL},
 };
 

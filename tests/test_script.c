@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "script.h"
 
 /* ---- the fake host ---- */
@@ -568,6 +569,55 @@ static void test_free_with_open_sessions(void **state) {
   free(f);
 }
 
+/* Per-opcode counts and the handler-time histogram, as /metrics reads them. */
+typedef struct opseen {
+  uint64_t frames[8], dropped[8], replaced[8], injected[8];
+  int calls;
+} opseen;
+
+static void count_op(void *ud, const char *listener, gw_side side, bool has_opcode,
+                     uint32_t opcode, const gw_opstat_counts *c) {
+  opseen *o = ud;
+  assert_string_equal(listener, "t");
+  assert_true(has_opcode && opcode < 8 && side == GW_CLIENT);
+  o->frames[opcode] = c->frames;
+  o->dropped[opcode] = c->dropped;
+  o->replaced[opcode] = c->replaced;
+  o->injected[opcode] = c->injected;
+  assert_int_equal(c->passed, c->frames - c->dropped);
+  o->calls++;
+}
+
+static void test_opstats_and_handler_time(void **state) {
+  (void)state;
+  fixture *f = start("gw.on('client', 1, function() return gw.DROP end)\n"
+                     "gw.on('client', 2, function(pkt, s)\n"
+                     "  pkt:set_body('longer body')\n"
+                     "  s:send_to_server(gw.packet(3, 'x'))\n"
+                     "end)",
+                     GW_ON_ERROR_PASS, 1000000, 0);
+  assert_int_equal(gw_script_session_open(f->s, f->h, &f->ss), 0);
+  static const uint64_t bounds[] = {10, 100, 1000000};
+  gw_histogram *h = calloc(1, sizeof *h + 4 * sizeof h->counts[0]);
+  h->bounds = bounds;
+  h->nbounds = 3;
+  gw_script_set_handler_histogram(f->s, h);
+  uint8_t buf[64];
+  for (int i = 0; i < 3; i++) feed(f, GW_CLIENT, buf, frame(buf, sizeof buf, 1, "a"));
+  for (int i = 0; i < 2; i++) feed(f, GW_CLIENT, buf, frame(buf, sizeof buf, 2, "b"));
+  opseen o = {0};
+  gw_script_foreach_opstat(f->s, count_op, &o);
+  assert_int_equal(o.frames[1], 3);
+  assert_int_equal(o.dropped[1], 3);
+  assert_int_equal(o.frames[2], 2);
+  assert_int_equal(o.replaced[2], 2);
+  assert_int_equal(o.injected[3], 2); /* counted under the sent frame's opcode */
+  assert_int_equal(h->count, 5);
+  gw_script_set_handler_histogram(f->s, NULL);
+  free(h);
+  stop(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_want_is_exact),
@@ -584,6 +634,7 @@ int main(void) {
     cmocka_unit_test(test_use_after_close),
     cmocka_unit_test(test_refused_session),
     cmocka_unit_test(test_free_with_open_sessions),
+    cmocka_unit_test(test_opstats_and_handler_time),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -225,6 +225,10 @@ end
 --- The script layer's counters (frames, dropped, replaced, injected,
 --- injected_refused, errors, timeouts, memory).
 function Host:stats() return self.core:stats() end
+
+--- A request to a script endpoint (gw.admin), as GET/POST/DELETE
+-- /scripts/<name> makes it: returns the status and the JSON body.
+function Host:admin(name, method, body) return self.core:admin(name, method, body) end
 --- Whether the relay would hand a frame of that side and opcode to Lua.
 function Host:want(side, opcode) return self.core:want(side, opcode) end
 --- A frame of the listener's framing (gw.packet).
