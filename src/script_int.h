@@ -263,6 +263,9 @@ void gw_meter_open(lua_State *L, const gw_meter *meter);
 void gw__report_error(gw_script *s, int status, const char *listener,
                       const char *what);
 /* Queues a frame toward `to` of ss, sent after the call under way. */
+/* Pushes the lowercase hex of p[0..n) (gw.hex, pkt:hex). */
+void gw__push_hex(lua_State *L, const uint8_t *p, size_t n);
+
 /* script_codec.c: gw.codec, session:set_codec / set_framing / expect_raw. */
 int gw__lua_codec(lua_State *L);
 int gw__session_set_codec(lua_State *L);

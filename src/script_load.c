@@ -321,9 +321,59 @@ static int gw_stats(lua_State *L) {
 
 /* gw.log.info(...) and print(...): the arguments as print shows them,
  * prefixed with the script's name. */
+#define LOG_FIELDS_MAX 32
+
+/* gw.log.info{ event = "ban", player = name, count = 3 }: one event whose
+ * fields are the table's (strings, numbers, booleans; others as text), as
+ * JSON fields in log.format = "json" and key=value in text. */
+static void log_fields(lua_State *L, gw_log_level level, gw_binding *b) {
+  gw_field f[LOG_FIELDS_MAX + 1];
+  size_t n = 0;
+  const char *event = "script";
+  luaL_checkstack(L, LOG_FIELDS_MAX + 4, "gw.log: too many fields");
+  lua_pushnil(L);
+  while (lua_next(L, 1)) { /* key, value */
+    if (lua_type(L, -2) != LUA_TSTRING || n == LOG_FIELDS_MAX) {
+      lua_pop(L, 1);
+      continue;
+    }
+    /* Keys and string values live in the table, which outlives the call. */
+    const char *k = lua_tostring(L, -2);
+    size_t len;
+    switch (lua_type(L, -1)) {
+    case LUA_TBOOLEAN: f[n++] = GW_F_BOOL(k, lua_toboolean(L, -1)); break;
+    case LUA_TNUMBER:
+      f[n++] = lua_isinteger(L, -1) ? GW_F_I64(k, lua_tointeger(L, -1))
+                                    : GW_F_F64(k, lua_tonumber(L, -1));
+      break;
+    case LUA_TSTRING: {
+      const char *v = lua_tolstring(L, -1, &len);
+      if (!strcmp(k, "event")) event = v;
+      else f[n++] = GW_F_STRN(k, v, len);
+      break;
+    }
+    default: {
+      /* as text, kept on the stack below the key until the event is out */
+      const char *v = luaL_tolstring(L, -1, &len); /* key, value, text */
+      f[n++] = GW_F_STRN(k, v, len);
+      lua_replace(L, -2);                          /* key, text */
+      lua_insert(L, -2);                           /* text, key */
+      continue;
+    }
+    }
+    lua_pop(L, 1);
+  }
+  f[n] = GW_F_END;
+  gw_log_event(level, event, f, "%s:", b->script);
+}
+
 static int log_at(lua_State *L, gw_log_level level) {
   if (!gw_log_enabled(level)) return 0;
   gw_binding *b = BINDING(L);
+  if (lua_gettop(L) == 1 && lua_istable(L, 1)) {
+    log_fields(L, level, b);
+    return 0;
+  }
   int n = lua_gettop(L);
   luaL_Buffer buf;
   luaL_buffinit(L, &buf);
@@ -342,6 +392,14 @@ static int log_info(lua_State *L) { return log_at(L, GW_LOG_INFO); }
 static int log_warn(lua_State *L) { return log_at(L, GW_LOG_WARN); }
 static int log_error(lua_State *L) { return log_at(L, GW_LOG_ERROR); }
 
+/* gw.hex(s) -> lowercase hex of s */
+static int gw_hex_fn(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  gw__push_hex(L, (const uint8_t *)s, n);
+  return 1;
+}
+
 static const luaL_Reg gw_funcs[] = {
   {"on", gw_on},           {"on_connect", gw_on_connect},
   {"on_close", gw_on_close}, {"on_reload", gw_on_reload},
@@ -349,7 +407,7 @@ static const luaL_Reg gw_funcs[] = {
   {"after", gw_after},     {"every", gw_every},
   {"now", gw_now},         {"sessions", gw_sessions},
   {"stats", gw_stats},     {"codec", gw__lua_codec},
-  {"admin", gw_admin_endpoint},
+  {"admin", gw_admin_endpoint}, {"hex", gw_hex_fn},
   {NULL, NULL},
 };
 

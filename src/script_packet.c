@@ -16,6 +16,7 @@
 #include <lualib.h>
 #include <string.h>
 
+#include "log.h"
 #include "script_int.h"
 
 /* ---- storage from the state's allocator ---- */
@@ -348,6 +349,24 @@ static int pkt_bytes(lua_State *L) {
   return 1;
 }
 
+/* Lowercase hex of n bytes, made in C (a Lua loop over string.format costs
+ * a call per byte); charged like string.rep. */
+void gw__push_hex(lua_State *L, const uint8_t *p, size_t n) {
+  if (n > (SIZE_MAX - 1) / 2) luaL_error(L, "hex: too long");
+  gw__charge(L, n / 32 + 1);
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, 2 * n + 1);
+  gw_hex(p, n, out, 2 * n + 1);
+  luaL_pushresultsize(&b, 2 * n);
+}
+
+/* pkt:hex() -> the whole frame in hex, for logs */
+static int pkt_hex(lua_State *L) {
+  gw_packet *p = check_packet(L, 1);
+  gw__push_hex(L, p->data, p->len);
+  return 1;
+}
+
 static int pkt_body(lua_State *L) {
   gw_packet *p = check_packet(L, 1);
   size_t off = body_offset(p->f, p->data, p->len);
@@ -490,6 +509,7 @@ static int pkt_newindex(lua_State *L) {
 static const luaL_Reg pkt_methods[] = {
   {"bytes", pkt_bytes},   {"body", pkt_body},     {"set_body", pkt_set_body},
   {"copy", pkt_copy},     {"str", pkt_str},       {"unpack", NULL},
+  {"hex", pkt_hex},
   {"set_opcode", pkt_set_opcode},
   {"u8", pkt_u8},         {"u16", pkt_u16},       {"u32", pkt_u32},
   {"u64", pkt_u64},       {"i8", pkt_i8},         {"i16", pkt_i16},
