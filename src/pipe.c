@@ -436,5 +436,9 @@ int gw_pipe_input(gw_pipe *p, gw_side from, uint8_t *data, uint32_t *start, uint
     if (!ps->dec.len) continue;
     if ((rc = frame_decoded(p, from))) return rc;
     if (!used && *start < end) return 0; /* no progress: wait for more */
+    /* A small input may inflate to a lot: let the driver stop us between
+     * steps, as between handled frames, so what waits to be written stays
+     * bounded (the rest of the input waits where it is). */
+    if (*start < end && p->drv->hold && p->drv->hold(p->ud, from)) return GW_PIPE_HELD;
   }
 }

@@ -284,6 +284,48 @@ static void test_zlib_bomb_goes_in_steps(void **state) {
   teardown(&f);
 }
 
+/* The same bomb with a driver that holds past 1 MiB queued (the relay's
+ * write_high_water): the pipeline stops between inflate steps, and goes on
+ * from where it stopped when called again. */
+static bool hold_past_1mib(void *ud, gw_side from) {
+  (void)from;
+  return ((rec *)ud)->out[GW_SERVER].len > (1u << 20);
+}
+
+static void test_zlib_bomb_is_held(void **state) {
+  (void)state;
+  static const gw_pipe_driver holding = {d_pass, d_copy, hold_past_1mib, NULL, NULL};
+  fixture f;
+  setup_framing(&f, "u32be");
+  f.p.drv = &holding;
+  gw_pipe_set_stream_codec(&f.p, GW_CLIENT, gw_codec_zlib_new(), GW_CODEC_IN);
+  size_t total = 8u << 20;
+  uint8_t *zeros = calloc(1, total);
+  z_stream z = {0};
+  deflateInit(&z, 9);
+  size_t cap = deflateBound(&z, total) + 64;
+  uint8_t *wire = malloc(cap);
+  size_t wn = zcompress(&z, zeros, total, wire, cap);
+  uint32_t start = 0;
+  f.r.in_lo = wire;
+  f.r.in_hi = wire + wn;
+  int rounds = 0;
+  for (;;) {
+    int rc = gw_pipe_input(&f.p, GW_CLIENT, wire, &start, (uint32_t)wn);
+    assert_true(f.r.out[GW_SERVER].len <= (1u << 20) + 65536 + 4);
+    if (rc == 0) break;
+    assert_int_equal(rc, GW_PIPE_HELD);
+    f.r.out[GW_SERVER].len = 0; /* the peer read it all */
+    assert_true(++rounds < 100);
+  }
+  assert_true(rounds >= 7); /* 8 MiB out in 1 MiB steps */
+  assert_int_equal(f.p.side[GW_CLIENT].frames, total / 4);
+  deflateEnd(&z);
+  free(wire);
+  free(zeros);
+  teardown(&f);
+}
+
 /* A body codec for the test: XOR with a key that rolls per byte, state
  * kept across frames, as game ciphers do. */
 typedef struct xcodec {
@@ -358,6 +400,7 @@ int main(void) {
       cmocka_unit_test(test_zlib_both_ways),
       cmocka_unit_test(test_zlib_garbage_is_a_protocol_error),
       cmocka_unit_test(test_zlib_bomb_goes_in_steps),
+      cmocka_unit_test(test_zlib_bomb_is_held),
       cmocka_unit_test(test_body_codec_decodes_and_encodes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
