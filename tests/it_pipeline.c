@@ -275,18 +275,38 @@ static int gw_start_one(it_gangway *g, const char *name, const char *framing,
   return port;
 }
 
-static void gw_stop(it_gangway *g) { assert_int_equal(it_gangway_stop(g, SIGTERM, 5000), 0); }
+/* What a test started, stopped by teardown even when the test failed. */
+static struct {
+  it_gangway g;
+  rec_server *up[2];
+  it_bystander *b;
+} T;
 
-/* A bystander session on port: framed messages of preset with opcode. */
-static it_bystander *bystander_on(int port, const char *preset, uint32_t opcode) {
-  gw_framing f;
-  gw_framing_preset(preset, &f);
-  return it_bystander_start("127.0.0.1", port, &f, opcode);
+static int teardown(void **state) {
+  (void)state;
+  if (T.b) {
+    it_bystander_result res;
+    it_bystander_stop(T.b, &res);
+  }
+  int code = T.g.pid ? it_gangway_stop(&T.g, SIGTERM, 5000) : 0;
+  for (int i = 0; i < 2; i++)
+    if (T.up[i]) rec_stop(T.up[i]);
+  memset(&T, 0, sizeof T);
+  assert_int_equal(code, 0);
+  return 0;
 }
 
-static void bystander_done(const char *name, it_bystander *b) {
+/* A bystander session on port: framed messages of preset with opcode. */
+static void bystander_on(int port, const char *preset, uint32_t opcode) {
+  gw_framing f;
+  gw_framing_preset(preset, &f);
+  T.b = it_bystander_start("127.0.0.1", port, &f, opcode);
+}
+
+static void bystander_done(const char *name) {
   it_bystander_result res;
-  it_bystander_stop(b, &res);
+  it_bystander_stop(T.b, &res);
+  T.b = NULL;
   /* a generous bound on a shared 2-core machine: the point is "intact" */
   it_bystander_report(name, "-", -1, &res, 10000);
 }
@@ -348,10 +368,10 @@ static void hello_exchange(int fd, const char *text) {
 
 static void test_unframed_hello(void **state) {
   (void)state;
-  rec_server *up = rec_start(REC_HELLO), *up_plain = rec_start(REC_HELLO);
-  it_gangway g;
-  it_gangway_prepare(&g);
-  it_write(g.dir, "hello.lua", "%s", hello_lua);
+  rec_server *up = T.up[0] = rec_start(REC_HELLO), *up_plain = T.up[1] = rec_start(REC_HELLO);
+  it_gangway *g = &T.g;
+  it_gangway_prepare(g);
+  it_write(g->dir, "hello.lua", "%s", hello_lua);
   int port = it_free_port(), plain = it_free_port();
   char cfg[1024];
   snprintf(cfg, sizeof cfg,
@@ -365,7 +385,7 @@ static void test_unframed_hello(void **state) {
            "  %s, control = \"\",\n"
            "}\n",
            port, up->port, plain, up_plain->port, timeouts_lua);
-  gw_start(&g, port, cfg);
+  gw_start(g, port, cfg);
 
   /* The bystander: a session of the same protocol, open all along. */
   int by = it_connect(port);
@@ -400,15 +420,12 @@ static void test_unframed_hello(void **state) {
   assert_int_not_equal(it_wait_eof(fd, 10000, &extra), 0);
   assert_int_equal(extra, 0);
   close(fd);
-  assert_true(it_log_wait(&g, "frame timeout: 4 of 65537 bytes of a frame from the client side", 2000));
+  assert_true(it_log_wait(&T.g, "frame timeout: 4 of 65537 bytes of a frame from the client side", 2000));
   assert_int_equal(rec_total(up_plain), 0);
 
   /* The phased session beside it is still served. */
   hello_exchange(by, "bystander three");
   close(by);
-  gw_stop(&g);
-  rec_stop(up);
-  rec_stop(up_plain);
 }
 
 /* ---- 2: STARTTLS, then raw bytes both ways -------------------------------- */
@@ -424,10 +441,9 @@ static const char starttls_lua[] =
 
 static void test_starttls_to_raw(void **state) {
   (void)state;
-  rec_server *up = rec_start(REC_ECHO);
-  it_gangway g;
-  int port = gw_start_one(&g, "starttls", "u16be", starttls_lua, up);
-  it_bystander *b = bystander_on(port, "u16be", 0);
+  rec_server *up = T.up[0] = rec_start(REC_ECHO);
+  int port = gw_start_one(&T.g, "starttls", "u16be", starttls_lua, up);
+  bystander_on(port, "u16be", 0);
 
   int fd = it_connect(port);
   assert_true(fd >= 0);
@@ -469,9 +485,7 @@ static void test_starttls_to_raw(void **state) {
   assert_memory_equal(rec, sent, n);
   free(rec);
   close(fd);
-  bystander_done("starttls", b);
-  gw_stop(&g);
-  rec_stop(up);
+  bystander_done("starttls");
 }
 
 /* ---- 3: MQTT, a handler on the packet type --------------------------------- */
@@ -500,12 +514,11 @@ static size_t publish(uint8_t *out, const char *topic, size_t plen, uint64_t see
 
 static void test_mqtt_packet_type(void **state) {
   (void)state;
-  rec_server *up = rec_start(REC_ECHO);
-  it_gangway g;
-  int port = gw_start_one(&g, "mqtt", "mqtt", mqtt_lua, up);
+  rec_server *up = T.up[0] = rec_start(REC_ECHO);
+  int port = gw_start_one(&T.g, "mqtt", "mqtt", mqtt_lua, up);
   /* The bystander publishes with the retain flag (0x31): not the
    * handler's type, so its frames pass without a handler. */
-  it_bystander *b = bystander_on(port, "mqtt", 0x31);
+  bystander_on(port, "mqtt", 0x31);
 
   static const uint8_t connect[] = "\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01" "a";
   static const uint8_t ping[] = {0xc0, 0x00};
@@ -555,9 +568,7 @@ static void test_mqtt_packet_type(void **state) {
   expect_bytes(fd, want, en, 5000);
   expect_quiet(fd, 100);
   close(fd);
-  bystander_done("mqtt", b);
-  gw_stop(&g);
-  rec_stop(up);
+  bystander_done("mqtt");
 }
 
 /* ---- 4: zlib on the client's wire, a rewriting handler ------------------- */
@@ -677,9 +688,8 @@ static void *zclient_main(void *arg) {
 
 static void test_zlib_rewrite(void **state) {
   (void)state;
-  rec_server *up = rec_start(REC_ECHO);
-  it_gangway g;
-  int port = gw_start_one(&g, "zlib", "u16be", zlib_lua, up);
+  rec_server *up = T.up[0] = rec_start(REC_ECHO);
+  int port = gw_start_one(&T.g, "zlib", "u16be", zlib_lua, up);
 
   /* Two compressing clients at once, each the other's bystander: each
    * session has zlib streams of its own. */
@@ -705,9 +715,7 @@ static void test_zlib_rewrite(void **state) {
     free(z[i].clear);
     free(z[i].want);
   }
-  assert_int_equal(it_log_count(&g, "protocol error", NULL), 0);
-  gw_stop(&g);
-  rec_stop(up);
+  assert_int_equal(it_log_count(&T.g, "protocol error", NULL), 0);
 }
 
 /* ---- 5: a Lua codec that fails ------------------------------------------- */
@@ -726,10 +734,9 @@ static const char badcodec_lua[] =
 
 static void test_failing_codec(void **state) {
   (void)state;
-  rec_server *up = rec_start(REC_ECHO);
-  it_gangway g;
-  int port = gw_start_one(&g, "bad", "u16be", badcodec_lua, up);
-  it_bystander *b = bystander_on(port, "u16be", 0);
+  rec_server *up = T.up[0] = rec_start(REC_ECHO);
+  int port = gw_start_one(&T.g, "bad", "u16be", badcodec_lua, up);
+  bystander_on(port, "u16be", 0);
 
   int fd = it_connect(port);
   assert_true(fd >= 0);
@@ -744,10 +751,10 @@ static void test_failing_codec(void **state) {
   close(fd);
   /* The reason names the codec, the script's line and its message; one
    * session failed, one was closed for it. */
-  assert_true(it_log_wait(&g, "codec badkey: ", 2000));
-  assert_int_equal(it_log_count(&g, "protocol error from client side at stream offset",
+  assert_true(it_log_wait(&T.g, "codec badkey: ", 2000));
+  assert_int_equal(it_log_count(&T.g, "protocol error from client side at stream offset",
                                 "bad.lua:3: no key yet"), 1);
-  assert_int_equal(it_log_count(&g, " close ", "reason=\"protocol error from client side"), 1);
+  assert_int_equal(it_log_count(&T.g, " close ", "reason=\"protocol error from client side"), 1);
   /* the upstream got ARM, nothing after */
   size_t got;
   uint8_t *rec = rec_wait(up, arm, an, an + 1, 500, &got);
@@ -761,18 +768,65 @@ static void test_failing_codec(void **state) {
   assert_int_equal(it_send_all(fd, x, xn), 0);
   expect_bytes(fd, x, xn, 5000);
   close(fd);
-  bystander_done("failing codec", b);
-  gw_stop(&g);
-  rec_stop(up);
+  bystander_done("failing codec");
+}
+
+/* ---- a wrong framing found in seconds ---------------------------------- */
+
+/* A session that waits for a frame far longer than what arrived: the debug
+ * log says once where, how long, and the bytes seen (a wrong framing shows
+ * at a glance), and the session goes on if the frame does come. */
+static void test_long_wait_logged(void **state) {
+  (void)state;
+  rec_server *up = T.up[0] = rec_start(REC_ECHO);
+  it_gangway *g = &T.g;
+  it_gangway_prepare(g);
+  int port = it_free_port();
+  char cfg[1024];
+  snprintf(cfg, sizeof cfg,
+           "return {\n"
+           "  listeners = { { name = \"plain\", listen = \"127.0.0.1:%d\", upstream = \"127.0.0.1:%d\",\n"
+           "                  framing = \"u16be\" } },\n"
+           "  timeouts = { frame_ms = 10000, drain_ms = 1000 }, control = \"\",\n"
+           "  log = { level = \"debug\" },\n"
+           "}\n",
+           port, up->port);
+  gw_start(g, port, cfg);
+  bystander_on(port, "u16be", 0);
+
+  int fd = it_connect(port);
+  assert_true(fd >= 0);
+  static uint8_t buf[65537 + 8];
+  size_t n = u16s(buf, "ok");
+  assert_int_equal(it_send_all(fd, buf, n), 0);
+  expect_bytes(fd, buf, n, 5000);
+  /* the hello of test_unframed_hello, read as u16be: 65535 body bytes */
+  memcpy(buf + n, HELLO, HELLO_LEN);
+  assert_int_equal(it_send_all(fd, buf + n, HELLO_LEN), 0);
+  assert_true(it_log_wait(g, "waits for a frame of 65537 bytes", 5000));
+  assert_int_equal(it_log_count(g, "session 2 waits for a frame of 65537 bytes from the client "
+                                   "side at stream offset 4, has 4: ff ff 48 49 (framing u16be)",
+                                NULL), 1);
+  /* more of it is no news: one line per wait */
+  it_fill(buf + n + HELLO_LEN, 3000, 7);
+  assert_int_equal(it_send_all(fd, buf + n + HELLO_LEN, 3000), 0);
+  /* the rest of the frame: it passes whole */
+  it_fill(buf + n + HELLO_LEN + 3000, 65537 - HELLO_LEN - 3000, 8);
+  assert_int_equal(it_send_all(fd, buf + n + HELLO_LEN + 3000, 65537 - HELLO_LEN - 3000), 0);
+  expect_bytes(fd, buf + n, 65537, 5000);
+  assert_int_equal(it_log_count(g, "waits for a frame", NULL), 1);
+  close(fd);
+  bystander_done("long wait");
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_unframed_hello),
-      cmocka_unit_test(test_starttls_to_raw),
-      cmocka_unit_test(test_mqtt_packet_type),
-      cmocka_unit_test(test_zlib_rewrite),
-      cmocka_unit_test(test_failing_codec),
+      cmocka_unit_test_teardown(test_unframed_hello, teardown),
+      cmocka_unit_test_teardown(test_starttls_to_raw, teardown),
+      cmocka_unit_test_teardown(test_mqtt_packet_type, teardown),
+      cmocka_unit_test_teardown(test_zlib_rewrite, teardown),
+      cmocka_unit_test_teardown(test_failing_codec, teardown),
+      cmocka_unit_test_teardown(test_long_wait_logged, teardown),
   };
   return cmocka_run_group_tests_name("phases and codecs through gangway", tests, NULL, NULL);
 }
