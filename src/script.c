@@ -131,7 +131,7 @@ static _Noreturn void hook_error(lua_State *L, lua_Debug *ar, const char *what) 
  * raises, and from then on fires at every instruction of every function so
  * that a pcall in the script only catches the error for the next
  * instruction to raise it again (Redis' luaMaskCountHook, HAProxy's
- * hlua_hook). gw__pcall clears it.
+ * hlua_hook). The next gw__pcall sets it back to the interval.
  *
  * It also bounds the depth of the running thread's stack: lua_getstack
  * walks min(depth, GW_MAX_DEPTH) call levels, a few for a usual handler.
@@ -207,13 +207,18 @@ int gw__pcall(gw_script *s, int nargs, int nresults) {
   s->instructions = 0;
   s->alloc_uncharged = 0;
   s->timed_out = s->out_of_memory = false;
-  /* Also without an instruction limit: the memory limit needs the hook. */
-  lua_sethook(L, count_hook, LUA_MASKCOUNT, hook_interval(s));
+  /* Also without an instruction limit: the memory limit needs the hook.
+   * It stays set between calls (it only fires while Lua runs), so a call
+   * costs no lua_sethook unless the last one ran into a limit. A call may
+   * start with part of the last one's interval left: it is charged a whole
+   * interval at that first count, a rounding of at most one interval. */
+  int interval = hook_interval(s);
+  if (lua_gethook(L) != count_hook || lua_gethookcount(L) != interval)
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, interval);
   size_t nout = s->nout, arena_len = s->arena_len, ncloses = s->ncloses;
   s->depth++;
   int st = lua_pcall(L, nargs, nresults, GW_SLOT_MSGH);
   s->depth--;
-  lua_sethook(L, NULL, 0, 0);
   if (st != LUA_OK) {
     /* A call that fails sends nothing and closes nothing: no half-done
      * sequences (on_error decides what happens next). */
