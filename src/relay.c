@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "capture.h"
 #include "frame.h"
 #include "iplimit.h"
 #include "log.h"
@@ -57,6 +58,8 @@ struct gw_listener {
   gw_phase *phases[GW_SIDES];   /* copies too, for new sessions */
   size_t nphases[GW_SIDES];
   gw_handlers *handlers;        /* stable for the life of the gw_script */
+  gw_listener_counters lc;      /* slots in the app's registry */
+  uint64_t *refused_proxy_from; /* sessions_refused{reason="proxy_protocol_from"} */
   uint32_t sessions;            /* live sessions that point here */
   bool listening;               /* tcp is open (not closed or closing) */
   bool handle_open;             /* until tcp's close callback */
@@ -132,6 +135,11 @@ struct gw_session {
   uint8_t handles;              /* open handles; freed when it reaches 0 */
   bool dirty;
   bool soft_close;              /* closing after output is written */
+  bool counted;                 /* in its listener's sessions_open */
+  bool has_op[GW_SIDES];        /* last_op[side] is known */
+  uint32_t last_op[GW_SIDES];   /* opcode of the last frame handed to handlers
+                                   from each side */
+  gw_capture_flow *flow;        /* while a capture takes this session */
   bool shut_sent[GW_SIDES], shut_done[GW_SIDES];
   char reason[128];
 };
@@ -153,8 +161,17 @@ struct gw_relay {
   bool draining, closed;
   void (*drain_done)(gw_relay *r, void *ud);
   void *drain_ud;
-  gw_relay_stats stats;
+  gw_metrics *registry;         /* the app's; collect hook registered there */
+  const gw_gangway_families *fam;
+  gw_metric *handler_frames;    /* gangway_handler_frames_total{listener} */
   gw_iplimit *iplimit;
+  /* A capture under way (gw_relay_capture_start), NULL when none: the
+   * sessions it takes use capture_driver instead of pipe_driver. */
+  gw_capture *cap;
+  gw_relay_capture_filter cap_filter;
+  char cap_listener[GW_ADDR_MAX];
+  void (*cap_done)(void *ud, int status);
+  void *cap_ud;
   gw_ratelimit session_lines;   /* session open/close and per-session lines */
   gw_ratelimit refusal_lines;   /* connections refused at accept */
   uv_timer_t log_timer;         /* prints what the limits suppressed */
@@ -162,8 +179,11 @@ struct gw_relay {
 
 static void session_close(gw_session *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+static void capture_end_flow(gw_session *s);
+static void capture_take(gw_relay *r, gw_session *s);
 
 static void listener_free(gw_listener *l) {
+  gw_listener_counters_free(&l->lc);
   free(l->name);
   free(l->proxy_from);
   for (int i = 0; i < GW_SIDES; i++) free(l->phases[i]);
@@ -513,6 +533,7 @@ static void session_free(gw_session *s) {
     out_release(r, &s->out[i]);
   }
   gw_pipe_free(&s->pipe);
+  if (s->counted) (*s->listener->lc.sessions_open)--;
   if (s->ip_counted) gw_iplimit_close(r->iplimit, (struct sockaddr *)&s->peer, uv_now(r->loop));
   gw_listener *l = s->listener;
   l->sessions--;
@@ -558,6 +579,7 @@ static void session_close(gw_session *s, const char *fmt, ...) {
                         GW_F_U64("duration_ms", uv_now(r->loop) - s->opened_ms),
                         GW_F_QSTR("reason", s->reason)),
               "session %" PRIu64 " close", s->ss.id);
+  if (s->flow) capture_end_flow(s);
 
   if (s->prev) s->prev->next = s->next;
   else r->sessions = s->next;
@@ -740,7 +762,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 
 static void protocol_error(gw_session *s, gw_side side) {
   const gw_pipe *p = &s->pipe;
-  s->relay->stats.protocol_errors++;
+  (*s->listener->lc.protocol_errors)++;
   session_log(s, GW_LOG_WARN, "protocol_error",
               GW_FIELDS(SESSION_ID(s), GW_F_HIDE(GW_F_STR("side", gw_side_name(side))),
                         GW_F_HIDE(GW_F_U64("offset", p->error_offset)),
@@ -769,13 +791,29 @@ static bool over_high_water(gw_session *s, gw_side side) {
  * through the script layer. */
 static void process(gw_session *s, gw_side side) {
   gw_dir *d = &s->dir[side];
+  gw_listener_counters *lc = &s->listener->lc;
+  gw_script *script = s->relay->script;
   uint64_t frames = s->pipe.side[side].frames;
+  /* Handlers may run: their time goes to this listener's histogram, and
+   * the errors and timeouts they raise to its counters. */
+  bool handled = s->ss.handlers && s->ss.handlers->any[side];
+  gw_script_stats before;
+  if (handled) {
+    gw_script_set_handler_histogram(script, lc->handler_time);
+    gw_script_get_stats(script, &before);
+  }
   d->held = false;
   s->in_frame = true;
   s->cur_side = (uint8_t)side;
   int rc = gw_pipe_input(&s->pipe, side, d->rbuf ? d->rbuf->data : NULL, &d->start, d->end);
   s->in_frame = false;
-  s->relay->stats.frames[side] += s->pipe.side[side].frames - frames;
+  *lc->frames[side] += s->pipe.side[side].frames - frames;
+  if (handled) {
+    gw_script_stats after;
+    gw_script_get_stats(script, &after);
+    *lc->handler_errors += after.errors - before.errors;
+    *lc->handler_timeouts += after.timeouts - before.timeouts;
+  }
   if (rc == GW_PIPE_HELD)
     d->held = d->start < d->end || s->pipe.side[side].dec.len;
   else if (rc == -EPROTO)
@@ -818,7 +856,7 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   if (nread > 0) {
     d->end += (uint32_t)nread;
     d->bytes += (uint64_t)nread;
-    r->stats.bytes[side] += (uint64_t)nread;
+    *s->listener->lc.bytes[side] += (uint64_t)nread;
     s->last_active_ms = uv_now(r->loop);
     process(s, side);
     if (s->state != S_CLOSING) track_partial(s, side);
@@ -847,7 +885,134 @@ static int drv_copy(void *ud, gw_side to, const uint8_t *p, size_t len) {
 
 static bool drv_hold(void *ud, gw_side from) { return over_high_water(ud, from); }
 
-static const gw_pipe_driver pipe_driver = {drv_pass, drv_copy, drv_hold, NULL, NULL};
+/* A frame handed to handlers: its opcode is the session's last one from
+ * that side (GET /sessions). */
+static void drv_before(void *ud, gw_side from, const uint8_t *frame, size_t len) {
+  gw_session *s = ud;
+  gw_frame_info fi;
+  if (gw_frame_next(&s->pipe.side[from].framing, from, frame, len, &fi) == 1) {
+    s->has_op[from] = fi.has_opcode;
+    s->last_op[from] = fi.opcode;
+  }
+}
+
+static const gw_pipe_driver pipe_driver = {drv_pass, drv_copy, drv_hold, drv_before, NULL};
+
+/* ---- capture --------------------------------------------------------------- */
+
+static uint64_t wall_us(void) {
+  uv_timeval64_t tv;
+  uv_gettimeofday(&tv);
+  return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+}
+
+/* The capture is over (full, or a write failed): nothing more is written,
+ * and the app hears of it once, from the loop (not from inside a write). */
+static void capture_failed(gw_relay *r, int rc) {
+  if (!r->cap_done) return;
+  void (*done)(void *, int) = r->cap_done;
+  r->cap_done = NULL;
+  done(r->cap_ud, rc);
+}
+
+/* Writes what goes out toward `to` (from the other side, as the flow sees
+ * it): whole, or only the frames of the filter's opcode. */
+static void capture_bytes(gw_session *s, gw_side from, const uint8_t *p, size_t len,
+                          bool original) {
+  gw_relay *r = s->relay;
+  if (!s->flow || !r->cap || !r->cap_done) return;
+  uint64_t ts = wall_us();
+  int rc = 0;
+  if (!r->cap_filter.has_opcode) {
+    rc = original ? gw_capture_original(r->cap, s->flow, from, p, len, ts)
+                  : gw_capture_frame(r->cap, s->flow, from, p, len, ts);
+  } else {
+    const gw_framing *f = &s->pipe.side[from].framing;
+    gw_frame_info fi;
+    while (rc == 0 && len && gw_frame_next(f, from, p, len, &fi) == 1) {
+      if (fi.has_opcode && fi.opcode == r->cap_filter.opcode)
+        rc = original ? gw_capture_original(r->cap, s->flow, from, p, fi.len, ts)
+                      : gw_capture_frame(r->cap, s->flow, from, p, fi.len, ts);
+      p += fi.len;
+      len -= fi.len;
+    }
+  }
+  if (rc != 0) capture_failed(r, rc);
+}
+
+static int cap_pass(void *ud, gw_side to, const uint8_t *p, size_t len) {
+  int rc = drv_pass(ud, to, p, len);
+  if (rc == 0) capture_bytes(ud, other(to), p, len, false);
+  return rc;
+}
+
+static int cap_copy(void *ud, gw_side to, const uint8_t *p, size_t len) {
+  int rc = drv_copy(ud, to, p, len);
+  if (rc == 0) capture_bytes(ud, other(to), p, len, false);
+  return rc;
+}
+
+static void cap_before(void *ud, gw_side from, const uint8_t *frame, size_t len) {
+  gw_session *s = ud;
+  drv_before(ud, from, frame, len);
+  if (s->relay->cap_filter.originals) capture_bytes(s, from, frame, len, true);
+}
+
+static const gw_pipe_driver capture_driver = {cap_pass, cap_copy, drv_hold, cap_before, NULL};
+
+/* Does the capture take session s? Then it gets a flow and the capturing
+ * driver. */
+static void capture_take(gw_relay *r, gw_session *s) {
+  const gw_relay_capture_filter *f = &r->cap_filter;
+  if (s->flow || (f->session && s->ss.id != f->session) ||
+      (f->listener && strcmp(f->listener, s->listener->name) != 0))
+    return;
+  gw_capture_flow *flow = calloc(1, sizeof *flow);
+  if (!flow) return;
+  if (gw_capture_flow_init(flow, (struct sockaddr *)&s->peer,
+                           (struct sockaddr *)&s->listener->upstream_addr) < 0) {
+    free(flow);
+    return;
+  }
+  s->flow = flow;
+  s->pipe.drv = &capture_driver;
+}
+
+static void capture_end_flow(gw_session *s) {
+  gw_relay *r = s->relay;
+  if (r->cap) {
+    int rc = gw_capture_flow_end(r->cap, s->flow, s->dir[GW_CLIENT].eof ? GW_CLIENT : GW_SERVER,
+                                 wall_us());
+    if (rc != 0) capture_failed(r, rc);
+  }
+  free(s->flow);
+  s->flow = NULL;
+  s->pipe.drv = &pipe_driver;
+}
+
+int gw_relay_capture_start(gw_relay *r, gw_capture *cap, const gw_relay_capture_filter *f,
+                           void (*done)(void *ud, int status), void *ud) {
+  if (r->cap) return -EBUSY;
+  r->cap = cap;
+  r->cap_filter = *f;
+  if (f->listener) {
+    snprintf(r->cap_listener, sizeof r->cap_listener, "%s", f->listener);
+    r->cap_filter.listener = r->cap_listener;
+  }
+  r->cap_done = done;
+  r->cap_ud = ud;
+  for (gw_session *s = r->sessions; s; s = s->next)
+    if (s->state != S_CLOSING) capture_take(r, s);
+  return 0;
+}
+
+void gw_relay_capture_stop(gw_relay *r) {
+  if (!r->cap) return;
+  for (gw_session *s = r->sessions; s; s = s->next)
+    if (s->flow) capture_end_flow(s);
+  r->cap = NULL;
+  r->cap_done = NULL;
+}
 
 /* ---- connecting -------------------------------------------------------- */
 
@@ -895,7 +1060,7 @@ static void connect_cb(uv_connect_t *req, int status) {
 }
 
 static void refuse_cb(uv_handle_t *h) { free(h); }
-static void refuse(gw_session *s, const char *why);
+static void refuse(gw_session *s, uint64_t *counter, const char *why);
 static bool ip_admit(gw_session *s);
 static void session_begin(gw_session *s);
 
@@ -912,7 +1077,7 @@ static void accept_cb(uv_stream_t *server, int status) {
     if (!t) return;
     uv_tcp_init(r->loop, t);
     if (uv_accept(server, (uv_stream_t *)t) == 0) {
-      r->stats.sessions_refused++;
+      (*l->lc.refused[GW_REFUSED_MAX_SESSIONS])++;
       if (log_allow(r, &r->refusal_lines))
         gw_warn("listener %s: session limit %u reached (limits.max_sessions), connection refused",
                 l->name, r->cfg->max_sessions);
@@ -951,7 +1116,7 @@ static void accept_cb(uv_stream_t *server, int status) {
   uv_tcp_getsockname(&s->tcp[GW_CLIENT], (struct sockaddr *)&s->local, &plen);
   if (l->proxy_in && l->nproxy_from &&
       !gw_cidr_match(l->proxy_from, l->nproxy_from, (struct sockaddr *)&s->peer)) {
-    refuse(s, "not in proxy_protocol_from");
+    refuse(s, l->refused_proxy_from, "not in proxy_protocol_from");
     return;
   }
   /* Behind a load balancer the client's address comes in the PROXY
@@ -966,7 +1131,9 @@ static void accept_cb(uv_stream_t *server, int status) {
   uv_tcp_nodelay(&s->tcp[GW_CLIENT], 1);
 
   s->ss.id = ++r->next_id;
-  r->stats.sessions_total++;
+  (*l->lc.sessions_total)++;
+  (*l->lc.sessions_open)++;
+  s->counted = true;
   gw_format_addr((struct sockaddr *)&l->upstream_addr, s->ss.upstream, sizeof s->ss.upstream);
   s->opened_ms = s->last_active_ms = uv_now(r->loop);
   s->next = r->sessions;
@@ -988,7 +1155,6 @@ static void accept_cb(uv_stream_t *server, int status) {
  * with the address it names, from the bytes after it. */
 static void preface_read(gw_session *s, ssize_t nread) {
   gw_dir *d = &s->dir[GW_CLIENT];
-  gw_relay *r = s->relay;
   if (nread < 0) {
     session_close(s, "client %s before its PROXY header",
                   nread == UV_EOF ? "closed" : "reset the connection");
@@ -996,13 +1162,13 @@ static void preface_read(gw_session *s, ssize_t nread) {
   }
   d->end += (uint32_t)nread;
   d->bytes += (uint64_t)nread;
-  r->stats.bytes[GW_CLIENT] += (uint64_t)nread;
+  *s->listener->lc.bytes[GW_CLIENT] += (uint64_t)nread;
   gw_proxy_info info;
   char msg[160];
   int n = gw_proxy_parse(d->rbuf->data + d->start, d->end - d->start, &info, msg, sizeof msg);
   if (n == -EAGAIN) return;
   if (n < 0) {
-    r->stats.protocol_errors++;
+    (*s->listener->lc.protocol_errors)++;
     session_close(s, "bad PROXY header: %s", msg);
     return;
   }
@@ -1030,10 +1196,11 @@ static void preface_send(gw_session *s) {
 
 /* ---- admission ----------------------------------------------------------- */
 
-/* A connection closed before it became a session. */
-static void refuse(gw_session *s, const char *why) {
+/* A connection closed before it became a session; counter: its reason's
+ * (NULL: not counted). */
+static void refuse(gw_session *s, uint64_t *counter, const char *why) {
   gw_relay *r = s->relay;
-  r->stats.sessions_refused++;
+  if (counter) (*counter)++;
   if (log_allow(r, &r->refusal_lines))
     gw_warn("listener %s: connection from %s refused: %s", s->listener->name, s->ss.client, why);
   if (s->state == S_PREFACE) { /* a session already: close it as one */
@@ -1052,9 +1219,13 @@ static bool ip_admit(gw_session *s) {
     s->ip_counted = true;
     return true;
   }
-  refuse(s, iv == GW_IP_TOO_MANY  ? "limits.sessions_per_ip reached"
-            : iv == GW_IP_TOO_FAST ? "limits.new_sessions_per_ip_per_s exceeded"
-                                   : "out of memory");
+  uint64_t *const *refused = s->listener->lc.refused;
+  if (iv == GW_IP_TOO_MANY)
+    refuse(s, refused[GW_REFUSED_SESSIONS_PER_IP], "limits.sessions_per_ip reached");
+  else if (iv == GW_IP_TOO_FAST)
+    refuse(s, refused[GW_REFUSED_NEW_PER_IP], "limits.new_sessions_per_ip_per_s exceeded");
+  else
+    refuse(s, NULL, "out of memory");
   return false;
 }
 
@@ -1069,7 +1240,9 @@ static void session_begin(gw_session *s) {
                         GW_F_STR("client", s->ss.client), GW_F_STR("upstream", s->ss.upstream)),
               "session %" PRIu64 " open", s->ss.id);
   if (s->proxy_out) preface_send(s);
+  if (r->cap) capture_take(r, s);
   if (gw_script_session_open(r->script, l->handlers, &s->ss) < 0) {
+    (*l->lc.refused[GW_REFUSED_SCRIPT])++;
     /* Whatever on_connect sent first ("server full") still reaches the
      * client; the upstream is never dialled. */
     session_close_soft(s, "refused by on_connect");
@@ -1102,7 +1275,10 @@ static int host_emit(gw_script_session *ss, gw_side to, const uint8_t *data, siz
    * goes, rather than gangway's memory. */
   /* The script layer drops a sent frame refused so and closes the session
    * if it was the frame being handled, which must pass. */
-  if (queued(s, to) + len > s->relay->cfg->write_max) return -ENOBUFS;
+  if (queued(s, to) + len > s->relay->cfg->write_max) {
+    if (data != s->pipe.cur_frame) (*s->listener->lc.injected_refused)++;
+    return -ENOBUFS;
+  }
   if (s->in_frame && s->cur_side == to) s->echo[to] = true;
   int rc = gw_pipe_output(&s->pipe, to, data, len);
   if (rc < 0 && rc != -ECONNRESET) session_close(s, "cannot queue frame: %s", strerror(-rc));
@@ -1200,6 +1376,21 @@ static void listener_update(gw_relay *r, gw_listener *l, const gw_listener_confi
   l->removed = false;
 }
 
+/* A listener named name with its counter slots (a name seen before
+ * continues its series); NULL when out of memory (err says so). */
+static gw_listener *listener_new(gw_relay *r, const char *name, char *err, size_t errlen) {
+  gw_listener *l = calloc(1, sizeof *l);
+  if (l && (l->name = strdup(name)) && gw_listener_counters_init(&l->lc, r->fam, name) == 0 &&
+      (l->refused_proxy_from = gw_metric_slot(r->fam->sessions_refused,
+                                              GW_LABELS(name, "proxy_protocol_from")))) {
+    l->relay = r;
+    return l;
+  }
+  if (l) listener_free(l);
+  snprintf(err, errlen, "out of memory");
+  return NULL;
+}
+
 static gw_listener *listener_find(gw_relay *r, const char *name) {
   for (gw_listener *l = r->listeners; l; l = l->next)
     if (!l->removed && strcmp(l->name, name) == 0) return l;
@@ -1223,11 +1414,69 @@ static gw_script_limits script_limits(const gw_config *cfg) {
                             .memory_bytes = (size_t)cfg->lua_memory_mb << 20};
 }
 
-int gw_relay_new(uv_loop_t *loop, gw_config *cfg, gw_relay **out, char *err, size_t errlen) {
+/* Gauges pulled at each rendering, and the script layer's per-opcode
+ * counts: cumulative for the life of the script state, they are summed into
+ * the opcode series afresh (several opcodes may share "other"). */
+static void opstat_zero(void *ud, const char *listener, gw_side side, bool has_opcode,
+                        uint32_t opcode, const gw_opstat_counts *c);
+static void opstat_add(void *ud, const char *listener, gw_side side, bool has_opcode,
+                       uint32_t opcode, const gw_opstat_counts *c);
+
+static void relay_collect(gw_metrics *m, void *ud) {
+  (void)m;
+  gw_relay *r = ud;
+  if (!r->script) return;
+  gw_script_stats st;
+  gw_script_get_stats(r->script, &st);
+  *r->fam->lua_memory = (int64_t)st.memory_bytes;
+  *r->fam->pool_in_use = (int64_t)r->pool.live;
+  *r->fam->pool_free = (int64_t)r->pool.nfree;
+  gw_script_foreach_opstat(r->script, opstat_zero, r);
+  gw_script_foreach_opstat(r->script, opstat_add, r);
+}
+
+/* The newest listener of that name (a removed one keeps the same series). */
+static gw_listener *listener_counted(gw_relay *r, const char *name) {
+  for (gw_listener *l = r->listeners; l; l = l->next)
+    if (strcmp(l->name, name) == 0) return l;
+  return NULL;
+}
+
+static void opstat_apply(gw_relay *r, const char *listener, gw_side side, bool has_opcode,
+                         uint32_t opcode, const gw_opstat_counts *c, bool add) {
+  gw_listener *l = listener_counted(r, listener);
+  if (!l) return;
+  uint64_t *all = gw_metric_slot(r->handler_frames, GW_LABELS(l->name));
+  if (all) *all = add ? *all + c->frames : 0;
+  if (!has_opcode) return; /* per opcode: frames that have one */
+  gw_opcode_counters *t[4] = {l->lc.passed[side], l->lc.dropped[side], l->lc.replaced[side],
+                              l->lc.injected[side]};
+  const uint64_t v[4] = {c->passed, c->dropped, c->replaced, c->injected};
+  for (int i = 0; i < 4; i++) {
+    uint64_t *slot = gw_opcode_counters_slot(t[i], opcode);
+    if (slot) *slot = add ? *slot + v[i] : 0;
+  }
+}
+
+static void opstat_zero(void *ud, const char *listener, gw_side side, bool has_opcode,
+                        uint32_t opcode, const gw_opstat_counts *c) {
+  opstat_apply(ud, listener, side, has_opcode, opcode, c, false);
+}
+
+static void opstat_add(void *ud, const char *listener, gw_side side, bool has_opcode,
+                       uint32_t opcode, const gw_opstat_counts *c) {
+  opstat_apply(ud, listener, side, has_opcode, opcode, c, true);
+}
+
+int gw_relay_new(uv_loop_t *loop, gw_config *cfg, const gw_relay_metrics *m, gw_relay **out,
+                 char *err, size_t errlen) {
   *out = NULL;
   gw_relay *r = calloc(1, sizeof *r);
   gw_iplimit *ipl = r ? gw_iplimit_new() : NULL;
-  if (!ipl) {
+  gw_metric *hf = gw_metrics_counter(m->registry, "gangway_handler_frames_total",
+                                     "Frames handed to handlers.", GW_LABELS("listener"));
+  if (!ipl || !hf || gw_metrics_on_collect(m->registry, relay_collect, r) < 0) {
+    gw_iplimit_free(ipl);
     free(r);
     gw_config_free(cfg);
     free(cfg);
@@ -1236,6 +1485,9 @@ int gw_relay_new(uv_loop_t *loop, gw_config *cfg, gw_relay **out, char *err, siz
   }
   r->loop = loop;
   r->cfg = cfg;
+  r->registry = m->registry;
+  r->fam = m->families;
+  r->handler_frames = hf;
   gw_pool_init(&r->pool, GW_BUF_SIZE, GW_POOL_KEEP);
   uv_timer_init(loop, &r->script_timer);
   uv_timer_init(loop, &r->drain_timer);
@@ -1247,14 +1499,11 @@ int gw_relay_new(uv_loop_t *loop, gw_config *cfg, gw_relay **out, char *err, siz
   int rc = r->script ? gw_script_load(r->script, cfg, err, errlen) : -ENOMEM;
   if (!r->script) snprintf(err, errlen, "cannot create the Lua state: out of memory");
   for (size_t i = 0; rc == 0 && i < cfg->nlisteners; i++) {
-    gw_listener *l = calloc(1, sizeof *l);
-    if (!l || !(l->name = strdup(cfg->listeners[i].name))) {
-      free(l);
-      snprintf(err, errlen, "out of memory");
+    gw_listener *l = listener_new(r, cfg->listeners[i].name, err, errlen);
+    if (!l) {
       rc = -ENOMEM;
       break;
     }
-    l->relay = r;
     l->next = r->listeners;
     r->listeners = l;
     listener_update(r, l, &cfg->listeners[i]);
@@ -1286,14 +1535,11 @@ int gw_relay_reload(gw_relay *r, gw_config *cfg, char *err, size_t errlen) {
     const gw_listener_config *lc = &cfg->listeners[i];
     gw_listener *old = listener_find(r, lc->name);
     if (old && strcmp(old->listen, lc->listen) == 0) continue;
-    gw_listener *l = calloc(1, sizeof *l);
-    if (!l || !(l->name = strdup(lc->name))) {
-      free(l);
-      snprintf(err, errlen, "out of memory");
+    gw_listener *l = listener_new(r, lc->name, err, errlen);
+    if (!l) {
       rc = -ENOMEM;
       break;
     }
-    l->relay = r;
     l->next = fresh;
     fresh = l;
     rc = listener_bind(r, l, lc, err, errlen);
@@ -1399,31 +1645,37 @@ void gw_relay_free(gw_relay *r) {
   free(r);
 }
 
-void gw_relay_get_stats(const gw_relay *r, gw_relay_stats *st) {
-  *st = r->stats;
-  st->sessions_active = r->active;
-  st->pool_live = r->pool.live;
-  st->pool_free = r->pool.nfree;
+gw_script *gw_relay_script(gw_relay *r) { return r->script; }
+
+json_t *gw_relay_sessions_json(gw_relay *r) {
+  json_t *a = json_array();
+  uint64_t now = uv_now(r->loop);
+  for (gw_session *s = r->sessions; a && s; s = s->next) {
+    json_t *o = json_pack("{sI ss ss ss sI sI sI sI sI}", "id", (json_int_t)s->ss.id,
+                          "listener", s->listener->name, "client", s->ss.client, "upstream",
+                          s->ss.upstream, "age_ms", (json_int_t)(now - s->opened_ms),
+                          "bytes_client", (json_int_t)s->dir[GW_CLIENT].bytes, "bytes_server",
+                          (json_int_t)s->dir[GW_SERVER].bytes, "frames_client",
+                          (json_int_t)s->pipe.side[GW_CLIENT].frames, "frames_server",
+                          (json_int_t)s->pipe.side[GW_SERVER].frames);
+    if (!o || json_array_append_new(a, o) < 0) {
+      json_decref(a);
+      return NULL;
+    }
+    for (int i = 0; i < GW_SIDES; i++)
+      json_object_set_new(o, i == GW_CLIENT ? "last_opcode_client" : "last_opcode_server",
+                          s->has_op[i] ? json_integer(s->last_op[i]) : json_null());
+    json_object_set_new(o, "player", json_null());
+  }
+  return a;
 }
 
-int gw_relay_stats_json(const gw_relay *r, char *out, size_t outlen) {
-  gw_relay_stats st;
-  gw_script_stats ss;
-  gw_relay_get_stats(r, &st);
-  gw_script_get_stats(r->script, &ss);
-  int n = snprintf(out, outlen,
-                   "{\"sessions_active\":%u,\"sessions_total\":%" PRIu64
-                   ",\"client_bytes\":%" PRIu64 ",\"server_bytes\":%" PRIu64
-                   ",\"client_frames\":%" PRIu64 ",\"server_frames\":%" PRIu64
-                   ",\"protocol_errors\":%" PRIu64 ",\"sessions_refused\":%" PRIu64 ",\"pool_buffers_live\":%zu"
-                   ",\"pool_buffers_free\":%zu,\"handler_frames\":%" PRIu64
-                   ",\"handler_dropped\":%" PRIu64 ",\"handler_replaced\":%" PRIu64
-                   ",\"handler_injected\":%" PRIu64 ",\"handler_errors\":%" PRIu64
-                   ",\"handler_timeouts\":%" PRIu64 ",\"lua_memory_bytes\":%zu}",
-                   st.sessions_active, st.sessions_total, st.bytes[GW_CLIENT],
-                   st.bytes[GW_SERVER], st.frames[GW_CLIENT], st.frames[GW_SERVER],
-                   st.protocol_errors, st.sessions_refused, st.pool_live, st.pool_free,
-                   ss.frames, ss.dropped, ss.replaced, ss.injected, ss.errors, ss.timeouts,
-                   ss.memory_bytes);
-  return n < 0 || (size_t)n >= outlen ? -ENOBUFS : 0;
+int gw_relay_close_session(gw_relay *r, uint64_t id, const char *reason) {
+  for (gw_session *s = r->sessions; s; s = s->next) {
+    if (s->ss.id != id || s->state == S_CLOSING) continue;
+    session_close_soft(s, reason);
+    flush_dirty(r);
+    return 0;
+  }
+  return -ENOENT;
 }
