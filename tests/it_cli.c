@@ -103,7 +103,16 @@ static void test_stats_of_a_running_gangway(void **state) {
   char m[1000] = {0}, back[1000];
   it_send_all(fd, m, sizeof m);
   assert_int_equal(it_recv_exact(fd, back, sizeof back, 2000), sizeof back);
-  expect("stats", "-c", g.config, 0, "\"sessions_active\":1,\"sessions_total\":1,\"client_bytes\":1000,\"server_bytes\":1000");
+  expect("stats", "-c", g.config, 0, "{\"summary\":{\"sessions_active\":1,\"sessions_total\":1,\"client_bytes\":1000,\"server_bytes\":1000");
+  /* The registry behind it, per listener, and the reload history. */
+  expect("stats", "-c", g.config, 0,
+         "\"gangway_bytes_total\":{\"type\":\"counter\",\"help\":\"Bytes read from each side.\","
+         "\"series\":[{\"labels\":{\"listener\":\"s\",\"side\":\"client\"},\"value\":1000}");
+  expect("stats", "-c", g.config, 0, "\"generation\":1,\"reloads\":[],");
+  expect("reload", "-c", g.config, 0, "ok: generation 2 active after");
+  expect("stats", "-c", g.config, 0, "\"generation\":2,\"reloads\":[{\"unix_ms\":");
+  expect("stats", "-c", g.config, 0, "\"trigger\":\"control socket\",\"ok\":true,\"generation\":2,"
+         "\"result\":\"generation 2 active after");
   /* A second gangway on the same control socket refuses to start. */
   it_write(g.dir, "second.lua",
            "return { listeners = { { name = \"s\", listen = \"127.0.0.1:%d\", "
@@ -205,6 +214,8 @@ static void test_check_json(void **state) {
   free(out);
   it_rmdir(dir);
   expect("stats", "--json", NULL, 2, "--json goes with check only");
+  expect("stats", "-w", "x.pcap", 2, "go with capture only");
+  expect("capture", "--seconds", "3", 2, "capture needs -w FILE.pcap");
 }
 
 /* Runs script with sh (popen), stdout and stderr into *out; dir, bin and
