@@ -44,15 +44,26 @@ local function encrypt(session, side, ways)
                                     state = { key = session.state.chapstr, i = 0 } })
 end
 
-gw.on("server", top.MC_CHAPSTR, function(pkt, session)
-  session.state.chapstr = pkt:str(top.BODY)
-end)
-
-gw.on("client", top.CM_LOGIN, function(pkt, session)
-  if not session.state.chapstr or session.state.cipher_up then return end
+-- Client to server: from the frame after CM_LOGIN, once the key is known.
+-- A client may send its login before the server's MC_CHAPSTR reaches
+-- gangway (both leave at connect): then the key's arrival switches it on.
+local function cipher_up(session)
   session.state.cipher_up = true
   encrypt(session, "client", "in")  -- what the client sends from now on
   encrypt(session, "server", "out") -- and what the server gets
+end
+
+gw.on("server", top.MC_CHAPSTR, function(pkt, session)
+  local key = pkt:str(top.BODY)
+  if #key == 0 then return end
+  session.state.chapstr = key
+  if session.state.login_sent and not session.state.cipher_up then cipher_up(session) end
+end)
+
+gw.on("client", top.CM_LOGIN, function(pkt, session)
+  if session.state.login_sent then return end
+  session.state.login_sent = true
+  if session.state.chapstr then cipher_up(session) end
 end)
 
 gw.on("server", top.MC_LOGIN, function(pkt, session)

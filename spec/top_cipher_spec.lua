@@ -58,6 +58,19 @@ describe("scripts/top_cipher.lua", function()
     t:close()
   end)
 
+  it("works when the login reaches gangway before the key", function()
+    local t = testing.new{ framing = "top", scripts = { "scripts/top_cipher.lua", "scripts/chat_filter.lua" } }
+    local s = t:connect()
+    s:from_client(top.frame(431, top.writer():str("bot1"):str("pw"):u16(136):u16(911)))
+    s:from_server(top.frame(940, top.writer():str(key)))
+    s:from_server(top.frame(931, top.writer():u16(0):u32(1001)))
+    s:to_server(); s:to_client()
+    local c2s_in, c2s_out = stream(0), stream(0)
+    s:from_client(enc(c2s_in, top.say("this damn crab")))
+    assert.same({ enc(c2s_out, top.say("this darn crab")) }, s:to_server())
+    t:close()
+  end)
+
   it("passes CM_LOGIN and MC_LOGIN themselves in clear", function()
     local t = testing.new{ framing = "top", scripts = { "scripts/top_cipher.lua" } }
     local s = t:connect()

@@ -293,8 +293,9 @@ static void log_long_wait(gw_pipe *p, gw_side from, const uint8_t *at, size_t n)
   if (!gw_log_enabled(GW_LOG_DEBUG)) return;
   char hex[WAIT_HEX * 3 + 4] = "";
   size_t shown = n < WAIT_HEX ? n : WAIT_HEX;
+  size_t len = 0;
   for (size_t i = 0; i < shown; i++)
-    snprintf(hex + 3 * i, sizeof hex - 3 * i, "%s%02x", i ? " " : "", at[i]);
+    len += (size_t)snprintf(hex + len, sizeof hex - len, "%s%02x", i ? " " : "", at[i]);
   gw_debug("session %" PRIu64 " waits for a frame of %u bytes from the %s side at stream "
            "offset %" PRIu64 ", has %zu: %s%s (framing %s)",
            p->ss->id, ps->need, gw_side_name(from), ps->offset, n, hex, n > shown ? " ..." : "",
@@ -358,22 +359,22 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     }
     FLUSH_RUN();
     uint8_t *frame = base + *start;
-    size_t len = fi.len;
+    size_t len = fi.len, wire_len = fi.len;
     bool frame_in_input = in_input;
-    *start += (uint32_t)fi.len;
-    ps->offset += fi.len;
-    run = *start;
     if (ps->body_in) { /* handlers see the clear frame (its opcode too) */
       char err[160];
       rc = body_transform(p, ps->body_in, true, &ps->framing, from, frame, len, &p->scratch, err,
                           sizeof err);
-      if (rc) return fail(p, from, GW_FRAME_OK, "body codec %s: %s", ps->body_in->type->name, err);
+      if (rc) return fail(p, from, GW_FRAME_OK, "body codec: %s", err);
       frame = p->scratch.p;
       len = p->scratch.len;
       frame_in_input = false;
       if (gw_frame_next(&ps->framing, from, frame, len, &fi) != 1 || fi.len != len)
         return fail(p, from, GW_FRAME_OK, "body codec %s broke the frame", ps->body_in->type->name);
     }
+    *start += (uint32_t)wire_len; /* an error above names the frame's start */
+    ps->offset += wire_len;
+    run = *start;
     if (!gw_handlers_want(h, from, &fi)) {
       if (ps->frames_left) phase_done_one(ps);
       if ((rc = output(p, to, frame, len, true, frame_in_input)) < 0) return rc;
