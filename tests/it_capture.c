@@ -1,0 +1,345 @@
+/* it_capture.c: `gangway capture` on a running gangway (issue 13.2): the
+ * pcap is read back by tshark with the frames sent, as they left gangway,
+ * between the session's real addresses and ports, with the originals of
+ * changed frames in their own stream when asked, an opcode filter, and
+ * the demo's chat (topd, topbot, chat_filter.lua) as it left and as it
+ * came. */
+#include <ctype.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "itest.h"
+
+/* ---- the command, in a thread while the test makes traffic ---- */
+
+typedef struct capture_cmd {
+  pthread_t thread;
+  const char *args[16];
+  char *out;
+  int code;
+} capture_cmd;
+
+static void *capture_thread(void *ud) {
+  capture_cmd *c = ud;
+  c->code = it_run_gangway(&c->out, c->args);
+  return NULL;
+}
+
+/* Starts `gangway capture -c config ... -w pcap` and waits until the
+ * running gangway says it began. */
+static void capture_start(capture_cmd *c, it_gangway *g, const char *pcap, const char *const extra[]) {
+  memset(c, 0, sizeof *c);
+  int n = 0;
+  c->args[n++] = "capture";
+  c->args[n++] = "-c";
+  c->args[n++] = g->config;
+  for (int i = 0; extra[i]; i++) c->args[n++] = extra[i];
+  c->args[n++] = "-w";
+  c->args[n++] = pcap;
+  int before = it_log_count(g, "capture to ", "started");
+  assert_int_equal(pthread_create(&c->thread, NULL, capture_thread, c), 0);
+  for (int i = 0; i < 100 && it_log_count(g, "capture to ", "started") == before; i++)
+    usleep(20 * 1000);
+  assert_true(it_log_count(g, "capture to ", "started") > before);
+}
+
+/* Waits for the command (its --seconds) and checks its answer. */
+static void capture_end(capture_cmd *c) {
+  pthread_join(c->thread, NULL);
+  if (c->code != 0 || !strstr(c->out, "ok: ") || !strstr(c->out, " bytes written to "))
+    fail_msg("gangway capture: exit %d: %s", c->code, c->out);
+  free(c->out);
+}
+
+/* ---- tshark ---- */
+
+typedef struct seg {
+  char src[64], dst[64];
+  int sport, dport, dscp;
+  uint8_t payload[512];
+  size_t len;
+} seg;
+
+static int unhex(char c) { return isdigit((unsigned char)c) ? c - '0' : tolower((unsigned char)c) - 'a' + 10; }
+
+/* The segments with a payload, in file order; *n their count. */
+static seg *read_pcap(const char *pcap, size_t *n) {
+  if (system("command -v tshark >/dev/null 2>&1") != 0) fail_msg("tshark is not installed");
+  char cmd[512];
+  snprintf(cmd, sizeof cmd,
+           "tshark -r '%s' -Y 'tcp.len > 0' -T fields -E separator=' ' -e ip.src -e tcp.srcport "
+           "-e ip.dst -e tcp.dstport -e ip.dsfield.dscp -e tcp.payload 2>/dev/null",
+           pcap);
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  seg *v = calloc(1024, sizeof *v);
+  char line[2048], hex[1100];
+  *n = 0;
+  while (*n < 1024 && fgets(line, sizeof line, p)) {
+    seg *s = &v[*n];
+    hex[0] = '\0';
+    if (sscanf(line, "%63s %d %63s %d %d %1099s", s->src, &s->sport, s->dst, &s->dport, &s->dscp,
+               hex) != 6)
+      fail_msg("tshark line: %s", line);
+    s->len = strlen(hex) / 2;
+    if (s->len > sizeof s->payload) s->len = sizeof s->payload;
+    for (size_t i = 0; i < s->len; i++) s->payload[i] = (uint8_t)(unhex(hex[2 * i]) << 4 | unhex(hex[2 * i + 1]));
+    (*n)++;
+  }
+  assert_int_equal(pclose(p), 0);
+  return v;
+}
+
+/* Packets in the file that match a display filter. */
+static int tshark_count(const char *pcap, const char *filter) {
+  char cmd[512], out[64] = "";
+  snprintf(cmd, sizeof cmd, "tshark -r '%s' -Y '%s' 2>/dev/null | wc -l", pcap, filter);
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  if (!fgets(out, sizeof out, p)) out[0] = '\0';
+  pclose(p);
+  return atoi(out);
+}
+
+/* ---- top frames ---- */
+
+static size_t top_frame(uint8_t *f, uint16_t opcode, const char *body) {
+  size_t len = 8 + strlen(body);
+  f[0] = (uint8_t)(len >> 8), f[1] = (uint8_t)len;
+  f[2] = 0x80, f[3] = f[4] = f[5] = 0;
+  f[6] = (uint8_t)(opcode >> 8), f[7] = (uint8_t)opcode;
+  memcpy(f + 8, body, strlen(body));
+  return len;
+}
+
+/* The frame made by the replacing handler below. */
+static size_t replaced_frame(uint8_t *f) {
+  /* gw.writer():str("REPLACED"): top strings are a u16 length counting a
+   * trailing NUL. */
+  static const char body[] = "\x00\x09REPLACED";
+  size_t len = 8 + sizeof body; /* with the NUL */
+  top_frame(f, 5, "");
+  memcpy(f + 8, body, sizeof body);
+  f[0] = (uint8_t)(len >> 8), f[1] = (uint8_t)len;
+  return len;
+}
+
+static int local_port(int fd) {
+  struct sockaddr_in a;
+  socklen_t len = sizeof a;
+  assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+  return ntohs(a.sin_port);
+}
+
+/* ---- tests ---- */
+
+typedef struct fx {
+  it_gangway g;
+  it_server *up;
+  int port, up_port;
+  char pcap[256];
+} fx;
+
+static void fx_start(fx *f) {
+  f->up = it_server_start(IT_ECHO, 0, &f->up_port);
+  f->port = it_free_port();
+  it_gangway_prepare(&f->g);
+  it_write(f->g.dir, "replace.lua",
+           "local gw = require \"gangway\"\n"
+           "gw.on(\"client\", 5, function() return gw.packet(5, gw.writer():str(\"REPLACED\")) end)\n");
+  it_write(f->g.dir, "config.lua",
+           "return { listeners = { { name = \"game\", listen = \"127.0.0.1:%d\", upstream = "
+           "\"127.0.0.1:%d\", framing = \"top\", scripts = { \"replace.lua\" } } },\n"
+           "  control = \"ctl.sock\" }\n",
+           f->port, f->up_port);
+  it_gangway_run(&f->g, f->port);
+  snprintf(f->pcap, sizeof f->pcap, "%s/out.pcap", f->g.dir);
+}
+
+static void fx_stop(fx *f) {
+  assert_int_equal(it_gangway_stop(&f->g, SIGTERM, 10000), 0);
+  it_server_stop(f->up);
+}
+
+/* Sends a frame and reads back what the echo upstream returns of it. */
+static void exchange(int fd, const uint8_t *f, size_t len, const uint8_t *want, size_t wlen) {
+  uint8_t back[512];
+  assert_int_equal(it_send_all(fd, f, len), 0);
+  assert_int_equal(it_recv_exact(fd, back, wlen, 3000), wlen);
+  assert_memory_equal(back, want, wlen);
+}
+
+/* Every frame, both ways, as it left gangway, between the client's and
+ * the upstream's addresses; a replaced frame as its replacement. */
+static void test_frames_as_they_left(void **state) {
+  (void)state;
+  fx f;
+  fx_start(&f);
+  capture_cmd c;
+  const char *const extra[] = {"--seconds", "3", "--listener", "game", NULL};
+  capture_start(&c, &f.g, f.pcap, extra);
+  int fd = it_connect(f.port);
+  assert_true(fd >= 0);
+  int cport = local_port(fd);
+  enum { N = 6 };
+  uint8_t fr[N + 2][64];
+  size_t len[N + 2];
+  for (int i = 0; i < N; i++) {
+    char body[32];
+    snprintf(body, sizeof body, "frame number %d", i);
+    len[i] = top_frame(fr[i], 1, body);
+    exchange(fd, fr[i], len[i], fr[i], len[i]);
+  }
+  uint8_t rep[64];
+  size_t rlen = replaced_frame(rep);
+  for (int i = N; i < N + 2; i++) {
+    len[i] = top_frame(fr[i], 5, "original words");
+    exchange(fd, fr[i], len[i], rep, rlen);
+  }
+  close(fd);
+  capture_end(&c);
+  size_t n;
+  seg *v = read_pcap(f.pcap, &n);
+  assert_int_equal(n, 2 * (N + 2));
+  for (size_t i = 0; i < n; i++) {
+    const seg *s = &v[i];
+    int k = (int)i / 2;
+    bool to_server = i % 2 == 0; /* each frame, then its echo */
+    assert_string_equal(s->src, "127.0.0.1");
+    assert_string_equal(s->dst, "127.0.0.1");
+    assert_int_equal(s->dscp, 0);
+    assert_int_equal(to_server ? s->sport : s->dport, cport);
+    assert_int_equal(to_server ? s->dport : s->sport, f.up_port);
+    const uint8_t *want = k < N ? fr[k] : rep;
+    size_t wlen = k < N ? len[k] : rlen;
+    assert_int_equal(s->len, wlen);
+    assert_memory_equal(s->payload, want, wlen);
+  }
+  free(v);
+  /* The session's handshake and both FINs: a whole TCP stream. */
+  assert_int_equal(tshark_count(f.pcap, "tcp.flags.syn == 1"), 2);
+  assert_int_equal(tshark_count(f.pcap, "tcp.flags.fin == 1"), 2);
+  assert_int_equal(tshark_count(f.pcap, "tcp.analysis.flags && !tcp.analysis.window_update"), 0);
+  fx_stop(&f);
+}
+
+/* --opcode keeps one opcode; --originals adds the frames handed to
+ * handlers as they came, in a stream of their own (DSCP 1). */
+static void test_opcode_and_originals(void **state) {
+  (void)state;
+  fx f;
+  fx_start(&f);
+  int early = it_connect(f.port); /* open before the capture starts */
+  assert_true(early >= 0);
+  uint8_t a[64], b[64], rep[64];
+  size_t alen = top_frame(a, 1, "not captured"), blen = top_frame(b, 5, "original words");
+  size_t rlen = replaced_frame(rep);
+  exchange(early, a, alen, a, alen);
+  capture_cmd c;
+  const char *const extra[] = {"--seconds", "2", "--opcode", "5", "--originals", NULL};
+  capture_start(&c, &f.g, f.pcap, extra);
+  for (int i = 0; i < 3; i++) {
+    exchange(early, a, alen, a, alen);
+    exchange(early, b, blen, rep, rlen);
+  }
+  close(early);
+  capture_end(&c);
+  size_t n;
+  seg *v = read_pcap(f.pcap, &n);
+  int sent = 0, originals = 0, echoed = 0;
+  for (size_t i = 0; i < n; i++) {
+    const seg *s = &v[i];
+    if (s->dscp == 1) {
+      originals++;
+      assert_int_equal(s->dport, f.up_port);
+      assert_int_equal(s->len, blen);
+      assert_memory_equal(s->payload, b, blen);
+      continue;
+    }
+    assert_int_equal(s->len, rlen); /* opcode 1 is not in the file */
+    assert_memory_equal(s->payload, rep, rlen);
+    *(s->dport == f.up_port ? &sent : &echoed) += 1;
+  }
+  free(v);
+  assert_int_equal(sent, 3);
+  assert_int_equal(echoed, 3);
+  assert_int_equal(originals, 3);
+  fx_stop(&f);
+}
+
+/* The demo: players chat through chat_filter.lua; the file has the line
+ * as the server got it, and as the player wrote it among the originals. */
+static void test_demo_chat(void **state) {
+  (void)state;
+  it_gangway g;
+  it_gangway_prepare(&g);
+  char topd_log[256], bots_log[256], scenario[256], bin[1200];
+  snprintf(topd_log, sizeof topd_log, "%s/topd.out", g.dir);
+  snprintf(bots_log, sizeof bots_log, "%s/bots.out", g.dir);
+  snprintf(scenario, sizeof scenario, "%s/players.txt", g.dir);
+  int up = it_free_port(), port = it_free_port();
+  pid_t topd = fork();
+  if (topd == 0) {
+    char listen[32];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", up);
+    if (!freopen(topd_log, "w", stderr) || !freopen(topd_log, "a", stdout)) _exit(126);
+    execl(GW_BUILD_DIR "/topd", "topd", "-v", "-l", listen, (char *)NULL);
+    _exit(127);
+  }
+  it_write(g.dir, "players.txt", "wait 300\nsay sorry noob, my bad\nwait 200\nsay hello again\nwait 500\n");
+  it_write(g.dir, "config.lua",
+           "return { listeners = { { name = \"game\", listen = \"127.0.0.1:%d\", upstream = "
+           "\"127.0.0.1:%d\", framing = \"top\", scripts = { \"%s/scripts/chat_filter.lua\" } } },\n"
+           "  control = \"ctl.sock\" }\n",
+           port, up, GW_SOURCE_DIR);
+  usleep(200 * 1000);
+  it_gangway_run(&g, port);
+  char pcap[256];
+  snprintf(pcap, sizeof pcap, "%s/demo.pcap", g.dir);
+  capture_cmd c;
+  const char *const extra[] = {"--seconds", "4", "--originals", NULL};
+  capture_start(&c, &g, pcap, extra);
+  snprintf(bin, sizeof bin,
+           "'%s/topbot' -c 127.0.0.1:%d -p player -n 2 -d 2 -s '%s' > '%s' 2>&1", GW_BUILD_DIR,
+           port, scenario, bots_log);
+  assert_int_equal(system(bin), 0);
+  capture_end(&c);
+  kill(topd, SIGINT);
+  waitpid(topd, NULL, 0);
+  size_t n;
+  seg *v = read_pcap(pcap, &n);
+  int rewritten = 0, raw_noob = 0, originals = 0;
+  for (size_t i = 0; i < n; i++) {
+    const seg *s = &v[i];
+    originals += s->dscp == 1;
+    bool noob = memmem(s->payload, s->len, "sorry noob", 10) != NULL;
+    bool friend = memmem(s->payload, s->len, "sorry new friend", 16) != NULL;
+    if (s->dscp == 0 && noob) fail_msg("the line as the player wrote it left gangway");
+    if (s->dscp == 0 && friend && s->dport == up) rewritten++;
+    if (s->dscp == 1 && noob) raw_noob++;
+  }
+  free(v);
+  printf("  demo capture: %zu segments with a payload, %d originals, rewritten line %d times\n", n,
+         originals, rewritten);
+  assert_int_equal(rewritten, 2); /* one per player, to the server */
+  assert_int_equal(raw_noob, 2);
+  /* One stream per player and one of originals each: 2 x 2 handshakes. */
+  assert_int_equal(tshark_count(pcap, "tcp.flags.syn == 1 && tcp.flags.ack == 0"), 4);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 10000), 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_frames_as_they_left),
+      cmocka_unit_test(test_opcode_and_originals),
+      cmocka_unit_test(test_demo_chat),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
