@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -63,8 +64,8 @@ static void capture_end(capture_cmd *c) {
 typedef struct seg {
   char src[64], dst[64];
   int sport, dport, dscp;
-  uint8_t payload[512];
-  size_t len;
+  uint8_t payload[512]; /* its first bytes */
+  size_t len;           /* the payload's whole length */
 } seg;
 
 static int unhex(char c) { return isdigit((unsigned char)c) ? c - '0' : tolower((unsigned char)c) - 'a' + 10; }
@@ -80,19 +81,22 @@ static seg *read_pcap(const char *pcap, size_t *n) {
   FILE *p = popen(cmd, "r");
   assert_non_null(p);
   seg *v = calloc(1024, sizeof *v);
-  char line[2048], hex[1100];
+  char *line = NULL;
+  size_t cap = 0;
   *n = 0;
-  while (*n < 1024 && fgets(line, sizeof line, p)) {
+  while (*n < 1024 && getline(&line, &cap, p) > 0) {
     seg *s = &v[*n];
-    hex[0] = '\0';
-    if (sscanf(line, "%63s %d %63s %d %d %1099s", s->src, &s->sport, s->dst, &s->dport, &s->dscp,
-               hex) != 6)
-      fail_msg("tshark line: %s", line);
-    s->len = strlen(hex) / 2;
-    if (s->len > sizeof s->payload) s->len = sizeof s->payload;
-    for (size_t i = 0; i < s->len; i++) s->payload[i] = (uint8_t)(unhex(hex[2 * i]) << 4 | unhex(hex[2 * i + 1]));
+    int hex_at = 0;
+    if (sscanf(line, "%63s %d %63s %d %d %n", s->src, &s->sport, s->dst, &s->dport, &s->dscp,
+               &hex_at) != 5 || !hex_at)
+      fail_msg("tshark line: %.200s", line);
+    const char *hex = line + hex_at;
+    s->len = strspn(hex, "0123456789abcdef") / 2; /* the whole payload's length */
+    for (size_t i = 0; i < s->len && i < sizeof s->payload; i++)
+      s->payload[i] = (uint8_t)(unhex(hex[2 * i]) << 4 | unhex(hex[2 * i + 1]));
     (*n)++;
   }
+  free(line);
   assert_int_equal(pclose(p), 0);
   return v;
 }
@@ -274,6 +278,53 @@ static void test_opcode_and_originals(void **state) {
   fx_stop(&f);
 }
 
+/* --session takes one session of two; --max-mb stops the capture at that
+ * size with a whole file, and the command says why. */
+static void test_session_and_size_limit(void **state) {
+  (void)state;
+  fx f;
+  fx_start(&f);
+  int other = it_connect(f.port), mine = it_connect(f.port);
+  assert_true(other >= 0 && mine >= 0);
+  uint8_t a[64];
+  size_t alen = top_frame(a, 1, "first");
+  exchange(other, a, alen, a, alen); /* session 1 */
+  exchange(mine, a, alen, a, alen);  /* session 2 */
+  int cport = local_port(mine);
+  capture_cmd c;
+  const char *const extra[] = {"--session", "2", "--max-mb", "1", "--seconds", "20", NULL};
+  capture_start(&c, &f.g, f.pcap, extra);
+  exchange(other, a, alen, a, alen);
+  /* 8 KB frames both ways until the file passes 1 MiB: about 64 of them. */
+  static uint8_t big[8192], back[8192];
+  memset(big, 'z', sizeof big);
+  big[0] = sizeof big >> 8, big[1] = sizeof big & 0xff, big[2] = 0x80, big[7] = 1;
+  uint64_t t0 = it_now_ms();
+  for (int i = 0; i < 100; i++) {
+    assert_int_equal(it_send_all(mine, big, sizeof big), 0);
+    assert_int_equal(it_recv_exact(mine, back, sizeof back, 3000), sizeof back);
+  }
+  pthread_join(c.thread, NULL);
+  if (c.code != 0 || !strstr(c.out, "(stopped: max_bytes)"))
+    fail_msg("gangway capture: exit %d: %s", c.code, c.out);
+  assert_true(it_now_ms() - t0 < 15000); /* the size, not the time, ended it */
+  free(c.out);
+  struct stat st;
+  assert_int_equal(stat(f.pcap, &st), 0);
+  assert_true(st.st_size <= 1 << 20 && st.st_size > 1000 * 1000);
+  assert_int_equal(st.st_mode & 0777, 0600);
+  size_t n;
+  seg *v = read_pcap(f.pcap, &n);
+  assert_true(n > 50);
+  for (size_t i = 0; i < n; i++) /* the other session is not in it */
+    assert_true(v[i].sport == cport || v[i].dport == cport);
+  free(v);
+  assert_int_equal(tshark_count(f.pcap, "tcp.flags.fin == 1"), 2); /* ended whole */
+  close(other);
+  close(mine);
+  fx_stop(&f);
+}
+
 /* The demo: players chat through chat_filter.lua; the file has the line
  * as the server got it, and as the player wrote it among the originals. */
 static void test_demo_chat(void **state) {
@@ -319,8 +370,9 @@ static void test_demo_chat(void **state) {
   for (size_t i = 0; i < n; i++) {
     const seg *s = &v[i];
     originals += s->dscp == 1;
-    bool noob = memmem(s->payload, s->len, "sorry noob", 10) != NULL;
-    bool friend = memmem(s->payload, s->len, "sorry new friend", 16) != NULL;
+    size_t seen = s->len < sizeof s->payload ? s->len : sizeof s->payload;
+    bool noob = memmem(s->payload, seen, "sorry noob", 10) != NULL;
+    bool friend = memmem(s->payload, seen, "sorry new friend", 16) != NULL;
     if (s->dscp == 0 && noob) fail_msg("the line as the player wrote it left gangway");
     if (s->dscp == 0 && friend && s->dport == up) rewritten++;
     if (s->dscp == 1 && noob) raw_noob++;
@@ -339,6 +391,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_frames_as_they_left),
       cmocka_unit_test(test_opcode_and_originals),
+      cmocka_unit_test(test_session_and_size_limit),
       cmocka_unit_test(test_demo_chat),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
