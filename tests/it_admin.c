@@ -327,6 +327,46 @@ static void test_sessions(void **state) {
   fx_stop(&f);
 }
 
+/* A reload re-keys the endpoint, moves it to a new address, and stops it
+ * when admin goes from the config. */
+static void test_reload_moves_and_stops(void **state) {
+  (void)state;
+  int up_port, port = it_free_port(), first = it_free_port(), second = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  const char *fmt = "return { listeners = { { name = \"game\", listen = \"127.0.0.1:%d\", upstream = "
+                    "\"127.0.0.1:%d\" } }, control = \"ctl.sock\"%s }\n";
+  char admin[160], sock[256], out[256];
+  snprintf(admin, sizeof admin, ", admin = { listen = \"127.0.0.1:%d\", token = \"" TOKEN "\" }", first);
+  it_gangway_prepare(&g);
+  it_write(g.dir, "config.lua", fmt, port, up_port, admin);
+  it_gangway_run(&g, port);
+  snprintf(sock, sizeof sock, "%s/ctl.sock", g.dir);
+  expect_status(first, "POST", "/reload", TOKEN, NULL, 200, "generation 2");
+  /* A new token, same address. */
+  snprintf(admin, sizeof admin,
+           ", admin = { listen = \"127.0.0.1:%d\", token = \"another-token-0123456789\" }", first);
+  it_write(g.dir, "config.lua", fmt, port, up_port, admin);
+  assert_true(it_control(sock, "reload", out, sizeof out, 3000) > 0 && strstr(out, "ok: "));
+  expect_status(first, "POST", "/reload", TOKEN, NULL, 401, NULL);
+  expect_status(first, "POST", "/reload", "another-token-0123456789", NULL, 200, "generation 4");
+  /* A new address. */
+  snprintf(admin, sizeof admin, ", admin = { listen = \"127.0.0.1:%d\" }", second);
+  it_write(g.dir, "config.lua", fmt, port, up_port, admin);
+  assert_true(it_control(sock, "reload", out, sizeof out, 3000) > 0 && strstr(out, "ok: "));
+  static http_res r;
+  assert_int_equal(http(first, "GET", "/metrics", NULL, NULL, &r), -1);
+  expect_status(second, "GET", "/metrics", NULL, NULL, 200, "gangway_script_generation 5");
+  expect_status(second, "POST", "/reload", TOKEN, NULL, 403, NULL); /* no token: read-only */
+  /* No admin at all. */
+  it_write(g.dir, "config.lua", fmt, port, up_port, "");
+  assert_true(it_control(sock, "reload", out, sizeof out, 3000) > 0 && strstr(out, "ok: "));
+  assert_int_equal(http(second, "GET", "/metrics", NULL, NULL, &r), -1);
+  assert_true(it_log_wait(&g, "admin: stopped listening on 127.0.0.1:", 1000));
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 10000), 0);
+  it_server_stop(up);
+}
+
 /* Without `admin` there is no endpoint: nothing listens on the default
  * address, and the log says nothing of one. */
 static void test_absent(void **state) {
@@ -409,6 +449,7 @@ int main(void) {
       cmocka_unit_test(test_auth_and_routes),
       cmocka_unit_test(test_token_for_reads),
       cmocka_unit_test(test_sessions),
+      cmocka_unit_test(test_reload_moves_and_stops),
       cmocka_unit_test(test_absent),
       cmocka_unit_test(test_at_the_fd_limit),
   };
