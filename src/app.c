@@ -130,7 +130,7 @@ struct app {
 
 static void app_close_watches(app *a);
 static void app_watch(app *a);
-static void capture_finish(app *a, int status);
+static void capture_finish(app *a, int status, const char *why);
 
 /* Two sockets per session; what stays must cover everything that has to
  * keep answering (listeners, the control socket and its clients). */
@@ -278,7 +278,7 @@ static void on_drained(gw_relay *r, void *ud) {
   if (a->closed) return;
   a->closed = true;
   gw_info("drained, exiting");
-  capture_finish(a, 0);
+  capture_finish(a, 0, "gangway stopped");
   uv_close((uv_handle_t *)&a->capture.timer, NULL);
   uv_close((uv_handle_t *)&a->capture.finish, NULL);
   if (a->admin) gw_admin_stop(a->admin);
@@ -335,7 +335,7 @@ static void control_client_close(control_client *c) {
   a->ncontrol_clients--;
   if (c->capturing && a->capture.client == c) { /* the command went: so does its capture */
     a->capture.client = NULL;
-    capture_finish(a, 0);
+    capture_finish(a, 0, "command ended");
   }
   uv_close((uv_handle_t *)&c->pipe, control_client_closed); /* closes the fd now */
   uv_close((uv_handle_t *)&c->timer, control_client_closed);
@@ -484,9 +484,9 @@ static char *app_stats_text(app *a) {
 #define CAPTURE_MAX_SECONDS 86400
 
 /* Ends the capture: every flow gets its FINs, the file is closed, and the
- * command that asked gets what was written. status: why (0: its time, or
- * the command went). */
-static void capture_finish(app *a, int status) {
+ * command that asked gets what was written. Why: the limit gw_capture
+ * reached, else a write error (status < 0), else `why`. */
+static void capture_finish(app *a, int status, const char *why) {
   capture_run *cr = &a->capture;
   if (!cr->active) return;
   cr->active = false;
@@ -494,8 +494,8 @@ static void capture_finish(app *a, int status) {
   gw_relay_capture_stop(a->relay);
   uint64_t packets, bytes;
   gw_capture_info(cr->cap, &packets, &bytes);
-  const char *why = gw_capture_stopped(cr->cap);
-  if (!why) why = status < 0 ? strerror(-status) : cr->client ? "seconds" : "command ended";
+  if (gw_capture_stopped(cr->cap)) why = gw_capture_stopped(cr->cap);
+  else if (status < 0) why = strerror(-status);
   int rc = gw_capture_close(cr->cap);
   cr->cap = NULL;
   char answer[PATH_MAX + 256];
@@ -516,12 +516,12 @@ static void capture_finish(app *a, int status) {
 
 static void capture_timer_cb(uv_timer_t *t) {
   app *a = t->data;
-  capture_finish(a, 0);
+  capture_finish(a, 0, "seconds");
 }
 
 static void capture_finish_cb(uv_timer_t *t) {
   app *a = t->data;
-  capture_finish(a, a->capture.status);
+  capture_finish(a, a->capture.status, "seconds");
 }
 
 /* From the relay, inside a write: finished from the loop instead. */
@@ -939,6 +939,13 @@ static void app_watch(app *a) {
 
 /* ---- the admin HTTP endpoint ------------------------------------------------ */
 
+/* The worker as the admin side sees it. There is one today; with more, these
+ * (and app_registry) would ask each in turn, and the routes stay as they are. */
+static json_t *app_sessions(app *a) { return gw_relay_sessions_json(a->relay); }
+static int app_close_session(app *a, uint64_t id, const char *reason) {
+  return gw_relay_close_session(a->relay, id, reason);
+}
+
 static void admin_metrics(void *ud, const gw_admin_request *req, gw_admin_response *res) {
   (void)req;
   gw_admin_reply_metrics(res, app_registry(ud));
@@ -947,7 +954,7 @@ static void admin_metrics(void *ud, const gw_admin_request *req, gw_admin_respon
 static void admin_sessions(void *ud, const gw_admin_request *req, gw_admin_response *res) {
   (void)req;
   app *a = ud;
-  json_t *j = gw_relay_sessions_json(a->relay);
+  json_t *j = app_sessions(a);
   if (j) gw_admin_reply_json(res, 200, j);
   else gw_admin_reply_error(res, 500, "out of memory");
 }
@@ -960,7 +967,7 @@ static void admin_session_close(void *ud, const gw_admin_request *req, gw_admin_
     gw_admin_reply_error(res, 400, "session id: expected a positive integer");
     return;
   }
-  if (gw_relay_close_session(a->relay, n, "closed by admin") < 0) {
+  if (app_close_session(a, n, "closed by admin") < 0) {
     gw_admin_reply_error(res, 404, "no open session %" PRIu64, n);
     return;
   }
