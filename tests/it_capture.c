@@ -5,6 +5,7 @@
  * the demo's chat (topd, topbot, chat_filter.lua) as it left and as it
  * came. */
 #include <ctype.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -325,6 +326,38 @@ static void test_session_and_size_limit(void **state) {
   fx_stop(&f);
 }
 
+/* The command interrupted: the capture ends with it, the file whole. */
+static void test_command_goes_away(void **state) {
+  (void)state;
+  fx f;
+  fx_start(&f);
+  int fd = it_connect(f.port);
+  assert_true(fd >= 0);
+  uint8_t a[64];
+  size_t alen = top_frame(a, 1, "before the end");
+  pid_t cmd = fork();
+  if (cmd == 0) {
+    int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1), dup2(null, 2);
+    execl(GW_BIN, GW_BIN, "capture", "-c", f.g.config, "--seconds", "60", "-w", f.pcap,
+          (char *)NULL);
+    _exit(127);
+  }
+  for (int i = 0; i < 100 && !it_log_count(&f.g, "capture to ", "started"); i++) usleep(20 * 1000);
+  exchange(fd, a, alen, a, alen);
+  kill(cmd, SIGTERM);
+  waitpid(cmd, NULL, 0);
+  assert_true(it_log_wait(&f.g, "(stopped: command ended)", 2000));
+  size_t n;
+  seg *v = read_pcap(f.pcap, &n);
+  assert_int_equal(n, 2);
+  free(v);
+  assert_int_equal(tshark_count(f.pcap, "tcp.flags.fin == 1"), 2); /* the stream was ended */
+  exchange(fd, a, alen, a, alen); /* the session goes on */
+  close(fd);
+  fx_stop(&f);
+}
+
 /* The demo: players chat through chat_filter.lua; the file has the line
  * as the server got it, and as the player wrote it among the originals. */
 static void test_demo_chat(void **state) {
@@ -392,6 +425,7 @@ int main(void) {
       cmocka_unit_test(test_frames_as_they_left),
       cmocka_unit_test(test_opcode_and_originals),
       cmocka_unit_test(test_session_and_size_limit),
+      cmocka_unit_test(test_command_goes_away),
       cmocka_unit_test(test_demo_chat),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
