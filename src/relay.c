@@ -1005,8 +1005,10 @@ int gw_relay_capture_start(gw_relay *r, gw_capture *cap, const gw_relay_capture_
   }
   r->cap_done = done;
   r->cap_ud = ud;
+  /* A session still waiting for its PROXY header is taken once it has
+   * its client's address (session_begin). */
   for (gw_session *s = r->sessions; s; s = s->next)
-    if (s->state != S_CLOSING) capture_take(r, s);
+    if (s->state != S_CLOSING && s->state != S_PREFACE) capture_take(r, s);
   return 0;
 }
 
