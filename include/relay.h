@@ -26,14 +26,21 @@
 typedef struct gw_relay gw_relay;
 
 /* Where the worker counts: the registry and gangway's families in it
- * (gw_metrics_add_gangway). The worker takes each listener's slots
+ * (gw_metrics_add_gangway, gw_relay_add_families), all registered by the
+ * app. The worker takes each listener's slots
  * (gw_listener_counters_init) and registers a collect hook (pool buffers,
  * Lua memory, per-opcode counts of the script layer). Both must outlive
  * the relay. */
 typedef struct gw_relay_metrics {
   gw_metrics *registry;
   const gw_gangway_families *families;
+  gw_metric *handler_frames;    /* gangway_handler_frames_total{listener}
+                                   (gw_relay_add_families) */
 } gw_relay_metrics;
+
+/* Registers the families the worker fills besides gangway's own (frames
+ * handed to handlers, per listener) into m. 0 or -ENOMEM. */
+int gw_relay_add_families(gw_relay_metrics *m);
 
 /* Creates the relay: loads every listener's scripts and binds every
  * listener. Takes ownership of cfg (also on failure). Returns 0 or a

@@ -1061,7 +1061,9 @@ int gw_app_run(const char *config_path) {
   app_fd_fit(&a, cfg);
   char *control = cfg->control ? strdup(cfg->control) : NULL;
   a.metrics = gw_metrics_new();
+  gw_relay_metrics wm = {a.metrics, &a.fam, NULL};
   int rc = a.metrics ? gw_metrics_add_gangway(a.metrics, &a.fam) : -ENOMEM;
+  if (rc == 0) rc = gw_relay_add_families(&wm);
   if (rc < 0) {
     gw_config_free(cfg);
     free(cfg);
@@ -1069,8 +1071,7 @@ int gw_app_run(const char *config_path) {
   } else {
     *a.fam.script_generation = 1;
     a.started_ms = uv_now(&a.loop);
-    rc = gw_relay_new(&a.loop, cfg, &(gw_relay_metrics){a.metrics, &a.fam}, &a.relay, err,
-                      sizeof err);
+    rc = gw_relay_new(&a.loop, cfg, &wm, &a.relay, err, sizeof err);
   }
   int code = 0;
   if (rc == 0) rc = control_open(&a, control, err, sizeof err);

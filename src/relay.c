@@ -1474,14 +1474,18 @@ static void opstat_add(void *ud, const char *listener, gw_side side, bool has_op
   opstat_apply(ud, listener, side, has_opcode, opcode, c, true);
 }
 
+int gw_relay_add_families(gw_relay_metrics *m) {
+  m->handler_frames = gw_metrics_counter(m->registry, "gangway_handler_frames_total",
+                                         "Frames handed to handlers.", GW_LABELS("listener"));
+  return m->handler_frames ? 0 : -ENOMEM;
+}
+
 int gw_relay_new(uv_loop_t *loop, gw_config *cfg, const gw_relay_metrics *m, gw_relay **out,
                  char *err, size_t errlen) {
   *out = NULL;
   gw_relay *r = calloc(1, sizeof *r);
   gw_iplimit *ipl = r ? gw_iplimit_new() : NULL;
-  gw_metric *hf = gw_metrics_counter(m->registry, "gangway_handler_frames_total",
-                                     "Frames handed to handlers.", GW_LABELS("listener"));
-  if (!ipl || !hf || gw_metrics_on_collect(m->registry, relay_collect, r) < 0) {
+  if (!ipl || gw_metrics_on_collect(m->registry, relay_collect, r) < 0) {
     gw_iplimit_free(ipl);
     free(r);
     gw_config_free(cfg);
@@ -1493,7 +1497,7 @@ int gw_relay_new(uv_loop_t *loop, gw_config *cfg, const gw_relay_metrics *m, gw_
   r->cfg = cfg;
   r->registry = m->registry;
   r->fam = m->families;
-  r->handler_frames = hf;
+  r->handler_frames = m->handler_frames;
   gw_pool_init(&r->pool, GW_BUF_SIZE, GW_POOL_KEEP);
   uv_timer_init(loop, &r->script_timer);
   uv_timer_init(loop, &r->drain_timer);
