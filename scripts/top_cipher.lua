@@ -19,19 +19,21 @@ local top = require "top"
 
 local HEADER = 6 -- length (2) and session (4) stay clear
 
+local CHUNK = 4096 -- bytes taken from or made into a string at once
+
 local function xor(bytes, st)
   local key, i, n = st.key, st.i, #st.key
-  local out = {}
-  for k = 1, #bytes do
-    out[k] = bytes:byte(k) ~ key:byte(i % n + 1) ~ ((i * 7 + 13) & 0xff)
-    i = i + 1
+  local parts = {}
+  for at = 1, #bytes, CHUNK do
+    -- one string.byte and one string.char per chunk, not one per byte
+    local out = { bytes:byte(at, at + CHUNK - 1) }
+    for k = 1, #out do
+      out[k] = out[k] ~ key[i % n + 1] ~ ((i * 7 + 13) & 0xff)
+      i = i + 1
+    end
+    parts[#parts + 1] = string.char(table.unpack(out))
   end
   st.i = i
-  -- string.char takes at most a few thousand arguments at once
-  local parts = {}
-  for k = 1, #out, 4096 do
-    parts[#parts + 1] = string.char(table.unpack(out, k, math.min(k + 4095, #out)))
-  end
   return table.concat(parts)
 end
 
@@ -41,7 +43,8 @@ local cipher = gw.codec{ name = "top-demo", decode = xor, encode = xor }
 -- The codec for one way of one side, with a counter of its own.
 local function encrypt(session, side, ways)
   session:set_codec(side, cipher, { body = true, offset = HEADER, ways = ways,
-                                    state = { key = session.state.chapstr, i = 0 } })
+                                    state = { key = { session.state.chapstr:byte(1, -1) },
+                                              i = 0 } })
 end
 
 -- Client to server: from the frame after CM_LOGIN, once the key is known.
