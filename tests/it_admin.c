@@ -367,6 +367,28 @@ static void test_reload_moves_and_stops(void **state) {
   it_server_stop(up);
 }
 
+/* An admin address gangway cannot bind: it does not start (exit 3). */
+static void test_cannot_listen(void **state) {
+  (void)state;
+  int port = it_free_port();
+  int taken = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof a;
+  assert_int_equal(bind(taken, (struct sockaddr *)&a, sizeof a), 0);
+  assert_int_equal(listen(taken, 1), 0);
+  assert_int_equal(getsockname(taken, (struct sockaddr *)&a, &len), 0);
+  it_gangway g;
+  it_gangway_prepare(&g);
+  it_write(g.dir, "config.lua",
+           "return { listeners = { { name = \"game\", listen = \"127.0.0.1:%d\", upstream = "
+           "\"127.0.0.1:1\" } }, control = \"ctl.sock\", admin = { listen = \"127.0.0.1:%d\" } }\n",
+           port, ntohs(a.sin_port));
+  it_gangway_run(&g, 0);
+  assert_true(it_log_wait(&g, "admin: cannot listen on 127.0.0.1:", 5000));
+  assert_int_equal(it_gangway_stop(&g, 0, 5000), 3);
+  close(taken);
+}
+
 /* Without `admin` there is no endpoint: nothing listens on the default
  * address, and the log says nothing of one. */
 static void test_absent(void **state) {
@@ -450,6 +472,7 @@ int main(void) {
       cmocka_unit_test(test_token_for_reads),
       cmocka_unit_test(test_sessions),
       cmocka_unit_test(test_reload_moves_and_stops),
+      cmocka_unit_test(test_cannot_listen),
       cmocka_unit_test(test_absent),
       cmocka_unit_test(test_at_the_fd_limit),
   };
