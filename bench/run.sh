@@ -55,7 +55,7 @@ usage: bench/run.sh [options]
                       process for the load side costs less CPU per frame)
   --build-dir DIR     where to build and find the tools (default build-bench)
   --no-build          use the binaries already in the build directory
-  --profile NAME     perf record -g the proxy of contender NAME over the
+  --profile NAME      perf record -g the proxy of contender NAME over the
                       measured window (default: small scenario, one round);
                       the report goes to BUILD/perf-NAME.txt
   --noise PCT         other work on the machine (in % of one CPU) above
