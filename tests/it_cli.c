@@ -90,6 +90,8 @@ static void test_reload_and_stats_need_a_running_gangway(void **state) {
   it_rmdir(dir);
 }
 
+static void expect_json(const char *out, const char *cond);
+
 static void test_stats_of_a_running_gangway(void **state) {
   (void)state;
   int up_port, port = it_free_port();
@@ -113,6 +115,17 @@ static void test_stats_of_a_running_gangway(void **state) {
   expect("stats", "-c", g.config, 0, "\"generation\":2,\"reloads\":[{\"unix_ms\":");
   expect("stats", "-c", g.config, 0, "\"trigger\":\"control socket\",\"ok\":true,\"generation\":2,"
          "\"result\":\"generation 2 active after");
+  char *js;
+  const char *const stats_args[] = {"stats", "-c", g.config, NULL};
+  assert_int_equal(it_run_gangway(&js, stats_args), 0);
+  expect_json(js, "list(d) == ['summary', 'uptime_seconds', 'generation', 'reloads', 'metrics'] and "
+                  "d['summary']['sessions_active'] == 1 and d['generation'] == 2 and "
+                  "[r['trigger'] for r in d['reloads']] == ['control socket'] and "
+                  "isinstance(d['uptime_seconds'], float) and "
+                  "d['metrics']['gangway_sessions_open']['series'] == "
+                  "[{'labels': {'listener': 's'}, 'value': 1}] and "
+                  "d['metrics']['gangway_reloads_total']['series'][0]['value'] == 1");
+  free(js);
   /* A second gangway on the same control socket refuses to start. */
   it_write(g.dir, "second.lua",
            "return { listeners = { { name = \"s\", listen = \"127.0.0.1:%d\", "
