@@ -159,7 +159,7 @@ void gw_script_get_stats(const gw_script *s, gw_script_stats *st);
  * few thousand opcodes each; past that they are not counted). */
 typedef struct gw_opstat_counts {
   uint64_t frames;              /* handed to the handlers */
-  uint64_t passed, dropped, replaced, errors;
+  uint64_t passed, dropped, replaced, errors; /* passed: unchanged */
   uint64_t injected;            /* frames of this opcode sent from Lua */
 } gw_opstat_counts;
 typedef void (*gw_opstat_fn)(void *ud, const char *listener, gw_side side, bool has_opcode,

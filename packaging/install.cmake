@@ -82,7 +82,8 @@ install(FILES ${GW_EXAMPLE_SCRIPTS} DESTINATION ${GW_INSTALL_SHAREDIR}/scripts)
 install(FILES ${GW_EXAMPLE_SPECS} DESTINATION ${GW_INSTALL_SHAREDIR}/spec)
 
 install(FILES ${CMAKE_SOURCE_DIR}/README.md ${CMAKE_SOURCE_DIR}/docs/config.md
-              ${CMAKE_SOURCE_DIR}/docs/lua-api.md
+              ${CMAKE_SOURCE_DIR}/docs/lua-api.md ${CMAKE_SOURCE_DIR}/docs/pipeline.md
+              ${CMAKE_SOURCE_DIR}/docs/admin.md
         DESTINATION ${CMAKE_INSTALL_DOCDIR})
 
 configure_file(${CMAKE_SOURCE_DIR}/packaging/config.lua.in

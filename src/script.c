@@ -585,7 +585,7 @@ void gw_script_foreach_opstat(gw_script *s, gw_opstat_fn fn, void *ud) {
     for (size_t j = 0; j < rt->capops; j++) {
       const gw_opstat *o = &rt->ops[j];
       if (o->key == UINT64_MAX) continue;
-      gw_opstat_counts c = {.frames = o->frames, .passed = o->frames - o->dropped,
+      gw_opstat_counts c = {.frames = o->frames, .passed = o->frames - o->dropped - o->replaced,
                             .dropped = o->dropped, .replaced = o->replaced,
                             .errors = o->errors, .injected = o->injected};
       gw_side side = (gw_side)(o->key >> 33 & 1);
