@@ -91,6 +91,8 @@ typedef struct gw_config {
                                        100; 0 = no limit */
   /* reload */
   bool watch;                       /* reload when a script or config changes */
+  char *capture_dir;                /* where session:capture writes; NULL:
+                                       scripts may not capture */
   char *control;                    /* control socket path; default
                                        "gangway.sock" next to the config; "" off */
   /* admin: the HTTP endpoint (docs/admin.md), off when the key is absent */

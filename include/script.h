@@ -78,6 +78,11 @@ typedef struct gw_host_ops {
   /* Applies a pipeline request; NULL: the host has no pipeline (requests
    * are then refused to the script). */
   void (*pipe)(gw_script_session *ss, const gw_pipe_op *op);
+  /* session:capture: writes the session's frames to <capture_dir>/<name>.pcap
+   * for up to seconds / max_mb. Returns 0, or a negative errno with err.
+   * NULL: the host cannot capture. */
+  int (*capture)(gw_script_session *ss, const char *name, uint32_t seconds, uint32_t max_mb,
+                 bool originals, char *err, size_t errlen);
 } gw_host_ops;
 
 typedef struct gw_script_limits {

@@ -1086,7 +1086,8 @@ static void parse_listeners(cfg_ctx *c, int top) {
 /* ---- the rest of the top level ---- */
 
 static const char *const top_keys[] = {
-  "listeners", "timeouts", "limits", "log", "watch", "control", "admin", NULL,
+  "listeners", "timeouts", "limits", "log", "watch", "control", "admin", "capture_dir",
+  NULL,
 };
 static const char *const admin_keys[] = {"listen", "token", "token_for_reads", NULL};
 static const char *const log_keys[] = {"level", "format", "target",
@@ -1214,6 +1215,22 @@ static void parse_log(cfg_ctx *c, int top) {
   leave(c, mark);
 }
 
+/* capture_dir: the directory session:capture writes pcap files into. */
+static void parse_capture_dir(cfg_ctx *c, int top) {
+  size_t mark;
+  if (enter(c, top, "capture_dir", &mark) != LUA_TNIL) {
+    const char *s = want_string(c, "a directory path");
+    if (*s) {
+      if (!(c->cfg->capture_dir = resolve_path(c, s)))
+        fail(c, "out of memory");
+      struct stat st;
+      if (stat(c->cfg->capture_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        fail(c, "\"%s\" is not a directory", c->cfg->capture_dir);
+    }
+  }
+  leave(c, mark);
+}
+
 static void parse_control(cfg_ctx *c, int top) {
   size_t mark;
   const char *s = "gangway.sock";
@@ -1321,6 +1338,7 @@ static int cfg_main(lua_State *L) {
   parse_limits(c, top);
   parse_log(c, top);
   c->cfg->watch = get_bool(c, top, "watch", false);
+  parse_capture_dir(c, top);
   parse_control(c, top);
   parse_admin(c, top);
   return 0;
@@ -1407,6 +1425,7 @@ void gw_config_free(gw_config *cfg) {
   free(cfg->listeners);
   free(cfg->path);
   free(cfg->control);
+  free(cfg->capture_dir);
   free(cfg->admin_token);
   memset(cfg, 0, sizeof *cfg);
 }

@@ -226,7 +226,7 @@ static void h_wake_at(void *ud, uint64_t when) {
   if (when < h->wake) h->wake = when;
 }
 
-static const gw_host_ops host_ops = {h_emit, h_close, h_now, h_wake_at, h_pipe};
+static const gw_host_ops host_ops = {h_emit, h_close, h_now, h_wake_at, h_pipe, NULL};
 
 static void log_sink(gw_log_level level, const char *line, void *ud) {
   host *h = ud;

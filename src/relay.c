@@ -172,11 +172,16 @@ struct gw_relay {
   char cap_listener[GW_ADDR_MAX];
   void (*cap_done)(void *ud, int status);
   void *cap_ud;
+  gw_capture *lua_cap;          /* a session:capture under way, or NULL */
+  uint64_t lua_cap_session;
+  uv_timer_t lua_cap_timer;     /* its end: time up, full, or session gone */
   gw_ratelimit session_lines;   /* session open/close and per-session lines */
   gw_ratelimit refusal_lines;   /* connections refused at accept */
   uv_timer_t log_timer;         /* prints what the limits suppressed */
 };
 
+static void lua_capture_timer(uv_timer_t *t);
+static void lua_capture_end(gw_relay *r);
 static void session_close(gw_session *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void capture_end_flow(gw_session *s);
@@ -580,6 +585,8 @@ static void session_close(gw_session *s, const char *fmt, ...) {
                         GW_F_QSTR("reason", s->reason)),
               "session %" PRIu64 " close", s->ss.id);
   if (s->flow) capture_end_flow(s);
+  if (r->lua_cap && r->lua_cap_session == s->ss.id) /* its session is over */
+    uv_timer_start(&r->lua_cap_timer, lua_capture_timer, 0, 0);
 
   if (s->prev) s->prev->next = s->next;
   else r->sessions = s->next;
@@ -1020,6 +1027,66 @@ void gw_relay_capture_stop(gw_relay *r) {
   r->cap_done = NULL;
 }
 
+/* ---- session:capture ------------------------------------------------------ */
+
+/* Ends a script's capture: its file is whole and closed. */
+static void lua_capture_end(gw_relay *r) {
+  if (!r->lua_cap) return;
+  if (r->cap == r->lua_cap) gw_relay_capture_stop(r);
+  uint64_t packets, bytes;
+  gw_capture_info(r->lua_cap, &packets, &bytes);
+  const char *why = gw_capture_stopped(r->lua_cap);
+  gw_info("capture of session %" PRIu64 " ended: %" PRIu64 " packets, %" PRIu64 " bytes%s%s",
+          r->lua_cap_session, packets, bytes, why ? ", stopped: " : "", why ? why : "");
+  gw_capture_close(r->lua_cap);
+  r->lua_cap = NULL;
+  uv_timer_stop(&r->lua_cap_timer);
+}
+
+static void lua_capture_timer(uv_timer_t *t) {
+  lua_capture_end(container_of(t, gw_relay, lua_cap_timer));
+}
+
+/* Full or failed, from inside a write: end it from the loop. */
+static void lua_capture_done(void *ud, int status) {
+  (void)status;
+  gw_relay *r = ud;
+  uv_timer_start(&r->lua_cap_timer, lua_capture_timer, 0, 0);
+}
+
+static int host_capture(gw_script_session *ss, const char *name, uint32_t seconds,
+                        uint32_t max_mb, bool originals, char *err, size_t errlen) {
+  gw_session *s = container_of(ss, gw_session, ss);
+  gw_relay *r = s->relay;
+  const char *dir = r->cfg->capture_dir;
+  if (!dir || !*dir) {
+    snprintf(err, errlen, "capture_dir is not set in the config");
+    return -EPERM;
+  }
+  if (r->cap || r->closed || s->state == S_CLOSING) {
+    snprintf(err, errlen, r->cap ? "another capture is running" : "shutting down");
+    return -EBUSY;
+  }
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s.pcap", dir, name);
+  gw_capture_limits lim = {.max_bytes = (uint64_t)max_mb << 20, .max_seconds = seconds};
+  gw_capture *cap = gw_capture_open(path, &lim, err, errlen);
+  if (!cap) return -EIO;
+  gw_relay_capture_filter f = {.session = ss->id, .originals = originals};
+  int rc = gw_relay_capture_start(r, cap, &f, lua_capture_done, r);
+  if (rc < 0) {
+    gw_capture_close(cap);
+    snprintf(err, errlen, "cannot start: %s", strerror(-rc));
+    return rc;
+  }
+  r->lua_cap = cap;
+  r->lua_cap_session = ss->id;
+  uv_timer_start(&r->lua_cap_timer, lua_capture_timer, (uint64_t)seconds * 1000, 0);
+  gw_info("capture of session %" PRIu64 " to %s started by a script (%u s, %u MiB at most)",
+          ss->id, path, seconds, max_mb);
+  return 0;
+}
+
 /* ---- connecting -------------------------------------------------------- */
 
 static void connect_cb(uv_connect_t *req, int status) {
@@ -1325,7 +1392,8 @@ static void host_pipe(gw_script_session *ss, const gw_pipe_op *op) {
 }
 
 static const gw_host_ops host_ops = {.emit = host_emit, .close = host_close, .now_ms = host_now,
-                                     .wake_at = host_wake_at, .pipe = host_pipe};
+                                     .wake_at = host_wake_at, .pipe = host_pipe,
+                                     .capture = host_capture};
 
 /* ---- listeners --------------------------------------------------------- */
 
@@ -1502,6 +1570,7 @@ int gw_relay_new(uv_loop_t *loop, gw_config *cfg, const gw_relay_metrics *m, gw_
   uv_timer_init(loop, &r->script_timer);
   uv_timer_init(loop, &r->drain_timer);
   uv_timer_init(loop, &r->log_timer);
+  uv_timer_init(loop, &r->lua_cap_timer);
   r->iplimit = ipl;
   apply_limits(r);
   gw_script_limits limits = script_limits(cfg);
@@ -1633,6 +1702,8 @@ void gw_relay_close(gw_relay *r) {
   uv_close((uv_handle_t *)&r->drain_timer, NULL);
   log_summaries(r);
   uv_close((uv_handle_t *)&r->log_timer, NULL);
+  lua_capture_end(r);
+  uv_close((uv_handle_t *)&r->lua_cap_timer, NULL);
 }
 
 void gw_relay_free(gw_relay *r) {

@@ -163,11 +163,48 @@ static int s_tostring(lua_State *L) {
   return 1;
 }
 
+/* session:capture(name, { seconds = 60, max_mb = 16, originals = false })
+ * -> true | nil, why: the session's frames as they leave gangway (and as
+ * they came, with originals) into <capture_dir>/<name>.pcap. One capture
+ * runs at a time; capture_dir must be set in config.lua. */
+static int s_capture(lua_State *L) {
+  gw_session_ud *u = check_session(L, 1);
+  gw_script_session *ss = live(L, u, "capture");
+  size_t n;
+  const char *name = luaL_checklstring(L, 2, &n);
+  if (!n || n > 64 || name[0] == '.' ||
+      strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") != n)
+    return luaL_argerror(L, 2, "a name of 1 to 64 letters, digits, '_', '-' or '.'");
+  lua_Integer seconds = 60, max_mb = 16;
+  bool originals = false;
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_getfield(L, 3, "seconds");
+    seconds = luaL_optinteger(L, -1, 60);
+    lua_getfield(L, 3, "max_mb");
+    max_mb = luaL_optinteger(L, -1, 16);
+    lua_getfield(L, 3, "originals");
+    originals = lua_toboolean(L, -1);
+  }
+  if (seconds < 1 || seconds > 86400) return luaL_error(L, "session:capture: seconds out of 1..86400");
+  if (max_mb < 1 || max_mb > 4096) return luaL_error(L, "session:capture: max_mb out of 1..4096");
+  gw_script *s = gw_script_of(L);
+  char err[200] = "this host cannot capture";
+  if (s->ops.capture && s->ops.capture(ss, name, (uint32_t)seconds, (uint32_t)max_mb, originals,
+                                       err, sizeof err) == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushnil(L);
+  lua_pushstring(L, err);
+  return 2;
+}
+
 static const luaL_Reg s_methods[] = {
   {"send_to_client", s_send_to_client}, {"send_to_server", s_send_to_server},
   {"close", s_close}, {"after", s_after}, {"every", s_every},
   {"set_framing", gw__session_set_framing}, {"expect_raw", gw__session_expect_raw},
-  {"set_codec", gw__session_set_codec},
+  {"set_codec", gw__session_set_codec}, {"capture", s_capture},
   {NULL, NULL},
 };
 

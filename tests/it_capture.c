@@ -235,6 +235,71 @@ static void test_frames_as_they_left(void **state) {
   fx_stop(&f);
 }
 
+/* session:capture from a script: one session's frames into capture_dir,
+ * ended with the session; a name with a slash and a second capture are
+ * refused; without capture_dir a script gets nil and why. */
+static void test_session_capture_from_lua(void **state) {
+  (void)state;
+  it_gangway g;
+  int up_port;
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  int port = it_free_port();
+  it_gangway_prepare(&g);
+  it_write(g.dir, "cap.lua",
+           "local gw = require \"gangway\"\n"
+           "gw.on(\"client\", 7, function(pkt, session)\n"
+           "  local name = pkt:body()\n"
+           "  local ok, why = session:capture(name, { seconds = 10 })\n"
+           "  gw.log.info(\"capture\", name, tostring(ok), tostring(why))\n"
+           "  return gw.DROP\n"
+           "end)\n"
+           "gw.on(\"client\", 8, function(pkt, session)\n"
+           "  local ok, err = pcall(session.capture, session, \"../etc/x\")\n"
+           "  gw.log.info(\"badname\", tostring(ok), err)\n"
+           "  return gw.DROP\n"
+           "end)\n");
+  char caps[256];
+  snprintf(caps, sizeof caps, "%s/caps", g.dir);
+  assert_int_equal(mkdir(caps, 0700), 0);
+  it_write(g.dir, "config.lua",
+           "return { listeners = { { name = \"game\", listen = \"127.0.0.1:%d\", upstream = "
+           "\"127.0.0.1:%d\", framing = \"top\", scripts = { \"cap.lua\" } } },\n"
+           "  capture_dir = \"caps\", control = \"\" }\n",
+           port, up_port);
+  it_gangway_run(&g, port);
+  int a = it_connect(port), b = it_connect(port);
+  uint8_t f[128], w[64];
+  size_t n = top_frame(f, 7, "one");
+  assert_int_equal(it_send_all(a, f, n), 0);
+  assert_true(it_log_wait(&g, "capture one true nil", 3000));
+  n = top_frame(f, 7, "two"); /* a second capture while one runs */
+  assert_int_equal(it_send_all(b, f, n), 0);
+  assert_true(it_log_wait(&g, "capture two nil another capture is running", 3000));
+  n = top_frame(f, 8, "x");
+  assert_int_equal(it_send_all(b, f, n), 0);
+  assert_true(it_log_wait(&g, "badname false", 3000));
+  for (int i = 0; i < 5; i++) { /* a's frames are captured, b's are not */
+    n = top_frame(f, 1, i % 2 ? "odd" : "even");
+    exchange(a, f, n, f, n);
+    size_t m = top_frame(w, 1, "bystander");
+    exchange(b, w, m, w, m);
+  }
+  close(a);
+  assert_true(it_log_wait(&g, "ended: ", 3000)); /* with its session */
+  char pcap[300];
+  snprintf(pcap, sizeof pcap, "%s/one.pcap", caps);
+  size_t nseg;
+  seg *v = read_pcap(pcap, &nseg);
+  assert_int_equal(nseg, 10); /* 5 frames and their echoes; the dropped 7 never left */
+  for (size_t i = 0; i < nseg; i++) /* "even" and "odd" frames, each echoed */
+    assert_int_equal(v[i].len, (i / 2) % 2 ? 11 : 12);
+  free(v);
+  assert_int_equal(tshark_count(pcap, "tcp.flags.fin == 1"), 2);
+  close(b);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 10000), 0);
+  it_server_stop(up);
+}
+
 /* --opcode keeps one opcode; --originals adds the frames handed to
  * handlers as they came, in a stream of their own (DSCP 1). */
 static void test_opcode_and_originals(void **state) {
@@ -423,6 +488,7 @@ static void test_demo_chat(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_frames_as_they_left),
+      cmocka_unit_test(test_session_capture_from_lua),
       cmocka_unit_test(test_opcode_and_originals),
       cmocka_unit_test(test_session_and_size_limit),
       cmocka_unit_test(test_command_goes_away),
