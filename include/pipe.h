@@ -102,12 +102,13 @@ typedef struct gw_pipe_side {
   gw_codec *body_in, *body_out;
   gw_bytes dec;                 /* stream-decoded bytes not yet framed */
   bool wait_logged;
-  /* Phases (listener `phases`): steps before `base` applies. */
-  gw_phase *phases;             /* a copy, owned */
+  /* Phases (listener `phases`): steps before the side's own framing,
+   * which a copy keeps after them (phases[nphases].framing): idle sessions
+   * without phases pay one pointer for this, not a framing. */
+  gw_phase *phases;             /* nphases + 1 entries, owned */
   size_t nphases, phase;        /* phase == nphases: over */
   uint32_t frames_left;         /* of a framing step; 0: until switched */
   bool raw_step;                /* raw_left belongs to a step */
-  gw_framing base;              /* the framing after the phases */
 } gw_pipe_side;
 
 typedef struct gw_pipe {

@@ -99,7 +99,7 @@ static void enter_phase(gw_pipe_side *ps) {
   ps->need = 0;
   ps->wait_logged = false;
   if (ps->phase >= ps->nphases) {
-    ps->framing = ps->base;
+    if (ps->phases) ps->framing = ps->phases[ps->nphases].framing;
     return;
   }
   const gw_phase *st = &ps->phases[ps->phase];
@@ -126,12 +126,12 @@ int gw_pipe_set_phases(gw_pipe *p, gw_side side, const gw_phase *steps, size_t n
   free(ps->phases);
   ps->phases = NULL;
   ps->nphases = ps->phase = 0;
-  if (n) {
-    if (!(ps->phases = malloc(n * sizeof *steps))) return -ENOMEM;
-    memcpy(ps->phases, steps, n * sizeof *steps);
-    ps->nphases = n;
-  }
-  ps->base = ps->framing;
+  if (!n) return 0;
+  if (!(ps->phases = malloc((n + 1) * sizeof *steps))) return -ENOMEM;
+  memcpy(ps->phases, steps, n * sizeof *steps);
+  memset(&ps->phases[n], 0, sizeof ps->phases[n]);
+  ps->phases[n].framing = ps->framing; /* what follows the steps */
+  ps->nphases = n;
   enter_phase(ps);
   return 0;
 }

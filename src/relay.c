@@ -11,6 +11,7 @@
 #include "relay.h"
 
 #include <errno.h>
+#include <netinet/in.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -39,6 +40,20 @@
   ((type *)((char *)(ptr) - offsetof(type, member)))
 
 typedef struct gw_listener gw_listener;
+/* An IPv4 or IPv6 address with its port: what a session keeps of its
+ * peers (28 bytes, not a sockaddr_storage's 128, in every session). */
+typedef union gw_ipaddr {
+  struct sockaddr sa;
+  struct sockaddr_in in;
+  struct sockaddr_in6 in6;
+} gw_ipaddr;
+
+/* Copies an address that fits (AF_INET or AF_INET6) into a. */
+static void ipaddr_set(gw_ipaddr *a, const struct sockaddr_storage *ss) {
+  memset(a, 0, sizeof *a);
+  if (ss->ss_family == AF_INET) memcpy(&a->in, ss, sizeof a->in);
+  else if (ss->ss_family == AF_INET6) memcpy(&a->in6, ss, sizeof a->in6);
+}
 typedef struct gw_session gw_session;
 
 struct gw_listener {
@@ -120,11 +135,11 @@ struct gw_session {
   gw_script_session ss;
   gw_dir dir[GW_SIDES];         /* by the side read from */
   gw_out out[GW_SIDES];         /* by the side written to */
-  struct sockaddr_storage peer; /* the client's address */
+  gw_ipaddr peer;               /* the client's address */
   bool ip_counted;              /* in relay->iplimit */
   bool unfinished_pass;         /* the listener's, fixed at open */
   uint8_t proxy_out;            /* the listener's upstream_proxy_protocol */
-  struct sockaddr_storage local; /* where the client connected to */
+  gw_ipaddr local;              /* where the client connected to */
   bool in_frame;                /* a handler of a frame from cur_side runs */
   uint8_t cur_side;
   bool echo[GW_SIDES];          /* handlers of frames from a side have sent
@@ -1248,8 +1263,8 @@ static void preface_read(gw_session *s, ssize_t nread) {
   d->start += (uint32_t)n;
   uv_read_stop((uv_stream_t *)&s->tcp[GW_CLIENT]); /* again once connected */
   if (!info.local) {
-    s->peer = info.src;
-    s->local = info.dst;
+    ipaddr_set(&s->peer, &info.src);
+    ipaddr_set(&s->local, &info.dst);
     gw_format_addr((struct sockaddr *)&s->peer, s->ss.client, sizeof s->ss.client);
   }
   if (!ip_admit(s)) return;
