@@ -27,7 +27,7 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 topd=$!; pids+=($topd)
 wait_for "$dir/topd.out" "listen addr=" 5 || fail "topd does not listen"
 up=$(sed -n 's/.*listen addr=127.0.0.1:\([0-9]*\).*/\1/p' "$dir/topd.out" | head -1)
-port=$(( 20000 + RANDOM % 30000 ))
+port=$(( 20000 + RANDOM % 12000 )) # below the ephemeral range: no outgoing connection takes it
 while ! port_free "$port"; do port=$(( port + 1 )); done
 
 cat >"$dir/config.lua" <<LUA
