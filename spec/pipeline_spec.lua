@@ -103,6 +103,29 @@ describe("codecs", function()
     t:close()
   end)
 
+  it("a decoder switched on and off at every frame loses and holds nothing", function()
+    local t = testing.inline([[
+      local n = 0
+      gw.on("client", "*", function(pkt, session)
+        n = n + 1
+        if n % 2 == 0 then session:set_codec("client", "xor", { ways = "in", key = "\0" })
+        else session:set_codec("client", nil) end
+      end)
+    ]], { framing = "u16be" })
+    local frames = {}
+    for i = 1, 400 do frames[i] = u16(string.format("x%06d", i)) end
+    local all = table.concat(frames)
+    -- the stream cut mid-frame at every parity of the switch, as reads cut it
+    for cut = 1000, 1030 do
+      local s = t:connect()
+      s:from_client(all:sub(1, cut))
+      s:from_client(all:sub(cut + 1))
+      assert.equal(all, table.concat(s:to_server()))
+      assert.is_nil(s:closed())
+    end
+    t:close()
+  end)
+
   it("a codec that fails closes its session only", function()
     local t = testing.inline([[
       local bad = gw.codec{ decode = function() error("no key yet") end,

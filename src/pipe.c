@@ -412,12 +412,17 @@ int gw_pipe_input(gw_pipe *p, gw_side from, uint8_t *data, uint32_t *start, uint
   int rc = 0;
   for (;;) {
     if (ps->dec.len) { /* decoded (or carried over) bytes come first */
+      size_t had = ps->dec.len;
       if ((rc = frame_decoded(p, from))) return rc;
-      if (ps->dec.len && !ps->stream_in) {
+      /* A handler's switch of decoder stops the framing of the buffer at
+       * that frame: go on with what is left, until nothing moves. */
+      if (ps->dec.len != had) continue;
+      if (!ps->stream_in) {
         /* A decoder removed mid-frame: the frame goes on in plain bytes. */
+        if (*start == end) return 0;
         if (gw_bytes_append(&ps->dec, data + *start, end - *start)) return -ENOMEM;
         *start = end;
-        return frame_decoded(p, from);
+        continue;
       }
     }
     if (*start == end) return 0;
