@@ -4,6 +4,7 @@
  * limits.max_sessions fits under the open-files limit. */
 #include "app.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -535,8 +536,10 @@ static void capture_full(void *ud, int status) {
 static bool capture_num(const char *v, uint64_t max, uint64_t *out) {
   char *end;
   errno = 0;
+  /* digits only, no sign, space or leading zero: one spelling per number */
+  if (!isdigit((unsigned char)v[0]) || (v[0] == '0' && v[1])) return false;
   unsigned long long n = strtoull(v, &end, 10);
-  if (!*v || *end || errno || n > max || *v == '-') return false;
+  if (*end || errno || n > max) return false;
   *out = n;
   return true;
 }
@@ -578,6 +581,16 @@ static int capture_begin(app *a, control_client *c, char *args, char *answer, si
   if (!path) {
     snprintf(answer, len, "error: capture: path=/absolute/file.pcap is required\n");
     return -1;
+  }
+  if (f.listener) { /* a name that matches nothing would capture nothing */
+    const gw_config *cfg = gw_relay_config(a->relay);
+    bool known = false;
+    for (size_t i = 0; i < cfg->nlisteners && !known; i++)
+      known = strcmp(cfg->listeners[i].name, f.listener) == 0;
+    if (!known) {
+      snprintf(answer, len, "error: capture: no listener named \"%.64s\"\n", f.listener);
+      return -1;
+    }
   }
   if (a->stopping || cr->active) {
     snprintf(answer, len, "error: capture: %s\n",
