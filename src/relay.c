@@ -34,7 +34,6 @@
 #define GW_OUT_REFS 4           /* buffers one write request references */
 #define GW_SOFT_CLOSE_MS 2000   /* how long a scripted close may flush */
 #define GW_REFUSAL_LINES_PER_S 10 /* "connection refused" lines a second */
-#define GW_WAIT_HEX 16          /* bytes shown of a frame that never comes */
 
 #define container_of(ptr, type, member) \
   ((type *)((char *)(ptr) - offsetof(type, member)))
@@ -1200,8 +1199,10 @@ static void accept_cb(uv_stream_t *server, int status) {
     gw_format_addr((struct sockaddr *)&s->peer, s->ss.client, sizeof s->ss.client);
   else
     snprintf(s->ss.client, sizeof s->ss.client, "?");
-  plen = sizeof s->local;
-  uv_tcp_getsockname(&s->tcp[GW_CLIENT], (struct sockaddr *)&s->local, &plen);
+  if (l->proxy_out) { /* only a PROXY header toward the upstream names it */
+    plen = sizeof s->local;
+    uv_tcp_getsockname(&s->tcp[GW_CLIENT], (struct sockaddr *)&s->local, &plen);
+  }
   if (l->proxy_in && l->nproxy_from &&
       !gw_cidr_match(l->proxy_from, l->nproxy_from, (struct sockaddr *)&s->peer)) {
     refuse(s, l->refused_proxy_from, "not in proxy_protocol_from");
