@@ -57,6 +57,10 @@ typedef struct gw_listener_config {
   uint8_t upstream_proxy_protocol;  /* 0 none, 1 or 2: header to send */
   gw_phase *phases[GW_SIDES];       /* before `framing` applies, per side */
   size_t nphases[GW_SIDES];
+  char *protocol;                   /* the protocol module's name as written
+                                       ("top"), or NULL for none */
+  char *protocol_dir;               /* its directory, absolute: holds
+                                       packets.lua and maybe init.lua */
 } gw_listener_config;
 
 typedef struct gw_config {
@@ -100,7 +104,21 @@ typedef struct gw_config {
   struct sockaddr_storage admin_addr;
   char *admin_token;                /* NULL: none (the API is read-only) */
   bool admin_token_for_reads;       /* GET needs the token too */
+  /* redis: the store scripts share (gw.redis), off when the key is absent */
+  char redis_addr[GW_ADDR_MAX];     /* "" = none; else "host:port" as written */
+  struct sockaddr_storage redis_sockaddr;
+  char *redis_password;             /* NULL: no AUTH */
+  char *redis_user;                 /* NULL: AUTH with the password alone */
+  uint32_t redis_db;                /* SELECT after connecting; default 0 */
+  uint32_t redis_timeout_ms;        /* a command's answer; default 1000 */
+  uint32_t redis_connect_ms;        /* a connect attempt; default 1000 */
 } gw_config;
+
+/* Where `protocol = "name"` is looked for after the config's directory
+ * (an installed gangway's share directory; see CMakeLists.txt). */
+#ifndef GW_PROTOCOLS_DIR
+#define GW_PROTOCOLS_DIR "/usr/share/gangway/protocols"
+#endif
 
 /* Loads and checks path into *cfg (zeroed first). Returns 0, or -EINVAL with
  * one message in err ("config.lua: listeners[1].upstream: expected ...").

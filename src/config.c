@@ -805,7 +805,7 @@ static void listener_framing(cfg_ctx *c, int l, gw_framing *f) {
 static const char *const listener_keys[] = {
   "name", "listen", "upstream", "framing", "scripts", "on_error", "unsafe",
   "unfinished_frame", "phases", "proxy_protocol", "proxy_protocol_from", "upstream_proxy_protocol",
-  NULL,
+  "protocol", NULL,
 };
 
 static bool valid_name(const char *s) {
@@ -1019,6 +1019,63 @@ static void listener_proxy(cfg_ctx *c, int l, gw_listener_config *lc) {
       c, l, "upstream_proxy_protocol", versions, COUNT(versions), "\"v1\" or \"v2\"", 0);
 }
 
+/* protocol = "top": the directory protocols/top next to the config, else
+ * the installed one; a value with a slash is a directory path. Either must
+ * hold packets.lua (init.lua, the module's code, is optional). */
+static void listener_protocol(cfg_ctx *c, int l, gw_listener_config *lc) {
+  size_t mark;
+  if (enter(c, l, "protocol", &mark) != LUA_TNIL) {
+    const char *s = want_string(c, "a protocol name (\"top\") or directory");
+    bool path = strchr(s, '/') != NULL;
+    if (!*s || (!path && !valid_name(s)))
+      fail_expected(c, -1, "a protocol name of letters, digits, \"_\", \".\" or \"-\", "
+                    "or a directory path", LUA_TSTRING);
+    if (!(lc->protocol = strdup(s))) fail(c, "out of memory");
+    char *local = NULL, *file = NULL;
+    if (path) {
+      local = resolve_path(c, s);
+    } else if (asprintf(&local, "%s%sprotocols/%s", c->dir, strcmp(c->dir, "/") ? "/" : "",
+                        s) < 0) {
+      local = NULL;
+    }
+    if (!local || asprintf(&file, "%s/packets.lua", local) < 0) {
+      free(local);
+      fail(c, "out of memory");
+    }
+    const char *why = unreadable(file);
+    free(file);
+    if (why && !path) {
+      /* not next to the config: the installed protocols */
+      char *shared = NULL;
+      if (asprintf(&shared, "%s/%s", GW_PROTOCOLS_DIR, s) < 0 ||
+          asprintf(&file, "%s/packets.lua", shared) < 0) {
+        free(local);
+        free(shared);
+        fail(c, "out of memory");
+      }
+      if (!unreadable(file)) {
+        free(local);
+        local = shared;
+        why = NULL;
+      } else {
+        free(shared);
+      }
+      free(file);
+    }
+    if (why) {
+      char shown[PATH_MAX + 32];
+      snprintf(shown, sizeof shown, "%s/packets.lua", local);
+      free(local);
+      if (path)
+        fail(c, "cannot open %s: %s", shown, why);
+      fail(c, "no protocol \"%s\": cannot open %s (nor %s/%s/packets.lua): %s", s, shown,
+           GW_PROTOCOLS_DIR, s, why);
+    }
+    lc->protocol_dir = local;
+  }
+  leave(c, mark);
+}
+
 static void parse_listener(cfg_ctx *c, int l, size_t i) {
   static const choice on_errors[] = {
     {"pass", GW_ON_ERROR_PASS}, {"drop", GW_ON_ERROR_DROP},
@@ -1058,6 +1115,7 @@ static void parse_listener(cfg_ctx *c, int l, size_t i) {
   lc->unsafe = get_bool(c, l, "unsafe", false);
   listener_proxy(c, l, lc);
   listener_phases(c, l, lc);
+  listener_protocol(c, l, lc);
   static const choice unfinished[] = {{"drop", 0}, {"pass", 1}};
   lc->unfinished_frame_pass = get_choice(c, l, "unfinished_frame", unfinished,
                                          COUNT(unfinished),
@@ -1087,8 +1145,10 @@ static void parse_listeners(cfg_ctx *c, int top) {
 
 static const char *const top_keys[] = {
   "listeners", "timeouts", "limits", "log", "watch", "control", "admin", "capture_dir",
-  NULL,
+  "redis", NULL,
 };
+static const char *const redis_keys[] = {"addr", "password", "user", "db", "timeout_ms",
+                                         "connect_ms", NULL};
 static const char *const admin_keys[] = {"listen", "token", "token_for_reads", NULL};
 static const char *const log_keys[] = {"level", "format", "target",
                                        "session_lines_per_s", NULL};
@@ -1304,6 +1364,42 @@ static void parse_admin(cfg_ctx *c, int top) {
   leave(c, mark);
 }
 
+/* redis = { addr, password, user, db, timeout_ms, connect_ms }: absent, no
+ * store. The address is resolved here, like an upstream's. */
+static void parse_redis(cfg_ctx *c, int top) {
+  gw_config *cfg = c->cfg;
+  size_t mark, m;
+  int t = enter_record(c, top, "redis", redis_keys, &mark);
+  if (!t) {
+    leave(c, mark);
+    return;
+  }
+  const char *addr = "127.0.0.1:6379";
+  if (enter(c, t, "addr", &m) != LUA_TNIL) addr = want_string(c, "\"host:port\"");
+  char msg[256];
+  if (gw_parse_addr(addr, &cfg->redis_sockaddr, true, msg, sizeof msg) != 0) fail(c, "%s", msg);
+  snprintf(cfg->redis_addr, sizeof cfg->redis_addr, "%s", addr);
+  leave(c, m);
+  const char *const secrets[] = {"password", "user"};
+  char **dest[] = {&cfg->redis_password, &cfg->redis_user};
+  for (size_t k = 0; k < COUNT(secrets); k++) {
+    if (enter(c, t, secrets[k], &m) != LUA_TNIL) {
+      const char *v = want_string(c, "a string");
+      if (!*v || strlen(v) > 512) fail(c, "expected 1 to 512 bytes");
+      if (!(*dest[k] = strdup(v))) fail(c, "out of memory");
+    }
+    leave(c, m);
+  }
+  if (cfg->redis_user && !cfg->redis_password) {
+    enter(c, t, "user", &m);
+    fail(c, "needs redis.password");
+  }
+  cfg->redis_db = (uint32_t)get_int(c, t, "db", 0, 65535, 0);
+  cfg->redis_timeout_ms = (uint32_t)get_int(c, t, "timeout_ms", 1, 600000, 1000);
+  cfg->redis_connect_ms = (uint32_t)get_int(c, t, "connect_ms", 1, 600000, 1000);
+  leave(c, mark);
+}
+
 /* ---- the load ---- */
 
 /* The protected part: argument 1 is the cfg_ctx. */
@@ -1341,6 +1437,7 @@ static int cfg_main(lua_State *L) {
   parse_capture_dir(c, top);
   parse_control(c, top);
   parse_admin(c, top);
+  parse_redis(c, top);
   return 0;
 }
 
@@ -1421,12 +1518,16 @@ void gw_config_free(gw_config *cfg) {
     free(l->scripts);
     free(l->proxy_from);
     for (int s = 0; s < GW_SIDES; s++) free(l->phases[s]);
+    free(l->protocol);
+    free(l->protocol_dir);
   }
   free(cfg->listeners);
   free(cfg->path);
   free(cfg->control);
   free(cfg->capture_dir);
   free(cfg->admin_token);
+  free(cfg->redis_password);
+  free(cfg->redis_user);
   memset(cfg, 0, sizeof *cfg);
 }
 

@@ -353,6 +353,65 @@ static void test_admin(void **state) {
   gw_config_free(&cfg);
 }
 
+/* protocol = "name" finds protocols/name/packets.lua next to the config;
+ * a path names the directory itself; redis has defaults. */
+static void test_protocol_and_redis(void **state) {
+  (void)state;
+  assert_int_equal(mkdir("protocols", 0755), 0);
+  assert_int_equal(mkdir("protocols/top", 0755), 0);
+  assert_int_equal(mkdir("mine", 0755), 0);
+  it_write("protocols/top", "packets.lua", "return {}\n");
+  it_write("mine", "packets.lua", "return {}\n");
+  char cwd[1024], want[PATH_MAX + 256];
+  assert_non_null(getcwd(cwd, sizeof cwd));
+  gw_config cfg;
+  load_ok("return { listeners = { { " LISTENER1 ", protocol = \"top\" } },\n"
+          "  redis = { password = \"pw\" } }", &cfg);
+  assert_string_equal(cfg.listeners[0].protocol, "top");
+  snprintf(want, sizeof want, "%s/protocols/top", cwd);
+  assert_string_equal(cfg.listeners[0].protocol_dir, want);
+  assert_string_equal(cfg.redis_addr, "127.0.0.1:6379");
+  assert_addr(&cfg.redis_sockaddr, "127.0.0.1:6379");
+  assert_string_equal(cfg.redis_password, "pw");
+  assert_null(cfg.redis_user);
+  assert_int_equal(cfg.redis_db, 0);
+  assert_int_equal(cfg.redis_timeout_ms, 1000);
+  gw_config_free(&cfg);
+
+  load_ok("return { listeners = { { " LISTENER1 ", protocol = \"./mine\" } },\n"
+          "  redis = { addr = \"[::1]:6390\", db = 3, timeout_ms = 50 } }", &cfg);
+  snprintf(want, sizeof want, "%s/./mine", cwd);
+  assert_string_equal(cfg.listeners[0].protocol_dir, want);
+  assert_addr(&cfg.redis_sockaddr, "[::1]:6390");
+  assert_int_equal(cfg.redis_db, 3);
+  assert_int_equal(cfg.redis_timeout_ms, 50);
+  gw_config_free(&cfg);
+
+  load_ok("return { listeners = { { " LISTENER1 " } } }", &cfg);
+  assert_null(cfg.listeners[0].protocol);
+  assert_string_equal(cfg.redis_addr, "");
+  gw_config_free(&cfg);
+
+  snprintf(want, sizeof want,
+           "config.lua: listeners[1].protocol: no protocol \"tera\": cannot open "
+           "%s/protocols/tera/packets.lua (nor " GW_PROTOCOLS_DIR
+           "/tera/packets.lua): No such file or directory", cwd);
+  expect_error("return { listeners = { { " LISTENER1 ", protocol = \"tera\" } } }", want);
+  snprintf(want, sizeof want,
+           "config.lua: listeners[1].protocol: cannot open %s/../x y/packets.lua: "
+           "No such file or directory", cwd);
+  expect_error("return { listeners = { { " LISTENER1 ", protocol = \"../x y\" } } }", want);
+  expect_error("return { listeners = { { " LISTENER1 ", protocol = \"x y\" } } }",
+               "config.lua: listeners[1].protocol: expected a protocol name of letters, "
+               "digits, \"_\", \".\" or \"-\", or a directory path, got \"x y\"");
+  expect_error("return { listeners = { { " LISTENER1 " } }, redis = { user = \"u\" } }",
+               "config.lua: redis.user: needs redis.password");
+  expect_error("return { listeners = { { " LISTENER1 " } }, redis = { db = -1 } }",
+               "config.lua: redis.db: expected an integer from 0 to 65535, got -1");
+  expect_error("return { listeners = { { " LISTENER1 " } }, redis = { adr = \"x\" } }",
+               "config.lua: redis.adr: unknown key (did you mean \"addr\"?)");
+}
+
 /* The file is found by the path as given; scripts resolve against its
  * directory, not the working directory. */
 static void test_paths_from_elsewhere(void **state) {
@@ -898,6 +957,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
     cmocka_unit_test_setup_teardown(test_paths_from_elsewhere, setup, teardown),
     cmocka_unit_test_setup_teardown(test_admin, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_protocol_and_redis, setup, teardown),
     cmocka_unit_test_setup_teardown(test_sandbox_allows, setup, teardown),
     cmocka_unit_test_setup_teardown(test_unresolvable_upstream, setup, teardown),
     cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),
