@@ -15,6 +15,7 @@ pkgs=(
   zlib1g-dev libsystemd-dev libjansson-dev systemd scdoc groff-base man-db dpkg-dev file adduser
   libpcap-dev tshark jq
   libmicrohttpd-dev prometheus curl
+  libhiredis-dev redis-server
 )
 need=()
 for p in "${pkgs[@]}"; do
