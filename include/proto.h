@@ -84,4 +84,13 @@ const gw_packet_def *gw_proto_lookup(const gw_proto *p, gw_side from, bool has_o
  * NULL when none is close. */
 const char *gw_proto_suggest(const gw_proto *p, const char *name);
 
+/* Type names as packets.lua spells them ("u16", "bytes(N)", "array"). */
+extern const char *const gw_field_type_names[];
+/* Size of an integer type (1, 2, 4, 8), 0 for the others. */
+unsigned gw_field_int_size(gw_field_type t);
+bool gw_field_is_signed(gw_field_type t);
+/* Edits (insert, delete, change, swap of neighbours; case folded) between
+ * two names of at most 64 bytes; SIZE_MAX for longer ones. */
+size_t gw_edit_distance(const char *a, const char *b);
+
 #endif
