@@ -97,6 +97,8 @@ typedef struct gw_handlers {
   bool all[GW_SIDES];               /* a "*" handler */
   uint8_t *bits[GW_SIDES];          /* 65536-bit map of wanted opcodes */
   bool wide[GW_SIDES];              /* handlers on opcodes >= 65536 */
+  bool keepalive[GW_SIDES];         /* handlers on keep-alives (frames
+                                       without an opcode), by name */
   /* script layer only */
   char *listener;
   gw_framing framing;
@@ -108,7 +110,7 @@ static inline bool gw_handlers_want(const gw_handlers *h, gw_side side,
                                     const gw_frame_info *fi) {
   if (!h || !h->any[side]) return false;
   if (h->all[side]) return true;
-  if (!fi->has_opcode) return false;
+  if (!fi->has_opcode) return h->keepalive[side];
   if (fi->opcode < 65536)
     return h->bits[side] && (h->bits[side][fi->opcode >> 3] >> (fi->opcode & 7)) & 1;
   return h->wide[side];

@@ -226,7 +226,9 @@ static void h_wake_at(void *ud, uint64_t when) {
   if (when < h->wake) h->wake = when;
 }
 
-static const gw_host_ops host_ops = {h_emit, h_close, h_now, h_wake_at, h_pipe, NULL};
+static const gw_host_ops host_ops = {
+  .emit = h_emit, .close = h_close, .now_ms = h_now, .wake_at = h_wake_at, .pipe = h_pipe,
+};
 
 static void log_sink(gw_log_level level, const char *line, void *ud) {
   host *h = ud;
@@ -532,9 +534,27 @@ static const gw_framing *host_framing(host *h) {
   return hd ? &hd->framing : &h->cfg.listeners[0].framing;
 }
 
-/* host:build(opcode, body) -> frame, with the listener's framing */
+/* The listener's packet definitions, pushed (loaded afresh: specs are
+ * small), or NULL and nothing pushed when it has no protocol. */
+static const struct gw_proto *host_proto(lua_State *L, host *h) {
+  const gw_listener_config *lc = host_listener(h);
+  if (!lc || !lc->protocol_dir) return NULL;
+  lua_pushfstring(L, "%s/packets.lua", lc->protocol_dir);
+  const struct gw_proto *p = gw__proto_push_new(L, lua_tostring(L, -1), &lc->framing);
+  lua_remove(L, -2);
+  return p;
+}
+
+/* host:build(opcode, body) or host:build(name, fields) -> frame, with the
+ * listener's framing */
 static int host_build(lua_State *L) {
   host *h = check_host(L, 1);
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    lua_settop(L, 3);
+    const struct gw_proto *p = host_proto(L, h);
+    gw__proto_build(L, p, host_framing(h), 2, 3, false);
+    return 1;
+  }
   lua_Integer op = lua_isnoneornil(L, 2) ? -1 : luaL_checkinteger(L, 2);
   size_t n = 0;
   const uint8_t *body = lua_isnoneornil(L, 3) ? (const uint8_t *)""
@@ -555,7 +575,14 @@ static int host_parse(lua_State *L) {
   size_t n;
   const uint8_t *d = (const uint8_t *)luaL_checklstring(L, 2, &n);
   gw_side side = (gw_side)luaL_checkoption(L, 3, "server", sides);
-  gw_packet_push_copy(L, host_framing(h), side, d, n);
+  lua_settop(L, 3);
+  const struct gw_proto *proto = host_proto(L, h);
+  gw_packet *p = gw_packet_push_copy(L, host_framing(h), side, d, n);
+  if (proto) { /* the copy decodes with the listener's definitions */
+    lua_pushvalue(L, 4);
+    lua_setiuservalue(L, -2, 2);
+    p->proto = proto;
+  }
   return 1;
 }
 

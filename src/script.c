@@ -639,12 +639,15 @@ static int frame_handlers(gw_script *s, gw_script_session *ss, gw_side from, uin
     own = g->bits[from] && (g->bits[from][fi->opcode >> 3] >> (fi->opcode & 7) & 1);
   else if (fi->has_opcode)
     own = g->wide[from];
+  else
+    own = g->keepalive[from]; /* gw.on(side, "KEEPALIVE") by name */
   int t = LUA_TNIL;
   lua_pushnil(L); /* MAP: only looked at for an opcode's own chain */
   if (own) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, g->map_ref[from]);
     lua_replace(L, MAP);
-    if ((t = lua_rawgeti(L, MAP, (lua_Integer)fi->opcode)) == LUA_TNIL)
+    if ((t = lua_rawgeti(L, MAP, fi->has_opcode ? (lua_Integer)fi->opcode
+                                                : GW_KEEPALIVE_KEY)) == LUA_TNIL)
       lua_pop(L, 1);
   }
   if (t == LUA_TNIL && g->star_ref[from] != LUA_NOREF)

@@ -72,6 +72,8 @@ typedef struct gw_packet {
   bool replaced;         /* rebuilt or replaced: no longer the host's frame */
   bool copy;             /* a pkt:copy(): buf is its user value 1 */
   gw_framing own_f;      /* copies only: the framing they were made with */
+  const struct gw_proto *proto; /* copies only: the packet definitions
+                            they decode with (user value 2), or NULL */
 } gw_packet;
 
 /* Registers the packet and writer metatables in L (any state). light:
@@ -108,6 +110,40 @@ const uint8_t *gw_frame_arg(lua_State *L, int idx, size_t *len);
 /* Reads a body argument: a string or a writer's bytes. Raises. */
 const uint8_t *gw_body_arg(lua_State *L, int idx, size_t *len);
 
+/* ---- packets by name (script_proto.c) ----
+ * proto.h stays out of this header: its gw_field clashes with log.h's. */
+struct gw_proto;
+#define GW_PROTO_MT "gangway.proto"
+#define GW_KEEPALIVE_KEY (-2)  /* map key of the keep-alive chain */
+
+/* Loads path (a packets.lua) for framing f and pushes it as a userdata
+ * that frees it when collected. Raises the loader's message. */
+const struct gw_proto *gw__proto_push_new(lua_State *L, const char *path,
+                                          const gw_framing *f);
+/* The opcode of packet `name` for gw.on(side, name), or GW_KEEPALIVE_KEY
+ * for the keep-alive. Raises "gw.on: no packet ..." with a suggestion. */
+lua_Integer gw__proto_resolve(lua_State *L, const struct gw_proto *p,
+                              gw_side side, const char *name,
+                              const char *listener);
+/* pkt:decode(), pkt:encode(t) (upvalue 1: light, as the other methods) */
+int gw__pkt_decode(lua_State *L);
+int gw__pkt_encode(lua_State *L);
+/* Pushes pkt.name: the definition's name, or nil. */
+void gw__pkt_push_name(lua_State *L, const gw_packet *p, bool light);
+/* The copy at dst decodes with what the packet at src decodes with. */
+void gw__pkt_adopt_proto(lua_State *L, int src, int dst, bool light);
+/* gw.packet(name, fields): pushes the frame built by name; charge: a
+ * script state (charge the instruction limit). */
+void gw__proto_build(lua_State *L, const struct gw_proto *p,
+                     const gw_framing *f, int name_idx, int t_idx, bool charge);
+/* From script_packet.c, for decode and encode. */
+gw_packet *gw__check_packet(lua_State *L, int idx);
+size_t gw__packet_body_offset(const gw_packet *p);
+/* Rebuilds the packet at idx around body (pkt:set_body); raises as who,
+ * leaving the packet as it was. */
+void gw__packet_set_body(lua_State *L, int idx, gw_packet *p,
+                         const uint8_t *body, size_t blen, const char *who);
+
 /* ---- the state (script.c) ---- */
 
 /* One listener in the state: the public gw_handlers (stable address, the
@@ -124,6 +160,11 @@ typedef struct gw_gen_tables {
   int admin_ref;         /* gw.admin endpoints: name -> function */
   uint8_t *bits[GW_SIDES];
   bool any[GW_SIDES], all[GW_SIDES], wide[GW_SIDES];
+  bool keepalive[GW_SIDES]; /* a chain of its own (map key
+                            GW_KEEPALIVE_KEY) for keep-alive frames */
+  const struct gw_proto *proto; /* the listener's packet definitions, or
+                            NULL; held by the generation's extras
+                            (gw__push_gen_extras) */
 } gw_gen_tables;
 
 typedef struct gw_opstat {
@@ -299,6 +340,9 @@ gw_opstat *gw__opstat(gw_listener_rt *rt, gw_side side, bool has_opcode,
 int gw__load_init(lua_State *L);
 void gw__gen_tables_init(gw_gen_tables *g);
 void gw__gen_tables_clear(gw_script *s, gw_gen_tables *g);
+/* Pushes the per-generation table of g (its packet definitions, chat
+ * commands, tell function), made when create; nil when there is none. */
+void gw__push_gen_extras(lua_State *L, const gw_gen_tables *g, bool create);
 /* Registers gw.* of a binding; pushes its framing for packets and writers. */
 const gw_framing *gw__binding_framing(lua_State *L, int idx);
 
@@ -327,6 +371,11 @@ gw_session_ud *gw__push_session(lua_State *L, gw_script_session *ss);
 void gw__session_open_lib(lua_State *L);
 /* Pushes a list of the live sessions of rt. */
 void gw__push_sessions(lua_State *L, gw_listener_rt *rt);
+/* Pushes the live sessions of rt with a player, oldest first (name NULL),
+ * or the one whose player.name is name (or nil). */
+void gw__push_players(lua_State *L, gw_listener_rt *rt, const char *name);
+/* gw.set_player(session, player): session.player (user value 2). */
+int gw__session_set_player(lua_State *L);
 
 /* ---- timers (script_timer.c) ---- */
 struct gw_timer {

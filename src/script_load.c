@@ -7,8 +7,10 @@
  * metatable whose __index is a base of safe functions it cannot change or
  * reach. A listener with unsafe = true gets the whole standard library
  * instead. Scripts are loaded as text only. */
+#include <ctype.h>
 #include <errno.h>
 #include <lualib.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +28,7 @@ typedef struct gw_binding {
   gw_listener_rt *rt;    /* never freed before the state */
   unsigned gen;
   bool unsafe;
+  bool module;           /* the listener's protocol module (init.lua) */
   char script[96];       /* file name, for log lines */
 } gw_binding;
 
@@ -43,6 +46,52 @@ const gw_framing *gw__binding_framing(lua_State *L, int idx) {
   gw_binding *b = check_binding(L, idx);
   return loading(gw_script_of(L), b) ? &b->rt->next_framing
                                      : &b->rt->h.framing;
+}
+
+/* The generation a binding's calls go to: the one it loads in, else the
+ * one running. */
+static gw_gen_tables *binding_gen(lua_State *L, gw_binding *b) {
+  return loading(gw_script_of(L), b) ? &b->rt->next : &b->rt->cur;
+}
+
+/* ---- the generation's extras ----
+ * A table per listener and generation (its packet definitions, chat
+ * commands, tell function), weakly keyed by the generation's client map:
+ * it goes when the generation's tables are cleared. */
+
+void gw__push_gen_extras(lua_State *L, const gw_gen_tables *g, bool create) {
+  if (!luaL_getsubtable(L, LUA_REGISTRYINDEX, "gangway.gens")) {
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+  }
+  if (g->map_ref[GW_CLIENT] == LUA_NOREF ||
+      lua_rawgeti(L, LUA_REGISTRYINDEX, g->map_ref[GW_CLIENT]) != LUA_TTABLE) {
+    if (g->map_ref[GW_CLIENT] != LUA_NOREF) lua_pop(L, 1);
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    return;
+  }
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, -3) == LUA_TNIL && create) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, -2);  /* the map */
+    lua_pushvalue(L, -2);  /* the extras */
+    lua_rawset(L, -5);
+  }
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+}
+
+/* Pushes field k of the extras of g (nil when there is none). */
+static int extras_field(lua_State *L, const gw_gen_tables *g, const char *k) {
+  gw__push_gen_extras(L, g, false);
+  if (!lua_istable(L, -1)) return LUA_TNIL; /* the nil pushed */
+  int t = lua_getfield(L, -1, k);
+  lua_remove(L, -2);
+  return t;
 }
 
 /* ---- gw.on ---- */
@@ -104,8 +153,8 @@ static lua_Integer check_opcode(lua_State *L, const gw_framing *f, int idx) {
   int isnum;
   lua_Integer op = lua_tointegerx(L, idx, &isnum);
   if (!isnum)
-    luaL_error(L, "gw.on: opcodes are integers, a list of them, or \"*\" "
-               "(got %s)", luaL_typename(L, idx));
+    luaL_error(L, "gw.on: opcodes are integers or packet names, a list of "
+               "them, or \"*\" (got %s)", luaL_typename(L, idx));
   if (!f->opcode_size)
     luaL_error(L, "gw.on: the %s framing has no opcode: use \"*\"", f->name);
   lua_Integer max = f->opcode_size >= 4
@@ -115,6 +164,16 @@ static lua_Integer check_opcode(lua_State *L, const gw_framing *f, int idx) {
     luaL_error(L, "gw.on: opcode %I out of range 0..%I for the %s framing",
                op, max, f->name);
   return op;
+}
+
+/* The chain key of one opcode argument of gw.on: an integer, or a packet
+ * name resolved with the listener's definitions (GW_KEEPALIVE_KEY for the
+ * keep-alive). */
+static lua_Integer handler_key(lua_State *L, gw_binding *b, gw_side side, int idx) {
+  if (lua_type(L, idx) == LUA_TSTRING && strcmp(lua_tostring(L, idx), "*"))
+    return gw__proto_resolve(L, b->rt->next.proto, side, lua_tostring(L, idx),
+                             b->rt->h.listener);
+  return check_opcode(L, &b->rt->next_framing, idx);
 }
 
 static int gw_on(lua_State *L) {
@@ -127,7 +186,6 @@ static int gw_on(lua_State *L) {
   gw_side side = (gw_side)luaL_checkoption(L, 1, NULL, sides);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   gw_gen_tables *g = &b->rt->next;
-  const gw_framing *f = &b->rt->next_framing;
   lua_settop(L, 3);
   lua_rawgeti(L, LUA_REGISTRYINDEX, g->map_ref[side]); /* 4 */
   if (lua_type(L, 2) == LUA_TSTRING && !strcmp(lua_tostring(L, 2), "*")) {
@@ -146,23 +204,25 @@ static int gw_on(lua_State *L) {
     if (n == 0) return luaL_error(L, "gw.on: empty list of opcodes");
     for (lua_Integer i = 1; i <= n; i++) {
       lua_rawgeti(L, 2, i);
-      check_opcode(L, f, -1);
+      handler_key(L, b, side, -1);
       lua_pop(L, 1);
     }
   } else {
-    check_opcode(L, f, 2);
+    handler_key(L, b, side, 2);
   }
   for (lua_Integer i = 1; i <= n; i++) {
     lua_Integer op;
     if (lua_istable(L, 2)) {
       lua_rawgeti(L, 2, i);
-      op = lua_tointeger(L, -1);
+      op = handler_key(L, b, side, -1);
       lua_pop(L, 1);
     } else {
-      op = lua_tointeger(L, 2);
+      op = handler_key(L, b, side, 2);
     }
     add_handler(L, 4, op, 3);
-    if (op < 65536) {
+    if (op == GW_KEEPALIVE_KEY) {
+      g->keepalive[side] = true;
+    } else if (op < 65536) {
       uint8_t *bits = want_bits(L, g, side);
       bits[op >> 3] |= (uint8_t)(1u << (op & 7));
     } else {
@@ -234,6 +294,11 @@ static int gw_on_reload(lua_State *L) {
 
 static int gw_build(lua_State *L) {
   const gw_framing *f = gw__binding_framing(L, lua_upvalueindex(1));
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    lua_settop(L, 2);
+    gw__proto_build(L, binding_gen(L, BINDING(L))->proto, f, 1, 2, true);
+    return 1;
+  }
   lua_Integer op = lua_isnil(L, 1) ? -1 : luaL_checkinteger(L, 1);
   size_t n = 0;
   const uint8_t *body = lua_isnoneornil(L, 2)
@@ -272,6 +337,104 @@ static int gw_now(lua_State *L) {
 
 static int gw_sessions(lua_State *L) {
   gw__push_sessions(L, BINDING(L)->rt);
+  return 1;
+}
+
+/* ---- players and chat commands: the protocol module's contract ---- */
+
+static void check_module(lua_State *L, const char *fn) {
+  if (!BINDING(L)->module)
+    luaL_error(L, "gw.%s: only the listener's protocol module (its init.lua) "
+               "may call it", fn);
+}
+
+/* gw.players(): the sessions with a player, oldest first. */
+static int gw_players(lua_State *L) {
+  gw__push_players(L, BINDING(L)->rt, NULL);
+  return 1;
+}
+
+/* gw.player(name): the session whose player.name is name, or nil. */
+static int gw_player(lua_State *L) {
+  gw__push_players(L, BINDING(L)->rt, luaL_checkstring(L, 1));
+  return 1;
+}
+
+static int gw_set_player(lua_State *L) {
+  check_module(L, "set_player");
+  return gw__session_set_player(L);
+}
+
+/* gw.on_tell(fn): fn(session, text) is how session:tell speaks in the
+ * game's chat (one per generation). */
+static int gw_on_tell(lua_State *L) {
+  check_loading(L, "on_tell");
+  check_module(L, "on_tell");
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  gw__push_gen_extras(L, &BINDING(L)->rt->next, true);
+  if (lua_getfield(L, -1, "tell") != LUA_TNIL)
+    return luaL_error(L, "gw.on_tell: a tell function is registered already");
+  lua_pop(L, 1);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, -2, "tell");
+  return 0;
+}
+
+#define COMMAND_MAX 32
+
+/* gw.command("/online", fn): fn(session, args) takes the chat lines whose
+ * first word is "/online" (args: the rest of the line, trimmed). */
+static int gw_command(lua_State *L) {
+  check_loading(L, "command");
+  size_t n;
+  const char *name = luaL_checklstring(L, 1, &n);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  bool ok = n >= 2 && n <= COMMAND_MAX && ispunct((unsigned char)name[0]);
+  for (size_t i = 1; ok && i < n; i++)
+    ok = isgraph((unsigned char)name[i]);
+  if (!ok)
+    return luaL_error(L, "gw.command: a command is a sign and a word, like "
+                      "\"/online\" (at most %d bytes, no spaces), got \"%s\"",
+                      COMMAND_MAX, name);
+  gw__push_gen_extras(L, &BINDING(L)->rt->next, true);
+  luaL_getsubtable(L, -1, "commands");
+  if (lua_getfield(L, -1, name) != LUA_TNIL)
+    return luaL_error(L, "gw.command: %s is registered already", name);
+  lua_pop(L, 1);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, name);
+  return 0;
+}
+
+/* gw.run_command(session, line) -> true when a registered command took
+ * the line (the protocol module then never forwards it). A command that
+ * fails is logged and still took the line. */
+static int gw_run_command(lua_State *L) {
+  gw_script *s = gw_script_of(L);
+  gw_binding *b = BINDING(L);
+  luaL_checkudata(L, 1, GW_SESSION_MT);
+  size_t n;
+  const char *line = luaL_checklstring(L, 2, &n);
+  size_t w = 0;
+  while (w < n && !isspace((unsigned char)line[w])) w++;
+  lua_settop(L, 2);
+  if (w < 2 || w > COMMAND_MAX || extras_field(L, binding_gen(L, b), "commands") != LUA_TTABLE ||
+      (lua_pushlstring(L, line, w), lua_rawget(L, -2)) != LUA_TFUNCTION) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  size_t a = w, e = n;
+  while (a < e && isspace((unsigned char)line[a])) a++;
+  while (e > a && isspace((unsigned char)line[e - 1])) e--;
+  lua_pushvalue(L, 1);
+  lua_pushlstring(L, line + a, e - a);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    if (gw__over_limit(s)) return lua_error(L); /* the limit's, not ours */
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+    s->stats.errors++;
+    gw_error("%s: command %.*s: %s", b->rt->h.listener, (int)w, line, msg);
+  }
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -408,6 +571,9 @@ static const luaL_Reg gw_funcs[] = {
   {"now", gw_now},         {"sessions", gw_sessions},
   {"stats", gw_stats},     {"codec", gw__lua_codec},
   {"admin", gw_admin_endpoint}, {"hex", gw_hex_fn},
+  {"players", gw_players}, {"player", gw_player},
+  {"set_player", gw_set_player}, {"on_tell", gw_on_tell},
+  {"command", gw_command}, {"run_command", gw_run_command},
   {NULL, NULL},
 };
 
@@ -851,6 +1017,7 @@ static int load_script(lua_State *L) {
   b->rt = rt;
   b->gen = s->loading_gen;
   b->unsafe = lua_toboolean(L, 3);
+  b->module = lua_toboolean(L, 4);
   const char *base = strrchr(path, '/');
   snprintf(b->script, sizeof b->script, "%s", base ? base + 1 : path);
   luaL_setmetatable(L, GW_BINDING_MT);
@@ -862,6 +1029,20 @@ static int load_script(lua_State *L) {
   lua_setiuservalue(L, bidx, 2);
   if (load_in_env(L, bidx, path) != LUA_OK) return lua_error(L);
   lua_call(L, 0, 0);
+  return 0;
+}
+
+/* Protected: the packet definitions of listener config lc (arg 2) into
+ * the new generation of rt (arg 1). */
+static int load_protocol(lua_State *L) {
+  gw_listener_rt *rt = lua_touserdata(L, 1);
+  const gw_listener_config *lc = lua_touserdata(L, 2);
+  lua_pushfstring(L, "%s/packets.lua", lc->protocol_dir);
+  const struct gw_proto *p = gw__proto_push_new(L, lua_tostring(L, -1), &lc->framing);
+  gw__push_gen_extras(L, &rt->next, true);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "proto");
+  rt->next.proto = p;
   return 0;
 }
 
@@ -921,6 +1102,7 @@ static void publish(gw_script *s, gw_listener_rt *rt) {
     h->any[i] = rt->cur.any[i];
     h->all[i] = rt->cur.all[i];
     h->wide[i] = rt->cur.wide[i];
+    h->keepalive[i] = rt->cur.keepalive[i];
   }
   h->framing = rt->next_framing;
   h->on_error = rt->next_on_error;
@@ -932,7 +1114,7 @@ static void retire(gw_script *s, gw_listener_rt *rt) {
   gw_handlers *h = &rt->h;
   for (int i = 0; i < GW_SIDES; i++) {
     h->bits[i] = NULL;
-    h->any[i] = h->all[i] = h->wide[i] = false;
+    h->any[i] = h->all[i] = h->wide[i] = h->keepalive[i] = false;
   }
   rt->published = false;
 }
@@ -974,6 +1156,33 @@ int gw_script_load(gw_script *s, const gw_config *cfg, char *err,
       take_error(s, st, err, errlen, lc->name);
       rc = -ENOMEM;
       goto fail;
+    }
+    /* The protocol: its definitions, then its module, before the scripts
+     * (a session that logs in before any script loads still gets its
+     * player). */
+    if (lc->protocol_dir) {
+      lua_pushcfunction(L, load_protocol);
+      lua_pushlightuserdata(L, rt);
+      lua_pushlightuserdata(L, (void *)lc);
+      if ((st = gw__pcall(s, 2, 0)) != LUA_OK) {
+        take_error(s, st, err, errlen, lc->protocol_dir);
+        rc = -EINVAL;
+        goto fail;
+      }
+      char init[4096];
+      snprintf(init, sizeof init, "%s/init.lua", lc->protocol_dir);
+      if (access(init, F_OK) == 0) {
+        lua_pushcfunction(L, load_script);
+        lua_pushlightuserdata(L, rt);
+        lua_pushstring(L, init);
+        lua_pushboolean(L, lc->unsafe);
+        lua_pushboolean(L, 1);
+        if ((st = gw__pcall(s, 4, 0)) != LUA_OK) {
+          take_error(s, st, err, errlen, init);
+          rc = -EINVAL;
+          goto fail;
+        }
+      }
     }
     for (size_t j = 0; j < lc->nscripts; j++) {
       lua_pushcfunction(L, load_script);

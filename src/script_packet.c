@@ -116,12 +116,19 @@ static gw_packet *check_packet(lua_State *L, int idx) {
   return p;
 }
 
+gw_packet *gw__check_packet(lua_State *L, int idx) { return check_packet(L, idx); }
+
+size_t gw__packet_body_offset(const gw_packet *p) {
+  return body_offset(p->f, p->data, p->len);
+}
+
 /* A copy keeps its bytes in a plain userdata, its user value 1, so that it
  * needs no finalizer: garbage with finalizers is freed a collection cycle
- * late, and at one copy per frame piles up past the memory limit. */
+ * late, and at one copy per frame piles up past the memory limit. User
+ * value 2 holds the packet definitions it decodes with, if any. */
 gw_packet *gw_packet_push_copy(lua_State *L, const gw_framing *f,
                                gw_side side, const uint8_t *data, size_t len) {
-  gw_packet *p = lua_newuserdatauv(L, sizeof *p, 1);
+  gw_packet *p = lua_newuserdatauv(L, sizeof *p, 2);
   memset(p, 0, sizeof *p);
   p->own_f = *f;
   p->f = &p->own_f;
@@ -379,15 +386,14 @@ static int pkt_body(lua_State *L) {
  * and between it and the body are kept, the length field is computed by
  * the encoder. Always into fresh storage, so a refused body leaves the
  * packet as it was. */
-static int pkt_set_body(lua_State *L) {
-  gw_packet *p = check_packet(L, 1);
-  size_t blen;
-  const uint8_t *body = gw_body_arg(L, 2, &blen);
+void gw__packet_set_body(lua_State *L, int idx, gw_packet *p,
+                         const uint8_t *body, size_t blen, const char *who) {
   const gw_framing *f = p->f;
+  idx = lua_absindex(L, idx);
   size_t boff = body_offset(f, p->data, p->len);
   if (boff > p->len)
-    return luaL_error(L, "pkt:set_body: a %I-byte frame has no body "
-                      "(keep-alive)", (lua_Integer)p->len);
+    luaL_error(L, "%s: a %I-byte frame has no body (keep-alive)", who,
+               (lua_Integer)p->len);
   size_t off = f->raw ? 0 : f->length_offset;
   size_t field = length_field_size(f, p->data, p->len);
   size_t room = f->raw ? 0
@@ -395,13 +401,13 @@ static int pkt_set_body(lua_State *L) {
                                                      : f->length_size;
   size_t tail = boff - off - field;
   if (blen > SIZE_MAX / 2)
-    return luaL_error(L, "pkt:set_body: body too large");
+    luaL_error(L, "%s: body too large", who);
   size_t need = off + room + tail + blen;
   /* A copy's new storage is a userdata pushed here (user value 1 once
    * built); the handled frame's is C memory freed when its handlers
    * return. */
   uint8_t *dst = p->copy ? lua_newuserdatauv(L, need, 0) : state_alloc(L, need);
-  if (!dst) return luaL_error(L, "not enough memory");
+  if (!dst) luaL_error(L, "not enough memory");
   uint8_t *rest = dst + off + room;
   memcpy(dst, p->data, off);
   memcpy(rest, p->data + off + field, tail);
@@ -410,23 +416,29 @@ static int pkt_set_body(lua_State *L) {
   if (r < 0) {
     if (!p->copy) state_free(L, dst, need); /* before luaL_error longjmps */
     if (r == -EMSGSIZE)
-      return luaL_error(L, "pkt:set_body: a %I-byte body makes a frame "
-                        "outside the %s framing's limits for %s frames "
-                        "(%I..%I bytes)", (lua_Integer)blen, f->name,
-                        gw_side_name(p->side),
-                        (lua_Integer)f->min_frame[p->side],
-                        (lua_Integer)f->max_frame[p->side]);
-    return luaL_error(L, "pkt:set_body: a %I-byte body does not fit the "
-                      "length field", (lua_Integer)blen);
+      luaL_error(L, "%s: a %I-byte body makes a frame outside the %s "
+                 "framing's limits for %s frames (%I..%I bytes)", who,
+                 (lua_Integer)blen, f->name, gw_side_name(p->side),
+                 (lua_Integer)f->min_frame[p->side],
+                 (lua_Integer)f->max_frame[p->side]);
+    luaL_error(L, "%s: a %I-byte body does not fit the length field", who,
+               (lua_Integer)blen);
   }
   if (p->copy)
-    lua_setiuservalue(L, 1, 1);
+    lua_setiuservalue(L, idx, 1);
   else
     state_free(L, p->buf, p->cap);
   p->buf = p->data = dst;
   p->cap = need;
   p->len = (size_t)r;
   p->replaced = true;
+}
+
+static int pkt_set_body(lua_State *L) {
+  gw_packet *p = check_packet(L, 1);
+  size_t blen;
+  const uint8_t *body = gw_body_arg(L, 2, &blen);
+  gw__packet_set_body(L, 1, p, body, blen, "pkt:set_body");
   return 0;
 }
 
@@ -446,6 +458,7 @@ static int pkt_set_opcode(lua_State *L) {
 static int pkt_copy(lua_State *L) {
   gw_packet *p = check_packet(L, 1);
   gw_packet_push_copy(L, p->f, p->side, p->data, p->len);
+  gw__pkt_adopt_proto(L, 1, -1, lua_toboolean(L, lua_upvalueindex(1)));
   return 1;
 }
 
@@ -487,6 +500,9 @@ static int pkt_index(lua_State *L) {
   } else if (!strcmp(k, "side")) {
     lua_pushstring(L, gw_side_name(p->side));
     return 1;
+  } else if (!strcmp(k, "name")) {
+    gw__pkt_push_name(L, p, lua_toboolean(L, lua_upvalueindex(1)));
+    return 1;
   } else if (!strcmp(k, "body_offset")) {
     lua_pushinteger(L, (lua_Integer)body_offset(p->f, p->data, p->len));
     return 1;
@@ -511,6 +527,7 @@ static const luaL_Reg pkt_methods[] = {
   {"copy", pkt_copy},     {"str", pkt_str},       {"unpack", NULL},
   {"hex", pkt_hex},
   {"set_opcode", pkt_set_opcode},
+  {"decode", gw__pkt_decode}, {"encode", gw__pkt_encode},
   {"u8", pkt_u8},         {"u16", pkt_u16},       {"u32", pkt_u32},
   {"u64", pkt_u64},       {"i8", pkt_i8},         {"i16", pkt_i16},
   {"i32", pkt_i32},       {"i64", pkt_i64},       {"f32", pkt_f32},

@@ -30,7 +30,7 @@ gw_session_ud *gw__push_session(lua_State *L, gw_script_session *ss) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, ss->ref);
     return lua_touserdata(L, -1);
   }
-  gw_session_ud *u = lua_newuserdatauv(L, sizeof *u, 1); /* 1: state */
+  gw_session_ud *u = lua_newuserdatauv(L, sizeof *u, 2); /* 1: state, 2: player */
   memset(u, 0, sizeof *u);
   u->ss = ss;
   u->id = ss->id;
@@ -56,6 +56,46 @@ void gw__push_sessions(lua_State *L, gw_listener_rt *rt) {
     gw__push_session(L, ss);
     lua_rawseti(L, -2, ++n);
   }
+}
+
+/* The player of the session userdata at idx is pushed; true when it has one. */
+static bool push_player(lua_State *L, int idx) {
+  if (lua_getiuservalue(L, idx, 2) != LUA_TNIL) return true;
+  return false;
+}
+
+void gw__push_players(lua_State *L, gw_listener_rt *rt, const char *name) {
+  gw_script *s = gw_script_of(L);
+  if (!name) lua_newtable(L);
+  gw_script_session *ss = s->sessions;
+  while (ss && ss->next) ss = ss->next;
+  lua_Integer n = 0;
+  for (; ss; ss = ss->prev) {
+    /* no userdata yet: never in Lua, so no player */
+    if (ss->closed || ss->handlers != &rt->h || ss->ref == LUA_NOREF) continue;
+    gw__push_session(L, ss);
+    bool has = push_player(L, -1);
+    if (has && name) {
+      has = lua_type(L, -1) == LUA_TTABLE;
+      if (has) {
+        has = lua_getfield(L, -1, "name") == LUA_TSTRING && !strcmp(lua_tostring(L, -1), name);
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+    if (has && name) return; /* the session */
+    if (has) lua_rawseti(L, -2, ++n);
+    else lua_pop(L, 1);
+  }
+  if (name) lua_pushnil(L);
+}
+
+int gw__session_set_player(lua_State *L) {
+  check_session(L, 1);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, 2);
+  return 0;
 }
 
 /* ---- methods ---- */
@@ -106,6 +146,23 @@ static int s_close(lua_State *L) {
   return 1;
 }
 
+/* session:tell(text): a line in the game's chat to this session's
+ * player, the way the protocol module's gw.on_tell says. */
+static int s_tell(lua_State *L) {
+  gw_session_ud *u = check_session(L, 1);
+  live(L, u, "tell");
+  luaL_checkstring(L, 2);
+  lua_settop(L, 2);
+  gw__push_gen_extras(L, &u->rt->cur, false);
+  if (!lua_istable(L, -1) || lua_getfield(L, -1, "tell") != LUA_TFUNCTION)
+    return luaL_error(L, "session:tell: listener %s has no protocol module "
+                      "that tells (gw.on_tell in its init.lua)", u->rt->h.listener);
+  lua_insert(L, 1);
+  lua_settop(L, 3);
+  lua_call(L, 2, 0);
+  return 0;
+}
+
 static int s_timer(lua_State *L, bool repeat, const char *method) {
   gw_session_ud *u = check_session(L, 1);
   live(L, u, method);
@@ -139,6 +196,9 @@ static int s_index(lua_State *L) {
   } else if (!strcmp(k, "closed")) {
     lua_pushboolean(L, !u->ss || u->ss->closed);
     return 1;
+  } else if (!strcmp(k, "player")) {
+    push_player(L, 1);
+    return 1;
   } else if (!strcmp(k, "state")) {
     if (lua_getiuservalue(L, 1, 1) == LUA_TNIL) {
       lua_pop(L, 1);
@@ -152,6 +212,10 @@ static int s_index(lua_State *L) {
 }
 
 static int s_newindex(lua_State *L) {
+  const char *k = lua_tostring(L, 2);
+  if (k && !strcmp(k, "player"))
+    return luaL_error(L, "session.player is set by the protocol module "
+                      "(gw.set_player in its init.lua)");
   return luaL_error(L, "session fields cannot be set (keep your data in "
                     "session.state)");
 }
@@ -205,6 +269,7 @@ static const luaL_Reg s_methods[] = {
   {"close", s_close}, {"after", s_after}, {"every", s_every},
   {"set_framing", gw__session_set_framing}, {"expect_raw", gw__session_expect_raw},
   {"set_codec", gw__session_set_codec}, {"capture", s_capture},
+  {"tell", s_tell},
   {NULL, NULL},
 };
 

@@ -56,6 +56,27 @@ local function absolute(path)
   return p
 end
 
+-- This file's directory: the repository's protocols/ are at ../../protocols.
+local here = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")) or "."
+
+local function readable(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+-- A protocol option as config.lua takes it: a directory path as is, a name
+-- ("top") resolved to protocols/<name> in the current directory or in the
+-- repository this module comes from, as an absolute directory.
+local function protocol_dir(name)
+  if not name or name:find("/", 1, true) then return name end
+  for _, dir in ipairs{ "protocols/" .. name, here .. "/../../protocols/" .. name } do
+    if readable(dir .. "/packets.lua") then return core.realpath(dir) end
+  end
+  error("no protocol " .. name .. ": no protocols/" .. name .. "/packets.lua here or in "
+        .. here .. "/../../protocols", 4)
+end
+
 -- Writes the files a test host needs into its directory and returns the
 -- config path.
 local function make_config(self, opts)
@@ -83,6 +104,7 @@ local function make_config(self, opts)
     on_error = opts.on_error or "pass",
     unsafe = opts.unsafe or false,
     phases = opts.phases,
+    protocol = protocol_dir(opts.protocol),
   }
   local text = "return " .. table.concat(serialize({
     listeners = { listener }, control = "",
@@ -145,6 +167,8 @@ end
 
 --- A test host. Options:
 --   framing       preset name or framing table (default "top")
+--   protocol      a protocol module: a name ("top": protocols/top here or in
+--                 this repository) or a directory; its init.lua loads first
 --   scripts       list of script paths (relative to the current directory)
 --   source        Lua text of one more script (or sources = { ... })
 --   files         { ["name.lua"] = text }: modules next to the inline scripts
@@ -231,11 +255,13 @@ function Host:stats() return self.core:stats() end
 function Host:admin(name, method, body) return self.core:admin(name, method, body) end
 --- Whether the relay would hand a frame of that side and opcode to Lua.
 function Host:want(side, opcode) return self.core:want(side, opcode) end
---- A frame of the listener's framing (gw.packet).
+--- A frame of the listener's framing (gw.packet): Host:frame(opcode, body)
+--- or, with a protocol, Host:frame("MC_SAY", { speaker = 0, ... }).
 function Host:frame(opcode, body) return self.core:build(opcode, body) end
 --- A writer of the listener's framing (gw.writer).
 function Host:writer() return self.core:writer() end
---- A packet over a copy of frame, to read its fields.
+--- A packet over a copy of frame, to read its fields (and, with a
+--- protocol, pkt.name, pkt:decode(), pkt:encode(t)).
 function Host:parse(frame, side) return self.core:parse(frame, side) end
 
 --- Frees the Lua state and the temporary files (also done when collected).

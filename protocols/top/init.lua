@@ -1,0 +1,51 @@
+-- The Tales of Pirates protocol module: loaded before the listener's
+-- scripts at every load and reload (docs/protocols.md, "The protocol
+-- module"). It keeps what every script needs about a session:
+--
+--   session.player   { name = account, id = player id }, set when the
+--                    server accepts a login (MC_LOGIN error 0), kept across
+--                    reloads, never holding the password;
+--   chat commands    a CM_SAY line whose first word is a command some
+--                    script registered (gw.command) goes to that command
+--                    and never reaches the server; other lines, "/gm ..."
+--                    included, pass;
+--   session:tell     an MC_SAY from speaker 0, named "[proxy]".
+--
+-- Keep-alives (KEEPALIVE in packets.lua, the 2-byte frame) pass untouched
+-- and never enter Lua: the module answers nothing. A script that wants
+-- them says gw.on(side, "KEEPALIVE", fn); gw.packet("KEEPALIVE") builds
+-- one (to keep a server link warm while the client is held, for example).
+--
+-- Only CM_LOGIN, MC_LOGIN and CM_SAY are handled here: every other frame
+-- stays on the relay's path.
+local gw = require "gangway"
+
+-- Accounts between CM_LOGIN and its MC_LOGIN, by session. In gw.shared so
+-- a reload between the two does not lose them; weak, so a session that
+-- goes is forgotten.
+local pending = gw.shared.top_pending_logins
+if not pending then
+  pending = setmetatable({}, { __mode = "k" })
+  gw.shared.top_pending_logins = pending
+end
+
+gw.on("client", "CM_LOGIN", function(pkt, session)
+  pending[session] = pkt:decode().account
+end)
+
+gw.on("server", "MC_LOGIN", function(pkt, session)
+  local reply = pkt:decode()
+  local account = pending[session]
+  pending[session] = nil -- a failed login clears it too
+  if reply.error == 0 and account then
+    gw.set_player(session, { name = account, id = reply.player })
+  end
+end)
+
+gw.on("client", "CM_SAY", function(pkt, session)
+  if gw.run_command(session, pkt:decode().text) then return gw.DROP end
+end)
+
+gw.on_tell(function(session, text)
+  session:send_to_client(gw.packet("MC_SAY", { speaker = 0, name = "[proxy]", text = text }))
+end)
