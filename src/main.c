@@ -6,6 +6,8 @@
  *   gangway reload [-c FILE]   ask the running gangway to reload
  *   gangway stats [-c FILE]    print the running gangway's counters (JSON)
  *   gangway capture [-c FILE] [filters] -w FILE   write a pcap of its frames
+ *   gangway dissector [-c FILE] [--listener NAME] [-o FILE]   write a
+ *                              Wireshark dissector from packet definitions
  *
  * Exit codes: 0 success; 1 invalid config or script (or a failed reload or
  * capture); 2 usage error; 3 runtime failure (cannot listen, control
@@ -28,6 +30,7 @@
 
 #include "app.h"
 #include "config.h"
+#include "dissector.h"
 #include "log.h"
 #include "script.h"
 
@@ -47,6 +50,9 @@ static const char usage_fmt[] =
     "               [--seconds S] [--max-mb M] [--originals] -w FILE.pcap\n"
     "                                         write the running gangway's frames to a pcap\n"
     "                                         (default 60 s, 100 MiB at most)\n"
+    "       gangway dissector [-c FILE] [--listener NAME] [-o FILE]\n"
+    "                                         write a Wireshark Lua dissector from the\n"
+    "                                         listeners' packet definitions (protocol = ...)\n"
     "       gangway --version | --help\n"
     "\n"
     "Signals: SIGHUP reloads; SIGINT/SIGTERM drain (stop accepting, let sessions\n"
@@ -316,6 +322,39 @@ static int check(const char *config_path, bool json) {
   return rc < 0 ? EXIT_INVALID : 0;
 }
 
+/* ---- dissector ------------------------------------------------------- */
+
+/* `gangway dissector`: a Wireshark Lua dissector for the listeners with
+ * packet definitions (all of them, or the one named), to stdout or out. */
+static int dissector(const char *config_path, const char *listener, const char *out) {
+  char err[2048];
+  gw_config *cfg;
+  if (gw_app_load_config(config_path, &cfg, err, sizeof err) < 0) {
+    fprintf(stderr, "gangway: %s\n", err);
+    return EXIT_INVALID;
+  }
+  char *text = NULL;
+  size_t len = 0;
+  int rc = gw_dissector_from_config(cfg, listener, &text, &len, err, sizeof err);
+  gw_config_free(cfg);
+  free(cfg);
+  if (rc < 0) {
+    fprintf(stderr, "gangway: %s\n", err);
+    return rc == -ENOMEM ? EXIT_RUNTIME : EXIT_INVALID;
+  }
+  /* Written whole or not at all: the text is complete before the file opens. */
+  FILE *f = out ? fopen(out, "w") : stdout;
+  bool ok = f && fwrite(text, 1, len, f) == len;
+  if (out && f && fclose(f) != 0) ok = false;
+  else if (!out && fflush(stdout) != 0) ok = false;
+  free(text);
+  if (!ok) {
+    fprintf(stderr, "gangway: %s: %s\n", out ? out : "stdout", strerror(errno));
+    return EXIT_RUNTIME;
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   const char *cmd = "run";
   int argi = 1;
@@ -325,8 +364,9 @@ int main(int argc, char **argv) {
   }
   const char *default_path = default_config();
   const char *config_path = default_path;
-  bool json = false, capture_opts = false;
+  bool json = false, capture_opts = false, listener_opt = false;
   capture_args ca = {0};
+  const char *dissector_out = NULL; /* dissector -o */
   static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                        {"help", no_argument, NULL, 'h'},
                                        {"version", no_argument, NULL, 'V'},
@@ -336,21 +376,22 @@ int main(int argc, char **argv) {
                                        {"opcode", required_argument, NULL, 'O'},
                                        {"seconds", required_argument, NULL, 's'},
                                        {"max-mb", required_argument, NULL, 'M'},
-                                       {"originals", no_argument, NULL, 'o'},
+                                       {"originals", no_argument, NULL, 'R'},
                                        {NULL, 0, NULL, 0}};
   optind = argi;
   int c;
-  while ((c = getopt_long(argc, argv, "c:hVw:", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "c:hVw:o:", opts, NULL)) != -1) {
     switch (c) {
     case 'c': config_path = optarg; break;
     case 'j': json = true; break;
     case 'w': ca.out = optarg, capture_opts = true; break;
-    case 'L': ca.listener = optarg, capture_opts = true; break;
+    case 'L': ca.listener = optarg, listener_opt = true; break;
     case 'S': ca.session = optarg, capture_opts = true; break;
     case 'O': ca.opcode = optarg, capture_opts = true; break;
     case 's': ca.seconds = optarg, capture_opts = true; break;
     case 'M': ca.max_mb = optarg, capture_opts = true; break;
-    case 'o': ca.originals = capture_opts = true; break;
+    case 'R': ca.originals = capture_opts = true; break;
+    case 'o': dissector_out = optarg; break;
     case 'h': print_usage(stdout, default_path); return 0;
     case 'V': printf("gangway %s (libuv %s, %s)\n", GW_VERSION, uv_version_string(), LUA_RELEASE); return 0;
     default: print_usage(stderr, default_path); return EXIT_USAGE;
@@ -362,8 +403,16 @@ int main(int argc, char **argv) {
     return EXIT_USAGE;
   }
   if (capture_opts && strcmp(cmd, "capture") != 0) {
-    fprintf(stderr, "gangway: -w, --listener, --session, --opcode, --seconds, --max-mb and "
+    fprintf(stderr, "gangway: -w, --session, --opcode, --seconds, --max-mb and "
             "--originals go with capture only\n");
+    print_usage(stderr, default_path);
+    return EXIT_USAGE;
+  }
+  bool is_dissector = strcmp(cmd, "dissector") == 0;
+  if ((listener_opt && !is_dissector && strcmp(cmd, "capture") != 0) ||
+      (dissector_out && !is_dissector)) {
+    fprintf(stderr, "gangway: %s goes with %s only\n", dissector_out ? "-o" : "--listener",
+            dissector_out ? "dissector" : "capture and dissector");
     print_usage(stderr, default_path);
     return EXIT_USAGE;
   }
@@ -377,6 +426,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "reload") == 0 || strcmp(cmd, "stats") == 0)
     return control_command(config_path, cmd, CONTROL_ANSWER_MS);
   if (strcmp(cmd, "capture") == 0) return capture(config_path, &ca);
+  if (is_dissector) return dissector(config_path, ca.listener, dissector_out);
   fprintf(stderr, "gangway: unknown command \"%s\"\n", cmd);
   print_usage(stderr, default_path);
   return EXIT_USAGE;

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# `gangway dissector` read back by tshark: topd behind gangway (protocol =
+# "top" from the repo's protocols/), two bots and a chat line captured with
+# `gangway capture -w`, then tshark with the generated dissector prints the
+# packets by name (CM_LOGIN, MC_LOGIN, MC_CHAPSTR, CM_SAY, MC_SAY,
+# KEEPALIVE) and their fields (account, chat text, player id), with no Lua
+# error. A frame that does not fit its definition (a crafted capture) is
+# an expert-info error, still no Lua error.
+#   usage: tests/it_dissector.sh BUILD_DIR
+set -euo pipefail
+build=$(cd "$1" && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=$(mktemp -d /tmp/gw-dissector-XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  if [ "${ok:-0}" = 1 ]; then rm -rf "$dir"; else echo "outputs kept in $dir" >&2; fi
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; for f in "$dir"/*.out; do echo "== $f" >&2; tail -40 "$f" >&2; done; exit 1; }
+wait_for() { # file pattern seconds
+  for _ in $(seq $(( $3 * 20 ))); do grep -q -- "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+  return 1
+}
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+command -v tshark >/dev/null || fail "tshark is not installed"
+tshark -v 2>/dev/null | grep -q "with Lua" || fail "this tshark has no Lua"
+# tshark, quietly (it warns when run as root), with the generated dissector.
+ts() { tshark -X "lua_script:$dir/gangway.lua" -o tcp.desegment_tcp_streams:TRUE "$@" 2>>"$dir/tshark.err"; }
+
+"$build/topd" -v -l 127.0.0.1:0 >"$dir/topd.out" 2>&1 &
+topd=$!; pids+=($topd)
+wait_for "$dir/topd.out" "listen addr=" 5 || fail "topd does not listen"
+up=$(sed -n 's/.*listen addr=127.0.0.1:\([0-9]*\).*/\1/p' "$dir/topd.out" | head -1)
+port=$(( 20000 + RANDOM % 12000 )) # below the ephemeral range: no outgoing connection takes it
+while ! port_free "$port"; do port=$(( port + 1 )); done
+
+cat >"$dir/config.lua" <<LUA
+return {
+  listeners = { {
+    name = "game", listen = "127.0.0.1:$port", upstream = "127.0.0.1:$up", framing = "top",
+    protocol = "$root/protocols/top",
+  } },
+  control = "$dir/gangway.sock",
+}
+LUA
+"$build/gangway" dissector -c "$dir/config.lua" -o "$dir/gangway.lua" || fail "gangway dissector: exit $?"
+[ -s "$dir/gangway.lua" ] || fail "gangway dissector wrote nothing"
+"$build/gangway" -c "$dir/config.lua" >"$dir/gangway.out" 2>&1 &
+gw=$!; pids+=($gw)
+wait_for "$dir/gangway.out" " running (config " 5 || fail "gangway does not start"
+
+"$build/gangway" capture -c "$dir/config.lua" --seconds 8 -w "$dir/demo.pcap" >"$dir/capture.out" 2>&1 &
+cap=$!; pids+=($cap)
+wait_for "$dir/gangway.out" "capture to .* started" 5 || fail "the capture does not start"
+
+# Two bots, and a person's chat line followed by 3 s of silence: the demo
+# sends a keep-alive after 2 s without a frame.
+"$build/topbot" -c "127.0.0.1:$port" -p bot -n 2 -d 3 -q >"$dir/bots.out" 2>&1 &
+bots=$!; pids+=($bots)
+{ sleep 0.5; echo "hello wireshark, it's \"me\""; sleep 3.5; } |
+  "$build/topchat" -c "127.0.0.1:$port" -n wiresharker >"$dir/chat.out" 2>&1 || fail "topchat: exit $?"
+wait "$bots" || fail "bots: exit $?"
+grep -q "wiresharker" "$dir/topd.out" || fail "topd never saw the chat client"
+# (A background command ignores SIGINT: the capture ends by its time.)
+wait "$cap" || fail "capture: exit $?"
+grep -q "^ok: " "$dir/capture.out" || fail "capture did not end well"
+
+# The whole tree of every frame.
+ts -r "$dir/demo.pcap" -V >"$dir/verbose.out" || fail "tshark -V: exit $?"
+# One line a packet (a packet may carry several frames: their values are
+# joined by "~"), then one line a value: "side|name" pairs (both are in
+# every frame) and "FIELD=value".
+ts -r "$dir/demo.pcap" -Y gangway_game -T fields -E occurrence=a -E aggregator='~' \
+  -E separator='|' -e gangway_game.side -e gangway_game.name -e gangway_game.opcode \
+  -e gangway_game.CM_LOGIN.account -e gangway_game.MC_LOGIN.player \
+  -e gangway_game.CM_SAY.text -e gangway_game.MC_SAY.name -e gangway_game.MC_SAY.text \
+  -e gangway_game.MC_CHAPSTR.chap >"$dir/fields.out" || fail "tshark -T fields: exit $?"
+awk -F'|' '{ n = split($1, s, "~"); split($2, m, "~"); for (i = 1; i <= n; i++) print s[i] "|" m[i] }
+  { split("side name opcode account player say_text say_name say_text2 chap", k, " ")
+    for (c = 3; c <= NF; c++) { n = split($c, v, "~"); for (i = 1; i <= n; i++) print k[c] "=" v[i] } }' \
+  "$dir/fields.out" >"$dir/values.out"
+cat "$dir/tshark.err" >>"$dir/verbose.out"
+if grep -Eqi "lua error|attempt to|stack traceback|\[string|Dissector bug" "$dir/verbose.out" "$dir/fields.out" "$dir/tshark.err"; then
+  fail "a Lua error in tshark's output: $(grep -Ehi -m3 "lua error|attempt to|stack traceback|\[string|Dissector bug" "$dir/verbose.out" "$dir/fields.out" "$dir/tshark.err")"
+fi
+has() { grep -qxF -- "$1" "$dir/values.out" || fail "tshark printed no $1"; }
+
+# Names by side; the accounts, the chat line (quotes and all), the player
+# ids, the chap string.
+for pair in 'client|CM_LOGIN' 'server|MC_CHAPSTR' 'server|MC_LOGIN' 'client|CM_SAY' 'server|MC_SAY' \
+            'client|KEEPALIVE' 'server|KEEPALIVE'; do has "$pair"; done
+for v in opcode=431 opcode=940 opcode=931 opcode=1 opcode=501 account=wiresharker account=bot1 \
+         account=bot2 "say_text=hello wireshark, it's \"me\"" say_name=wiresharker \
+         "say_text2=hello wireshark, it's \"me\""; do has "$v"; done
+players=$(grep -c '^player=[1-9][0-9]*$' "$dir/values.out" || true)
+[ "$players" -eq 3 ] || fail "$players MC_LOGIN player ids, expected 3"
+grep -Eq '^chap=\[[0-9]{2}-[0-9]{2} [0-9:]+\]$' "$dir/values.out" || fail "no MC_CHAPSTR chap"
+# The tree: the proto's item, the fields by name with their values.
+grep -q "^gangway listener game, CM_SAY (client)" "$dir/verbose.out" || fail "no CM_SAY tree"
+grep -qF "text: hello wireshark, it's \"me\"" "$dir/verbose.out" || fail "no text in the tree"
+grep -q "account: wiresharker" "$dir/verbose.out" || fail "no account in the tree"
+grep -Eq "player: [1-9][0-9]*" "$dir/verbose.out" || fail "no player in the tree"
+# Display filters by field name.
+n=$(ts -r "$dir/demo.pcap" -Y 'gangway_game.CM_SAY.text contains "wireshark"' | wc -l)
+[ "$n" -ge 1 ] || fail "the filter on gangway_game.CM_SAY.text matches nothing"
+n=$(ts -r "$dir/demo.pcap" -Y 'gangway_game.name == "MC_CHAPSTR"' | wc -l)
+[ "$n" -eq 3 ] || fail "gangway_game.name == \"MC_CHAPSTR\" matched $n packets, expected 3"
+if grep -q "Malformed\|does not fit" "$dir/verbose.out"; then fail "a demo frame does not fit its definition"; fi
+
+# A crafted capture, client to server on the listen port: a CM_SAY whose
+# string runs past the frame, an unknown opcode, a KEEPALIVE, a CM_SAY that
+# fits, and MC_LOGIN without its optional player (server to client).
+cat >"$dir/crafted.txt" <<'HEX'
+0000  00 0d 80 00 00 00 00 01 00 09 61 62 63
+0000  00 0a 80 00 00 00 30 39 aa bb
+0000  00 02
+0000  00 0d 80 00 00 00 00 01 00 03 68 69 00
+HEX
+text2pcap -q -T "40000,$port" "$dir/crafted.txt" "$dir/c2s.pcap" || fail "text2pcap"
+printf '0000  00 0a 80 00 00 00 03 a3 00 02\n' >"$dir/s2c.txt"
+text2pcap -q -T "$port,40000" "$dir/s2c.txt" "$dir/s2c.pcap" || fail "text2pcap"
+ts -r "$dir/c2s.pcap" -V >"$dir/crafted.out" || fail "tshark on the crafted capture: exit $?"
+ts -r "$dir/s2c.pcap" -V >>"$dir/crafted.out" || fail "tshark on the crafted capture: exit $?"
+cat "$dir/tshark.err" >>"$dir/crafted.out"
+grep -Eqi "lua error|attempt to|stack traceback|\[string|Dissector bug" "$dir/crafted.out" &&
+  fail "a Lua error on the crafted capture: $(grep -Ei -m3 "lua error|attempt to|traceback|Dissector bug" "$dir/crafted.out")"
+grep -q "Expert Info (Error/Malformed): CM_SAY.text: a 9-byte string at offset 8 runs past the end of the frame (13 bytes)" \
+  "$dir/crafted.out" || fail "no expert error for the misfit CM_SAY"
+grep -q "Expert Info (Note/Undecoded): unknown opcode 12345" "$dir/crafted.out" || fail "no unknown opcode item"
+grep -q "gangway listener game, KEEPALIVE (client)" "$dir/crafted.out" || fail "no KEEPALIVE"
+grep -q "text: hi" "$dir/crafted.out" || fail "the CM_SAY after the misfit one is not read"
+grep -q "gangway listener game, MC_LOGIN (server)" "$dir/crafted.out" || fail "no MC_LOGIN"
+grep -q "error: 2" "$dir/crafted.out" || fail "no MC_LOGIN error"
+grep -q "player:" <(sed -n '/MC_LOGIN (server)/,$p' "$dir/crafted.out") && fail "an absent optional player shown"
+
+kill -TERM "$gw"; wait "$gw" || fail "gangway exit $?"
+kill -INT "$topd"; wait "$topd" || fail "topd exit $?"
+ok=${KEEP:+0}; ok=${ok:-1} # KEEP=1: keep the outputs
+echo "dissector through tshark: ok ($(grep -c "^[a-z]*|" "$dir/values.out") frames by name)"
