@@ -96,7 +96,7 @@ int main(int argc, char **argv) {
   if (fd < 0) return perror("mkstemp"), 1;
   close(fd);
 
-  gw_host_ops ops = {emit, close_session, now_ms, wake_at, NULL, NULL};
+  gw_host_ops ops = {emit, close_session, now_ms, wake_at, NULL, NULL, NULL};
   gw_script_limits lim = {.handler_instructions = 1000000,
                           .memory_bytes = 64u << 20};
   double base = 0;

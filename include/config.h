@@ -37,12 +37,49 @@ typedef struct gw_phase {
   uint32_t frames;
 } gw_phase;
 
+/* One server of a listener's upstream. A numeric address (or localhost) is
+ * parsed at load; a host name is kept as a name and resolved by the pool
+ * on the loop (upstream.c), never here. */
+typedef struct gw_upstream_server_config {
+  char name[65];                    /* as given, or the address: the canonical
+                                       "ip:port" when numeric, else as written */
+  char addr[GW_ADDR_MAX];           /* "host:port" as written */
+  char host[GW_ADDR_MAX];           /* its host part (no brackets) */
+  uint16_t port;
+  struct sockaddr_storage sockaddr; /* numeric: the address; a name: family 0 */
+  uint32_t weight;                  /* 1..256, default 1 */
+  bool backup;                      /* used only while no primary is up */
+} gw_upstream_server_config;
+
+typedef enum {
+  GW_BALANCE_ROUND_ROBIN = 0,       /* weighted, smooth (nginx's) */
+  GW_BALANCE_LEAST_SESSIONS,        /* fewest open sessions per weight */
+  GW_BALANCE_HASH,                  /* client address, rendezvous hashing */
+} gw_balance;
+
+#define GW_UPSTREAM_SERVERS_MAX 64  /* a session's tried set is one word */
+
+typedef struct gw_upstream_config {
+  gw_upstream_server_config *servers;
+  size_t nservers;                  /* 1..GW_UPSTREAM_SERVERS_MAX */
+  gw_balance balance;
+  bool health;                      /* TCP connect checks; off: servers are
+                                       taken as up, failed connects fail over */
+  uint32_t health_interval_ms;      /* default 2000 */
+  uint32_t health_timeout_ms;       /* default 1000 */
+  uint32_t health_rise, health_fall; /* defaults 2 and 3 */
+  uint32_t resolve_ms;              /* re-resolve host names; default 30000 */
+} gw_upstream_config;
+
 typedef struct gw_listener_config {
   char *name;                       /* unique among listeners */
   char listen[GW_ADDR_MAX];         /* as written, e.g. "[::1]:1973" */
   struct sockaddr_storage listen_addr;
-  char upstream[GW_ADDR_MAX];
-  struct sockaddr_storage upstream_addr; /* resolved at load time */
+  char upstream[GW_ADDR_MAX];       /* the string form as written; the
+                                       first server's name for a list */
+  struct sockaddr_storage upstream_addr; /* the first server's address when
+                                       numeric; family 0 for a host name */
+  gw_upstream_config pool;          /* every form, as a pool of servers */
   gw_framing framing;
   char **scripts;                   /* absolute or relative to the config's
                                        directory, resolved to a path */
@@ -127,6 +164,12 @@ typedef struct gw_config {
 int gw_config_load(const char *path, gw_config *cfg, char *err, size_t errlen);
 void gw_config_free(gw_config *cfg);
 
+/* Splits "host:port" / "[v6]:port" into host (without brackets) and port.
+ * Returns 0 with addr filled when the host is numeric (or localhost), 1 when
+ * it is a host name (addr zeroed: nothing is resolved), or -EINVAL with a
+ * message. */
+int gw_parse_host_port(const char *s, char *host, size_t hostlen, uint16_t *port,
+                       struct sockaddr_storage *addr, char *err, size_t errlen);
 /* Parses "host:port" / "[v6]:port" into addr (numeric hosts, or a name
  * resolved with getaddrinfo when resolve is set). Returns 0 or -EINVAL with
  * a message. */

@@ -83,6 +83,11 @@ typedef struct gw_host_ops {
    * NULL: the host cannot capture. */
   int (*capture)(gw_script_session *ss, const char *name, uint32_t seconds, uint32_t max_mb,
                  bool originals, char *err, size_t errlen);
+  /* session:route: the session's upstream server by name (or "host:port"),
+   * before the host connects. Returns 0 (ss->upstream then names it), or a
+   * negative errno with err: an unknown name (-ENOENT), too late
+   * (-EALREADY). NULL: the host cannot route. */
+  int (*route)(gw_script_session *ss, const char *name, char *err, size_t errlen);
 } gw_host_ops;
 
 typedef struct gw_script_limits {

@@ -860,6 +860,164 @@ static void listener_addr(cfg_ctx *c, int l, const char *key, bool resolve,
   leave(c, mark);
 }
 
+/* ---- upstream ---- */
+
+static const char *const upstream_keys[] = {"servers", "balance", "health", "resolve_ms", NULL};
+static const char *const server_keys[] = {"name", "addr", "weight", "backup", NULL};
+static const char *const health_keys[] = {"interval_ms", "timeout_ms", "rise", "fall", NULL};
+
+/* A server's "host:port" (the value on top): numeric now, a name later. */
+static void server_addr(cfg_ctx *c, gw_upstream_server_config *sv) {
+  const char *s = want_string(c, "\"host:port\"");
+  char msg[256];
+  int rc = gw_parse_host_port(s, sv->host, sizeof sv->host, &sv->port, &sv->sockaddr, msg,
+                              sizeof msg);
+  if (rc < 0)
+    fail(c, "%s", msg);
+  if (rc == 0 && strcmp(sv->host, "localhost") == 0) { /* a name here, as /etc/hosts has it */
+    memset(&sv->sockaddr, 0, sizeof sv->sockaddr);
+    rc = 1;
+  }
+  snprintf(sv->addr, sizeof sv->addr, "%s", s);
+  if (rc == 0) /* numeric: named by its canonical form, as logs show it */
+    gw_format_addr((struct sockaddr *)&sv->sockaddr, sv->name, sizeof sv->name);
+  else
+    snprintf(sv->name, sizeof sv->name, "%.64s", s);
+}
+
+/* One item of a server list: "host:port" or { name, addr, weight, backup }. */
+static void upstream_server(cfg_ctx *c, gw_upstream_server_config *sv) {
+  sv->weight = 1;
+  if (lua_type(c->L, -1) == LUA_TSTRING) {
+    server_addr(c, sv);
+    return;
+  }
+  if (!lua_istable(c->L, -1))
+    fail_expected(c, -1, "\"host:port\" or { addr = \"host:port\", ... }", LUA_TNONE);
+  int t = want_record(c, server_keys);
+  size_t m;
+  enter(c, t, "addr", &m);
+  server_addr(c, sv);
+  leave(c, m);
+  if (enter(c, t, "name", &m) != LUA_TNIL) {
+    const char *name = want_string(c, "a server name");
+    if (!valid_name(name))
+      fail_expected(c, -1, "a name of 1 to 64 letters, digits, \"_\", \".\" or \"-\"",
+                    LUA_TSTRING);
+    snprintf(sv->name, sizeof sv->name, "%s", name);
+  }
+  leave(c, m);
+  sv->weight = (uint32_t)get_int(c, t, "weight", 1, 256, 1);
+  sv->backup = get_bool(c, t, "backup", false);
+}
+
+static void upstream_servers(cfg_ctx *c, gw_upstream_config *u) {
+  lua_Integer n = want_list(c, "a non-empty list of servers", true, GW_UPSTREAM_SERVERS_MAX);
+  int list = lua_gettop(c->L);
+  if (!(u->servers = calloc((size_t)n, sizeof *u->servers)))
+    fail(c, "out of memory");
+  u->nservers = (size_t)n;
+  bool primary = false;
+  for (lua_Integer i = 1; i <= n; i++) {
+    size_t m;
+    enter_index(c, list, i, &m);
+    gw_upstream_server_config *sv = &u->servers[i - 1];
+    upstream_server(c, sv);
+    for (lua_Integer j = 1; j < i; j++)
+      if (strcmp(u->servers[j - 1].name, sv->name) == 0)
+        fail(c, "\"%s\" already names server %lld (give each server its own name)",
+             sv->name, (long long)j);
+    primary |= !sv->backup;
+    leave(c, m);
+  }
+  if (!primary)
+    fail(c, "every server is a backup: at least one must not be");
+}
+
+/* health = true, or { interval_ms, timeout_ms, rise, fall } (HAProxy's
+ * inter, timeout check, rise and fall). */
+static void upstream_health(cfg_ctx *c, int t, gw_upstream_config *u) {
+  u->health_interval_ms = 2000;
+  u->health_timeout_ms = 1000;
+  u->health_rise = 2;
+  u->health_fall = 3;
+  size_t mark;
+  int type = enter(c, t, "health", &mark);
+  if (type == LUA_TBOOLEAN) {
+    u->health = lua_toboolean(c->L, -1);
+  } else if (type != LUA_TNIL) {
+    if (type != LUA_TTABLE)
+      fail_expected(c, -1, "true or { interval_ms, timeout_ms, rise, fall }", LUA_TNONE);
+    int h = want_record(c, health_keys);
+    u->health = true;
+    u->health_interval_ms = (uint32_t)get_int(c, h, "interval_ms", 10, 86400000, 2000);
+    u->health_timeout_ms = (uint32_t)get_int(c, h, "timeout_ms", 1, 86400000,
+                                             u->health_interval_ms < 1000 ? u->health_interval_ms : 1000);
+    u->health_rise = (uint32_t)get_int(c, h, "rise", 1, 1000, 2);
+    u->health_fall = (uint32_t)get_int(c, h, "fall", 1, 1000, 3);
+    if (u->health_timeout_ms > u->health_interval_ms) {
+      size_t m;
+      enter(c, h, "timeout_ms", &m);
+      fail(c, "must be at most interval_ms (%u), got %u", u->health_interval_ms,
+           u->health_timeout_ms);
+    }
+  }
+  leave(c, mark);
+}
+
+/* upstream = "host:port" | { server, ... } | { servers = {...}, balance,
+ * health, resolve_ms }: always a pool of servers in lc->pool. A table with
+ * any key other than 1..n is the record form. */
+static void listener_upstream(cfg_ctx *c, int l, gw_listener_config *lc) {
+  static const choice balances[] = {
+    {"round_robin", GW_BALANCE_ROUND_ROBIN}, {"least_sessions", GW_BALANCE_LEAST_SESSIONS},
+    {"hash", GW_BALANCE_HASH},
+  };
+  gw_upstream_config *u = &lc->pool;
+  u->resolve_ms = 30000;
+  size_t mark;
+  int type = enter(c, l, "upstream", &mark);
+  if (type == LUA_TSTRING) {
+    if (!(u->servers = calloc(1, sizeof *u->servers)))
+      fail(c, "out of memory");
+    u->nservers = 1;
+    u->servers[0].weight = 1;
+    server_addr(c, &u->servers[0]);
+    snprintf(lc->upstream, sizeof lc->upstream, "%s", u->servers[0].addr);
+  } else if (type == LUA_TTABLE) {
+    bool record = false;
+    lua_Integer n = (lua_Integer)lua_rawlen(c->L, -1);
+    lua_pushnil(c->L);
+    while (lua_next(c->L, -2)) {
+      lua_pop(c->L, 1);
+      lua_Integer k;
+      if (!lua_isinteger(c->L, -1) || (k = lua_tointeger(c->L, -1)) < 1 || k > n)
+        record = true;
+    }
+    if (record) {
+      int t = want_record(c, upstream_keys);
+      size_t m;
+      if (enter(c, t, "servers", &m) == LUA_TNIL)
+        fail(c, "missing (a list of \"host:port\" or { addr = ..., name = ..., weight = ..., "
+             "backup = ... })");
+      upstream_servers(c, u);
+      leave(c, m);
+      u->balance = (gw_balance)get_choice(c, t, "balance", balances, COUNT(balances),
+                                          "\"round_robin\", \"least_sessions\" or \"hash\"",
+                                          GW_BALANCE_ROUND_ROBIN);
+      upstream_health(c, t, u);
+      u->resolve_ms = (uint32_t)get_int(c, t, "resolve_ms", 100, 86400000, 30000);
+    } else {
+      upstream_servers(c, u);
+    }
+    snprintf(lc->upstream, sizeof lc->upstream, "%s", u->servers[0].name);
+  } else {
+    fail_expected(c, -1, "\"host:port\"", LUA_TSTRING); /* as before lists */
+  }
+  lc->upstream_addr = u->servers[0].sockaddr;
+  leave(c, mark);
+}
+
 static void listener_scripts(cfg_ctx *c, int l, gw_listener_config *lc) {
   size_t mark;
   if (enter(c, l, "scripts", &mark) != LUA_TNIL) {
@@ -1105,7 +1263,7 @@ static void parse_listener(cfg_ctx *c, int l, size_t i) {
            j + 1, o->listen);
     }
   }
-  listener_addr(c, l, "upstream", true, lc->upstream, &lc->upstream_addr);
+  listener_upstream(c, l, lc);
   listener_framing(c, l, &lc->framing);
   listener_scripts(c, l, lc);
   lc->on_error = (gw_on_error)get_choice(c, l, "on_error", on_errors,
@@ -1520,6 +1678,7 @@ void gw_config_free(gw_config *cfg) {
     for (int s = 0; s < GW_SIDES; s++) free(l->phases[s]);
     free(l->protocol);
     free(l->protocol_dir);
+    free(l->pool.servers);
   }
   free(cfg->listeners);
   free(cfg->path);
@@ -1535,8 +1694,8 @@ void gw_config_free(gw_config *cfg) {
 
 #define ADDR_FAIL(...) (snprintf(err, errlen, __VA_ARGS__), -EINVAL)
 
-int gw_parse_addr(const char *s, struct sockaddr_storage *addr, bool resolve,
-                  char *err, size_t errlen) {
+int gw_parse_host_port(const char *s, char *host, size_t hostlen, uint16_t *portp,
+                       struct sockaddr_storage *addr, char *err, size_t errlen) {
   memset(addr, 0, sizeof *addr);
   if (errlen)
     err[0] = '\0';
@@ -1544,14 +1703,13 @@ int gw_parse_addr(const char *s, struct sockaddr_storage *addr, bool resolve,
   if (len >= GW_ADDR_MAX)
     return ADDR_FAIL("expected \"host:port\", got a string of %zu bytes "
                      "(at most %d)", len, GW_ADDR_MAX - 1);
-  char host[GW_ADDR_MAX];
   const char *port;
   bool bracketed = s[0] == '[';
   if (bracketed) {
     const char *end = strchr(s, ']');
     if (!end || end[1] != ':')
       return ADDR_FAIL("expected \"[IPv6]:port\", got \"%s\"", s);
-    snprintf(host, sizeof host, "%.*s", (int)(end - s - 1), s + 1);
+    snprintf(host, hostlen, "%.*s", (int)(end - s - 1), s + 1);
     port = end + 2;
   } else {
     const char *colon = strrchr(s, ':');
@@ -1560,7 +1718,7 @@ int gw_parse_addr(const char *s, struct sockaddr_storage *addr, bool resolve,
     if (memchr(s, ':', (size_t)(colon - s)))
       return ADDR_FAIL("an IPv6 address needs brackets, as in \"[::1]:1973\", "
                        "got \"%s\"", s);
-    snprintf(host, sizeof host, "%.*s", (int)(colon - s), s);
+    snprintf(host, hostlen, "%.*s", (int)(colon - s), s);
     port = colon + 1;
   }
   if (!*host)
@@ -1572,6 +1730,7 @@ int gw_parse_addr(const char *s, struct sockaddr_storage *addr, bool resolve,
     pn = strtoul(port, NULL, 10);
   if (pn < 1 || pn > 65535)
     return ADDR_FAIL("port must be 1 to 65535, got \"%s\"", port);
+  *portp = (uint16_t)pn;
 
   struct sockaddr_in *in = (struct sockaddr_in *)addr;
   struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)addr;
@@ -1589,21 +1748,36 @@ int gw_parse_addr(const char *s, struct sockaddr_storage *addr, bool resolve,
     in->sin_port = htons((uint16_t)pn);
     return 0;
   }
+  /* A host name: letters, digits, '-', '_' and dots, as DNS has them. */
+  size_t hl = strlen(host);
+  if (hl > 253 || strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                "0123456789-_.") != hl)
+    return ADDR_FAIL("\"%s\" is neither a numeric address nor a host name", host);
+  return 1;
+}
+
+int gw_parse_addr(const char *s, struct sockaddr_storage *addr, bool resolve,
+                  char *err, size_t errlen) {
+  char host[GW_ADDR_MAX];
+  uint16_t pn;
+  int rc = gw_parse_host_port(s, host, sizeof host, &pn, addr, err, errlen);
+  if (rc <= 0)
+    return rc;
   if (!resolve)
     return ADDR_FAIL("\"%s\" is not a numeric address (expected an IPv4 "
                      "address, [IPv6] or localhost)", host);
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   struct addrinfo *res;
-  int rc = getaddrinfo(host, NULL, &hints, &res);
+  rc = getaddrinfo(host, NULL, &hints, &res);
   if (rc != 0)
     return ADDR_FAIL("cannot resolve \"%s\": %s", host,
                      rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
   memcpy(addr, res->ai_addr, res->ai_addrlen);
   freeaddrinfo(res);
   if (addr->ss_family == AF_INET)
-    in->sin_port = htons((uint16_t)pn);
+    ((struct sockaddr_in *)addr)->sin_port = htons(pn);
   else
-    in6->sin6_port = htons((uint16_t)pn);
+    ((struct sockaddr_in6 *)addr)->sin6_port = htons(pn);
   return 0;
 }
 

@@ -287,7 +287,7 @@ static int check(const char *config_path, bool json) {
     gw_app_fd_fit(cfg, false, note, sizeof note);
     if (note[0] && json) json_array_append_new(warnings, json_text(note));
     else if (note[0]) fprintf(stderr, "%s: warning: %s\n", config_path, note);
-    static const gw_host_ops ops = {check_emit, check_close, check_now, check_wake, NULL, NULL};
+    static const gw_host_ops ops = {check_emit, check_close, check_now, check_wake, NULL, NULL, NULL};
     gw_script_limits limits = {cfg->handler_instructions, (size_t)cfg->lua_memory_mb << 20};
     s = gw_script_new(&limits, &ops, NULL);
     rc = s ? gw_script_load(s, cfg, err, sizeof err) : -ENOMEM;

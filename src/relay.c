@@ -26,6 +26,7 @@
 #include "pool.h"
 #include "proxyproto.h"
 #include "script.h"
+#include "upstream.h"
 
 #define GW_BUF_SIZE (64 * 1024) /* one read; holds any top frame */
 #define GW_MIN_READ 4096        /* never read into less free space */
@@ -72,6 +73,7 @@ struct gw_listener {
   gw_phase *phases[GW_SIDES];   /* copies too, for new sessions */
   size_t nphases[GW_SIDES];
   gw_handlers *handlers;        /* stable for the life of the gw_script */
+  gw_upstream *pool;            /* upstream servers for new sessions */
   gw_listener_counters lc;      /* slots in the app's registry */
   uint64_t *refused_proxy_from; /* sessions_refused{reason="proxy_protocol_from"} */
   uint32_t sessions;            /* live sessions that point here */
@@ -154,6 +156,8 @@ struct gw_session {
   uint32_t last_op[GW_SIDES];   /* opcode of the last frame handed to handlers
                                    from each side */
   gw_capture_flow *flow;        /* while a capture takes this session */
+  gw_upstream_try *up_try;      /* choosing and dialling its server */
+  gw_upstream_server *server;   /* once connected (upstream.c) */
   bool shut_sent[GW_SIDES], shut_done[GW_SIDES];
   char reason[128];
 };
@@ -200,8 +204,11 @@ static void session_close(gw_session *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void capture_end_flow(gw_session *s);
 static void capture_take(gw_relay *r, gw_session *s);
+static void upstream_end(gw_session *s);
+static void upstream_retry(gw_session *s, int status);
 
 static void listener_free(gw_listener *l) {
+  gw_upstream_retire(l->pool);
   gw_listener_counters_free(&l->lc);
   free(l->name);
   free(l->proxy_from);
@@ -606,6 +613,7 @@ static void session_close(gw_session *s, const char *fmt, ...) {
   else r->sessions = s->next;
   if (s->next) s->next->prev = s->prev;
   s->prev = s->next = NULL;
+  upstream_end(s);
 
   for (int i = 0; i < GW_SIDES; i++) out_release(r, &s->out[i]);
   close_handle((uv_handle_t *)&s->tcp[GW_CLIENT]);
@@ -696,7 +704,7 @@ static void timer_cb(uv_timer_t *t) {
     return;
   }
   if (s->state == S_CONNECTING) {
-    session_close(s, "upstream connect timeout after %u ms", cfg->connect_ms);
+    upstream_retry(s, UV_ETIMEDOUT); /* the next server, or the session ends */
     return;
   }
   if (s->state == S_PREFACE) {
@@ -994,8 +1002,11 @@ static void capture_take(gw_relay *r, gw_session *s) {
     return;
   gw_capture_flow *flow = calloc(1, sizeof *flow);
   if (!flow) return;
-  if (gw_capture_flow_init(flow, (struct sockaddr *)&s->peer,
-                           (struct sockaddr *)&s->listener->upstream_addr) < 0) {
+  struct sockaddr_storage up = s->listener->upstream_addr;
+  if (s->up_try) gw_upstream_addr(s->up_try, &up); /* where it dials, if known */
+  int ulen = sizeof up;
+  if (s->server) uv_tcp_getpeername(&s->tcp[GW_SERVER], (struct sockaddr *)&up, &ulen);
+  if (gw_capture_flow_init(flow, (struct sockaddr *)&s->peer, (struct sockaddr *)&up) < 0) {
     free(flow);
     return;
   }
@@ -1108,14 +1119,11 @@ static void connect_cb(uv_connect_t *req, int status) {
   gw_relay *r = s->relay;
   if (status == UV_ECANCELED || s->state == S_CLOSING) return;
   if (status < 0) {
-    session_log(s, GW_LOG_WARN, "connect_failed",
-                GW_FIELDS(SESSION_ID(s), GW_F_HIDE(GW_F_STR("upstream", s->ss.upstream)),
-                          GW_F_HIDE(GW_F_STR("error", uv_strerror(status)))),
-                "session %" PRIu64 " upstream %s: connect failed: %s", s->ss.id, s->ss.upstream,
-                uv_strerror(status));
-    session_close(s, "upstream connect failed: %s", uv_strerror(status));
+    upstream_retry(s, status);
     return;
   }
+  s->server = gw_upstream_connected(s->up_try);
+  s->up_try = NULL;
   s->state = S_OPEN;
   s->last_active_ms = uv_now(r->loop);
   uv_tcp_nodelay(&s->tcp[GW_SERVER], 1);
@@ -1223,7 +1231,6 @@ static void accept_cb(uv_stream_t *server, int status) {
   (*l->lc.sessions_total)++;
   (*l->lc.sessions_open)++;
   s->counted = true;
-  gw_format_addr((struct sockaddr *)&l->upstream_addr, s->ss.upstream, sizeof s->ss.upstream);
   s->opened_ms = s->last_active_ms = uv_now(r->loop);
   s->next = r->sessions;
   if (r->sessions) r->sessions->prev = s;
@@ -1320,10 +1327,18 @@ static bool ip_admit(gw_session *s) {
 
 /* The session proper: logged, handed to on_connect, and its upstream
  * dialled. */
+static void session_connect(gw_session *s);
 static void session_begin(gw_session *s) {
   gw_relay *r = s->relay;
   gw_listener *l = s->listener;
   s->state = S_CONNECTING;
+  /* The pool's choice for this client; on_connect may route it elsewhere. */
+  if (!l->pool || !(s->up_try = gw_upstream_try_new(l->pool, &s->peer.sa))) {
+    session_close(s, "out of memory");
+    return;
+  }
+  snprintf(s->ss.upstream, sizeof s->ss.upstream, "%s",
+           gw_upstream_server_name(gw_upstream_current(s->up_try)));
   session_log(s, GW_LOG_INFO, "session_open",
               GW_FIELDS(SESSION_ID(s), GW_F_STR("listener", l->name),
                         GW_F_STR("client", s->ss.client), GW_F_STR("upstream", s->ss.upstream)),
@@ -1338,14 +1353,93 @@ static void session_begin(gw_session *s) {
     return;
   }
   if (s->state == S_CLOSING) return;
-  int rc = uv_tcp_connect(&s->connect, &s->tcp[GW_SERVER],
-                          (const struct sockaddr *)&l->upstream_addr, connect_cb);
-  if (rc < 0) {
-    session_close(s, "upstream connect failed: %s", uv_strerror(rc));
+  session_connect(s);
+}
+
+/* ---- upstream choice (upstream.c) -----------------------------------------
+ * After on_connect: the chosen server is dialled; a failed or timed-out
+ * attempt closes the server-side handle and dials the next server, each at
+ * most once, all within timeouts.connect_ms; what on_connect queued toward
+ * the server waits in out[GW_SERVER] for whichever server accepts. */
+
+static void upstream_dial(gw_session *s);
+
+/* Once on_connect is done with the session. */
+static void session_connect(gw_session *s) {
+  gw_relay *r = s->relay;
+  gw_upstream_try_start(s->up_try, uv_now(r->loop), r->cfg->connect_ms);
+  upstream_dial(s);
+  flush_dirty(r); /* anything on_connect sent toward the client */
+}
+
+static void upstream_ready(void *ud) { /* the server's name has resolved, or not */
+  gw_session *s = ud;
+  if (s->state == S_CONNECTING) upstream_dial(s);
+}
+
+static void upstream_dial(gw_session *s) {
+  gw_relay *r = s->relay;
+  gw_upstream_try *t = s->up_try;
+  snprintf(s->ss.upstream, sizeof s->ss.upstream, "%s",
+           gw_upstream_server_name(gw_upstream_current(t)));
+  struct sockaddr_storage addr;
+  int rc = gw_upstream_addr(t, &addr);
+  uint64_t ms = gw_upstream_attempt_ms(t, uv_now(r->loop));
+  if (rc == -EAGAIN) { /* its first resolution: wait for it, within the budget */
+    gw_upstream_wait(t, upstream_ready, s);
+  } else if (rc == 0) {
+    rc = uv_tcp_connect(&s->connect, &s->tcp[GW_SERVER], (struct sockaddr *)&addr, connect_cb);
+  }
+  if (rc < 0 && rc != -EAGAIN) {
+    upstream_retry(s, rc);
     return;
   }
-  if (!s->soft_close) uv_timer_start(&s->timer, timer_cb, r->cfg->connect_ms, 0);
-  flush_dirty(r); /* anything on_connect sent toward the client */
+  if (!s->soft_close) uv_timer_start(&s->timer, timer_cb, ms ? ms : 1, 0);
+}
+
+/* A fresh handle for the next attempt, or the session's end. */
+static void upstream_handle_closed(uv_handle_t *h) {
+  gw_session *s = h->data;
+  if (s->state == S_CLOSING) {
+    session_handle_closed(h);
+    return;
+  }
+  uv_tcp_init(s->relay->loop, &s->tcp[GW_SERVER]);
+  s->tcp[GW_SERVER].data = s;
+  upstream_dial(s);
+}
+
+/* The current server failed (status) or took too long: the next one. */
+static void upstream_retry(gw_session *s, int status) {
+  gw_relay *r = s->relay;
+  gw_upstream_try *t = s->up_try;
+  if (!t || !gw_upstream_try_started(t)) {
+    session_close(s, "upstream connect timeout after %u ms", r->cfg->connect_ms);
+    return;
+  }
+  session_log(s, GW_LOG_WARN, "connect_failed",
+              GW_FIELDS(SESSION_ID(s), GW_F_HIDE(GW_F_STR("upstream", s->ss.upstream)),
+                        GW_F_HIDE(GW_F_STR("error", uv_strerror(status)))),
+              "session %" PRIu64 " upstream %s: connect failed: %s", s->ss.id, s->ss.upstream,
+              uv_strerror(status));
+  bool spent = !gw_upstream_attempt_ms(t, uv_now(r->loop));
+  if (!gw_upstream_failover(t, status) || spent) {
+    if (status == UV_ETIMEDOUT)
+      session_close(s, "upstream connect timeout after %u ms", r->cfg->connect_ms);
+    else
+      session_close(s, "upstream connect failed: %s", uv_strerror(status));
+    return;
+  }
+  uv_timer_stop(&s->timer);
+  uv_close((uv_handle_t *)&s->tcp[GW_SERVER], upstream_handle_closed);
+}
+
+/* The session lets go of its server (or of its choice, while connecting). */
+static void upstream_end(gw_session *s) {
+  gw_upstream_try_free(s->up_try);
+  s->up_try = NULL;
+  gw_upstream_release(s->server);
+  s->server = NULL;
 }
 
 /* ---- script host ------------------------------------------------------- */
@@ -1407,9 +1501,23 @@ static void host_pipe(gw_script_session *ss, const gw_pipe_op *op) {
   }
 }
 
+/* session:route(name): another server of the pool, before the connect. */
+static int host_route(gw_script_session *ss, const char *name, char *err, size_t errlen) {
+  gw_session *s = container_of(ss, gw_session, ss);
+  if (s->state != S_CONNECTING || !s->up_try) {
+    snprintf(err, errlen, "the session is connected already (route from gw.on_connect)");
+    return -EALREADY;
+  }
+  int rc = gw_upstream_route(s->up_try, name, err, errlen);
+  if (rc == 0)
+    snprintf(ss->upstream, sizeof ss->upstream, "%s",
+             gw_upstream_server_name(gw_upstream_current(s->up_try)));
+  return rc;
+}
+
 static const gw_host_ops host_ops = {.emit = host_emit, .close = host_close, .now_ms = host_now,
                                      .wake_at = host_wake_at, .pipe = host_pipe,
-                                     .capture = host_capture};
+                                     .capture = host_capture, .route = host_route};
 
 /* ---- listeners --------------------------------------------------------- */
 
@@ -1464,6 +1572,15 @@ static void listener_update(gw_relay *r, gw_listener *l, const gw_listener_confi
   }
   l->handlers = gw_script_handlers(r->script, lc->name);
   l->removed = false;
+  /* A new pool for new sessions; sessions keep the servers they have. */
+  gw_upstream *pool = gw_upstream_new(r->loop, lc->name, &lc->pool, r->registry, l->pool);
+  if (!pool) {
+    gw_error("listener %s: out of memory for its upstream pool%s", lc->name,
+             l->pool ? ": keeping the old one" : "");
+    return;
+  }
+  gw_upstream_retire(l->pool);
+  l->pool = pool;
 }
 
 /* A listener named name with its counter slots (a name seen before
@@ -1713,6 +1830,8 @@ void gw_relay_close(gw_relay *r) {
   for (gw_listener *l = r->listeners; l; l = l->next) {
     l->removed = true;
     listener_stop(l);
+    gw_upstream_retire(l->pool); /* its handles close with the loop's */
+    l->pool = NULL;
   }
   uv_close((uv_handle_t *)&r->script_timer, NULL);
   uv_close((uv_handle_t *)&r->drain_timer, NULL);

@@ -264,11 +264,27 @@ static int s_capture(lua_State *L) {
   return 2;
 }
 
+/* session:route(name): from gw.on_connect, the upstream server (a name or
+ * "host:port" of the listener's upstream) gangway connects this session
+ * to; raises for a name the upstream does not have. */
+static int s_route(lua_State *L) {
+  gw_session_ud *u = check_session(L, 1);
+  gw_script_session *ss = live(L, u, "route");
+  const char *name = luaL_checkstring(L, 2);
+  gw_script *s = gw_script_of(L);
+  char err[512] = "this host cannot route";
+  if (!s->ops.route || s->ops.route(ss, name, err, sizeof err) < 0)
+    return luaL_error(L, "session:route: %s", err);
+  snprintf(u->upstream, sizeof u->upstream, "%s", ss->upstream);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static const luaL_Reg s_methods[] = {
   {"send_to_client", s_send_to_client}, {"send_to_server", s_send_to_server},
   {"close", s_close}, {"after", s_after}, {"every", s_every},
   {"set_framing", gw__session_set_framing}, {"expect_raw", gw__session_expect_raw},
-  {"set_codec", gw__session_set_codec}, {"capture", s_capture},
+  {"set_codec", gw__session_set_codec}, {"capture", s_capture}, {"route", s_route},
   {"tell", s_tell},
   {NULL, NULL},
 };

@@ -212,7 +212,7 @@ static void test_full_config(void **state) {
   assert_int_equal(l->listen_addr.ss_family, AF_INET6);
   assert_addr(&l->listen_addr, "[::1]:1975");
   assert_string_equal(l->upstream, "localhost:1976");
-  assert_addr(&l->upstream_addr, "127.0.0.1:1976");
+  assert_int_equal(l->upstream_addr.ss_family, 0); /* a name: resolved by the pool */
   /* top with three fields overridden, the rest (template included) kept */
   gw_framing want_f = top;
   want_f.max_frame[GW_CLIENT] = 8192;
@@ -584,6 +584,52 @@ static const bad_case bad_cases[] = {
   {"upstream as a number",
    "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = 1974 } } }\n",
    "config.lua: listeners[1].upstream: expected \"host:port\", got number 1974"},
+  {"upstream list empty",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = {} } } }\n",
+   "config.lua: listeners[1].upstream: expected a non-empty list of servers, got an empty table"},
+  {"upstream server a number",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = { \"10.0.0.1:1\", 2 } } } }\n",
+   "config.lua: listeners[1].upstream[2]: expected \"host:port\" or { addr = \"host:port\", ... }, got number 2"},
+  {"upstream record misspelt",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = { servers = { \"10.0.0.1:1\" }, balanse = \"hash\" } } } }\n",
+   "config.lua: listeners[1].upstream.balanse: unknown key (did you mean \"balance\"?)"},
+  {"upstream record without servers",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = { balance = \"hash\" } } } }\n",
+   "config.lua: listeners[1].upstream.servers: missing (a list of \"host:port\" or { addr = ..., name = ..., weight = ..., backup = ... })"},
+  {"upstream balance unknown",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = { servers = { \"10.0.0.1:1\" }, balance = \"random\" } } } }\n",
+   "config.lua: listeners[1].upstream.balance: expected \"round_robin\", \"least_sessions\" or \"hash\", got \"random\""},
+  {"upstream server weight 0",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = { { addr = \"10.0.0.1:1\", weight = 0 } } } } }\n",
+   "config.lua: listeners[1].upstream[1].weight: expected an integer from 1 to 256, got 0"},
+  {"upstream server without addr",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = { { name = \"eu-1\" } } } } }\n",
+   "config.lua: listeners[1].upstream[1].addr: expected \"host:port\", got nil"},
+  {"upstream server bad name",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = { { name = \"eu 1\", addr = \"10.0.0.1:1\" } } } } }\n",
+   "config.lua: listeners[1].upstream[1].name: expected a name of 1 to 64 letters, digits, \"_\", \".\" or \"-\", got \"eu 1\""},
+  {"upstream duplicate server",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = { \"10.0.0.1:1\", \"10.0.0.2:1\", \"10.0.0.1:1\" } } } }\n",
+   "config.lua: listeners[1].upstream[3]: \"10.0.0.1:1\" already names server 1 (give each server its own name)"},
+  {"upstream only backups",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = { { addr = \"10.0.0.1:1\", backup = true } } } } }\n",
+   "config.lua: listeners[1].upstream: every server is a backup: at least one must not be"},
+  {"upstream bad host",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = { \"bad host!:1\" } } } }\n",
+   "config.lua: listeners[1].upstream[1]: \"bad host!\" is neither a numeric address nor a host name"},
+  {"upstream health timeout over interval",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = { servers = { \"10.0.0.1:1\" }, health = { interval_ms = 100, timeout_ms = 200 } } } } }\n",
+   "config.lua: listeners[1].upstream.health.timeout_ms: must be at most interval_ms (100), got 200"},
+  {"upstream health a number",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = { servers = { \"10.0.0.1:1\" }, health = 5 } } } }\n",
+   "config.lua: listeners[1].upstream.health: expected true or { interval_ms, timeout_ms, rise, fall }, got number 5"},
+  {"upstream health fall 0",
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = { servers = { \"10.0.0.1:1\" }, health = { fall = 0 } } } } }\n",
+   "config.lua: listeners[1].upstream.health.fall: expected an integer from 1 to 1000, got 0"},
+  {"upstream too many servers",
+   "local s = {}\nfor i = 1, 65 do s[i] = \"10.0.0.\" .. i .. \":1\" end\n"
+   "return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\", upstream = s } } }\n",
+   "config.lua: listeners[1].upstream: expected at most 64 items, got 65"},
   {"name missing",
    "return { listeners = { { listen = \"127.0.0.1:1973\", upstream = \"127.0.0.1:1974\" } } }\n",
    "config.lua: listeners[1].name: expected a listener name, got nil"},
@@ -831,19 +877,83 @@ static void test_bad(void **state) {
   expect_error(bc->text, bc->want);
 }
 
-static void test_unresolvable_upstream(void **state) {
+/* A host name is kept as a name: the pool resolves it on the loop, so a
+ * name that does not resolve (or a slow DNS) never fails or stalls a load. */
+static void test_upstream_name_kept(void **state) {
   (void)state;
-  /* Whether the resolver says "not known" or cannot reach a server depends on
-   * the machine; the message carries its word either way. */
-  struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-  int rc = getaddrinfo("nothing.invalid", NULL, &hints, &res);
-  assert_int_not_equal(rc, 0);
-  char want[512];
-  snprintf(want, sizeof want,
-           "config.lua: listeners[1].upstream: cannot resolve \"nothing.invalid\": %s",
-           rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
-  expect_error("return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\",\n"
-               "  upstream = \"nothing.invalid:1974\" } } }\n", want);
+  gw_config cfg;
+  load_ok("return { listeners = { { name = \"game\", listen = \"127.0.0.1:1973\",\n"
+          "  upstream = \"nothing.invalid:1974\" } } }\n", &cfg);
+  const gw_listener_config *l = &cfg.listeners[0];
+  assert_string_equal(l->upstream, "nothing.invalid:1974");
+  assert_int_equal(l->upstream_addr.ss_family, 0);
+  assert_int_equal(l->pool.nservers, 1);
+  const gw_upstream_server_config *sv = &l->pool.servers[0];
+  assert_string_equal(sv->name, "nothing.invalid:1974");
+  assert_string_equal(sv->host, "nothing.invalid");
+  assert_int_equal(sv->port, 1974);
+  assert_int_equal(sv->sockaddr.ss_family, 0);
+  assert_int_equal(sv->weight, 1);
+  assert_false(l->pool.health);
+  assert_int_equal(l->pool.balance, GW_BALANCE_ROUND_ROBIN);
+  assert_int_equal(l->pool.resolve_ms, 30000);
+  gw_config_free(&cfg);
+}
+
+/* The list form and the record form with every key. */
+static void test_upstream_pool(void **state) {
+  (void)state;
+  gw_config cfg;
+  load_ok("return { listeners = {\n"
+          "  { name = \"a\", listen = \"127.0.0.1:1973\",\n"
+          "    upstream = { \"10.0.0.5:1973\", \"localhost:1974\", \"[::1]:1975\" } },\n"
+          "  { name = \"b\", listen = \"127.0.0.1:1976\",\n"
+          "    upstream = { servers = {\n"
+          "        { name = \"eu-1\", addr = \"eu1.example:1973\", weight = 2 },\n"
+          "        \"10.0.0.6:1973\",\n"
+          "        { addr = \"10.0.0.7:1973\", backup = true } },\n"
+          "      balance = \"hash\", resolve_ms = 5000,\n"
+          "      health = { interval_ms = 500, timeout_ms = 200, rise = 1, fall = 2 } } },\n"
+          "  { name = \"c\", listen = \"127.0.0.1:1977\",\n"
+          "    upstream = { servers = { \"10.0.0.8:1\" }, balance = \"least_sessions\", health = true } },\n"
+          "} }\n", &cfg);
+  const gw_upstream_config *u = &cfg.listeners[0].pool;
+  assert_int_equal(u->nservers, 3);
+  assert_string_equal(u->servers[0].name, "10.0.0.5:1973");
+  assert_string_equal(u->servers[1].name, "localhost:1974");
+  assert_int_equal(u->servers[1].sockaddr.ss_family, 0);
+  assert_string_equal(u->servers[2].name, "[::1]:1975");
+  assert_addr(&u->servers[2].sockaddr, "[::1]:1975");
+  assert_string_equal(cfg.listeners[0].upstream, "10.0.0.5:1973");
+  assert_addr(&cfg.listeners[0].upstream_addr, "10.0.0.5:1973");
+  assert_false(u->health);
+
+  u = &cfg.listeners[1].pool;
+  assert_int_equal(u->nservers, 3);
+  assert_string_equal(u->servers[0].name, "eu-1");
+  assert_string_equal(u->servers[0].host, "eu1.example");
+  assert_int_equal(u->servers[0].weight, 2);
+  assert_int_equal(u->servers[0].sockaddr.ss_family, 0);
+  assert_false(u->servers[1].backup);
+  assert_true(u->servers[2].backup);
+  assert_string_equal(u->servers[2].name, "10.0.0.7:1973");
+  assert_int_equal(u->balance, GW_BALANCE_HASH);
+  assert_int_equal(u->resolve_ms, 5000);
+  assert_true(u->health);
+  assert_int_equal(u->health_interval_ms, 500);
+  assert_int_equal(u->health_timeout_ms, 200);
+  assert_int_equal(u->health_rise, 1);
+  assert_int_equal(u->health_fall, 2);
+  assert_string_equal(cfg.listeners[1].upstream, "eu-1");
+
+  u = &cfg.listeners[2].pool;
+  assert_int_equal(u->balance, GW_BALANCE_LEAST_SESSIONS);
+  assert_true(u->health);
+  assert_int_equal(u->health_interval_ms, 2000);
+  assert_int_equal(u->health_timeout_ms, 1000);
+  assert_int_equal(u->health_rise, 2);
+  assert_int_equal(u->health_fall, 3);
+  gw_config_free(&cfg);
 }
 
 static void test_missing_file(void **state) {
@@ -959,7 +1069,8 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_admin, setup, teardown),
     cmocka_unit_test_setup_teardown(test_protocol_and_redis, setup, teardown),
     cmocka_unit_test_setup_teardown(test_sandbox_allows, setup, teardown),
-    cmocka_unit_test_setup_teardown(test_unresolvable_upstream, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_upstream_name_kept, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_upstream_pool, setup, teardown),
     cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),
     cmocka_unit_test_setup_teardown(test_long_path, setup, teardown),
     cmocka_unit_test_setup_teardown(test_short_err_buffer, setup, teardown),

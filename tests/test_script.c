@@ -73,7 +73,7 @@ static void h_wake_at(void *ud, uint64_t when) {
   h->wakes++;
 }
 
-static const gw_host_ops ops = {h_emit, h_close, h_now, h_wake_at, NULL, NULL};
+static const gw_host_ops ops = {h_emit, h_close, h_now, h_wake_at, NULL, NULL, NULL};
 
 /* Log lines, to check what errors say. */
 static char logbuf[16384];
