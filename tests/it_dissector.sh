@@ -5,8 +5,9 @@
 # packets by name (CM_LOGIN, MC_LOGIN, MC_CHAPSTR, CM_SAY, MC_SAY,
 # KEEPALIVE) and their fields (account, chat text, player id), with no Lua
 # error. A frame that does not fit its definition (a crafted capture) is
-# an expert-info error, still no Lua error.
-#   usage: tests/it_dissector.sh BUILD_DIR
+# an expert-info error, still no Lua error. Also the command line:
+# --listener, a listener without definitions, -o elsewhere.
+#   usage: [KEEP=1] tests/it_dissector.sh BUILD_DIR   (KEEP: keep the outputs)
 set -euo pipefail
 build=$(cd "$1" && pwd)
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,31 +35,48 @@ wait_for "$dir/topd.out" "listen addr=" 5 || fail "topd does not listen"
 up=$(sed -n 's/.*listen addr=127.0.0.1:\([0-9]*\).*/\1/p' "$dir/topd.out" | head -1)
 port=$(( 20000 + RANDOM % 12000 )) # below the ephemeral range: no outgoing connection takes it
 while ! port_free "$port"; do port=$(( port + 1 )); done
+plain=$(( port + 1 ))
+while ! port_free "$plain"; do plain=$(( plain + 1 )); done
 
 cat >"$dir/config.lua" <<LUA
 return {
   listeners = { {
     name = "game", listen = "127.0.0.1:$port", upstream = "127.0.0.1:$up", framing = "top",
     protocol = "$root/protocols/top",
+  }, {
+    name = "plain", listen = "127.0.0.1:$plain", upstream = "127.0.0.1:$up",
   } },
   control = "$dir/gangway.sock",
 }
 LUA
 "$build/gangway" dissector -c "$dir/config.lua" -o "$dir/gangway.lua" || fail "gangway dissector: exit $?"
 [ -s "$dir/gangway.lua" ] || fail "gangway dissector wrote nothing"
+# The listener without definitions is left out, or refused when named.
+"$build/gangway" dissector -c "$dir/config.lua" --listener game >"$dir/game.lua" ||
+  fail "dissector --listener game: exit $?"
+cmp -s "$dir/game.lua" "$dir/gangway.lua" || fail "--listener game differs from all listeners"
+grep -q 'gangway_plain' "$dir/gangway.lua" && fail "a listener without protocol got a dissector"
+rc=0; "$build/gangway" dissector -c "$dir/config.lua" --listener plain 2>"$dir/cli.out" || rc=$?
+[ "$rc" = 1 ] && grep -q 'listener "plain" has no protocol = ...' "$dir/cli.out" ||
+  fail "dissector --listener plain: exit $rc, $(cat "$dir/cli.out")"
+rc=0; "$build/gangway" dissector -c "$dir/config.lua" --listener nope 2>"$dir/cli.out" || rc=$?
+[ "$rc" = 1 ] && grep -q 'no listener is called "nope"' "$dir/cli.out" ||
+  fail "dissector --listener nope: exit $rc, $(cat "$dir/cli.out")"
+rc=0; "$build/gangway" stats -c "$dir/config.lua" -o x.lua 2>"$dir/cli.out" || rc=$?
+[ "$rc" = 2 ] || fail "stats -o: exit $rc"
 "$build/gangway" -c "$dir/config.lua" >"$dir/gangway.out" 2>&1 &
 gw=$!; pids+=($gw)
 wait_for "$dir/gangway.out" " running (config " 5 || fail "gangway does not start"
 
-"$build/gangway" capture -c "$dir/config.lua" --seconds 8 -w "$dir/demo.pcap" >"$dir/capture.out" 2>&1 &
+"$build/gangway" capture -c "$dir/config.lua" --seconds 10 -w "$dir/demo.pcap" >"$dir/capture.out" 2>&1 &
 cap=$!; pids+=($cap)
 wait_for "$dir/gangway.out" "capture to .* started" 5 || fail "the capture does not start"
 
-# Two bots, and a person's chat line followed by 3 s of silence: the demo
-# sends a keep-alive after 2 s without a frame.
+# Two bots for 3 s, and a person's chat line followed by 5.5 s of silence:
+# the demo's programs send a keep-alive after 2 s without sending a frame.
 "$build/topbot" -c "127.0.0.1:$port" -p bot -n 2 -d 3 -q >"$dir/bots.out" 2>&1 &
 bots=$!; pids+=($bots)
-{ sleep 0.5; echo "hello wireshark, it's \"me\""; sleep 3.5; } |
+{ sleep 0.5; echo "hello wireshark, it's \"me\""; sleep 5.5; } |
   "$build/topchat" -c "127.0.0.1:$port" -n wiresharker >"$dir/chat.out" 2>&1 || fail "topchat: exit $?"
 wait "$bots" || fail "bots: exit $?"
 grep -q "wiresharker" "$dir/topd.out" || fail "topd never saw the chat client"
@@ -117,9 +135,9 @@ cat >"$dir/crafted.txt" <<'HEX'
 0000  00 02
 0000  00 0d 80 00 00 00 00 01 00 03 68 69 00
 HEX
-text2pcap -q -T "40000,$port" "$dir/crafted.txt" "$dir/c2s.pcap" || fail "text2pcap"
+text2pcap -q -T "40000,$port" "$dir/crafted.txt" "$dir/c2s.pcap" 2>>"$dir/text2pcap.out" || fail "text2pcap"
 printf '0000  00 0a 80 00 00 00 03 a3 00 02\n' >"$dir/s2c.txt"
-text2pcap -q -T "$port,40000" "$dir/s2c.txt" "$dir/s2c.pcap" || fail "text2pcap"
+text2pcap -q -T "$port,40000" "$dir/s2c.txt" "$dir/s2c.pcap" 2>>"$dir/text2pcap.out" || fail "text2pcap"
 ts -r "$dir/c2s.pcap" -V >"$dir/crafted.out" || fail "tshark on the crafted capture: exit $?"
 ts -r "$dir/s2c.pcap" -V >>"$dir/crafted.out" || fail "tshark on the crafted capture: exit $?"
 cat "$dir/tshark.err" >>"$dir/crafted.out"
