@@ -1012,12 +1012,13 @@ static int load_script(lua_State *L) {
   gw_script *s = gw_script_of(L);
   gw_listener_rt *rt = lua_touserdata(L, 1);
   const char *path = lua_tostring(L, 2);
+  bool unsafe = lua_toboolean(L, 3), module = lua_toboolean(L, 4);
   gw_binding *b = lua_newuserdatauv(L, sizeof *b, 2);
   memset(b, 0, sizeof *b);
   b->rt = rt;
   b->gen = s->loading_gen;
-  b->unsafe = lua_toboolean(L, 3);
-  b->module = lua_toboolean(L, 4);
+  b->unsafe = unsafe;
+  b->module = module;
   const char *base = strrchr(path, '/');
   snprintf(b->script, sizeof b->script, "%s", base ? base + 1 : path);
   luaL_setmetatable(L, GW_BINDING_MT);

@@ -322,9 +322,9 @@ static bool walk_array(walk_ctx *c, const gw_field *fd, size_t *off, size_t coun
   size_t room = c->len - at;
   if (fd->count_kind != GW_COUNT_REST &&
       (minsz ? n > room / minsz : n > 65535))
-    return misfit(c, "(array at offset %zu): %llu elements of at least %zu bytes "
+    return misfit(c, "(array at offset %zu): %llu elements of at least %zu byte%s "
                   "run past the end of the %zu-byte frame", at,
-                  (unsigned long long)n, minsz, c->len);
+                  (unsigned long long)n, minsz, minsz == 1 ? "" : "s", c->len);
   if (c->push) {
     luaL_checkstack(c->L, 4, "pkt:decode: too deep");
     lua_createtable(c->L, fd->count_kind == GW_COUNT_REST ? 0 : (int)n, 0);

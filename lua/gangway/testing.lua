@@ -69,7 +69,8 @@ end
 -- ("top") resolved to protocols/<name> in the current directory or in the
 -- repository this module comes from, as an absolute directory.
 local function protocol_dir(name)
-  if not name or name:find("/", 1, true) then return name end
+  if not name then return nil end
+  if name:find("/", 1, true) then return absolute(name) end
   for _, dir in ipairs{ "protocols/" .. name, here .. "/../../protocols/" .. name } do
     if readable(dir .. "/packets.lua") then return core.realpath(dir) end
   end
