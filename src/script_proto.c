@@ -162,38 +162,51 @@ typedef struct walk_ctx {
   const gw_packet_def *def;
   bool charge;           /* a script state: charge the instruction limit */
   bool push;             /* decode: build tables; else only measure */
-  char path[160];        /* "items[2].name" for messages */
-  size_t plen;
-  char why[512];         /* measure: why it stopped */
+  /* where the walk is, formatted only for messages ("items[2].name"):
+   * field names, and element numbers (name NULL) */
+  struct { const char *name; size_t elem; } path[34];
+  size_t depth;
 } walk_ctx;
 
-static size_t path_push(walk_ctx *c, const char *fmt, const char *name, size_t i) {
-  size_t mark = c->plen;
-  int n = fmt[0] == '[' ? snprintf(c->path + c->plen, sizeof c->path - c->plen, "[%zu]", i)
-                        : snprintf(c->path + c->plen, sizeof c->path - c->plen, fmt, name);
-  if (n > 0 && (size_t)n < sizeof c->path - c->plen)
-    c->plen += (size_t)n;
+/* Arrays nest at most 8 deep in a definition: a field and an element
+ * number per level fit. */
+static size_t path_push(walk_ctx *c, const char *name, size_t elem) {
+  size_t mark = c->depth;
+  if (c->depth < sizeof c->path / sizeof c->path[0]) {
+    c->path[c->depth].name = name;
+    c->path[c->depth].elem = elem;
+    c->depth++;
+  }
   return mark;
 }
 
-static void path_pop(walk_ctx *c, size_t mark) {
-  c->plen = mark;
-  c->path[mark] = '\0';
+static void path_pop(walk_ctx *c, size_t mark) { c->depth = mark; }
+
+static void path_format(const walk_ctx *c, char *out, size_t cap) {
+  size_t n = 0;
+  out[0] = '\0';
+  for (size_t i = 0; i < c->depth && n < cap; i++) {
+    int r = c->path[i].name
+                ? snprintf(out + n, cap - n, "%s%s", i ? "." : "", c->path[i].name)
+                : snprintf(out + n, cap - n, "[%zu]", c->path[i].elem);
+    if (r < 0) break;
+    n += (size_t)r;
+  }
 }
 
-/* A frame that does not fit: raised when decoding, kept in why when
- * measuring. Returns false. */
+/* A frame that does not fit: raised when decoding; when measuring, the
+ * walk just stops there. Returns false. */
 static bool misfit(walk_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static bool misfit(walk_ctx *c, const char *fmt, ...) {
-  char msg[200];
+  if (!c->push)
+    return false;
+  char msg[200], path[160];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  snprintf(c->why, sizeof c->why, "%s: %s: field %s %s", c->who, c->def->name,
-           c->path, msg);
-  if (c->push)
-    luaL_error(c->L, "%s", c->why);
+  path_format(c, path, sizeof path);
+  luaL_error(c->L, "%s: %s: field %s %s", c->who, c->def->name, path, msg);
   return false;
 }
 
@@ -330,7 +343,7 @@ static bool walk_array(walk_ctx *c, const gw_field *fd, size_t *off, size_t coun
     lua_createtable(c->L, fd->count_kind == GW_COUNT_REST ? 0 : (int)n, 0);
   }
   for (uint64_t i = 0; fd->count_kind == GW_COUNT_REST ? *off < c->len : i < n; i++) {
-    size_t mark = path_push(c, "[", NULL, (size_t)i + 1);
+    size_t mark = path_push(c, NULL, (size_t)i + 1);
     size_t before = *off;
     if (c->push)
       lua_createtable(c->L, 0, (int)fd->nfields);
@@ -366,7 +379,7 @@ static bool walk_struct(walk_ctx *c, const gw_field *fs, size_t nf, size_t *off,
     }
     if (c->charge)
       gw__charge(c->L, 1);
-    size_t mark = path_push(c, c->plen ? ".%s" : "%s", fd->name, 0);
+    size_t mark = path_push(c, fd->name, 0);
     if (fd->type == GW_FT_ARRAY) {
       const gw_field *cf = fd->count_kind == GW_COUNT_FIELD ? &fs[fd->count_field] : NULL;
       if (!walk_array(c, fd, off, cf ? st[fd->count_field] : 0, cf))
@@ -393,9 +406,12 @@ static bool walk_struct(walk_ctx *c, const gw_field *fs, size_t nf, size_t *off,
   return true;
 }
 
+/* Sets every field but path (kept out of the way: it is only read up to
+ * depth). */
 static void walk_init(walk_ctx *c, lua_State *L, const gw_packet *p,
                       const gw_packet_def *def, const char *who, bool light) {
-  memset(c, 0, sizeof *c);
+  c->depth = 0;
+  c->push = false;
   c->L = L;
   c->f = p->f;
   c->d = p->data;
@@ -469,7 +485,9 @@ static _Noreturn void enc_fail(enc_ctx *c, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  luaL_error(c->w.L, "%s: %s: field %s: %s", c->w.who, c->w.def->name, c->w.path, msg);
+  char path[160];
+  path_format(&c->w, path, sizeof path);
+  luaL_error(c->w.L, "%s: %s: field %s: %s", c->w.who, c->w.def->name, path, msg);
   abort();
 }
 
@@ -558,7 +576,7 @@ static void enc_value(enc_ctx *c, const gw_field *fd, int v) {
       enc_fail(c, "the array needs exactly %u elements, got %zu", fd->n, n);
     luaL_checkstack(L, 4, "pkt:encode: too deep");
     for (size_t i = 1; i <= n; i++) {
-      size_t mark = path_push(&c->w, "[", NULL, i);
+      size_t mark = path_push(&c->w, NULL, i);
       if (lua_rawgeti(L, v, (lua_Integer)i) != LUA_TTABLE)
         enc_fail(c, "expected a table, got %s", luaL_typename(L, -1));
       enc_struct(c, fd->fields, fd->nfields, lua_gettop(L), false);
@@ -609,7 +627,7 @@ static void enc_struct(enc_ctx *c, const gw_field *fs, size_t nf, int t, bool to
   const char *stopped = NULL; /* the optional field the body ends before */
   for (size_t i = 0; i < nf; i++) {
     const gw_field *fd = &fs[i];
-    size_t mark = path_push(&c->w, c->w.plen ? ".%s" : "%s", fd->name, 0);
+    size_t mark = path_push(&c->w, fd->name, 0);
     int ty = lua_getfield(L, t, fd->name);
     lua_Integer n;
     if (stopped) {
@@ -642,26 +660,22 @@ static void enc_struct(enc_ctx *c, const gw_field *fs, size_t nf, int t, bool to
 static void encode(lua_State *L, const gw_packet_def *def, const gw_framing *f, int t,
                    const gw_packet *old, const char *who, bool light, enc_buf *out) {
   enc_ctx c;
-  memset(&c, 0, sizeof c);
-  c.w.L = L;
-  c.w.f = f;
-  c.w.who = who;
-  c.w.def = def;
-  c.w.charge = light;
+  gw_packet none = {.f = f};
+  walk_init(&c.w, L, old ? old : &none, def, who, light);
+  c.b = (enc_buf){NULL, 0, 0, 0};
+  c.old_starts = NULL;
+  c.old_present = 0;
   lua_pushnil(L);
   c.b.slot = lua_gettop(L);
   size_t starts_local[def->nfields + 1];
   if (old) {
-    c.w.d = old->data;
-    c.w.len = old->len;
     size_t off = gw__packet_body_offset(old);
     if (off > old->len)
       off = old->len;
     /* Measure what the frame holds now: a frame that does not fit its
      * definition gives the fields it has up to where it stops fitting. */
     walk_struct(&c.w, def->fields, def->nfields, &off, starts_local, &c.old_present);
-    c.w.plen = 0;
-    c.w.path[0] = '\0';
+    c.w.depth = 0;
     c.old_starts = starts_local;
   }
   enc_struct(&c, def->fields, def->nfields, t, true);
