@@ -24,7 +24,8 @@ typedef struct gw_dissector_listener {
   const char *name;          /* the listener's name */
   const gw_framing *framing; /* how its frames are cut */
   const struct gw_proto *proto; /* its packet definitions */
-  uint16_t ports[2];         /* its listen port and its upstream's; 0: none */
+  const uint16_t *ports;     /* its listen port and its upstream servers' */
+  size_t nports;             /* (zeros and repeats are skipped) */
 } gw_dissector_listener;
 
 /* Writes the Lua text of one dissector per listener into *out (malloc'd,

@@ -528,9 +528,13 @@ static void emit_listener(gen *g, const gw_dissector_listener *l, const char *pn
   lua_string(o, title);
   free(title);
   fputs(",\n  ports = {", o);
-  for (size_t i = 0; i < 2; i++)
-    if (l->ports[i] && (i == 0 || l->ports[1] != l->ports[0]))
+  for (size_t i = 0; i < l->nports; i++) {
+    bool seen = !l->ports[i];
+    for (size_t j = 0; j < i && !seen; j++)
+      seen = l->ports[j] == l->ports[i];
+    if (!seen)
       fprintf(o, " %u,", (unsigned)l->ports[i]);
+  }
   fprintf(o, " },\n  framing = { length_offset = %" PRIu32 ", length_size = %u, le = %s, "
           "length_adjust = %" PRId32 ",\n    opcode_offset = %" PRIu32 ", opcode_size = %u, "
           "keepalive = %s, body_offset = %zu,\n    str_length_size = %u, str_nul = %s },\n",
@@ -623,7 +627,7 @@ int gw_dissector_generate(const gw_dissector_listener *l, size_t n, char **out,
   return 0;
 }
 
-/* The port of an address, or 0 when there is none (a host name's). */
+/* The port of an address, or 0 when there is none. */
 static uint16_t addr_port(const struct sockaddr_storage *ss)
 {
   if (ss->ss_family == AF_INET)
@@ -631,17 +635,6 @@ static uint16_t addr_port(const struct sockaddr_storage *ss)
   if (ss->ss_family == AF_INET6)
     return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
   return 0;
-}
-
-/* The port of "host:port" as written (an upstream given by name). */
-static uint16_t text_port(const char *s)
-{
-  const char *colon = strrchr(s, ':');
-  if (!colon || !colon[1])
-    return 0;
-  char *end;
-  unsigned long v = strtoul(colon + 1, &end, 10);
-  return !*end && v <= 65535 ? (uint16_t)v : 0;
 }
 
 int gw_dissector_from_config(const gw_config *cfg, const char *listener, char **out,
@@ -652,8 +645,10 @@ int gw_dissector_from_config(const gw_config *cfg, const char *listener, char **
   size_t n = 0, nl = cfg->nlisteners;
   gw_proto *protos = calloc(nl ? nl : 1, sizeof *protos);
   gw_dissector_listener *dl = calloc(nl ? nl : 1, sizeof *dl);
+  /* per listener: its listen port, then its upstream servers' */
+  uint16_t *ports = calloc(nl ? nl : 1, (1 + GW_UPSTREAM_SERVERS_MAX) * sizeof *ports);
   int rc = 0;
-  if (!protos || !dl) {
+  if (!protos || !dl || !ports) {
     snprintf(err, errlen, "out of memory");
     rc = -ENOMEM;
   }
@@ -676,10 +671,12 @@ int gw_dissector_from_config(const gw_config *cfg, const char *listener, char **
     free(path);
     if (rc < 0)
       break;
-    uint16_t up = addr_port(&lc->upstream_addr);
-    dl[n] = (gw_dissector_listener){
-        lc->name, &lc->framing, &protos[n],
-        {addr_port(&lc->listen_addr), up ? up : text_port(lc->upstream)}};
+    uint16_t *lp = ports + n * (1 + GW_UPSTREAM_SERVERS_MAX);
+    size_t np = 0;
+    lp[np++] = addr_port(&lc->listen_addr);
+    for (size_t j = 0; j < lc->pool.nservers && j < GW_UPSTREAM_SERVERS_MAX; j++)
+      lp[np++] = lc->pool.servers[j].port;
+    dl[n] = (gw_dissector_listener){lc->name, &lc->framing, &protos[n], lp, np};
     n++;
   }
   if (rc == 0 && listener && !named) {
@@ -700,5 +697,6 @@ int gw_dissector_from_config(const gw_config *cfg, const char *listener, char **
     gw_proto_free(&protos[i]);
   free(protos);
   free(dl);
+  free(ports);
   return rc;
 }

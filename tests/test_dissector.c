@@ -208,7 +208,8 @@ static void check(lua_State *L, const char *code) {
 static void test_fields_and_names(void **state) {
   (void)state;
   gw_framing f = top();
-  gw_dissector_listener l = {"Game.1", &f, &proto, {1973, 1974}};
+  static const uint16_t ports[] = {1973, 0, 1974, 1973};
+  gw_dissector_listener l = {"Game.1", &f, &proto, ports, 4};
   size_t len;
   char *text = generate(&l, 1, &len);
   /* The hostile name is one literal: quotes, backslash, newline and
@@ -221,7 +222,8 @@ static void test_fields_and_names(void **state) {
            "assert(p.name == 'gangway_game_1', p.name)\n"
            "assert(p.desc == 'gangway listener Game.1', p.desc)\n"
            "assert(#REC.protos == 1)\n"
-           "assert(REC.ports[1] == '1973=gangway_game_1' and REC.ports[2] == '1974=gangway_game_1')\n"
+           "assert(#REC.ports == 2 and REC.ports[1] == '1973=gangway_game_1' and\n"
+           "       REC.ports[2] == '1974=gangway_game_1', table.concat(REC.ports, ' '))\n"
            "local want = { a = 'uint8', b = 'uint16', c = 'uint32', d = 'uint64', e = 'int8',\n"
            "  f = 'int16', g = 'int32', h = 'int64', x = 'float', y = 'double', s = 'string',\n"
            "  raw = 'bytes', count = 'uint16', items = 'none', ['items.id'] = 'uint32',\n"
@@ -252,7 +254,8 @@ static void test_fields_and_names(void **state) {
 static void test_dissect_all(void **state) {
   (void)state;
   gw_framing f = top();
-  gw_dissector_listener l = {"game", &f, &proto, {1973, 0}};
+  static const uint16_t ports[] = {1973};
+  gw_dissector_listener l = {"game", &f, &proto, ports, 1};
   size_t len;
   char *text = generate(&l, 1, &len);
   lua_State *L = load_generated(text, len);
@@ -298,7 +301,8 @@ static void test_dissect_all(void **state) {
 static void test_dissect_edges(void **state) {
   (void)state;
   gw_framing f = top();
-  gw_dissector_listener l = {"game", &f, &proto, {1973, 1974}};
+  static const uint16_t ports[] = {1973, 1974};
+  gw_dissector_listener l = {"game", &f, &proto, ports, 2};
   size_t len;
   char *text = generate(&l, 1, &len);
   lua_State *L = load_generated(text, len);
@@ -351,7 +355,8 @@ static void test_other_framings(void **state) {
     {.name = "QUERY", .sides = {true, false}, .opcode = 3, .fields = fields, .nfields = 2},
   };
   gw_proto p = {.path = "x", .packets = defs, .npackets = 1};
-  gw_dissector_listener l[] = {{"db", &mysql, &p, {3306, 3307}}, {"game", &top_f, &proto, {1973, 0}}};
+  static const uint16_t db_ports[] = {3306, 3307}, game_ports[] = {1973};
+  gw_dissector_listener l[] = {{"db", &mysql, &p, db_ports, 2}, {"game", &top_f, &proto, game_ports, 1}};
   size_t len;
   char *text = generate(l, 2, &len);
   lua_State *L = load_generated(text, len);
@@ -376,7 +381,8 @@ static void test_other_framings(void **state) {
   static gw_packet_def vdefs[] = {{.name = "BLOB", .sides = {true, true}, .keepalive = true,
                                    .fields = vf, .nfields = 1}};
   gw_proto vp = {.path = "x", .packets = vdefs, .npackets = 1};
-  gw_dissector_listener vl = {"mc", &varint, &vp, {25565, 0}};
+  static const uint16_t mc_ports[] = {25565};
+  gw_dissector_listener vl = {"mc", &varint, &vp, mc_ports, 1};
   text = generate(&vl, 1, &len);
   L = load_generated(text, len);
   check(L, "local data = string.rep('z', 200)\n"
@@ -395,11 +401,12 @@ static void test_errors(void **state) {
   assert_int_equal(gw_framing_preset("raw", &raw), 0);
   char *text = (char *)1, err[256];
   size_t len = 1;
-  gw_dissector_listener same[] = {{"Game", &f, &proto, {1, 2}}, {"game", &f, &proto, {3, 4}}};
+  static const uint16_t ports[] = {1, 2};
+  gw_dissector_listener same[] = {{"Game", &f, &proto, ports, 2}, {"game", &f, &proto, ports, 2}};
   assert_int_equal(gw_dissector_generate(same, 2, &text, &len, err, sizeof err), -EINVAL);
   assert_null(text);
   assert_string_equal(err, "listeners \"Game\" and \"game\" would both be Wireshark's \"gangway_game\"");
-  gw_dissector_listener unframed = {"plain", &raw, &proto, {1, 2}};
+  gw_dissector_listener unframed = {"plain", &raw, &proto, ports, 2};
   assert_int_equal(gw_dissector_generate(&unframed, 1, &text, &len, err, sizeof err), -EINVAL);
   assert_string_equal(err, "listener \"plain\": no framing, no frames to dissect");
 }
