@@ -390,7 +390,8 @@ static void test_names(void **state) {
   it_gangway_start(&g, good,
                    HEAD "  listeners = {\n"
                    "    { name = \"good\", listen = \"127.0.0.1:%d\", upstream = \"localhost:%d\" },\n"
-                   "    { name = \"bad\", listen = \"127.0.0.1:%d\", upstream = \"nothing.invalid:%d\" },\n"
+                   "    { name = \"bad\", listen = \"127.0.0.1:%d\", upstream = {\n"
+                   "      servers = { { name = \"nowhere\", addr = \"nothing.invalid:%d\" } }, resolve_ms = 100 } },\n"
                    "    { name = \"mixed\", listen = \"127.0.0.1:%d\",\n"
                    "      upstream = { \"nothing.invalid:%d\", \"127.0.0.1:%d\" } } } }\n",
                    good, up.port, bad, up.port, mixed, up.port, up.port);
@@ -415,7 +416,10 @@ static void test_names(void **state) {
   snprintf(inputs, sizeof inputs, "%d sessions to nothing.invalid", n);
   it_bystander_report("unresolvable upstream", inputs, -1, &res, 1000);
   assert_true(res.frames >= 20); /* it streamed all along */
-  assert_true(it_log_count(&g, "cannot resolve \"nothing.invalid\"", NULL) >= 1);
+  /* resolved again every resolve_ms, logged once while the error stays */
+  assert_true(stat_of(&g, "gangway_upstream_resolve_failures_total", "nowhere", NULL) >= 5);
+  assert_int_equal(it_log_count(&g, "server nowhere: cannot resolve \"nothing.invalid\"", NULL), 1);
+  assert_int_equal(stat_of(&g, "gangway_upstream_up", "nowhere", NULL), 0);
   assert_true(it_log_count(&g, "reason=\"upstream connect failed", NULL) >= n);
   assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
   echo_stop(&up);
