@@ -613,7 +613,8 @@ void gw_upstream_retire(gw_upstream *u) {
   if (u->loop) {
     for (size_t i = 0; i < u->n; i++) {
       gw_upstream_server *s = &u->servers[i];
-      if (s->gai_busy) uv_cancel((uv_req_t *)&s->gai);
+      /* sessions waiting for it keep waiting: only an unwatched one goes */
+      if (s->gai_busy && !s->waiters) uv_cancel((uv_req_t *)&s->gai);
       if (!u->health) continue;
       if (s->checking) {
         s->checking = false;
