@@ -112,6 +112,8 @@ typedef struct gw_config {
                                        it; default 10000; 0 = none */
   uint32_t first_frame_ms;          /* a new client's first whole frame
                                        (framed listeners); default 30000 */
+  uint32_t wait_ms;                 /* a handler that waits (gw.redis,
+                                       session:sleep), in all; default 5000 */
   /* limits */
   uint32_t max_sessions;            /* default 10000; 0 = no limit */
   uint64_t handler_instructions;    /* default 1000000 */
@@ -123,6 +125,8 @@ typedef struct gw_config {
   uint32_t sessions_per_ip;         /* open at once per client address;
                                        default 0 = no limit */
   uint32_t new_sessions_per_ip_per_s; /* default 0 = no limit */
+  uint32_t wait_bytes;              /* bytes a side may queue behind a
+                                       waiting handler; default 256 KiB */
   /* log */
   gw_log_level log_level;           /* default info */
   gw_log_format log_format;         /* default text */

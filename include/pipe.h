@@ -109,6 +109,8 @@ typedef struct gw_pipe_side {
   size_t nphases, phase;        /* phase == nphases: over */
   uint32_t frames_left;         /* of a framing step; 0: until switched */
   bool raw_step;                /* raw_left belongs to a step */
+  bool waiting;                 /* a handler of this side's last frame waits
+                                   (GW_PIPE_WAIT): nothing from it moves */
 } gw_pipe_side;
 
 typedef struct gw_pipe {
@@ -138,14 +140,22 @@ void gw_pipe_free(gw_pipe *p);
  * left at *start is an unfinished frame). */
 #define GW_PIPE_HELD 1          /* the driver's hold() stopped it: call again
                                    with the same bytes when it can go on */
+#define GW_PIPE_WAIT 2          /* a handler of a frame from this side waits
+                                   (gw.redis, session:sleep): call again with
+                                   the same bytes after gw_pipe_wait_done */
 
 /* Runs data[*start, end) from side `from` through the pipeline and
- * advances *start past what it consumed. Returns 0, GW_PIPE_HELD,
+ * advances *start past what it consumed. Returns 0, GW_PIPE_HELD, GW_PIPE_WAIT,
  * -EPROTO (a frame broke the framing, or a codec failed: error_msg says
  * how; nothing after it is trusted), -ECONNRESET (a handler closed the
  * session) or another negative errno from the driver. */
 int gw_pipe_input(gw_pipe *p, gw_side from, uint8_t *data, uint32_t *start,
                   uint32_t end);
+
+/* The handler that made gw_pipe_input return GW_PIPE_WAIT for side is
+ * done (the script layer's frame_done): the side's bytes move again. */
+static inline void gw_pipe_wait_done(gw_pipe *p, gw_side side) { p->side[side].waiting = false; }
+static inline bool gw_pipe_waiting(const gw_pipe *p, gw_side side) { return p->side[side].waiting; }
 
 /* A whole frame (or raw bytes) toward `to` from the script layer or a
  * handler's verdict: through `to`'s encoders, then out. */

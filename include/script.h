@@ -143,6 +143,42 @@ gw_handlers *gw_script_handlers(gw_script *s, const char *name);
  * gw.on_connect. Returns 0, or -ECONNREFUSED if a handler refused it. */
 int gw_script_session_open(gw_script *s, gw_handlers *h,
                            gw_script_session *ss);
+/* Handlers that wait (gw.redis, session:sleep; issue 14): what the host
+ * does when a call that waited ends. Until a host sets them, frame
+ * handlers and on_connect functions cannot wait (timers and gw.subscribe
+ * functions can). */
+typedef struct gw_wait_ops {
+  /* A frame from `from` whose handler waited is done, its verdict and
+   * sends out: the host goes on with the frames it held behind it. */
+  void (*frame_done)(gw_script_session *ss, gw_side from);
+  /* An on_connect that waited is done: rc 0, connect the upstream;
+   * -ECONNREFUSED, refused (released already: close it). */
+  void (*open_done)(gw_script_session *ss, int rc);
+  /* Script work outside the host's calls (a Redis reply, a message)
+   * queued output: write it. */
+  void (*flush)(void *host);
+} gw_wait_ops;
+/* wait_ms: how long a call may wait in all, from its first wait on (0:
+ * no bound); past it the listener's on_error applies. */
+void gw_script_set_waits(gw_script *s, const gw_wait_ops *ops, uint32_t wait_ms);
+
+/* gw_script_frame and gw_script_session_start: a handler waits; the host
+ * hears of the end through frame_done / open_done. */
+#define GW_SCRIPT_PENDING 1
+/* gw_script_session_open whose gw.on_connect functions may wait (with
+ * ops.open_done): 0, -ECONNREFUSED, or GW_SCRIPT_PENDING. */
+int gw_script_session_start(gw_script *s, gw_handlers *h, gw_script_session *ss);
+/* The host gives up on the waiting frame from `from` of ss (what queued
+ * behind it passed limits.wait_bytes): the listener's on_error applies to
+ * it now, and no frame_done follows. 0, or -ECONNRESET when that closed
+ * the session. */
+int gw_script_frame_abandon(gw_script *s, gw_script_session *ss, gw_side from, const char *why);
+/* The Redis client of gw.redis and gw.subscribe (NULL: none; commands
+ * under way are forgotten). Call again after every load: it subscribes
+ * to the channels of the generation now running. */
+struct gw_redis;
+void gw_script_set_redis(gw_script *s, struct gw_redis *r);
+
 /* Runs gw.on_close, cancels the session's timers and releases it. */
 void gw_script_session_close(gw_script *s, gw_script_session *ss,
                              const char *reason);

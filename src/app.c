@@ -29,6 +29,7 @@
 #include "capture.h"
 #include "log.h"
 #include "metrics.h"
+#include "redis.h"
 #include "relay.h"
 #include "script.h"
 
@@ -127,6 +128,8 @@ struct app {
   reload_entry reloads[RELOAD_HISTORY]; /* a ring, next at nreloads % N */
   uint64_t nreloads;
   capture_run capture;
+  gw_redis *redis;              /* gw.redis's client; NULL without a redis section */
+  gw_redis_counters redis_counters; /* its slots, registered with the first client */
 };
 
 static void app_close_watches(app *a);
@@ -221,6 +224,7 @@ int gw_app_load_config(const char *path, gw_config **out, char *err, size_t errl
 }
 
 static void app_admin_apply(app *a);
+static void app_redis_apply(app *a);
 
 /* Remembers a reload for `gangway stats`, and counts it. */
 static void reload_note(app *a, const char *trigger, bool ok, const char *result) {
@@ -261,6 +265,7 @@ static int app_reload(app *a, const char *trigger, char *err, size_t errlen) {
   snprintf(err, errlen, "generation %llu active after %.1f ms",
            (unsigned long long)a->generation, ms);
   gw_info("reload (%s): %s", trigger, err);
+  app_redis_apply(a);
   reload_note(a, trigger, true, err);
   app_admin_apply(a);
   snprintf(status, sizeof status, "generation %llu running (reload: %s)",
@@ -272,6 +277,67 @@ static int app_reload(app *a, const char *trigger, char *err, size_t errlen) {
 
 static void control_client_close(struct control_client *c);
 static void control_close(app *a);
+
+/* ---- Redis (gw.redis) ---- */
+
+/* The client's counters, in the registry from the first client on. */
+static int redis_counters(app *a) {
+  if (a->redis_counters.commands) return 0;
+  gw_metrics *m = a->metrics;
+  gw_metric *f[4] = {
+    gw_metrics_counter(m, "gangway_redis_commands_total", "Redis commands sent by scripts.", NULL),
+    gw_metrics_counter(m, "gangway_redis_errors_total",
+                       "Redis commands that failed: error replies, refused while down, lost.", NULL),
+    gw_metrics_counter(m, "gangway_redis_timeouts_total",
+                       "Redis commands without a reply within redis.timeout_ms.", NULL),
+    gw_metrics_counter(m, "gangway_redis_reconnects_total",
+                       "Redis connection attempts after a loss.", NULL),
+  };
+  gw_metric *up = gw_metrics_gauge(m, "gangway_redis_up",
+                                   "1 while the Redis command connection is up.", NULL);
+  for (int i = 0; i < 4; i++)
+    if (!f[i]) return -ENOMEM;
+  if (!up) return -ENOMEM;
+  gw_redis_counters c = {gw_metric_slot(f[0], NULL), gw_metric_slot(f[1], NULL),
+                         gw_metric_slot(f[2], NULL), gw_metric_slot(f[3], NULL),
+                         gw_metric_gauge(up, NULL)};
+  a->redis_counters = c;
+  return 0;
+}
+
+/* After the first load and every reload: the client follows the config's
+ * redis section (made, kept, reconnected with new settings, or closed),
+ * and the scripts' subscriptions follow the generation now running. */
+static void app_redis_apply(app *a) {
+  const gw_config *cfg = gw_relay_config(a->relay);
+  gw_script *script = gw_relay_script(a->relay);
+  if (!cfg->redis_addr[0]) {
+    if (a->redis) {
+      gw_script_set_redis(script, NULL);
+      gw_redis_close(a->redis);
+      a->redis = NULL;
+      if (a->redis_counters.up) *a->redis_counters.up = 0;
+    }
+    gw_script_set_redis(script, NULL);
+    return;
+  }
+  if (a->redis) {
+    gw_redis_configure(a->redis, cfg);
+  } else if (redis_counters(a) < 0 ||
+             gw_redis_new(&a->loop, cfg, &a->redis_counters, &a->redis) < 0) {
+    gw_error("redis %s: out of memory", cfg->redis_addr);
+    return;
+  }
+  gw_script_set_redis(script, a->redis);
+}
+
+static void app_redis_close(app *a) {
+  if (!a->redis) return;
+  gw_script_set_redis(gw_relay_script(a->relay), NULL); /* first: what fails now resumes
+                                                            scripts that must not reach it */
+  gw_redis_close(a->redis);
+  a->redis = NULL;
+}
 
 static void on_drained(gw_relay *r, void *ud) {
   app *a = ud;
@@ -285,6 +351,7 @@ static void on_drained(gw_relay *r, void *ud) {
   if (a->admin) gw_admin_stop(a->admin);
   a->admin = NULL;
   while (a->control_clients) control_client_close(a->control_clients);
+  app_redis_close(a);
   gw_relay_close(a->relay);
   uv_close((uv_handle_t *)&a->sig_int, NULL);
   uv_close((uv_handle_t *)&a->sig_term, NULL);
@@ -1111,6 +1178,7 @@ int gw_app_run(const char *config_path) {
     uv_timer_init(&a.loop, &a.watch_timer);
     a.watch_timer.data = &a;
     app_watch(&a);
+    app_redis_apply(&a);
     gw_info("gangway %s running (config %s, pid %d)", GW_VERSION, config_path, (int)getpid());
     /* Every listener is bound and the control socket answers. */
     char status[512];

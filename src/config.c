@@ -1337,6 +1337,7 @@ static const int_setting timeout_settings[] = {
   INT_SETTING("drain_ms", drain_ms, 0, UINT32_MAX, 10000),
   INT_SETTING("frame_ms", frame_ms, 0, UINT32_MAX, 10000),
   INT_SETTING("first_frame_ms", first_frame_ms, 0, UINT32_MAX, 30000),
+  INT_SETTING("wait_ms", wait_ms, 1, UINT32_MAX, 5000),
   {NULL, 0, 0, 0, 0, 0},
 };
 
@@ -1351,6 +1352,7 @@ static const int_setting limit_settings[] = {
   INT_SETTING("sessions_per_ip", sessions_per_ip, 0, UINT32_MAX, 0),
   INT_SETTING("new_sessions_per_ip_per_s", new_sessions_per_ip_per_s, 0,
               UINT32_MAX, 0),
+  INT_SETTING("wait_bytes", wait_bytes, 0, UINT32_MAX, 256 * 1024),
   {NULL, 0, 0, 0, 0, 0},
 };
 

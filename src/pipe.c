@@ -388,6 +388,10 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     p->cur_frame = NULL;
     if (ps->frames_left) phase_done_one(ps); /* after: the handler read it framed */
     if (rc < 0) return rc;
+    if (rc == GW_SCRIPT_PENDING) { /* the rest waits behind it, in order */
+      ps->waiting = true;
+      return GW_PIPE_WAIT;
+    }
     if (p->drv->hold && p->drv->hold(p->ud, from)) return GW_PIPE_HELD;
     /* A handler may have switched codecs: re-plan the way out. */
     if (!had_decoder && ps->stream_in) return 0;
@@ -410,6 +414,7 @@ static int frame_decoded(gw_pipe *p, gw_side from) {
 int gw_pipe_input(gw_pipe *p, gw_side from, uint8_t *data, uint32_t *start, uint32_t end) {
   gw_pipe_side *ps = &p->side[from];
   int rc = 0;
+  if (ps->waiting) return GW_PIPE_WAIT;
   for (;;) {
     if (ps->dec.len) { /* decoded (or carried over) bytes come first */
       size_t had = ps->dec.len;

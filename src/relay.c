@@ -815,17 +815,77 @@ static bool over_high_water(gw_session *s, gw_side side) {
   return s->dir[side].blocked != 0;
 }
 
+/* ---- handlers that wait (issue 14) ---- */
+
+/* A handler of a frame from side waits: what side sends queues behind it
+ * (reading goes on) up to limits.wait_bytes. Past that, the listener's
+ * on_error applies to the waiting frame; true when the queue may move on. */
+static bool wait_overflow(gw_session *s, gw_side side) {
+  gw_dir *d = &s->dir[side];
+  size_t queued_bytes = (size_t)(d->end - d->start) + s->pipe.side[side].dec.len;
+  if (queued_bytes <= s->relay->cfg->wait_bytes) return false;
+  char why[128];
+  snprintf(why, sizeof why, "%zu bytes queued behind a waiting handler (limits.wait_bytes %u)",
+           queued_bytes, s->relay->cfg->wait_bytes);
+  if (gw_script_frame_abandon(s->relay->script, &s->ss, side, why) < 0 || s->state != S_OPEN)
+    return false;
+  gw_pipe_wait_done(&s->pipe, side);
+  return true;
+}
+
+static void on_eof(gw_session *s, gw_side side);
+
+/* The waiting handler is done: the frames queued behind it go on. */
+static void host_frame_done(gw_script_session *ss, gw_side side) {
+  gw_session *s = container_of(ss, gw_session, ss);
+  gw_dir *d = &s->dir[side];
+  gw_pipe_wait_done(&s->pipe, side);
+  if (s->state != S_OPEN) return;
+  if (!d->paused && d->held) {
+    process(s, side);
+    if (s->state != S_CLOSING) track_partial(s, side);
+  }
+  if (s->state != S_CLOSING && d->eof && !gw_pipe_waiting(&s->pipe, side)) on_eof(s, side);
+  flush_dirty(s->relay);
+  if (s->state != S_CLOSING) release_idle_rbuf(s, side);
+  if (s->state != S_CLOSING && d->eof) check_finished(s);
+}
+
+static void session_connect(gw_session *s);
+
+/* An on_connect that waited is done. */
+static void host_open_done(gw_script_session *ss, int rc) {
+  gw_session *s = container_of(ss, gw_session, ss);
+  if (s->state == S_CLOSING) return;
+  if (rc < 0) {
+    (*s->listener->lc.refused[GW_REFUSED_SCRIPT])++;
+    session_close_soft(s, "refused by on_connect");
+  } else {
+    session_connect(s);
+  }
+  flush_dirty(s->relay);
+}
+
+static void host_flush(void *host) { flush_dirty(host); }
+
+static const gw_wait_ops wait_ops = {host_frame_done, host_open_done, host_flush};
+
 static inline void process_frames(gw_session *s, gw_side side) {
   gw_dir *d = &s->dir[side];
   uint64_t frames = s->pipe.side[side].frames;
   d->held = false;
   s->in_frame = true;
   s->cur_side = (uint8_t)side;
-  int rc = gw_pipe_input(&s->pipe, side, d->rbuf ? d->rbuf->data : NULL, &d->start, d->end);
+  int rc;
+  do /* past limits.wait_bytes behind a waiting handler, on_error applies to it */
+    rc = gw_pipe_input(&s->pipe, side, d->rbuf ? d->rbuf->data : NULL, &d->start, d->end);
+  while (rc == GW_PIPE_WAIT && wait_overflow(s, side));
   s->in_frame = false;
   *s->listener->lc.frames[side] += s->pipe.side[side].frames - frames;
   if (rc == GW_PIPE_HELD)
     d->held = d->start < d->end || s->pipe.side[side].dec.len;
+  else if (rc == GW_PIPE_WAIT)
+    d->held = true; /* queued behind a waiting handler: no frame timeout */
   else if (rc == -EPROTO)
     protocol_error(s, side);
   else if (rc < 0 && s->state != S_CLOSING && !s->soft_close)
@@ -859,6 +919,8 @@ static void on_eof(gw_session *s, gw_side side) {
   gw_dir *d = &s->dir[side];
   d->eof = true;
   if (!s->reason[0]) snprintf(s->reason, sizeof s->reason, "%s closed", gw_side_name(side));
+  if (gw_pipe_waiting(&s->pipe, side)) return; /* the queue behind a waiting
+                                                  handler first: host_frame_done */
   /* A frame cut short by FIN. A sanitizing proxy does not hand on bytes
    * no handler saw; unfinished_frame = "pass" does, as a direct connection
    * would, and lets the peer's own parser judge them. */
@@ -1345,7 +1407,8 @@ static void session_begin(gw_session *s) {
               "session %" PRIu64 " open", s->ss.id);
   if (s->proxy_out) preface_send(s);
   if (r->cap) capture_take(r, s);
-  if (gw_script_session_open(r->script, l->handlers, &s->ss) < 0) {
+  int opened = gw_script_session_start(r->script, l->handlers, &s->ss);
+  if (opened < 0) {
     (*l->lc.refused[GW_REFUSED_SCRIPT])++;
     /* Whatever on_connect sent first ("server full") still reaches the
      * client; the upstream is never dialled. */
@@ -1353,6 +1416,10 @@ static void session_begin(gw_session *s) {
     return;
   }
   if (s->state == S_CLOSING) return;
+  if (opened == GW_SCRIPT_PENDING) { /* on_connect waits: host_open_done connects */
+    flush_dirty(r);
+    return;
+  }
   session_connect(s);
 }
 
@@ -1708,6 +1775,7 @@ int gw_relay_new(uv_loop_t *loop, gw_config *cfg, const gw_relay_metrics *m, gw_
   apply_limits(r);
   gw_script_limits limits = script_limits(cfg);
   r->script = gw_script_new(&limits, &host_ops, r);
+  if (r->script) gw_script_set_waits(r->script, &wait_ops, cfg->wait_ms);
   int rc = r->script ? gw_script_load(r->script, cfg, err, errlen) : -ENOMEM;
   if (!r->script) snprintf(err, errlen, "cannot create the Lua state: out of memory");
   for (size_t i = 0; rc == 0 && i < cfg->nlisteners; i++) {
@@ -1794,6 +1862,7 @@ int gw_relay_reload(gw_relay *r, gw_config *cfg, char *err, size_t errlen) {
   apply_limits(r);
   gw_script_limits limits = script_limits(cfg);
   gw_script_set_limits(r->script, &limits);
+  gw_script_set_waits(r->script, &wait_ops, cfg->wait_ms);
   flush_dirty(r); /* whatever on_reload sent */
   return 0;
 }

@@ -39,6 +39,10 @@ static void count_hook(lua_State *L, lua_Debug *ar);
  * Past the limit, the hook fires at the next instruction. */
 #define ALLOC_CHARGE 256
 
+/* The thread a call runs on: the slice's coroutine, or the main thread
+ * (loading, on_close, gw__pcall). */
+static lua_State *running(const gw_script *s);
+
 static void charge_bytes(gw_script *s, size_t n) {
   s->alloc_uncharged += n;
   if (s->alloc_uncharged < 4096 || !s->limits.handler_instructions) return;
@@ -46,7 +50,7 @@ static void charge_bytes(gw_script *s, size_t n) {
   s->alloc_uncharged %= ALLOC_CHARGE;
   if (s->instructions >= s->limits.handler_instructions && !s->timed_out) {
     s->timed_out = true;
-    lua_sethook(s->L, count_hook, LUA_MASKCOUNT, 1);
+    lua_sethook(running(s), count_hook, LUA_MASKCOUNT, 1);
   }
 }
 
@@ -79,7 +83,7 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (s->refused.ptr == ptr && s->refused.osize == osize &&
       s->refused.nsize == nsize && s->depth && !s->out_of_memory) {
     s->out_of_memory = true;
-    lua_sethook(s->L, count_hook, LUA_MASKCOUNT, 1);
+    lua_sethook(running(s), count_hook, LUA_MASKCOUNT, 1);
   }
   s->refused.ptr = ptr;
   s->refused.osize = osize;
@@ -160,7 +164,7 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
     s->timed_out = true;
   }
   lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
-  if (L != s->L) lua_sethook(s->L, count_hook, LUA_MASKCOUNT, 1);
+  if (L != running(s)) lua_sethook(running(s), count_hook, LUA_MASKCOUNT, 1);
   if (s->timed_out) {
     snprintf(what, sizeof what, "instruction limit exceeded (%" PRIu64
              " per call)", s->limits.handler_instructions);
@@ -197,9 +201,22 @@ void gw__charge(lua_State *L, uint64_t cost) {
     return;
   s->timed_out = true;
   lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
-  if (L != s->L) lua_sethook(s->L, count_hook, LUA_MASKCOUNT, 1);
+  if (L != running(s)) lua_sethook(running(s), count_hook, LUA_MASKCOUNT, 1);
   luaL_error(L, "instruction limit exceeded (%I per call)",
              (lua_Integer)s->limits.handler_instructions);
+}
+
+/* Drops what was queued from nout, arena_len and ncloses on. */
+static void outbox_rollback(gw_script *s, size_t nout, size_t arena_len, size_t ncloses) {
+  for (size_t i = nout; i < s->nout; i++) {
+    if (s->out[i].op) gw_codec_unref(s->out[i].codec);
+    else s->stats.injected--;
+  }
+  s->nout = nout;
+  s->arena_len = arena_len;
+  for (size_t i = ncloses; i < s->ncloses; i++)
+    if (s->closes[i].ss) s->closes[i].ss->closed = false;
+  s->ncloses = ncloses;
 }
 
 int gw__pcall(gw_script *s, int nargs, int nresults) {
@@ -219,19 +236,9 @@ int gw__pcall(gw_script *s, int nargs, int nresults) {
   s->depth++;
   int st = lua_pcall(L, nargs, nresults, GW_SLOT_MSGH);
   s->depth--;
-  if (st != LUA_OK) {
-    /* A call that fails sends nothing and closes nothing: no half-done
-     * sequences (on_error decides what happens next). */
-    for (size_t i = nout; i < s->nout; i++) {
-      if (s->out[i].op) gw_codec_unref(s->out[i].codec);
-      else s->stats.injected--;
-    }
-    s->nout = nout;
-    s->arena_len = arena_len;
-    for (size_t i = ncloses; i < s->ncloses; i++)
-      if (s->closes[i].ss) s->closes[i].ss->closed = false;
-    s->ncloses = ncloses;
-  }
+  /* A call that fails sends nothing and closes nothing: no half-done
+   * sequences (on_error decides what happens next). */
+  if (st != LUA_OK) outbox_rollback(s, nout, arena_len, ncloses);
   return st;
 }
 
@@ -404,7 +411,10 @@ void gw__flush(gw_script *s) {
 }
 
 /* Forgets ss in what is queued: it is being released. */
+static void calls_forget(gw_script *s, gw_script_session *ss);
+
 void gw__outbox_forget(gw_script *s, gw_script_session *ss) {
+  calls_forget(s, ss); /* its calls that wait go too */
   for (size_t i = 0; i < s->nout; i++)
     if (s->out[i].ss == ss) s->out[i].ss = NULL;
   for (size_t i = 0; i < s->ncloses; i++)
@@ -541,11 +551,452 @@ static int take_result(lua_State *L, gw_script *s, gw_frame_ctx *c, int chain,
   return 0;
 }
 
-/* Protected: makes the session's userdata (arg 1), its first time in Lua. */
-static int make_session(lua_State *L) {
-  gw__push_session(L, lua_touserdata(L, 1));
-  return 0;
+/* ---- calls that wait ----
+ *
+ * Every handler, gw.on_connect function, timer and gw.subscribe function
+ * runs on a coroutine: the runner, one thread reused call after call, so a
+ * call that never waits costs a lua_resume where it cost a lua_pcall. A
+ * call that waits keeps the runner as its own thread (a new runner is made
+ * for the next call) and becomes a gw_call: what it waits for, its share of
+ * the instruction limit, its deadline (timeouts.wait_ms), and for a frame
+ * the frame itself (copied out of the host's buffer), the handler it is at
+ * in the chain and what it sent so far, held back so that the frame's
+ * verdict still goes out first. */
+
+typedef enum { CALL_FRAME, CALL_CONNECT, CALL_PLAIN } call_kind;
+
+struct gw_call {
+  call_kind kind;
+  lua_State *co;            /* its thread (anchored at co_ref) */
+  int co_ref;
+  gw_script_session *ss;    /* its session, or NULL */
+  gw_listener_rt *rt;       /* for messages and on_error; NULL: "scripts" */
+  char what[96];            /* "client frame 3 of session 7", "timer"... */
+  uint64_t instructions;    /* run so far, in all its slices */
+  uint64_t deadline;        /* timeouts.wait_ms from its first wait */
+  uint64_t wake;            /* a sleep's end; UINT64_MAX: none */
+  size_t hidx;              /* in the wait heap; SIZE_MAX: not */
+  gw_wait_cancel cancel;    /* what it waits for, while it waits */
+  void *wait;
+  bool waiting;
+  /* CALL_FRAME and CALL_CONNECT: the chain and where it is in it */
+  int chain_ref;
+  lua_Integer handler;
+  gw_verdict verdict;
+  bool failed;
+  gw_frame_ctx ctx;         /* CALL_FRAME: s->cur, s->pkt, s->pkt_token */
+  gw_frame_info fi;
+  gw_packet pkt;
+  uintptr_t token;
+  /* CALL_FRAME: sends and closes held back until the verdict is out */
+  gw_outmsg *out;
+  size_t nout, capout;
+  uint8_t *arena;
+  size_t arena_len, arena_cap;
+  gw_closereq *closes;
+  size_t ncloses, capcloses;
+  gw_call *prev, *next;     /* s->waits->calls */
+};
+
+typedef struct gw_waits {
+  lua_State *runner;        /* reused by calls that do not wait */
+  int runner_ref;
+  gw_call *calls;           /* every call that waits */
+  gw_call **heap;           /* min-heap on min(wake, deadline) */
+  size_t nheap, capheap;
+  /* the slice running */
+  lua_State *slice_co;
+  gw_call *slice_call;      /* made by gw__call_current when it waits */
+  call_kind slice_kind;
+  bool slice_may_wait;
+  gw_script_session *slice_ss;
+  gw_listener_rt *slice_rt;
+  struct gw_redis *redis;
+  gw_wait_ops ops;          /* the host's, all NULL until set */
+  uint32_t wait_ms;
+} gw_waits;
+
+enum { MAP = GW_SLOT_BASE + 1, CHAIN, SESSION };
+
+static lua_State *running(const gw_script *s) {
+  return s->waits && s->waits->slice_co ? s->waits->slice_co : s->L;
 }
+
+static uint64_t call_key(const gw_call *c) { return c->wake < c->deadline ? c->wake : c->deadline; }
+
+static void heap_set(gw_waits *w, size_t i, gw_call *c) {
+  w->heap[i] = c;
+  c->hidx = i;
+}
+
+static void wheap_up(gw_waits *w, size_t i) {
+  gw_call *c = w->heap[i];
+  while (i > 0 && call_key(c) < call_key(w->heap[(i - 1) / 2])) {
+    heap_set(w, i, w->heap[(i - 1) / 2]);
+    i = (i - 1) / 2;
+  }
+  heap_set(w, i, c);
+}
+
+static void wheap_down(gw_waits *w, size_t i) {
+  gw_call *c = w->heap[i];
+  for (;;) {
+    size_t k = 2 * i + 1;
+    if (k >= w->nheap) break;
+    if (k + 1 < w->nheap && call_key(w->heap[k + 1]) < call_key(w->heap[k])) k++;
+    if (call_key(w->heap[k]) >= call_key(c)) break;
+    heap_set(w, i, w->heap[k]);
+    i = k;
+  }
+  heap_set(w, i, c);
+}
+
+static void wheap_remove(gw_waits *w, gw_call *c) {
+  if (c->hidx == SIZE_MAX) return;
+  size_t i = c->hidx;
+  c->hidx = SIZE_MAX;
+  gw_call *last = w->heap[--w->nheap];
+  if (i == w->nheap) return;
+  heap_set(w, i, last);
+  wheap_up(w, i);
+  wheap_down(w, last->hidx);
+}
+
+/* Puts c in the heap (it has a key); false when it cannot grow. */
+static bool wheap_add(gw_waits *w, gw_call *c) {
+  if (call_key(c) == UINT64_MAX) return true;
+  if (w->nheap == w->capheap) {
+    size_t cap = w->capheap ? w->capheap * 2 : 64;
+    gw_call **h = realloc(w->heap, cap * sizeof *h);
+    if (!h) return false;
+    w->heap = h;
+    w->capheap = cap;
+  }
+  w->heap[w->nheap++] = c;
+  wheap_up(w, w->nheap - 1);
+  return true;
+}
+
+uint64_t gw__calls_next(const gw_script *s) {
+  const gw_waits *w = s->waits;
+  return w->nheap ? call_key(w->heap[0]) : UINT64_MAX;
+}
+
+/* Protected: a new runner thread, anchored (results: the ref). */
+static int new_runner(lua_State *L) {
+  lua_State *co = lua_newthread(L);
+  lua_pushlightuserdata(L, co);
+  lua_insert(L, -2);
+  lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
+  return 2;
+}
+
+static lua_State *runner(gw_script *s) {
+  gw_waits *w = s->waits;
+  if (w->runner) return w->runner;
+  lua_State *L = s->L;
+  lua_pushcfunction(L, new_runner);
+  if (lua_pcall(L, 0, 2, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  w->runner = lua_touserdata(L, -2);
+  w->runner_ref = (int)lua_tointeger(L, -1);
+  lua_pop(L, 2);
+  return w->runner;
+}
+
+/* The thread of a slice that ended (not waiting) is free again. */
+static void thread_done(gw_script *s, lua_State *co, int ref) {
+  gw_waits *w = s->waits;
+  lua_settop(co, 0);
+  if (co == w->runner) return;
+  if (!w->runner) {
+    w->runner = co;
+    w->runner_ref = ref;
+  } else {
+    luaL_unref(s->L, LUA_REGISTRYINDEX, ref);
+  }
+}
+
+/* Pushes on L the error of the failed thread co with its traceback (as
+ * msgh does for lua_pcall). co is not reused: an error raised from the
+ * count hook leaves its hooks off (lua_resume does not restore them). */
+static void push_thread_error(lua_State *L, lua_State *co) {
+  const char *msg = lua_tostring(co, -1);
+  if (!msg) {
+    lua_xmove(co, L, 1);
+    if (luaL_callmeta(L, -1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, -2));
+  }
+  luaL_traceback(L, co, msg, 0);
+}
+
+static void call_unlink(gw_script *s, gw_call *c);
+
+/* Runs one slice of a call on co: nargs values on co's top are the
+ * function's arguments (first slice, the function below them) or what the
+ * wait returns. LUA_OK: the results (*nres) on co. LUA_YIELD: it waits,
+ * *made is its call. Else the error on L's top (co reset). What a failed
+ * slice queued is dropped, as gw__pcall does. */
+static int slice(gw_script *s, gw_call *call, lua_State *co, int nargs, int *nres,
+                 uint64_t *instructions, gw_call **made) {
+  gw_waits *w = s->waits;
+  s->instructions = *instructions;
+  s->alloc_uncharged = 0;
+  s->timed_out = s->out_of_memory = false;
+  int interval = hook_interval(s);
+  if (lua_gethook(co) != count_hook || lua_gethookcount(co) != interval)
+    lua_sethook(co, count_hook, LUA_MASKCOUNT, interval);
+  size_t nout = s->nout, arena_len = s->arena_len, ncloses = s->ncloses;
+  w->slice_co = co;
+  w->slice_call = call;
+  s->depth++;
+  int st = lua_resume(co, s->L, nargs, nres);
+  s->depth--;
+  *instructions = s->instructions;
+  *made = w->slice_call;
+  w->slice_co = NULL;
+  w->slice_call = NULL;
+  if (st == LUA_YIELD && !(*made && (*made)->waiting)) {
+    /* coroutine.yield() straight from the call: nothing would resume it */
+    lua_pushliteral(s->L, "attempt to yield from a handler (yield in a coroutine of your own, "
+                          "or wait with gw.redis or session:sleep)");
+    st = LUA_ERRRUN;
+  } else if (st != LUA_OK && st != LUA_YIELD) {
+    push_thread_error(s->L, co);
+  }
+  if (st != LUA_OK && st != LUA_YIELD) {
+    outbox_rollback(s, nout, arena_len, ncloses);
+    if (co == w->runner) { /* dropped: the next call gets a new one */
+      luaL_unref(s->L, LUA_REGISTRYINDEX, w->runner_ref);
+      w->runner = NULL;
+      w->runner_ref = LUA_NOREF;
+    }
+  }
+  if (*made && *made != call && !(*made)->waiting) {
+    /* made by a waiting function that then raised before it waited */
+    call_unlink(s, *made);
+    free(*made);
+    *made = NULL;
+  }
+  return st;
+}
+
+/* After a slice that did not wait: its first result on L (nil if none). */
+static void take_first_result(lua_State *L, lua_State *co, int nres) {
+  if (nres == 0) {
+    lua_pushnil(L);
+  } else {
+    lua_pop(co, nres - 1);
+    lua_xmove(co, L, 1);
+  }
+}
+
+/* Runs the function below nargs arguments on L's top as the first slice
+ * of a call (*callp: the call this frame or on_connect already made when
+ * an earlier handler waited, or NULL). LUA_OK: one result pushed on L.
+ * LUA_YIELD: it waits; *callp is its call, which owns the thread. Else:
+ * the error on L. */
+static int call_start(gw_script *s, int nargs, gw_call **callp, call_kind kind,
+                      gw_script_session *ss, gw_listener_rt *rt, bool may_wait) {
+  gw_waits *w = s->waits;
+  lua_State *L = s->L;
+  lua_State *co = runner(s);
+  if (!co) {
+    lua_pop(L, nargs + 1);
+    lua_pushliteral(L, "not enough memory");
+    return LUA_ERRMEM;
+  }
+  lua_xmove(L, co, nargs + 1);
+  w->slice_kind = kind;
+  w->slice_may_wait = may_wait;
+  w->slice_ss = ss;
+  w->slice_rt = rt;
+  int nres = 0;
+  uint64_t instructions = 0; /* each handler has its own limit */
+  gw_call *made = NULL;
+  int st = slice(s, *callp, co, nargs, &nres, &instructions, &made);
+  if (st == LUA_YIELD) {
+    if (made->co != co) { /* it takes the runner */
+      if (made->co) luaL_unref(L, LUA_REGISTRYINDEX, made->co_ref);
+      made->co = co;
+      made->co_ref = w->runner_ref;
+      w->runner = NULL;
+      w->runner_ref = LUA_NOREF;
+    }
+    made->instructions = instructions;
+    *callp = made;
+    return st;
+  }
+  if (st == LUA_OK) {
+    take_first_result(L, co, nres);
+    lua_settop(co, 0);
+  }
+  return st;
+}
+
+gw_call *gw__call_current(lua_State *L, const char *who) {
+  gw_script *s = gw_script_of(L);
+  gw_waits *w = s->waits;
+  if (L != w->slice_co || !w->slice_may_wait)
+    luaL_error(L, "%s: cannot wait here (handlers, gw.on_connect functions, timers and "
+                  "gw.subscribe functions can; gw.on_close, loading and coroutines of the "
+                  "script's own cannot)", who);
+  if (w->slice_call) return w->slice_call;
+  gw_call *c = calloc(1, sizeof *c);
+  if (!c) luaL_error(L, "%s: not enough memory", who);
+  c->kind = w->slice_kind;
+  c->ss = w->slice_ss;
+  c->rt = w->slice_rt;
+  c->co_ref = c->chain_ref = LUA_NOREF;
+  c->deadline = c->wake = UINT64_MAX;
+  c->hidx = SIZE_MAX;
+  c->next = w->calls;
+  if (w->calls) w->calls->prev = c;
+  w->calls = c;
+  w->slice_call = c;
+  return c;
+}
+
+int gw__call_wait(lua_State *L, gw_call *c, gw_wait_cancel cancel, void *wait, int64_t sleep_ms) {
+  gw_script *s = gw_script_of(L);
+  uint64_t now = s->ops.now_ms ? s->ops.now_ms(s->host) : 0;
+  c->cancel = cancel;
+  c->wait = wait;
+  c->waiting = true;
+  if (c->deadline == UINT64_MAX && s->waits->wait_ms) c->deadline = now + s->waits->wait_ms;
+  c->wake = sleep_ms >= 0 ? now + (uint64_t)sleep_ms : UINT64_MAX;
+  if (!wheap_add(s->waits, c)) {
+    if (cancel) cancel(s, wait);
+    c->waiting = false;
+    c->cancel = NULL;
+    return luaL_error(L, "not enough memory");
+  }
+  return lua_yield(L, 0);
+}
+
+lua_State *gw__call_thread(gw_call *c) { return c->co; }
+
+/* ---- what a call sent, held back while a frame waits ---- */
+
+static bool hold_grow(gw_script *s, void **p, size_t *cap, size_t need, size_t elem) {
+  void *q = grow(s, *p, cap, need, elem);
+  if (!q) return false;
+  *p = q;
+  return true;
+}
+
+/* Moves the outbox's entries from nout, arena from arena_len, closes from
+ * ncloses into c. False when out of memory (then nothing moved). */
+static bool hold_sends(gw_script *s, gw_call *c, size_t nout, size_t arena_len, size_t ncloses) {
+  size_t n = s->nout - nout, a = s->arena_len - arena_len, k = s->ncloses - ncloses;
+  if (!hold_grow(s, (void **)&c->out, &c->capout, c->nout + n, sizeof *c->out) ||
+      !hold_grow(s, (void **)&c->arena, &c->arena_cap, c->arena_len + a, 1) ||
+      !hold_grow(s, (void **)&c->closes, &c->capcloses, c->ncloses + k, sizeof *c->closes))
+    return false;
+  for (size_t i = 0; i < n; i++) {
+    gw_outmsg m = s->out[nout + i];
+    m.off = m.off - arena_len + c->arena_len;
+    c->out[c->nout++] = m;
+  }
+  if (a) memcpy(c->arena + c->arena_len, s->arena + arena_len, a);
+  c->arena_len += a;
+  memcpy(c->closes + c->ncloses, s->closes + ncloses, k * sizeof *c->closes);
+  c->ncloses += k;
+  s->nout = nout;
+  s->arena_len = arena_len;
+  s->ncloses = ncloses;
+  return true;
+}
+
+/* Puts what c held back at the end of the outbox. False when out of
+ * memory (then what it held is dropped). */
+static bool unhold_sends(gw_script *s, gw_call *c) {
+  bool ok = hold_grow(s, (void **)&s->out, &s->capout, s->nout + c->nout, sizeof *s->out) &&
+            hold_grow(s, (void **)&s->arena, &s->arena_cap, s->arena_len + c->arena_len, 1) &&
+            hold_grow(s, (void **)&s->closes, &s->capcloses, s->ncloses + c->ncloses,
+                      sizeof *s->closes);
+  if (ok) {
+    for (size_t i = 0; i < c->nout; i++) {
+      gw_outmsg m = c->out[i];
+      m.off += s->arena_len;
+      s->out[s->nout++] = m;
+    }
+    if (c->arena_len) memcpy(s->arena + s->arena_len, c->arena, c->arena_len);
+    s->arena_len += c->arena_len;
+    memcpy(s->closes + s->ncloses, c->closes, c->ncloses * sizeof *c->closes);
+    s->ncloses += c->ncloses;
+  } else {
+    for (size_t i = 0; i < c->nout; i++) {
+      if (c->out[i].op) gw_codec_unref(c->out[i].codec);
+      else s->stats.injected--;
+    }
+  }
+  c->nout = c->arena_len = c->ncloses = 0;
+  return ok;
+}
+
+/* Forgets ss in what c holds (ss is being released). */
+static void hold_forget(gw_call *c, gw_script_session *ss) {
+  for (size_t i = 0; i < c->nout; i++)
+    if (c->out[i].ss == ss) c->out[i].ss = NULL;
+  for (size_t i = 0; i < c->ncloses; i++)
+    if (c->closes[i].ss == ss) c->closes[i].ss = NULL;
+}
+
+/* ---- the end of a call ---- */
+
+static void call_unlink(gw_script *s, gw_call *c) {
+  gw_waits *w = s->waits;
+  wheap_remove(w, c);
+  if (c->prev) c->prev->next = c->next;
+  else if (w->calls == c) w->calls = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+}
+
+/* Frees c (unlinked, its wait over or cancelled). */
+static void call_free(gw_script *s, gw_call *c) {
+  lua_State *L = s->L;
+  if (c->co_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, c->co_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, c->chain_ref);
+  for (size_t i = 0; i < c->nout; i++) {
+    if (c->out[i].op) gw_codec_unref(c->out[i].codec);
+    else s->stats.injected--;
+  }
+  if (c->kind == CALL_FRAME) gw_packet_invalidate(L, &c->pkt);
+  l_alloc(s, c->out, c->capout * sizeof *c->out, 0);
+  l_alloc(s, c->arena, c->arena_cap, 0);
+  l_alloc(s, c->closes, c->capcloses * sizeof *c->closes, 0);
+  free(c);
+}
+
+static void call_cancel_wait(gw_script *s, gw_call *c) {
+  if (c->waiting && c->cancel) c->cancel(s, c->wait);
+  c->cancel = NULL;
+  c->wait = NULL;
+  c->waiting = false;
+  wheap_remove(s->waits, c);
+}
+
+/* Drops c without running anything: its session is gone, or the state. */
+static void call_discard(gw_script *s, gw_call *c) {
+  call_cancel_wait(s, c);
+  call_unlink(s, c);
+  call_free(s, c);
+}
+
+/* After output from outside the host's own calls: have it written. */
+void gw__host_flush(gw_script *s) {
+  gw__flush(s);
+  gw__timers_wake(s);
+  if (s->waits->ops.flush) s->waits->ops.flush(s->host);
+}
+
+/* ---- frames ---- */
 
 static void frame_what(char *out, size_t outlen, const gw_frame_ctx *c) {
   if (c->fi->has_opcode)
@@ -556,9 +1007,167 @@ static void frame_what(char *out, size_t outlen, const gw_frame_ctx *c) {
              gw_side_name(c->from), c->ss->id);
 }
 
-/* Runs the handlers of a frame. Each handler is its own protected call,
- * made from here with nothing allocated around it: the packet is a token
- * for s->pkt, the session's userdata exists from its first frame on. */
+/* A handler's call ended with st (its result on L's top when LUA_OK).
+ * Returns true when the chain stops there. */
+static bool handler_ended(gw_script *s, int st, bool *failed) {
+  lua_State *L = s->L;
+  gw_frame_ctx *c = &s->cur;
+  char what[96], msg[320];
+  if (st != LUA_OK) {
+    *failed = true;
+    frame_what(what, sizeof what, c);
+    gw__report_error(s, st, c->rt->h.listener, what); /* resets the stack */
+    return true;
+  }
+  int r = take_result(L, s, c, CHAIN, msg, sizeof msg);
+  lua_settop(L, SESSION);
+  if (r < 0) {
+    *failed = true;
+    frame_what(what, sizeof what, c);
+    report(s, c->rt->h.listener, what, msg, false);
+  }
+  return r != 0;
+}
+
+/* Runs the handlers of the chain at CHAIN from `first` on. Returns the
+ * call when one waits (the frame is then saved in it), else NULL. */
+static gw_call *frame_chain(gw_script *s, gw_call *call, lua_Integer first, bool *failed) {
+  lua_State *L = s->L;
+  gw_frame_ctx *c = &s->cur;
+  bool may_wait = s->waits->ops.frame_done != NULL;
+  lua_Integer n = (lua_Integer)lua_rawlen(L, CHAIN);
+  for (lua_Integer i = first; i <= n && !c->ss->closed; i++) {
+    c->handler = i;
+    size_t nout = s->nout, arena_len = s->arena_len, ncloses = s->ncloses;
+    lua_rawgeti(L, CHAIN, i);
+    lua_pushlightuserdata(L, (void *)s->pkt_token);
+    lua_pushvalue(L, SESSION);
+    int st = call_start(s, 2, &call, CALL_FRAME, c->ss, c->rt, may_wait);
+    if (st == LUA_YIELD) {
+      /* Save the frame: out of the host's buffer, its sends held back. */
+      gw_packet *p = &s->pkt;
+      bool replaced = p->replaced, dirty = p->dirty;
+      if (!p->buf && gw_packet_replace(L, p, p->data, p->len) < 0) {
+        call_discard(s, call);
+        lua_settop(L, SESSION);
+        *failed = true;
+        char what[96];
+        frame_what(what, sizeof what, c);
+        report(s, c->rt->h.listener, what, "not enough memory to keep a waiting frame", false);
+        return NULL;
+      }
+      p->replaced = replaced;
+      p->dirty = dirty;
+      if (call->chain_ref == LUA_NOREF) {
+        lua_pushvalue(L, CHAIN);
+        call->chain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+      }
+      hold_sends(s, call, nout, arena_len, ncloses);
+      call->handler = i;
+      call->verdict = c->verdict;
+      call->failed = *failed;
+      call->fi = *c->fi;
+      call->ctx = *c;
+      call->ctx.fi = &call->fi;
+      call->pkt = *p;
+      call->token = s->pkt_token;
+      frame_what(call->what, sizeof call->what, c);
+      memset(p, 0, sizeof *p); /* the call owns its bytes now */
+      return call;
+    }
+    if (handler_ended(s, st, failed)) break;
+  }
+  return NULL;
+}
+
+/* The verdict of the frame in s->cur, out; then what its handlers sent.
+ * Returns 0, or -ECONNRESET when the session is closed. */
+static int frame_finish(gw_script *s, bool failed) {
+  lua_State *L = s->L;
+  gw_frame_ctx *c = &s->cur;
+  gw_listener_rt *rt = c->rt;
+  gw_script_session *ss = c->ss;
+  gw_side from = c->from;
+  const gw_frame_info *fi = c->fi;
+  gw_opstat *os = gw__opstat(rt, from, fi->has_opcode, fi->opcode);
+  lua_settop(L, GW_SLOT_BASE);
+  gw_packet *p = c->pkt;
+  gw_verdict v = c->verdict;
+  bool broken = false;
+  char what[96], msg[320];
+  /* In-place edits may have broken the framing (a length field written
+   * over): such a frame never goes out. */
+  char why[160];
+  if (p && p->dirty &&
+      gw_frame_check(p->f, from, p->data, p->len, why, sizeof why)) {
+    broken = true;
+    if (!failed) {
+      frame_what(what, sizeof what, c);
+      snprintf(msg, sizeof msg, "handler edits broke the frame: %s", why);
+      report(s, rt->h.listener, what, msg, false);
+    }
+  }
+  if (failed || broken) {
+    if (os) os->errors++;
+    switch (rt->h.on_error) {
+    case GW_ON_ERROR_PASS: v = broken ? GW_VERDICT_DROP : GW_VERDICT_PASS; break;
+    case GW_ON_ERROR_DROP: v = GW_VERDICT_DROP; break;
+    case GW_ON_ERROR_CLOSE: v = GW_VERDICT_CLOSE; break;
+    }
+  }
+  const uint8_t *out = p ? p->data : c->data;
+  size_t outlen = p ? p->len : fi->len;
+  gw_side to = from == GW_CLIENT ? GW_SERVER : GW_CLIENT;
+  switch (v) {
+  case GW_VERDICT_PASS:
+    if (p && p->replaced) {
+      s->stats.replaced++;
+      if (os) os->replaced++;
+    }
+    switch (s->ops.emit(ss, to, out, outlen)) {
+    case 0:
+      break;
+    case -ENOBUFS: /* a frame that must pass and cannot: the session goes */
+      snprintf(msg, sizeof msg, "output limit exceeded toward the %s side",
+               gw_side_name(to));
+      gw__request_close(s, ss, msg);
+      break;
+    default:
+      ss->closed = true;
+      break;
+    }
+    break;
+  case GW_VERDICT_DROP:
+  case GW_VERDICT_CLOSE:
+    s->stats.dropped++;
+    if (os) os->dropped++;
+    if (v == GW_VERDICT_CLOSE)
+      gw__request_close(s, ss, failed || broken ? "handler error"
+                                                : "closed by a handler");
+    break;
+  case GW_VERDICTS:
+    break;
+  }
+  if (p) gw_packet_invalidate(L, p);
+  s->pkt_token = 0;
+  c->pkt = NULL;
+  lua_settop(L, GW_SLOT_BASE);
+  bool closed = ss->closed;
+  gw__flush(s);
+  gw__timers_wake(s);
+  return closed ? -ECONNRESET : 0;
+}
+
+/* Protected: makes the session's userdata (arg 1), its first time in Lua. */
+static int make_session(lua_State *L) {
+  gw__push_session(L, lua_touserdata(L, 1));
+  return 0;
+}
+
+/* Runs the handlers of a frame. Each handler is its own call on the
+ * runner, made from here with nothing allocated around it: the packet is
+ * a token for s->pkt, the session's userdata exists from its first frame
+ * on. */
 static int frame_handlers(gw_script *s, gw_script_session *ss, gw_side from, uint8_t *data,
                           const gw_frame_info *fi);
 
@@ -627,9 +1236,8 @@ static int frame_handlers(gw_script *s, gw_script_session *ss, gw_side from, uin
   gw_opstat *os = gw__opstat(rt, from, fi->has_opcode, fi->opcode);
   if (os) os->frames++;
 
-  enum { MAP = GW_SLOT_BASE + 1, CHAIN, SESSION };
-  bool failed = false, broken = false;
-  char what[96], msg[320];
+  bool failed = false;
+  char what[96];
   int st = LUA_OK;
   /* The bitmap says whether the opcode has a chain of its own; if not,
    * the "*" chain (if any) is the one. */
@@ -677,93 +1285,348 @@ static int frame_handlers(gw_script *s, gw_script_session *ss, gw_side from, uin
     p->valid = true;
     p->dirty = p->replaced = false;
     s->pkt_token = (uintptr_t)(++s->pkt_serial << 1 | 1);
-    lua_Integer n = (lua_Integer)lua_rawlen(L, CHAIN);
-    for (lua_Integer i = 1; i <= n && !ss->closed; i++) {
-      c->handler = i;
-      lua_rawgeti(L, CHAIN, i);
-      lua_pushlightuserdata(L, (void *)s->pkt_token);
-      lua_pushvalue(L, SESSION);
-      if ((st = gw__pcall(s, 2, 1)) != LUA_OK) {
-        failed = true;
-        frame_what(what, sizeof what, c);
-        gw__report_error(s, st, rt->h.listener, what); /* resets the stack */
-        break;
-      }
-      int r = take_result(L, s, c, CHAIN, msg, sizeof msg);
-      lua_settop(L, SESSION);
-      if (r < 0) {
-        failed = true;
-        frame_what(what, sizeof what, c);
-        report(s, rt->h.listener, what, msg, false);
-      }
-      if (r) break;
+    gw_call *call = frame_chain(s, NULL, 1, &failed);
+    if (call) {
+      s->pkt_token = 0;
+      c->pkt = NULL;
+      lua_settop(L, GW_SLOT_BASE);
+      gw__flush(s); /* other sessions' closes, if any */
+      gw__timers_wake(s);
+      return GW_SCRIPT_PENDING;
     }
   }
-  lua_settop(L, GW_SLOT_BASE);
-  gw_packet *p = c->pkt;
-  gw_verdict v = c->verdict;
-  /* In-place edits may have broken the framing (a length field written
-   * over): such a frame never goes out. */
-  char why[160];
-  if (p && p->dirty &&
-      gw_frame_check(p->f, from, p->data, p->len, why, sizeof why)) {
-    broken = true;
-    if (!failed) {
-      frame_what(what, sizeof what, c);
-      snprintf(msg, sizeof msg, "handler edits broke the frame: %s", why);
-      report(s, rt->h.listener, what, msg, false);
-    }
-  }
-  if (failed || broken) {
-    if (os) os->errors++;
-    switch (rt->h.on_error) {
-    case GW_ON_ERROR_PASS: v = broken ? GW_VERDICT_DROP : GW_VERDICT_PASS; break;
-    case GW_ON_ERROR_DROP: v = GW_VERDICT_DROP; break;
-    case GW_ON_ERROR_CLOSE: v = GW_VERDICT_CLOSE; break;
-    }
-  }
-  const uint8_t *out = p ? p->data : data;
-  size_t outlen = p ? p->len : fi->len;
-  gw_side to = from == GW_CLIENT ? GW_SERVER : GW_CLIENT;
-  switch (v) {
-  case GW_VERDICT_PASS:
-    if (p && p->replaced) {
-      s->stats.replaced++;
-      if (os) os->replaced++;
-    }
-    switch (s->ops.emit(ss, to, out, outlen)) {
-    case 0:
-      break;
-    case -ENOBUFS: /* a frame that must pass and cannot: the session goes */
-      snprintf(msg, sizeof msg, "output limit exceeded toward the %s side",
-               gw_side_name(to));
-      gw__request_close(s, ss, msg);
-      break;
-    default:
-      ss->closed = true;
-      break;
-    }
-    break;
-  case GW_VERDICT_DROP:
-  case GW_VERDICT_CLOSE:
-    s->stats.dropped++;
-    if (os) os->dropped++;
-    if (v == GW_VERDICT_CLOSE)
-      gw__request_close(s, ss, failed || broken ? "handler error"
-                                                : "closed by a handler");
-    break;
-  case GW_VERDICTS:
-    break;
-  }
-  if (p) gw_packet_invalidate(L, p);
-  s->pkt_token = 0;
-  c->pkt = NULL;
-  lua_settop(L, GW_SLOT_BASE);
-  bool closed = ss->closed;
-  gw__flush(s);
-  gw__timers_wake(s);
-  return closed ? -ECONNRESET : 0;
+  return frame_finish(s, failed);
 }
+
+/* Puts the frame c waits with back in s->cur and s->pkt, and the chain's
+ * stack (MAP, CHAIN, SESSION) on L. */
+static void frame_enter(gw_script *s, gw_call *c) {
+  lua_State *L = s->L;
+  s->cur = c->ctx;
+  s->cur.fi = &c->fi;
+  s->pkt = c->pkt;
+  memset(&c->pkt, 0, sizeof c->pkt); /* s->pkt owns the bytes again */
+  s->cur.pkt = &s->pkt;
+  s->cur.data = s->pkt.data;
+  s->pkt_token = c->token;
+  lua_settop(L, GW_SLOT_BASE);
+  lua_pushnil(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->chain_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ss->ref);
+}
+
+/* ---- on_connect ---- */
+
+/* Runs the on_connect functions at CHAIN from `first` on for s->cur.ss.
+ * Returns the call when one waits, else NULL (s->cur.verdict CLOSE when
+ * one refused). */
+static gw_call *connect_chain(gw_script *s, gw_call *call, lua_Integer first, bool *failed) {
+  lua_State *L = s->L;
+  gw_frame_ctx *c = &s->cur;
+  lua_Integer n = (lua_Integer)lua_rawlen(L, CHAIN);
+  for (lua_Integer i = first; i <= n && !c->ss->closed; i++) {
+    lua_rawgeti(L, CHAIN, i);
+    lua_pushvalue(L, SESSION);
+    int st = call_start(s, 1, &call, CALL_CONNECT, c->ss, c->rt, true);
+    if (st == LUA_YIELD) {
+      if (call->chain_ref == LUA_NOREF) {
+        lua_pushvalue(L, CHAIN);
+        call->chain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+      }
+      call->handler = i;
+      call->failed = *failed;
+      call->verdict = c->verdict;
+      snprintf(call->what, sizeof call->what, "on_connect of session %" PRIu64, c->ss->id);
+      lua_settop(L, GW_SLOT_BASE);
+      gw__flush(s); /* what it sent so far goes out: the client is there */
+      gw__timers_wake(s);
+      return call;
+    }
+    if (st != LUA_OK) {
+      char what[64];
+      *failed = true;
+      snprintf(what, sizeof what, "on_connect of session %" PRIu64, c->ss->id);
+      gw__report_error(s, st, c->rt->h.listener, what);
+      return NULL;
+    }
+    bool refused = lua_touserdata(L, -1) == s->verdicts[GW_VERDICT_CLOSE];
+    lua_settop(L, SESSION);
+    if (refused) {
+      c->verdict = GW_VERDICT_CLOSE;
+      break;
+    }
+  }
+  return NULL;
+}
+
+/* on_connect is over: 0, or -ECONNREFUSED (then ss is released). */
+static int connect_finish(gw_script *s, gw_script_session *ss, gw_listener_rt *rt,
+                          gw_verdict v, bool failed) {
+  lua_settop(s->L, GW_SLOT_BASE);
+  bool refused = v == GW_VERDICT_CLOSE || ss->closed ||
+                 (failed && rt->h.on_error == GW_ON_ERROR_CLOSE);
+  if (!refused) {
+    gw__flush(s);
+    gw__timers_wake(s);
+    return 0;
+  }
+  /* What on_connect sent goes out; no close request: the host closes a
+   * refused session itself. */
+  for (size_t i = 0; i < s->ncloses; i++)
+    if (s->closes[i].ss == ss) s->closes[i].ss = NULL;
+  ss->closed = true;
+  gw__flush(s);
+  /* Released as gw_script_session_open releases a refused session: its
+   * on_close functions do not run (depth set skips them). */
+  s->depth++;
+  gw_script_session_close(s, ss, "refused by on_connect");
+  s->depth--;
+  return -ECONNREFUSED;
+}
+
+int gw_script_session_start(gw_script *s, gw_handlers *h, gw_script_session *ss) {
+  gw_listener_rt *rt = gw__rt_of(h);
+  if (rt->cur.connect_ref == LUA_NOREF || s->depth || !s->waits->ops.open_done)
+    return gw_script_session_open(s, h, ss);
+  /* Linked in without its on_connect functions (depth set skips them):
+   * they run here, in calls that may wait. */
+  s->depth++;
+  int rc = gw_script_session_open(s, h, ss);
+  s->depth--;
+  if (rc < 0) return rc;
+  lua_State *L = s->L;
+  gw_frame_ctx *c = &s->cur;
+  c->rt = rt;
+  c->ss = ss;
+  c->verdict = GW_VERDICT_PASS;
+  bool failed = false;
+  lua_pushcfunction(L, make_session);
+  lua_pushlightuserdata(L, ss);
+  int st = gw__pcall(s, 1, 0);
+  if (st != LUA_OK) {
+    char what[64];
+    snprintf(what, sizeof what, "on_connect of session %" PRIu64, ss->id);
+    gw__report_error(s, st, h->listener, what);
+    return connect_finish(s, ss, rt, GW_VERDICT_PASS, true);
+  }
+  lua_pushnil(L); /* MAP */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->cur.connect_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ss->ref);
+  if (connect_chain(s, NULL, 1, &failed)) return GW_SCRIPT_PENDING;
+  return connect_finish(s, ss, rt, c->verdict, failed);
+}
+
+/* ---- timers and messages ---- */
+
+static void plain_failed(gw_script *s, int st, gw_listener_rt *rt, gw_script_session *ss,
+                         const char *what) {
+  gw__report_error(s, st, rt ? rt->h.listener : "scripts", what);
+  /* A session whose script fails is closed if its listener says so. */
+  if (ss && ss->handlers && ss->handlers->on_error == GW_ON_ERROR_CLOSE)
+    gw__request_close(s, ss, "handler error");
+}
+
+void gw__call_plain(gw_script *s, int nargs, gw_listener_rt *rt, gw_script_session *ss,
+                    const char *what) {
+  gw_call *call = NULL;
+  int st = call_start(s, nargs, &call, CALL_PLAIN, ss, rt, true);
+  if (st == LUA_YIELD) {
+    snprintf(call->what, sizeof call->what, "%s", what);
+    return;
+  }
+  if (st != LUA_OK) plain_failed(s, st, rt, ss, what);
+  lua_settop(s->L, GW_SLOT_BASE);
+}
+
+/* ---- resuming ---- */
+
+/* c is over: out of the list (a flush below may release its session). */
+static void call_end_frame(gw_script *s, gw_call *c, bool failed, bool notify) {
+  call_unlink(s, c);
+  gw_script_session *ss = c->ss;
+  gw_side from = c->ctx.from;
+  int rc = frame_finish(s, failed);
+  call_free(s, c);
+  if (notify && rc == 0 && ss->handlers && s->waits->ops.frame_done) s->waits->ops.frame_done(ss, from);
+}
+
+static void call_end_connect(gw_script *s, gw_call *c, bool failed, bool notify) {
+  call_unlink(s, c);
+  gw_script_session *ss = c->ss;
+  gw_listener_rt *rt = c->rt;
+  gw_verdict v = s->cur.verdict;
+  call_free(s, c);
+  int rc = connect_finish(s, ss, rt, v, failed);
+  if (notify && s->waits->ops.open_done) s->waits->ops.open_done(ss, rc);
+}
+
+void gw__call_resume(gw_script *s, gw_call *c, int nvalues) {
+  lua_State *L = s->L;
+  if (s->depth) { /* never from inside a call: the wait ends as a failure */
+    lua_pop(c->co, nvalues);
+    return;
+  }
+  c->waiting = false;
+  c->cancel = NULL;
+  c->wait = NULL;
+  c->wake = UINT64_MAX;
+  wheap_remove(s->waits, c);
+  size_t n0 = s->nout, a0 = s->arena_len, k0 = s->ncloses;
+  if (c->kind == CALL_FRAME) {
+    frame_enter(s, c);
+    if (!unhold_sends(s, c)) c->failed = true;
+  } else if (c->kind == CALL_CONNECT) {
+    lua_settop(L, GW_SLOT_BASE);
+    lua_pushnil(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->chain_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ss->ref);
+    s->cur.rt = c->rt;
+    s->cur.ss = c->ss;
+    s->cur.verdict = c->verdict;
+  }
+  gw_waits *w = s->waits;
+  w->slice_kind = c->kind;
+  w->slice_may_wait = true;
+  w->slice_ss = c->ss;
+  w->slice_rt = c->rt;
+  int nres = 0;
+  gw_call *made = NULL;
+  lua_State *co = c->co;
+  int st = slice(s, c, co, nvalues, &nres, &c->instructions, &made);
+  if (st == LUA_YIELD) {
+    if (c->kind == CALL_FRAME) {
+      hold_sends(s, c, n0, a0, k0); /* what it had, and more */
+      c->pkt = s->pkt;
+      memset(&s->pkt, 0, sizeof s->pkt);
+      s->pkt_token = 0;
+      s->cur.pkt = NULL;
+    }
+    lua_settop(L, GW_SLOT_BASE);
+    gw__host_flush(s);
+    return;
+  }
+  if (st != LUA_OK && c->kind == CALL_FRAME) /* a call that fails sends nothing */
+    outbox_rollback(s, n0, a0, k0);
+  /* The function that waited has returned: its thread is free. */
+  if (st == LUA_OK) {
+    take_first_result(L, co, nres);
+    thread_done(s, co, c->co_ref);
+  } else {
+    luaL_unref(L, LUA_REGISTRYINDEX, c->co_ref);
+  }
+  c->co = NULL;
+  c->co_ref = LUA_NOREF;
+  bool failed = c->failed;
+  switch (c->kind) {
+  case CALL_FRAME:
+    if (!handler_ended(s, st, &failed)) {
+      gw_call *again = frame_chain(s, c, c->handler + 1, &failed);
+      if (again) { /* a later handler of the chain waits now */
+        lua_settop(L, GW_SLOT_BASE);
+        gw__host_flush(s);
+        return;
+      }
+    }
+    call_end_frame(s, c, failed, true);
+    break;
+  case CALL_CONNECT:
+    if (st != LUA_OK) {
+      char what[64];
+      failed = true;
+      snprintf(what, sizeof what, "on_connect of session %" PRIu64, c->ss->id);
+      gw__report_error(s, st, c->rt->h.listener, what);
+    } else {
+      bool refused = lua_touserdata(L, -1) == s->verdicts[GW_VERDICT_CLOSE];
+      lua_settop(L, SESSION);
+      if (refused) s->cur.verdict = GW_VERDICT_CLOSE;
+      else if (connect_chain(s, c, c->handler + 1, &failed)) {
+        if (s->waits->ops.flush) s->waits->ops.flush(s->host);
+        return;
+      }
+    }
+    call_end_connect(s, c, failed, true);
+    break;
+  case CALL_PLAIN:
+    call_unlink(s, c);
+    if (st != LUA_OK) plain_failed(s, st, c->rt, c->ss, c->what);
+    call_free(s, c);
+    break;
+  }
+  lua_settop(L, GW_SLOT_BASE);
+  gw__host_flush(s);
+}
+
+/* ---- wait bounds, sleeps, discards ---- */
+
+/* Gives up on c: what it waits for is cancelled, its thread dropped, and
+ * its listener's on_error applies as to a handler that failed. notify: tell
+ * the host (frame_done / open_done) and write what came of it. */
+static void call_abandon(gw_script *s, gw_call *c, const char *why, bool notify) {
+  call_cancel_wait(s, c);
+  report(s, c->rt ? c->rt->h.listener : "scripts", c->what, why, false);
+  switch (c->kind) {
+  case CALL_FRAME:
+    frame_enter(s, c);
+    call_end_frame(s, c, true, notify); /* what it held back is dropped */
+    break;
+  case CALL_CONNECT:
+    s->cur.verdict = c->verdict;
+    call_end_connect(s, c, true, notify);
+    break;
+  case CALL_PLAIN:
+    call_unlink(s, c);
+    if (c->ss && c->ss->handlers && c->ss->handlers->on_error == GW_ON_ERROR_CLOSE)
+      gw__request_close(s, c->ss, "handler error");
+    call_free(s, c);
+    break;
+  }
+  lua_settop(s->L, GW_SLOT_BASE);
+  if (notify) gw__host_flush(s);
+}
+
+void gw__calls_run_due(gw_script *s, uint64_t now) {
+  gw_waits *w = s->waits;
+  if (s->depth) return;
+  while (w->nheap && call_key(w->heap[0]) <= now) {
+    gw_call *c = w->heap[0];
+    if (c->deadline <= now) {
+      char why[96];
+      snprintf(why, sizeof why, "waited longer than timeouts.wait_ms (%" PRIu32 " ms)",
+               s->waits->wait_ms);
+      call_abandon(s, c, why, true);
+    } else { /* a sleep is over */
+      wheap_remove(w, c);
+      gw__call_resume(s, c, 0);
+    }
+  }
+}
+
+int gw_script_frame_abandon(gw_script *s, gw_script_session *ss, gw_side from, const char *why) {
+  if (s->depth) return 0;
+  for (gw_call *c = s->waits->calls; c; c = c->next) {
+    if (c->kind != CALL_FRAME || c->ss != ss || c->ctx.from != from) continue;
+    call_abandon(s, c, why, false);
+    return ss->closed || !ss->handlers ? -ECONNRESET : 0;
+  }
+  return 0;
+}
+
+/* ss is being released: its calls go, and what others hold for it. */
+static void calls_forget(gw_script *s, gw_script_session *ss) {
+  for (gw_call *c = s->waits->calls, *next; c; c = next) {
+    next = c->next;
+    if (c->ss == ss) call_discard(s, c);
+    else hold_forget(c, ss);
+  }
+}
+
+struct gw_redis *gw__redis_of(gw_script *s) { return s->waits->redis; }
+
+void gw_script_set_waits(gw_script *s, const gw_wait_ops *ops, uint32_t wait_ms) {
+  s->waits->ops = *ops;
+  s->waits->wait_ms = wait_ms;
+}
+void gw__redis_set(gw_script *s, struct gw_redis *r) { s->waits->redis = r; }
 
 /* ---- the state ---- */
 
@@ -784,6 +1647,7 @@ static int init_state(lua_State *L) {
   gw_packet_open(L, true);
   gw__session_open_lib(L);
   gw__timer_open_lib(L);
+  gw__wait_open_lib(L);
   luaL_newmetatable(L, GW_VERDICT_MT);
   lua_pushcfunction(L, verdict_tostring);
   lua_setfield(L, -2, "__tostring");
@@ -812,11 +1676,14 @@ gw_script *gw_script_new(const gw_script_limits *limits,
   s->wake = UINT64_MAX;
   s->shared_ref = s->base_ref = s->modules_ref = LUA_NOREF;
   s->next_modules_ref = s->reload_ref = s->cjson_ref = LUA_NOREF;
-  lua_State *L = lua_newstate(l_alloc, s);
+  s->waits = calloc(1, sizeof *s->waits);
+  lua_State *L = s->waits ? lua_newstate(l_alloc, s) : NULL;
   if (!L) {
+    free(s->waits);
     free(s);
     return NULL;
   }
+  s->waits->runner_ref = LUA_NOREF;
   s->L = L;
   *(gw_script **)lua_getextraspace(L) = s; /* new threads copy it */
   lua_pushcfunction(L, init_state);
@@ -824,6 +1691,7 @@ gw_script *gw_script_new(const gw_script_limits *limits,
     gw_error("scripts: cannot set up the Lua state: %s",
              lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
     lua_close(L);
+    free(s->waits);
     free(s);
     return NULL;
   }
@@ -867,6 +1735,7 @@ void gw_script_free(gw_script *s) {
     ss->ref = LUA_NOREF;
   }
   s->sessions = NULL;
+  while (s->waits->calls) call_discard(s, s->waits->calls);
   /* Finalizers scripts set run now, still under the instruction limit, and
    * may reach listeners: those are freed after. */
   s->instructions = 0;
@@ -891,6 +1760,8 @@ void gw_script_free(gw_script *s) {
   l_alloc(s, s->arena, s->arena_cap, 0);
   l_alloc(s, s->closes, s->capcloses * sizeof *s->closes, 0);
   l_alloc(s, s->heap, s->capheap * sizeof *s->heap, 0);
+  free(s->waits->heap);
+  free(s->waits);
   free(s);
 }
 

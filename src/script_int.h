@@ -270,6 +270,7 @@ struct gw_script {
   int next_modules_ref;
   int reload_ref;        /* gw.on_reload functions of the loading gen */
   void *verdicts[GW_VERDICTS]; /* gw.PASS, gw.DROP, gw.CLOSE */
+  struct gw_waits *waits; /* calls that wait (script.c), never NULL */
 };
 
 static inline gw_script *gw_script_of(lua_State *L) {
@@ -334,6 +335,44 @@ gw_listener_rt *gw__rt_of(const gw_handlers *h);
 /* Counters of one opcode of a listener (NULL if it could not grow). */
 gw_opstat *gw__opstat(gw_listener_rt *rt, gw_side side, bool has_opcode,
                       uint32_t opcode);
+
+/* ---- calls that wait (script.c; the waits: script_redis.c) ----
+ * Handlers, gw.on_connect functions, timers and gw.subscribe functions run
+ * in a coroutine; a function that waits yields it with gw__call_wait, and
+ * whatever ends the wait resumes it with gw__call_resume. */
+typedef struct gw_call gw_call;
+typedef void (*gw_wait_cancel)(gw_script *s, void *wait);
+/* The call running on L, made on first use; raises "who: cannot wait
+ * here" where nothing may wait (gw.on_close, loading, a coroutine of the
+ * script's own, a host without waits). */
+gw_call *gw__call_current(lua_State *L, const char *who);
+/* Yields c until gw__call_resume; wait is what it waits for, handed to
+ * cancel when the call is discarded first. sleep_ms: also resume after
+ * that long (a sleep), or -1. Use as `return gw__call_wait(...)`. */
+int gw__call_wait(lua_State *L, gw_call *c, gw_wait_cancel cancel, void *wait,
+                  int64_t sleep_ms);
+/* The thread to push the waiting function's results on. */
+lua_State *gw__call_thread(gw_call *c);
+/* Ends c's wait: the nvalues values on its thread are what the waiting
+ * function returns. Runs it on, from the loop (depth 0). */
+void gw__call_resume(gw_script *s, gw_call *c, int nvalues);
+/* Runs the function below nargs arguments on L's top as a call that may
+ * wait; reports its error as `what` (listener rt, or "scripts"), and a
+ * session's on_error close applies. */
+void gw__call_plain(gw_script *s, int nargs, gw_listener_rt *rt, gw_script_session *ss,
+                    const char *what);
+/* Due sleeps and wait bounds (gw_script_run_timers); the earliest of them
+ * (UINT64_MAX: none). */
+void gw__calls_run_due(gw_script *s, uint64_t now);
+/* Flushes the outbox, re-arms timers and has the host write (after work
+ * outside the host's own calls: replies, messages). */
+void gw__host_flush(gw_script *s);
+uint64_t gw__calls_next(const gw_script *s);
+/* script_redis.c: gw.redis, gw.redis_pipeline, gw.publish, gw.subscribe,
+ * gw.psubscribe and gw.sleep into the `gangway` table on top; session:sleep. */
+void gw__redis_funcs(lua_State *L);
+void gw__wait_open_lib(lua_State *L);
+struct gw_redis *gw__redis_of(gw_script *s);
 
 /* ---- loading (script_load.c) ---- */
 /* Creates the base environment and the registry tables. Runs protected. */

@@ -591,6 +591,7 @@ static void push_gw(lua_State *L, int bidx) {
   lua_createtable(L, 0, 24);
   lua_pushvalue(L, bidx);
   luaL_setfuncs(L, gw_funcs, 1);
+  gw__redis_funcs(L); /* gw.redis and the other waits (script_redis.c) */
   lua_createtable(L, 0, 4);
   lua_pushvalue(L, bidx);
   luaL_setfuncs(L, log_funcs, 1);

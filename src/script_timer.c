@@ -113,8 +113,11 @@ void gw__timers_cancel_gen(gw_script *s, unsigned gen, bool exact) {
 }
 
 void gw__timers_wake(gw_script *s) {
-  if (!s->nheap || s->heap[0]->when >= s->wake) return;
-  s->wake = s->heap[0]->when;
+  uint64_t next = s->nheap ? s->heap[0]->when : UINT64_MAX;
+  uint64_t calls = gw__calls_next(s); /* sleeps and wait bounds */
+  if (calls < next) next = calls;
+  if (next == UINT64_MAX || next >= s->wake) return;
+  s->wake = next;
   if (s->ops.wake_at) s->ops.wake_at(s->host, s->wake);
 }
 
@@ -197,23 +200,6 @@ void gw__timer_open_lib(lua_State *L) {
   lua_pop(L, 1);
 }
 
-/* Protected: calls the timer at 1: fn(session, timer) or fn(timer). Arg 2:
- * its session, if any. */
-static int run_timer(lua_State *L) {
-  gw_script_session *ss = lua_touserdata(L, 2);
-  lua_settop(L, 1);
-  lua_getiuservalue(L, 1, 1);
-  if (ss) {
-    gw__push_session(L, ss);
-    lua_pushvalue(L, 1);
-    lua_call(L, 2, 0);
-  } else {
-    lua_pushvalue(L, 1);
-    lua_call(L, 1, 0);
-  }
-  return 0;
-}
-
 void gw_script_run_timers(gw_script *s) {
   if (s->depth) return;
   lua_State *L = s->L;
@@ -225,11 +211,19 @@ void gw_script_run_timers(gw_script *s) {
   while (s->nheap && s->heap[0]->when <= now && s->heap[0]->seq <= last) {
     gw_timer *t = s->heap[0];
     heap_remove(s, t);
-    lua_pushcfunction(L, run_timer);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref); /* anchors it for the call */
+    /* fn(session, timer) or fn(timer), in a call that may wait: the timer
+     * userdata (an argument) anchors it for the call. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+    lua_getiuservalue(L, -1, 1);
+    lua_insert(L, -2);
     gw_script_session *ss = t->ss;
     gw_listener_rt *rt = t->rt;
-    lua_pushlightuserdata(L, ss);
+    int nargs = 1;
+    if (ss) { /* a session timer: its userdata exists (session:after made it) */
+      gw__push_session(L, ss);
+      lua_insert(L, -2);
+      nargs = 2;
+    }
     if (t->interval) {
       /* Next due one interval on; a host that fell behind does not get a
        * burst of catch-up calls. */
@@ -240,19 +234,14 @@ void gw_script_run_timers(gw_script *s) {
     } else {
       retire(s, t);
     }
-    int st = gw__pcall(s, 2, 0);
-    if (st != LUA_OK) {
-      char what[64];
-      if (ss)
-        snprintf(what, sizeof what, "timer of session %" PRIu64, ss->id);
-      else
-        snprintf(what, sizeof what, "timer");
-      gw__report_error(s, st, rt ? rt->h.listener : "scripts", what);
-      /* A session whose script fails is closed if its listener says so. */
-      if (ss && ss->handlers && ss->handlers->on_error == GW_ON_ERROR_CLOSE)
-        gw__request_close(s, ss, "handler error");
-    }
+    char what[64];
+    if (ss)
+      snprintf(what, sizeof what, "timer of session %" PRIu64, ss->id);
+    else
+      snprintf(what, sizeof what, "timer");
+    gw__call_plain(s, nargs, rt, ss, what);
     gw__flush(s);
   }
+  gw__calls_run_due(s, now);
   gw__timers_wake(s);
 }

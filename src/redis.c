@@ -1,0 +1,562 @@
+/* redis.c: the Redis client of include/redis.h: hiredis' asynchronous API
+ * on the loop through its libuv adapter, one connection for commands and
+ * one for pub/sub, each with its own connect deadline and backoff.
+ *
+ * hiredis frees a context itself when the connection fails or closes
+ * (after its disconnect callback); we free it ourselves only when we drop
+ * a connection (connect deadline, AUTH refused, new settings, close), and
+ * then first detach it (ac->data = NULL) so that what hiredis calls back
+ * while freeing it is ignored. Inside a hiredis callback redisAsyncFree is
+ * deferred by hiredis until the callback returns. */
+#include "redis.h"
+
+#include <errno.h>
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define MAX_IN_FLIGHT 65536 /* commands awaiting a reply */
+
+enum { C_DOWN, C_CONNECTING, C_SETUP, C_UP };
+
+typedef struct conn {
+  gw_redis *r;
+  bool sub;                     /* the pub/sub connection */
+  redisAsyncContext *ac;        /* NULL while down */
+  int state;
+  unsigned setup_left;          /* AUTH / SELECT replies still awaited */
+  uv_timer_t timer;             /* connect deadline, or the next attempt */
+  uint32_t backoff_ms;          /* the last delay; 0 after a success */
+  uint64_t retry_at;
+  bool tried;                   /* later attempts count as reconnects */
+  char why[160];                /* the last failure */
+} conn;
+
+struct gw_redis_req {
+  gw_redis *r;
+  gw_redis_cb cb;               /* NULL once answered, failed or cancelled */
+  void *ud;
+  uint64_t deadline;
+  gw_redis_req *prev, *next;    /* r->head..tail while a reply is awaited */
+  bool linked;
+};
+
+typedef struct sub {
+  char *name;
+  bool pattern;
+} sub;
+
+struct gw_redis {
+  uv_loop_t *loop;
+  char ip[64];
+  int port;
+  char addr[GW_ADDR_MAX];
+  char *password, *user;
+  uint32_t db, timeout_ms, connect_ms;
+  gw_redis_counters cnt;
+  conn cmd, psub;
+  uv_timer_t timeout;           /* the oldest awaited reply's deadline */
+  gw_redis_req *head, *tail;    /* in send order: deadlines ascend */
+  size_t inflight;
+  gw_redis_message_cb on_msg;
+  void *msg_ud;
+  sub *subs;
+  size_t nsubs;
+  int handles;                  /* open uv handles of ours */
+  bool closing;
+};
+
+static void count(uint64_t *slot) {
+  if (slot) (*slot)++;
+}
+
+static void set_up(gw_redis *r, bool up) {
+  if (r->cnt.up) *r->cnt.up = up;
+}
+
+/* ---- settings ---- */
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+static bool same_str(const char *a, const char *b) {
+  return (!a && !b) || (a && b && !strcmp(a, b));
+}
+
+static void take_settings(gw_redis *r, const gw_config *cfg) {
+  snprintf(r->addr, sizeof r->addr, "%s", cfg->redis_addr);
+  const struct sockaddr *sa = (const struct sockaddr *)&cfg->redis_sockaddr;
+  if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+    uv_ip6_name(in6, r->ip, sizeof r->ip);
+    r->port = ntohs(in6->sin6_port);
+  } else {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+    uv_ip4_name(in, r->ip, sizeof r->ip);
+    r->port = ntohs(in->sin_port);
+  }
+  free(r->password);
+  free(r->user);
+  r->password = dup_or_null(cfg->redis_password);
+  r->user = dup_or_null(cfg->redis_user);
+  r->db = cfg->redis_db;
+  r->timeout_ms = cfg->redis_timeout_ms ? cfg->redis_timeout_ms : 1000;
+  r->connect_ms = cfg->redis_connect_ms ? cfg->redis_connect_ms : 1000;
+}
+
+/* ---- requests ---- */
+
+static void req_unlink(gw_redis_req *q) {
+  if (!q->linked) return;
+  gw_redis *r = q->r;
+  if (q->prev) q->prev->next = q->next;
+  else r->head = q->next;
+  if (q->next) q->next->prev = q->prev;
+  else r->tail = q->prev;
+  q->prev = q->next = NULL;
+  q->linked = false;
+  r->inflight--;
+}
+
+/* Runs q's callback once with an error (q stays allocated until hiredis
+ * calls back for it). */
+static void req_fail(gw_redis_req *q, const char *err) {
+  req_unlink(q);
+  gw_redis_cb cb = q->cb;
+  q->cb = NULL;
+  if (!cb) return;
+  count(q->r->cnt.errors);
+  cb(q->ud, NULL, err);
+}
+
+static void fail_all(gw_redis *r, const char *err) {
+  while (r->head) req_fail(r->head, err);
+  uv_timer_stop(&r->timeout);
+}
+
+static void timeout_cb(uv_timer_t *t) {
+  gw_redis *r = t->data;
+  uint64_t now = uv_now(r->loop);
+  char msg[96];
+  snprintf(msg, sizeof msg, "redis: no reply within %" PRIu32 " ms (redis.timeout_ms)",
+           r->timeout_ms);
+  while (r->head && r->head->deadline <= now) {
+    count(r->cnt.timeouts);
+    req_fail(r->head, msg);
+  }
+  if (r->head && !r->closing)
+    uv_timer_start(&r->timeout, timeout_cb, r->head->deadline - now, 0);
+}
+
+static void cmd_cb(redisAsyncContext *ac, void *reply, void *priv) {
+  gw_redis_req *q = priv;
+  req_unlink(q);
+  gw_redis_cb cb = q->cb;
+  q->cb = NULL;
+  if (cb) {
+    const redisReply *rep = reply;
+    if (!rep) {
+      char msg[200];
+      snprintf(msg, sizeof msg, "redis: connection lost (%s)",
+               ac->errstr[0] ? ac->errstr : "closed");
+      count(q->r->cnt.errors);
+      cb(q->ud, NULL, msg);
+    } else {
+      if (rep->type == REDIS_REPLY_ERROR) count(q->r->cnt.errors);
+      cb(q->ud, rep, NULL);
+    }
+  }
+  free(q);
+}
+
+/* ---- connections ---- */
+
+static void conn_start(conn *c);
+
+static const char *conn_name(const conn *c) { return c->sub ? "pub/sub" : "commands"; }
+
+static void retry_cb(uv_timer_t *t) {
+  conn *c = t->data;
+  count(c->r->cnt.reconnects);
+  conn_start(c);
+}
+
+/* The connection is gone (its context freed or being freed): commands
+ * under way fail, the next attempt is scheduled. */
+static void conn_lost(conn *c, const char *why) {
+  gw_redis *r = c->r;
+  bool was_up = c->state == C_UP;
+  c->state = C_DOWN;
+  c->ac = NULL;
+  snprintf(c->why, sizeof c->why, "%s", why);
+  if (!c->sub) set_up(r, false);
+  if (r->closing) {
+    uv_timer_stop(&c->timer);
+  } else {
+    uint32_t b = c->backoff_ms ? c->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (b > BACKOFF_MAX_MS) b = BACKOFF_MAX_MS;
+    c->backoff_ms = b;
+    /* +-20% so that a fleet of gangways does not come back in step */
+    uint32_t delay = b - b / 5 + (uint32_t)(rand() % (int)(2 * (b / 5) + 1));
+    c->retry_at = uv_now(r->loop) + delay;
+    uv_timer_start(&c->timer, retry_cb, delay, 0);
+    if (was_up)
+      gw_warn("redis %s (%s): connection lost: %s; retrying in %" PRIu32 " ms", r->addr,
+              conn_name(c), why, delay);
+    else
+      gw_debug("redis %s (%s): %s; retrying in %" PRIu32 " ms", r->addr, conn_name(c), why,
+               delay);
+  }
+  if (!c->sub) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "redis: connection lost (%s)", why);
+    fail_all(r, msg);
+  }
+}
+
+/* Drops the connection ourselves. */
+static void conn_drop(conn *c, const char *why) {
+  redisAsyncContext *ac = c->ac;
+  c->ac = NULL;
+  if (ac) {
+    ac->data = NULL; /* what it calls back while freed is ignored */
+    redisAsyncFree(ac);
+  }
+  conn_lost(c, why);
+}
+
+static void sub_cb(redisAsyncContext *ac, void *reply, void *priv);
+
+static void subscribe_one(conn *c, const sub *s, bool on) {
+  const char *argv[2] = {s->pattern ? (on ? "PSUBSCRIBE" : "PUNSUBSCRIBE")
+                                    : (on ? "SUBSCRIBE" : "UNSUBSCRIBE"),
+                         s->name};
+  size_t lens[2] = {strlen(argv[0]), strlen(s->name)};
+  redisAsyncCommandArgv(c->ac, on ? sub_cb : NULL, NULL, 2, argv, lens);
+}
+
+static void conn_up(conn *c) {
+  gw_redis *r = c->r;
+  c->state = C_UP;
+  c->backoff_ms = 0;
+  c->why[0] = 0;
+  uv_timer_stop(&c->timer);
+  gw_info("redis %s (%s): connected", r->addr, conn_name(c));
+  if (!c->sub) {
+    set_up(r, true);
+    return;
+  }
+  for (size_t i = 0; i < r->nsubs; i++) subscribe_one(c, &r->subs[i], true);
+}
+
+static void setup_cb(redisAsyncContext *ac, void *reply, void *priv) {
+  conn *c = ac->data;
+  const char *what = priv;
+  const redisReply *rep = reply;
+  if (!c || !rep) return; /* dropped, or lost: the disconnect says why */
+  if (rep->type == REDIS_REPLY_ERROR) {
+    char why[160];
+    snprintf(why, sizeof why, "%s failed: %s", what, rep->str);
+    gw_warn("redis %s (%s): %s", c->r->addr, conn_name(c), why);
+    conn_drop(c, why);
+    return;
+  }
+  if (--c->setup_left == 0) conn_up(c);
+}
+
+static void on_connect(const redisAsyncContext *cac, int status) {
+  redisAsyncContext *ac = (redisAsyncContext *)cac;
+  conn *c = ac->data;
+  if (!c) return;
+  if (status != REDIS_OK) {
+    char why[160];
+    snprintf(why, sizeof why, "%s", ac->errstr[0] ? ac->errstr : "connect failed");
+    c->ac = NULL; /* hiredis frees it */
+    uv_timer_stop(&c->timer);
+    conn_lost(c, why);
+    return;
+  }
+  gw_redis *r = c->r;
+  c->state = C_SETUP;
+  c->setup_left = 0;
+  if (r->password) {
+    const char *argv[3] = {"AUTH", r->user ? r->user : r->password, r->password};
+    size_t lens[3] = {4, strlen(argv[1]), strlen(r->password)};
+    redisAsyncCommandArgv(ac, setup_cb, (void *)"AUTH", r->user ? 3 : 2, argv, lens);
+    c->setup_left++;
+  }
+  if (r->db && !c->sub) { /* pub/sub channels are not per database */
+    char db[16];
+    snprintf(db, sizeof db, "%" PRIu32, r->db);
+    const char *argv[2] = {"SELECT", db};
+    size_t lens[2] = {6, strlen(db)};
+    redisAsyncCommandArgv(ac, setup_cb, (void *)"SELECT", 2, argv, lens);
+    c->setup_left++;
+  }
+  if (!c->setup_left) conn_up(c);
+}
+
+static void on_disconnect(const redisAsyncContext *cac, int status) {
+  redisAsyncContext *ac = (redisAsyncContext *)cac;
+  conn *c = ac->data;
+  if (!c) return;
+  char why[160];
+  snprintf(why, sizeof why, "%s",
+           status == REDIS_OK ? "closed by the server" : ac->errstr[0] ? ac->errstr : "closed");
+  c->ac = NULL; /* hiredis frees it after this */
+  conn_lost(c, why);
+}
+
+static void connect_deadline(uv_timer_t *t) {
+  conn *c = t->data;
+  char why[96];
+  snprintf(why, sizeof why, "connect timed out after %" PRIu32 " ms (redis.connect_ms)",
+           c->r->connect_ms);
+  conn_drop(c, why);
+}
+
+static void conn_start(conn *c) {
+  gw_redis *r = c->r;
+  c->tried = true;
+  c->state = C_CONNECTING;
+  redisAsyncContext *ac = redisAsyncConnect(r->ip, r->port);
+  if (!ac) {
+    conn_lost(c, "out of memory");
+    return;
+  }
+  if (ac->err) {
+    char why[160];
+    snprintf(why, sizeof why, "%s", ac->errstr);
+    redisAsyncFree(ac);
+    conn_lost(c, why);
+    return;
+  }
+  if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+    redisAsyncFree(ac);
+    conn_lost(c, "cannot attach to the loop");
+    return;
+  }
+  ac->data = c;
+  c->ac = ac;
+  redisAsyncSetConnectCallback(ac, on_connect);
+  redisAsyncSetDisconnectCallback(ac, on_disconnect);
+  uv_timer_start(&c->timer, connect_deadline, r->connect_ms, 0);
+}
+
+/* ---- pub/sub ---- */
+
+static void sub_cb(redisAsyncContext *ac, void *reply, void *priv) {
+  (void)priv;
+  conn *c = ac->data;
+  const redisReply *rep = reply;
+  if (!c || !rep || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3) return;
+  gw_redis *r = c->r;
+  const redisReply *const *e = (const redisReply *const *)rep->element;
+  if (e[0]->type != REDIS_REPLY_STRING || !r->on_msg) return;
+  if (!strcmp(e[0]->str, "message") && e[1]->type == REDIS_REPLY_STRING &&
+      e[2]->type == REDIS_REPLY_STRING)
+    r->on_msg(r->msg_ud, NULL, e[1]->str, e[1]->len, e[2]->str, e[2]->len);
+  else if (!strcmp(e[0]->str, "pmessage") && rep->elements >= 4 &&
+           e[2]->type == REDIS_REPLY_STRING && e[3]->type == REDIS_REPLY_STRING)
+    r->on_msg(r->msg_ud, e[1]->str, e[2]->str, e[2]->len, e[3]->str, e[3]->len);
+}
+
+void gw_redis_on_message(gw_redis *r, gw_redis_message_cb cb, void *ud) {
+  r->on_msg = cb;
+  r->msg_ud = ud;
+}
+
+static bool in_list(const char *const *list, size_t n, const char *name) {
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(list[i], name)) return true;
+  return false;
+}
+
+static bool have_sub(const gw_redis *r, const char *name, bool pattern) {
+  for (size_t i = 0; i < r->nsubs; i++)
+    if (r->subs[i].pattern == pattern && !strcmp(r->subs[i].name, name)) return true;
+  return false;
+}
+
+int gw_redis_set_subscriptions(gw_redis *r, const char *const *channels, size_t nchannels,
+                               const char *const *patterns, size_t npatterns) {
+  bool up = r->psub.state == C_UP;
+  size_t kept = 0;
+  for (size_t i = 0; i < r->nsubs; i++) {
+    sub *s = &r->subs[i];
+    if (s->pattern ? in_list(patterns, npatterns, s->name)
+                   : in_list(channels, nchannels, s->name)) {
+      r->subs[kept++] = *s;
+      continue;
+    }
+    if (up) subscribe_one(&r->psub, s, false);
+    free(s->name);
+  }
+  r->nsubs = kept;
+  size_t want = kept + nchannels + npatterns;
+  sub *subs = realloc(r->subs, (want ? want : 1) * sizeof *subs);
+  if (!subs) return -ENOMEM;
+  r->subs = subs;
+  for (size_t k = 0; k < nchannels + npatterns; k++) {
+    bool pattern = k >= nchannels;
+    const char *name = pattern ? patterns[k - nchannels] : channels[k];
+    if (have_sub(r, name, pattern)) continue;
+    sub s = {strdup(name), pattern};
+    if (!s.name) return -ENOMEM;
+    r->subs[r->nsubs++] = s;
+    if (up) subscribe_one(&r->psub, &s, true);
+  }
+  return 0;
+}
+
+/* ---- commands ---- */
+
+bool gw_redis_up(const gw_redis *r) { return r && r->cmd.state == C_UP; }
+
+void gw_redis_status(const gw_redis *r, char *out, size_t outlen) {
+  const conn *c = &r->cmd;
+  if (c->state == C_UP) {
+    snprintf(out, outlen, "connected");
+  } else if (c->state == C_DOWN && !r->closing) {
+    uint64_t now = uv_now(r->loop);
+    snprintf(out, outlen, "not connected (%s), retrying in %" PRIu64 " ms",
+             c->why[0] ? c->why : "down", c->retry_at > now ? c->retry_at - now : 0);
+  } else if (r->closing) {
+    snprintf(out, outlen, "not connected (closing)");
+  } else {
+    snprintf(out, outlen, "not connected (%s%s%s)", c->state == C_SETUP ? "authenticating" : "connecting",
+             c->why[0] ? ", last attempt: " : "", c->why);
+  }
+}
+
+gw_redis_req *gw_redis_command(gw_redis *r, int argc, const char *const *argv,
+                               const size_t *lens, gw_redis_cb cb, void *ud, char *err,
+                               size_t errlen) {
+  if (r->cmd.state != C_UP) {
+    char st[200];
+    gw_redis_status(r, st, sizeof st);
+    snprintf(err, errlen, "redis: %s", st);
+    count(r->cnt.errors);
+    return NULL;
+  }
+  if (r->inflight >= MAX_IN_FLIGHT) {
+    snprintf(err, errlen, "redis: too many commands under way (%d)", MAX_IN_FLIGHT);
+    count(r->cnt.errors);
+    return NULL;
+  }
+  gw_redis_req *q = calloc(1, sizeof *q);
+  if (!q) {
+    snprintf(err, errlen, "redis: out of memory");
+    return NULL;
+  }
+  q->r = r;
+  q->cb = cb;
+  q->ud = ud;
+  if (redisAsyncCommandArgv(r->cmd.ac, cmd_cb, q, argc, (const char **)argv, lens) != REDIS_OK) {
+    free(q);
+    snprintf(err, errlen, "redis: cannot send the command (%s)",
+             r->cmd.ac->errstr[0] ? r->cmd.ac->errstr : "connection closing");
+    count(r->cnt.errors);
+    return NULL;
+  }
+  count(r->cnt.commands);
+  q->deadline = uv_now(r->loop) + r->timeout_ms;
+  q->linked = true;
+  q->prev = r->tail;
+  if (r->tail) r->tail->next = q;
+  else r->head = q;
+  r->tail = q;
+  r->inflight++;
+  if (r->head == q) uv_timer_start(&r->timeout, timeout_cb, r->timeout_ms, 0);
+  return q;
+}
+
+void gw_redis_cancel(gw_redis_req *q) {
+  if (!q) return;
+  req_unlink(q);
+  q->cb = NULL;
+}
+
+/* ---- life ---- */
+
+static void conn_init(gw_redis *r, conn *c, bool sub) {
+  c->r = r;
+  c->sub = sub;
+  uv_timer_init(r->loop, &c->timer);
+  c->timer.data = c;
+  r->handles++;
+}
+
+int gw_redis_new(uv_loop_t *loop, const gw_config *cfg, const gw_redis_counters *counters,
+                 gw_redis **out) {
+  gw_redis *r = calloc(1, sizeof *r);
+  if (!r) return -ENOMEM;
+  r->loop = loop;
+  if (counters) r->cnt = *counters;
+  take_settings(r, cfg);
+  conn_init(r, &r->cmd, false);
+  conn_init(r, &r->psub, true);
+  uv_timer_init(loop, &r->timeout);
+  r->timeout.data = r;
+  r->handles++;
+  set_up(r, false);
+  conn_start(&r->cmd);
+  conn_start(&r->psub);
+  *out = r;
+  return 0;
+}
+
+bool gw_redis_configure(gw_redis *r, const gw_config *cfg) {
+  if (!strcmp(r->addr, cfg->redis_addr) && same_str(r->password, cfg->redis_password) &&
+      same_str(r->user, cfg->redis_user) && r->db == cfg->redis_db &&
+      r->timeout_ms == cfg->redis_timeout_ms && r->connect_ms == cfg->redis_connect_ms)
+    return false;
+  take_settings(r, cfg);
+  gw_info("redis: new settings (%s): reconnecting", r->addr);
+  conn *cs[2] = {&r->cmd, &r->psub};
+  for (int i = 0; i < 2; i++) {
+    conn_drop(cs[i], "reconnecting with new settings");
+    uv_timer_stop(&cs[i]->timer);
+    cs[i]->backoff_ms = 0;
+    conn_start(cs[i]);
+  }
+  return true;
+}
+
+static void redis_free(gw_redis *r) {
+  for (size_t i = 0; i < r->nsubs; i++) free(r->subs[i].name);
+  free(r->subs);
+  free(r->password);
+  free(r->user);
+  free(r);
+}
+
+static void conn_timer_closed(uv_handle_t *h) {
+  conn *c = h->data;
+  gw_redis *r = c->r;
+  if (--r->handles == 0) redis_free(r);
+}
+
+static void timeout_closed(uv_handle_t *h) {
+  gw_redis *r = h->data;
+  if (--r->handles == 0) redis_free(r);
+}
+
+void gw_redis_close(gw_redis *r) {
+  if (!r || r->closing) return;
+  r->closing = true;
+  fail_all(r, "redis: gangway is stopping");
+  conn_drop(&r->cmd, "closing");
+  conn_drop(&r->psub, "closing");
+  uv_close((uv_handle_t *)&r->cmd.timer, conn_timer_closed);
+  uv_close((uv_handle_t *)&r->psub.timer, conn_timer_closed);
+  uv_close((uv_handle_t *)&r->timeout, timeout_closed);
+}
