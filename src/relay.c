@@ -1293,6 +1293,8 @@ static void accept_cb(uv_stream_t *server, int status) {
   (*l->lc.sessions_total)++;
   (*l->lc.sessions_open)++;
   s->counted = true;
+  /* until session_begin has the pool's choice (a PROXY header may come first) */
+  snprintf(s->ss.upstream, sizeof s->ss.upstream, "%.63s", l->upstream);
   s->opened_ms = s->last_active_ms = uv_now(r->loop);
   s->next = r->sessions;
   if (r->sessions) r->sessions->prev = s;
