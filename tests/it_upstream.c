@@ -353,6 +353,10 @@ static void test_route(void **state) {
            "  local before = session.upstream\n"
            "  if session.client:match(\"^127%%.0%%.0%%.3:\") then session:route(\"eu-3\") end\n"
            "  if session.client:match(\"^127%%.0%%.0%%.4:\") then session:route(\"127.0.0.1:%d\") end\n"
+           "  if session.client:match(\"^127%%.0%%.0%%.5:\") then\n"
+           "    session:sleep(30) -- as a Redis lookup would: the connect waits for on_connect\n"
+           "    session:route(\"eu-1\")\n"
+           "  end\n"
            "  local ok, err = pcall(session.route, session, \"nope\")\n"
            "  gw.log.info(\"route\", before, session.upstream, ok, err)\n"
            "end)\n",
@@ -366,6 +370,7 @@ static void test_route(void **state) {
   it_gangway_run(&g, port);
   for (int i = 0; i < 4; i++) assert_int_equal(session_on(ups, 3, "127.0.0.3", port, NULL), 2);
   for (int i = 0; i < 2; i++) assert_int_equal(session_on(ups, 3, "127.0.0.4", port, NULL), 1);
+  for (int i = 0; i < 3; i++) assert_int_equal(session_on(ups, 3, "127.0.0.5", port, NULL), 0);
   assert_true(it_log_count(&g, "eu-3 false", "no server \"nope\" in listener game's upstream "
                            "(\"eu-1\", \"eu-2\", \"eu-3\")") == 4);
   assert_true(it_log_count(&g, "eu-2 false", "session:route") == 2);
