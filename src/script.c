@@ -883,6 +883,7 @@ lua_State *gw__call_thread(gw_call *c) { return c->co; }
 /* ---- what a call sent, held back while a frame waits ---- */
 
 static bool hold_grow(gw_script *s, void **p, size_t *cap, size_t need, size_t elem) {
+  if (need <= *cap) return true; /* also nothing, with nothing allocated */
   void *q = grow(s, *p, cap, need, elem);
   if (!q) return false;
   *p = q;
