@@ -905,7 +905,7 @@ static bool hold_sends(gw_script *s, gw_call *c, size_t nout, size_t arena_len, 
   }
   if (a) memcpy(c->arena + c->arena_len, s->arena + arena_len, a);
   c->arena_len += a;
-  memcpy(c->closes + c->ncloses, s->closes + ncloses, k * sizeof *c->closes);
+  if (k) memcpy(c->closes + c->ncloses, s->closes + ncloses, k * sizeof *c->closes);
   c->ncloses += k;
   s->nout = nout;
   s->arena_len = arena_len;
@@ -928,7 +928,7 @@ static bool unhold_sends(gw_script *s, gw_call *c) {
     }
     if (c->arena_len) memcpy(s->arena + s->arena_len, c->arena, c->arena_len);
     s->arena_len += c->arena_len;
-    memcpy(s->closes + s->ncloses, c->closes, c->ncloses * sizeof *c->closes);
+    if (c->ncloses) memcpy(s->closes + s->ncloses, c->closes, c->ncloses * sizeof *c->closes);
     s->ncloses += c->ncloses;
   } else {
     for (size_t i = 0; i < c->nout; i++) {
