@@ -9,10 +9,12 @@ return {
       listen = "127.0.0.1:1973",
       upstream = "127.0.0.1:1974",
       framing = "top",              -- Tales of Pirates: u16 BE length, u32 session, u16 BE command
+      protocol = "top",             -- protocols/top: packets by name, players, chat commands
       scripts = {
         "scripts/top_cipher.lua",     -- undoes and redoes the demo's encryption (topd -e), first
         "scripts/chat_filter.lua",    -- drops or rewrites chat lines
         "scripts/online_command.lua", -- answers /online itself
+        "scripts/admin_commands.lua", -- /kick, /ban, /unban, /bans for game masters (gm1)
         "scripts/speed_limit.lua",    -- drops CM_BEGINACTION bursts, kicks speed hackers
         "scripts/packet_logger.lua",  -- JSON lines for chosen commands
       },

@@ -68,8 +68,8 @@ if(TARGET gangway_luamod)
           FILES_MATCHING PATTERN "*.lua")
 endif()
 
-# The example scripts, with top.lua which they require, and their specs:
-# `cd <datadir>/gangway && busted` runs them (spec/ finds scripts/ from there).
+# The example scripts and their specs: `cd <datadir>/gangway && busted`
+# runs them (spec/ finds scripts/ and protocols/ from there).
 file(GLOB GW_EXAMPLE_SCRIPTS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/scripts/*.lua)
 set(GW_EXAMPLE_SPECS)
 foreach(script ${GW_EXAMPLE_SCRIPTS})
@@ -80,10 +80,14 @@ foreach(script ${GW_EXAMPLE_SCRIPTS})
 endforeach()
 install(FILES ${GW_EXAMPLE_SCRIPTS} DESTINATION ${GW_INSTALL_SHAREDIR}/scripts)
 install(FILES ${GW_EXAMPLE_SPECS} DESTINATION ${GW_INSTALL_SHAREDIR}/spec)
+# The protocol modules (packets.lua, init.lua): `protocol = "top"` finds them
+# here when the config's directory has no protocols/top (GW_PROTOCOLS_DIR).
+install(DIRECTORY ${CMAKE_SOURCE_DIR}/protocols/ DESTINATION ${GW_INSTALL_SHAREDIR}/protocols
+        FILES_MATCHING PATTERN "*.lua")
 
 install(FILES ${CMAKE_SOURCE_DIR}/README.md ${CMAKE_SOURCE_DIR}/docs/config.md
               ${CMAKE_SOURCE_DIR}/docs/lua-api.md ${CMAKE_SOURCE_DIR}/docs/pipeline.md
-              ${CMAKE_SOURCE_DIR}/docs/admin.md
+              ${CMAKE_SOURCE_DIR}/docs/admin.md ${CMAKE_SOURCE_DIR}/docs/protocols.md
         DESTINATION ${CMAKE_INSTALL_DOCDIR})
 
 configure_file(${CMAKE_SOURCE_DIR}/packaging/config.lua.in

@@ -1,9 +1,8 @@
 -- chat_filter.lua: filters local chat (CM_SAY) on its way to the server.
 -- A line with a banned phrase is dropped (the server never sees it); words
 -- in the `replace` table are rewritten, which changes the line's length:
--- pkt:set_body rebuilds the frame and its length field.
+-- pkt:encode rebuilds the frame and its length field.
 local gw = require "gangway"
-local top = require "top"
 
 -- Lower-case phrases, matched anywhere in the line (plain text).
 local banned = { "buy gold", "cheap gold", "gold4you" }
@@ -15,13 +14,18 @@ local replace = {
   damn = "darn",
 }
 
-gw.on("client", top.CM_SAY, function(pkt, session)
-  local text, after = pkt:str(top.BODY)
+-- "bot2" once logged in, else the session's number and address.
+local function who(session)
+  local p = session.player
+  return p and p.name or ("session %d (%s)"):format(session.id, session.client)
+end
+
+gw.on("client", "CM_SAY", function(pkt, session)
+  local text = pkt:decode().text
   local lower = text:lower()
   for _, phrase in ipairs(banned) do
     if lower:find(phrase, 1, true) then
-      gw.log.info(("session %d (%s): dropped chat line %q"):format(
-        session.id, session.client, text))
+      gw.log.info(("%s: dropped chat line %q"):format(who(session), text))
       return gw.DROP
     end
   end
@@ -29,10 +33,7 @@ gw.on("client", top.CM_SAY, function(pkt, session)
     return replace[word:lower()]
   end)
   if n > 0 and clean ~= text then
-    -- Keep whatever follows the text in the body.
-    local rest = pkt:bytes():sub(after + 1)
-    pkt:set_body(gw.writer():str(clean):bytes(rest))
-    gw.log.info(("session %d (%s): rewrote chat line %q as %q"):format(
-      session.id, session.client, text, clean))
+    pkt:encode{ text = clean } -- the other fields, and any bytes after them, stay
+    gw.log.info(("%s: rewrote chat line %q as %q"):format(who(session), text, clean))
   end
 end)

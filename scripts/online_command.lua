@@ -1,18 +1,10 @@
--- online_command.lua: answers "/online" in local chat from the proxy. The
--- player gets a server chat line (MC_SAY, speaker id 0, name "[proxy]")
--- with the number of players connected through this listener; the server
--- never sees the command.
+-- online_command.lua: "/online" in local chat, answered by the proxy with
+-- the number of players logged in through this listener. The protocol
+-- module (protocol = "top") routes the command here and never forwards it;
+-- session:tell answers in the game's chat, from "[proxy]".
 local gw = require "gangway"
-local top = require "top"
 
-local COMMAND = "/online"
-
-gw.on("client", top.CM_SAY, function(pkt, session)
-  local text = pkt:str(top.BODY)
-  if text:match("^%s*(.-)%s*$") ~= COMMAND then return end
-  local n = #gw.sessions()
-  local line = n == 1 and "1 player online" or ("%d players online"):format(n)
-  session:send_to_client(gw.packet(top.MC_SAY,
-    gw.writer():u32(0):str("[proxy]"):str(line)))
-  return gw.DROP
+gw.command("/online", function(session)
+  local n = #gw.players()
+  session:tell(n == 1 and "1 player online" or ("%d players online"):format(n))
 end)

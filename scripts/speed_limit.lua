@@ -4,14 +4,13 @@
 -- the limit are dropped; a session that keeps going over (STRIKES dropped
 -- actions within WINDOW_MS) is closed.
 local gw = require "gangway"
-local top = require "top"
 
 local RATE = 5           -- actions per second, sustained (a player clicks ~1-2)
 local BURST = 6          -- actions at once
 local STRIKES = 20       -- dropped actions within WINDOW_MS that close the session
 local WINDOW_MS = 10000
 
-gw.on("client", top.CM_BEGINACTION, function(pkt, session)
+gw.on("client", "CM_BEGINACTION", function(pkt, session)
   local now = gw.now()
   local b = session.state.speed_limit
   if not b then
@@ -29,8 +28,9 @@ gw.on("client", top.CM_BEGINACTION, function(pkt, session)
   end
   b.strikes = b.strikes + 1
   if b.strikes >= STRIKES then
-    gw.log.warn(("session %d (%s): %d actions over the limit in %d ms, closing"):format(
-      session.id, session.client, b.strikes, now - b.since))
+    local p = session.player
+    gw.log.warn(("%s (session %d, %s): %d actions over the limit in %d ms, closing"):format(
+      p and p.name or "-", session.id, session.client, b.strikes, now - b.since))
     return gw.CLOSE
   end
   return gw.DROP

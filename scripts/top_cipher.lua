@@ -15,7 +15,6 @@
 -- Put it first in a listener's scripts: a switch applies from the frame
 -- after the one in hand, so CM_LOGIN and MC_LOGIN themselves pass clear.
 local gw = require "gangway"
-local top = require "top"
 
 local HEADER = 6 -- length (2) and session (4) stay clear
 
@@ -56,20 +55,20 @@ local function cipher_up(session)
   encrypt(session, "server", "out") -- and what the server gets
 end
 
-gw.on("server", top.MC_CHAPSTR, function(pkt, session)
-  local key = pkt:str(top.BODY)
+gw.on("server", "MC_CHAPSTR", function(pkt, session)
+  local key = pkt:decode().chap
   if #key == 0 then return end
   session.state.chapstr = key
   if session.state.login_sent and not session.state.cipher_up then cipher_up(session) end
 end)
 
-gw.on("client", top.CM_LOGIN, function(pkt, session)
+gw.on("client", "CM_LOGIN", function(pkt, session)
   if session.state.login_sent then return end
   session.state.login_sent = true
   if session.state.chapstr then cipher_up(session) end
 end)
 
-gw.on("server", top.MC_LOGIN, function(pkt, session)
+gw.on("server", "MC_LOGIN", function(pkt, session)
   if not session.state.chapstr or session.state.cipher_down then return end
   session.state.cipher_down = true
   encrypt(session, "server", "in")

@@ -7,7 +7,7 @@ local top = testing.top
 describe("chat_filter.lua", function()
   local t, s
   before_each(function()
-    t = testing.new{ framing = "top", scripts = { "scripts/chat_filter.lua" } }
+    t = testing.new{ protocol = "top", scripts = { "scripts/chat_filter.lua" } }
     s = t:connect("10.0.0.7:51234")
   end)
   after_each(function() t:close() end)

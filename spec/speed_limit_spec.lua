@@ -11,7 +11,7 @@ end
 describe("speed_limit.lua", function()
   local t, s
   before_each(function()
-    t = testing.new{ scripts = { "scripts/speed_limit.lua" } }
+    t = testing.new{ protocol = "top", scripts = { "scripts/speed_limit.lua" } }
     s = t:connect()
   end)
   after_each(function() t:close() end)

@@ -20,10 +20,10 @@ describe("scripts/top_cipher.lua", function()
   local top = testing.top
 
   local function logged_in(scripts)
-    local t = testing.new{ framing = "top", scripts = scripts }
+    local t = testing.new{ protocol = "top", scripts = scripts }
     local s = t:connect()
     s:from_server(top.frame(940, top.writer():str(key)))
-    s:from_client(top.frame(431, top.writer():str("bot1"):str("pw"):u16(136):u16(911)))
+    s:from_client(top.frame(431, top.writer():str("bot1"):str("pw"):str("00-00"):u16(136):u16(911)))
     s:from_server(top.frame(931, top.writer():u16(0):u32(1001)))
     s:to_server(); s:to_client()
     return t, s
@@ -59,9 +59,9 @@ describe("scripts/top_cipher.lua", function()
   end)
 
   it("works when the login reaches gangway before the key", function()
-    local t = testing.new{ framing = "top", scripts = { "scripts/top_cipher.lua", "scripts/chat_filter.lua" } }
+    local t = testing.new{ protocol = "top", scripts = { "scripts/top_cipher.lua", "scripts/chat_filter.lua" } }
     local s = t:connect()
-    s:from_client(top.frame(431, top.writer():str("bot1"):str("pw"):u16(136):u16(911)))
+    s:from_client(top.frame(431, top.writer():str("bot1"):str("pw"):str("00-00"):u16(136):u16(911)))
     s:from_server(top.frame(940, top.writer():str(key)))
     s:from_server(top.frame(931, top.writer():u16(0):u32(1001)))
     s:to_server(); s:to_client()
@@ -72,11 +72,11 @@ describe("scripts/top_cipher.lua", function()
   end)
 
   it("passes CM_LOGIN and MC_LOGIN themselves in clear", function()
-    local t = testing.new{ framing = "top", scripts = { "scripts/top_cipher.lua" } }
+    local t = testing.new{ protocol = "top", scripts = { "scripts/top_cipher.lua" } }
     local s = t:connect()
     s:from_server(top.frame(940, top.writer():str(key)))
     s:to_client()
-    local login = top.frame(431, top.writer():str("bot1"):str("pw"):u16(136):u16(911))
+    local login = top.frame(431, top.writer():str("bot1"):str("pw"):str("00-00"):u16(136):u16(911))
     s:from_client(login)
     assert.same({ login }, s:to_server())
     local ok = top.frame(931, top.writer():u16(0):u32(1001))

@@ -4,7 +4,9 @@
 # scripted players and one speed hacker. Checks what each side saw: the
 # server never gets the spam line or "/online", gets the rewritten line;
 # the players get the proxy's answer; the hacker's bursts are cut and the
-# hacker is closed; every process exits cleanly.
+# hacker is closed; a game master's /kick and /ban close those players'
+# sessions and the banned account's next login is refused before the
+# server sees it; every process exits cleanly.
 #   usage: tests/it_demo.sh BUILD_DIR
 set -euo pipefail
 build=$(cd "$1" && pwd)
@@ -34,7 +36,9 @@ cat >"$dir/config.lua" <<LUA
 return {
   listeners = { {
     name = "game", listen = "127.0.0.1:$port", upstream = "127.0.0.1:$up", framing = "top",
+    protocol = "$root/protocols/top",
     scripts = { "$root/scripts/chat_filter.lua", "$root/scripts/online_command.lua",
+                "$root/scripts/admin_commands.lua",
                 "$root/scripts/speed_limit.lua", "$root/scripts/packet_logger.lua" },
   } },
   control = "",
@@ -62,12 +66,30 @@ wait 300
 burst 40
 wait 1500
 TXT
+# gm1 (a game master in scripts/admin_commands.lua) acts once the players
+# have said their lines: player3 kicked, player2 banned.
+cat >"$dir/gm.txt" <<'TXT'
+wait 2500
+say /online
+say /kick player3
+wait 200
+say /ban player2
+wait 200
+say /bans
+wait 1000
+TXT
 "$build/topbot" -c "127.0.0.1:$port" -p player -n 3 -d 4 -s "$dir/players.txt" >"$dir/players.out" 2>&1 &
 players=$!; pids+=($players)
+"$build/topbot" -c "127.0.0.1:$port" -p gm -n 1 -d 4 -s "$dir/gm.txt" >"$dir/gm.out" 2>&1 &
+gm=$!; pids+=($gm)
 "$build/topbot" -c "127.0.0.1:$port" -p hacker -n 1 -d 4 -s "$dir/hacker.txt" >"$dir/hacker.out" 2>&1 &
 hacker=$!; pids+=($hacker)
-wait "$players" || fail "players: exit $?"
-wait "$hacker" || true # closed by the proxy: its exit says so
+wait "$players" || true # two of them closed by the proxy: its exit says so
+wait "$hacker" || true
+wait "$gm" || fail "gm: exit $?"
+# player2 comes back: the proxy refuses the banned account, the server
+# never sees that login (player1 is still online there: name in use).
+"$build/topbot" -c "127.0.0.1:$port" -p player -n 2 -d 1 >"$dir/again.out" 2>&1 || true
 
 # The server saw the rewritten line, never the spam or the command.
 grep -q "text=sorry new friend, my bad" "$dir/topd.out" || fail "server did not get the rewritten line"
@@ -88,6 +110,22 @@ grep -q 'hacker1 disconnected' "$dir/hacker.out" || fail "hacker not disconnecte
 moves=$(grep -c "action peer=[0-9]* name=hacker1 " "$dir/topd.out" || true)
 [ "$moves" -lt 60 ] || fail "server saw $moves of the hacker's 120 moves"
 grep -q '"name":"CM_SAY"' "$dir/gangway.out" || fail "packet_logger wrote no JSON line"
+grep -q '"player":"player1"' "$dir/gangway.out" || fail "packet_logger names no player"
+# The game master's commands: answered by the proxy, never seen by the server.
+grep -q "gm1 < \[local\] \[proxy\]: [0-9]* players\? online" "$dir/gm.out" || fail "gm1 got no /online answer"
+grep -q "gm1 < \[local\] \[proxy\]: player3 kicked" "$dir/gm.out" || fail "gm1: /kick not confirmed"
+grep -q "gm1 < \[local\] \[proxy\]: player2 banned" "$dir/gm.out" || fail "gm1: /ban not confirmed"
+grep -q "gm1 < \[local\] \[proxy\]: banned: player2" "$dir/gm.out" || fail "gm1: /bans does not list player2"
+grep -q "player3 < \[local\] \[proxy\]: you were kicked by gm1" "$dir/players.out" || fail "player3 not told"
+grep -q "player3 disconnected" "$dir/players.out" || fail "player3 not kicked"
+grep -q "player2 disconnected" "$dir/players.out" || fail "player2 not banned"
+grep -q "player1 disconnected" "$dir/players.out" && # printed for an end before -d only
+  fail "player1 lost its session: $(grep 'player1 disconnected' "$dir/players.out")"
+grep -Eq "text=/(kick|ban|bans|online)" "$dir/topd.out" && fail "the server saw a command"
+grep -q "refused the login of player2: banned" "$dir/gangway.out" || fail "no refusal of player2's login logged"
+grep -q "player2 < login error=1" "$dir/again.out" || fail "player2's second login not refused: $(cat "$dir/again.out")"
+[ "$(grep -c "login peer=[0-9]* id=[0-9]* name=player2 " "$dir/topd.out")" = 1 ] ||
+  fail "the server saw player2's refused login"
 
 kill -TERM "$gw"; wait "$gw" || fail "gangway exit $?"
 kill -INT "$topd"; wait "$topd" || fail "topd exit $?"

@@ -50,7 +50,7 @@ run() {
 return {
   listeners = { {
     name = "game", listen = "127.0.0.1:$port", upstream = "127.0.0.1:$up", framing = "top",
-    scripts = { $list },
+    protocol = "$root/protocols/top", scripts = { $list },
   } },
   control = "",
 }

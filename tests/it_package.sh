@@ -150,7 +150,7 @@ deb)
   for f in /usr/bin/gangway /etc/gangway/config.lua /lib/systemd/system/gangway.service \
            /usr/share/man/man8/gangway.8.gz \
            /usr/lib/x86_64-linux-gnu/lua/5.4/gangway/core.so /usr/share/lua/5.4/gangway/testing.lua \
-           /usr/share/gangway/scripts/top.lua /usr/share/gangway/scripts/chat_filter.lua \
+           /usr/share/gangway/protocols/top/packets.lua /usr/share/gangway/scripts/chat_filter.lua \
            /usr/share/gangway/spec/chat_filter_spec.lua /usr/share/doc/gangway/config.md; do
     grep -qx "$f" "$dir/files" || fail "the package lacks $f"
   done
@@ -164,12 +164,17 @@ deb)
   gw=$root/usr/bin/gangway
   "$gw" --version | grep -q '^gangway ' || fail "installed gangway --version"
   # The installed config, its absolute paths moved into the scratch root.
-  sed "s#\"/usr/share/gangway/#\"$root/usr/share/gangway/#" "$root/etc/gangway/config.lua" \
-    >"$dir/config.lua"
+  # protocol = "top" would find the installed protocols under /usr/share,
+  # outside the scratch root: name the scratch root's directory instead.
+  sed -e "s#\"/usr/share/gangway/#\"$root/usr/share/gangway/#" \
+      -e "s#protocol = \"top\"#protocol = \"$root/usr/share/gangway/protocols/top\"#" \
+      "$root/etc/gangway/config.lua" >"$dir/config.lua"
+  grep -q "protocol = \"$root/usr/share/gangway/protocols/top\"" "$dir/config.lua" ||
+    fail "the installed config names no protocol"
   grep -q "$root/usr/share/gangway/scripts/" "$dir/config.lua" ||
     fail "the installed config names no installed script"
   "$gw" check -c "$dir/config.lua" >"$dir/check.out" 2>&1 || fail "gangway check: $(cat "$dir/check.out")"
-  grep -q ": ok (1 listener(s), 4 script(s))" "$dir/check.out" || fail "check: $(cat "$dir/check.out")"
+  grep -q ": ok (1 listener(s), 5 script(s))" "$dir/check.out" || fail "check: $(cat "$dir/check.out")"
 
   # The installed example specs, outside the source tree, gangway.testing
   # and gangway.core found only through the scratch root's Lua paths.
@@ -209,7 +214,7 @@ deb)
   case $sysconf in /*) ;; *) sysconf=$prefix/$sysconf ;; esac
   case $libdir in /*) ;; *) libdir=$prefix/$libdir ;; esac
   for f in "$prefix/bin/gangway" "$sysconf/gangway/config.lua" "$libdir/lua/5.4/gangway/core.so" \
-           "$prefix/share/lua/5.4/gangway/testing.lua" "$prefix/share/gangway/scripts/top.lua" \
+           "$prefix/share/lua/5.4/gangway/testing.lua" "$prefix/share/gangway/protocols/top/init.lua" \
            "$prefix/share/man/man8/gangway.8.gz"; do
     [ -f "$dir/destdir$f" ] || fail "cmake --install put no $f"
   done
@@ -315,14 +320,14 @@ system-inner)
 
   # The default config of an installed gangway, as shipped.
   gangway check >"$dir/check.out" 2>&1 || fail "gangway check: $(cat "$dir/check.out")"
-  grep -q '^/etc/gangway/config.lua: ok (1 listener(s), 4 script(s))' "$dir/check.out" ||
+  grep -q '^/etc/gangway/config.lua: ok (1 listener(s), 5 script(s))' "$dir/check.out" ||
     fail "gangway check did not check /etc/gangway/config.lua: $(cat "$dir/check.out")"
   gangway check --json >"$dir/check.json" 2>&1 || fail "gangway check --json: $(cat "$dir/check.json")"
   python3 - "$dir/check.json" <<'PY' || fail "gangway check --json: $(cat "$dir/check.json")"
 import json, sys
 r = json.load(open(sys.argv[1]))
 assert (r["ok"], r["config"], r["listeners"], r["scripts"]) == \
-    (True, "/etc/gangway/config.lua", 1, 4), r
+    (True, "/etc/gangway/config.lua", 1, 5), r
 PY
   man -w gangway | grep -q '^/usr/share/man/man8/gangway.8.gz$' || fail "man does not find gangway(8)"
   systemd-analyze verify /lib/systemd/system/gangway.service >"$dir/verify.out" 2>&1 ||

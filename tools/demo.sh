@@ -38,6 +38,11 @@ secs=${DEMO_SECONDS:-86400}
 # Four bots; bot1 (-x) bursts movement like a speed hack.
 build/topbot -e -c 127.0.0.1:1973 -n 4 -x -d "$secs" > >(prefix "[bots]   ") 2>&1 &
 pids+=($!)
+# gm1, a game master (scripts/admin_commands.lua): /online, then kicks bot4
+# and bans bot3 (whose session ends and whose logins are refused), then
+# lifts the ban.
+build/topbot -e -c 127.0.0.1:1973 -p gm -n 1 -s demo/gm.scenario -d "$secs" > >(prefix "[gm]     ") 2>&1 &
+pids+=($!)
 echo "gangway demo running: chat with the bots in another terminal with"
 echo "  build/topchat -e -c 127.0.0.1:1973"
 echo "edit scripts/*.lua and save: watch = true reloads them live. Ctrl-C stops."

@@ -214,7 +214,7 @@ function Host:advance(ms) return self.core:advance(ms) end
 --- The simulated clock, in ms.
 function Host:now() return self.core:now() end
 
---- Reloads. opts: like testing.new's (merged over the first ones), or
+--- Reloads. opts: like testing.new's (merged over those of the last good load), or
 --- nothing to load the same files again. Returns true, or nil and the error.
 function Host:reload(opts)
   local merged = {}
@@ -224,7 +224,9 @@ function Host:reload(opts)
     merged.source, merged.sources = opts.source, opts.sources
   end
   local config = make_config(self, merged)
-  return self.core:reload(config)
+  local ok, err = self.core:reload(config)
+  if ok then self.opts = merged end -- the next reload starts from these, as a config file would
+  return ok, err
 end
 
 --- Log lines so far ("error chat.lua: ..."), optionally only those at one

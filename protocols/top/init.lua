@@ -29,21 +29,31 @@ if not pending then
   gw.shared.top_pending_logins = pending
 end
 
+-- A frame that does not fit its definition (a client or server of another
+-- version) is no error of the module's: it names nobody and is left to the
+-- scripts after it, whose handlers still run.
+local function decode(pkt)
+  local ok, fields = pcall(pkt.decode, pkt)
+  return ok and fields or nil
+end
+
 gw.on("client", "CM_LOGIN", function(pkt, session)
-  pending[session] = pkt:decode().account
+  local login = decode(pkt)
+  pending[session] = login and login.account
 end)
 
 gw.on("server", "MC_LOGIN", function(pkt, session)
-  local reply = pkt:decode()
+  local reply = decode(pkt)
   local account = pending[session]
   pending[session] = nil -- a failed login clears it too
-  if reply.error == 0 and account then
+  if reply and reply.error == 0 and account then
     gw.set_player(session, { name = account, id = reply.player })
   end
 end)
 
 gw.on("client", "CM_SAY", function(pkt, session)
-  if gw.run_command(session, pkt:decode().text) then return gw.DROP end
+  local say = decode(pkt)
+  if say and gw.run_command(session, say.text) then return gw.DROP end
 end)
 
 gw.on_tell(function(session, text)

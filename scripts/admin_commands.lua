@@ -1,0 +1,95 @@
+-- admin_commands.lua: chat commands for game masters, answered by the
+-- proxy (the server never sees them):
+--   /kick NAME    closes NAME's session
+--   /ban NAME     closes NAME's session and refuses the account at its next
+--                 logins, until /unban NAME (bans survive reloads, not a
+--                 restart: examples/fleet keeps them in Redis instead)
+--   /unban NAME
+--   /bans         lists the banned accounts
+-- Only accounts in ADMINS may use them; anyone else is told so. Account
+-- names are what the server accepted at login (session.player, set by the
+-- protocol module), so a player cannot claim a game master's name.
+local gw = require "gangway"
+
+local ADMINS = { gm1 = true, alice = true }  -- account names, as the server knows them
+
+gw.shared.bans = gw.shared.bans or {}        -- account (lower case) -> who banned it
+local bans = gw.shared.bans
+
+local function admin(session)
+  local p = session.player
+  if p and ADMINS[p.name] then return p.name end
+  session:tell("you are not allowed to do that")
+end
+
+-- The command's one argument, an account name, or nil after telling how.
+local function target(session, args, usage)
+  local name = args:match("^(%S+)$")
+  if not name then session:tell("usage: " .. usage) end
+  return name
+end
+
+gw.command("/kick", function(session, args)
+  local by = admin(session)
+  local name = by and target(session, args, "/kick NAME")
+  if not name then return end
+  local victim = gw.player(name)
+  if not victim then return session:tell(name .. " is not online") end
+  gw.log.info(("%s kicked %s"):format(by, name))
+  victim:tell("you were kicked by " .. by)
+  victim:close("kicked by " .. by)
+  session:tell(name .. " kicked")
+end)
+
+gw.command("/ban", function(session, args)
+  local by = admin(session)
+  local name = by and target(session, args, "/ban NAME")
+  if not name then return end
+  bans[name:lower()] = by
+  gw.log.info(("%s banned %s"):format(by, name))
+  local victim = gw.player(name)
+  if victim then
+    victim:tell("you were banned by " .. by)
+    victim:close("banned by " .. by)
+  end
+  session:tell(name .. " banned" .. (victim and "" or " (not online)"))
+end)
+
+gw.command("/unban", function(session, args)
+  local by = admin(session)
+  local name = by and target(session, args, "/unban NAME")
+  if not name then return end
+  local was = bans[name:lower()]
+  bans[name:lower()] = nil
+  session:tell(was and (name .. " unbanned") or (name .. " was not banned"))
+end)
+
+gw.command("/bans", function(session)
+  if not admin(session) then return end
+  local list = {}
+  for name in pairs(bans) do list[#list + 1] = name end
+  table.sort(list)
+  session:tell(#list == 0 and "no bans" or ("banned: " .. table.concat(list, ", ")))
+end)
+
+-- The account a login names. A login of another client version may not fit
+-- packets.lua past its first field: the account still counts, so an odd
+-- login is no way around a ban.
+local function account_of(pkt)
+  local ok, login = pcall(pkt.decode, pkt)
+  if ok then return login.account end
+  local found, account = pcall(pkt.str, pkt, pkt.body_offset)
+  return found and account or nil
+end
+
+-- A banned account's login never reaches the server: the client gets the
+-- server's "login failed" answer (MC_LOGIN error 1) and the session ends.
+gw.on("client", "CM_LOGIN", function(pkt, session)
+  local account = account_of(pkt)
+  if account and bans[account:lower()] then
+    gw.log.info(("refused the login of %s: banned"):format(account))
+    session:send_to_client(gw.packet("MC_LOGIN", { error = 1 }))
+    session:close("banned account " .. account)
+    return gw.DROP
+  end
+end)
