@@ -13,8 +13,7 @@
 
 #include "frame.h"
 
-/* Declared, not included: proto.h's gw_field clashes with log.h's, and
- * main.c, which calls this, needs log.h. */
+/* Declared, not included: callers (main.c) need nothing of proto.h. */
 struct gw_proto;
 struct gw_config;
 

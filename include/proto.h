@@ -17,14 +17,14 @@
 #include "frame.h"
 
 typedef enum {
-  GW_FT_U8, GW_FT_U16, GW_FT_U32, GW_FT_U64,
-  GW_FT_I8, GW_FT_I16, GW_FT_I32, GW_FT_I64,
-  GW_FT_F32, GW_FT_F64,   /* little-endian, whatever the framing's order */
-  GW_FT_STR,              /* the framing's string type */
-  GW_FT_BYTES,            /* exactly n bytes */
-  GW_FT_REST,             /* the rest of the body (last field only) */
-  GW_FT_ARRAY,            /* elements of fields[0..nfields) */
-} gw_field_type;
+  GW_PF_U8, GW_PF_U16, GW_PF_U32, GW_PF_U64,
+  GW_PF_I8, GW_PF_I16, GW_PF_I32, GW_PF_I64,
+  GW_PF_F32, GW_PF_F64,   /* little-endian, whatever the framing's order */
+  GW_PF_STR,              /* the framing's string type */
+  GW_PF_BYTES,            /* exactly n bytes */
+  GW_PF_REST,             /* the rest of the body (last field only) */
+  GW_PF_ARRAY,            /* elements of fields[0..nfields) */
+} gw_pkt_field_type;
 
 typedef enum {
   GW_COUNT_FIELD,         /* an earlier integer field of the same struct */
@@ -32,28 +32,28 @@ typedef enum {
   GW_COUNT_REST,          /* until the body ends (last field only) */
 } gw_count_kind;
 
-typedef struct gw_field {
+typedef struct gw_pkt_field {
   char *name;
-  gw_field_type type;
+  gw_pkt_field_type type;
   bool optional;          /* may be missing at the end of the body (and so
                              is every field after it) */
-  uint32_t n;             /* GW_FT_BYTES: its size; GW_COUNT_FIXED: count */
+  uint32_t n;             /* GW_PF_BYTES: its size; GW_COUNT_FIXED: count */
   /* arrays */
   gw_count_kind count_kind;
   size_t count_field;     /* GW_COUNT_FIELD: index in the same struct */
-  struct gw_field *fields;
+  struct gw_pkt_field *fields;
   size_t nfields;
   /* integer fields: index (in the same struct) of the array whose length
    * this field holds, written from the array on encode; -1 if none */
   long counts;
-} gw_field;
+} gw_pkt_field;
 
 typedef struct gw_packet_def {
   char *name;
   bool sides[GW_SIDES];   /* who sends it: "client", "server" or "both" */
   bool keepalive;         /* the framing's keep-alive frame: no opcode */
   uint32_t opcode;        /* valid unless keepalive */
-  gw_field *fields;
+  gw_pkt_field *fields;
   size_t nfields;
 } gw_packet_def;
 
@@ -85,10 +85,10 @@ const gw_packet_def *gw_proto_lookup(const gw_proto *p, gw_side from, bool has_o
 const char *gw_proto_suggest(const gw_proto *p, const char *name);
 
 /* Type names as packets.lua spells them ("u16", "bytes(N)", "array"). */
-extern const char *const gw_field_type_names[];
+extern const char *const gw_pkt_field_type_names[];
 /* Size of an integer type (1, 2, 4, 8), 0 for the others. */
-unsigned gw_field_int_size(gw_field_type t);
-bool gw_field_is_signed(gw_field_type t);
+unsigned gw_pkt_field_int_size(gw_pkt_field_type t);
+bool gw_pkt_field_is_signed(gw_pkt_field_type t);
 /* Edits (insert, delete, change, swap of neighbours; case folded) between
  * two names of at most 64 bytes; SIZE_MAX for longer ones. */
 size_t gw_edit_distance(const char *a, const char *b);

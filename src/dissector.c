@@ -434,32 +434,32 @@ static void gen_reset(gen *g)
 }
 
 /* The runtime's kind, the ProtoField constructor and the size of a type. */
-static void field_kind(const gw_field *f, const char **kind, const char **ctor,
+static void field_kind(const gw_pkt_field *f, const char **kind, const char **ctor,
                        unsigned *size)
 {
   static const struct {
     const char *kind, *ctor;
     unsigned size;
   } kinds[] = {
-    [GW_FT_U8] = {"int", "uint8", 1},     [GW_FT_U16] = {"int", "uint16", 2},
-    [GW_FT_U32] = {"int", "uint32", 4},   [GW_FT_U64] = {"int", "uint64", 8},
-    [GW_FT_I8] = {"int", "int8", 1},      [GW_FT_I16] = {"int", "int16", 2},
-    [GW_FT_I32] = {"int", "int32", 4},    [GW_FT_I64] = {"int", "int64", 8},
-    [GW_FT_F32] = {"float", "float", 4},  [GW_FT_F64] = {"float", "double", 8},
-    [GW_FT_STR] = {"str", "string", 0},   [GW_FT_BYTES] = {"bytes", "bytes", 0},
-    [GW_FT_REST] = {"rest", "bytes", 0},  [GW_FT_ARRAY] = {"array", "none", 0},
+    [GW_PF_U8] = {"int", "uint8", 1},     [GW_PF_U16] = {"int", "uint16", 2},
+    [GW_PF_U32] = {"int", "uint32", 4},   [GW_PF_U64] = {"int", "uint64", 8},
+    [GW_PF_I8] = {"int", "int8", 1},      [GW_PF_I16] = {"int", "int16", 2},
+    [GW_PF_I32] = {"int", "int32", 4},    [GW_PF_I64] = {"int", "int64", 8},
+    [GW_PF_F32] = {"float", "float", 4},  [GW_PF_F64] = {"float", "double", 8},
+    [GW_PF_STR] = {"str", "string", 0},   [GW_PF_BYTES] = {"bytes", "bytes", 0},
+    [GW_PF_REST] = {"rest", "bytes", 0},  [GW_PF_ARRAY] = {"array", "none", 0},
   };
   *kind = kinds[f->type].kind;
   *ctor = kinds[f->type].ctor;
   *size = kinds[f->type].size;
 }
 
-static void emit_fields(gen *g, const gw_field *fs, size_t n, const char *prefix,
+static void emit_fields(gen *g, const gw_pkt_field *fs, size_t n, const char *prefix,
                         int depth)
 {
   FILE *o = g->out;
   for (size_t i = 0; i < n; i++) {
-    const gw_field *f = &fs[i];
+    const gw_pkt_field *f = &fs[i];
     const char *kind, *ctor;
     unsigned size;
     field_kind(f, &kind, &ctor, &size);
@@ -475,9 +475,9 @@ static void emit_fields(gen *g, const gw_field *fs, size_t n, const char *prefix
       fputs(", opt = true", o);
     if (size)
       fprintf(o, ", size = %u", size);
-    if (f->type == GW_FT_BYTES)
+    if (f->type == GW_PF_BYTES)
       fprintf(o, ", size = %" PRIu32, f->n);
-    if (f->type >= GW_FT_I8 && f->type <= GW_FT_I64)
+    if (f->type >= GW_PF_I8 && f->type <= GW_PF_I64)
       fputs(", signed = true", o);
     fprintf(o, ",\n%*s  pf = ProtoField.%s(", 2 * depth, "", ctor);
     lua_string(o, abbrev);
@@ -486,7 +486,7 @@ static void emit_fields(gen *g, const gw_field *fs, size_t n, const char *prefix
     if (!strcmp(kind, "int"))
       fputs(", base.DEC", o);
     fputs(")", o);
-    if (f->type == GW_FT_ARRAY) {
+    if (f->type == GW_PF_ARRAY) {
       switch (f->count_kind) {
       case GW_COUNT_FIELD:
         fprintf(o, ",\n%*s  count = \"field\", count_index = %zu", 2 * depth, "",

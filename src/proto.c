@@ -35,26 +35,26 @@
 #define PROTO_COUNT_MAX 65535u /* count = N */
 #define WHERE_MAX 160
 
-const char *const gw_field_type_names[] = {
-  [GW_FT_U8] = "u8", [GW_FT_U16] = "u16", [GW_FT_U32] = "u32",
-  [GW_FT_U64] = "u64", [GW_FT_I8] = "i8", [GW_FT_I16] = "i16",
-  [GW_FT_I32] = "i32", [GW_FT_I64] = "i64", [GW_FT_F32] = "f32",
-  [GW_FT_F64] = "f64", [GW_FT_STR] = "str", [GW_FT_BYTES] = "bytes(N)",
-  [GW_FT_REST] = "bytes", [GW_FT_ARRAY] = "array",
+const char *const gw_pkt_field_type_names[] = {
+  [GW_PF_U8] = "u8", [GW_PF_U16] = "u16", [GW_PF_U32] = "u32",
+  [GW_PF_U64] = "u64", [GW_PF_I8] = "i8", [GW_PF_I16] = "i16",
+  [GW_PF_I32] = "i32", [GW_PF_I64] = "i64", [GW_PF_F32] = "f32",
+  [GW_PF_F64] = "f64", [GW_PF_STR] = "str", [GW_PF_BYTES] = "bytes(N)",
+  [GW_PF_REST] = "bytes", [GW_PF_ARRAY] = "array",
 };
 
-unsigned gw_field_int_size(gw_field_type t) {
+unsigned gw_pkt_field_int_size(gw_pkt_field_type t) {
   switch (t) {
-  case GW_FT_U8: case GW_FT_I8: return 1;
-  case GW_FT_U16: case GW_FT_I16: return 2;
-  case GW_FT_U32: case GW_FT_I32: return 4;
-  case GW_FT_U64: case GW_FT_I64: return 8;
+  case GW_PF_U8: case GW_PF_I8: return 1;
+  case GW_PF_U16: case GW_PF_I16: return 2;
+  case GW_PF_U32: case GW_PF_I32: return 4;
+  case GW_PF_U64: case GW_PF_I64: return 8;
   default: return 0;
   }
 }
 
-bool gw_field_is_signed(gw_field_type t) {
-  return t == GW_FT_I8 || t == GW_FT_I16 || t == GW_FT_I32 || t == GW_FT_I64;
+bool gw_pkt_field_is_signed(gw_pkt_field_type t) {
+  return t == GW_PF_I8 || t == GW_PF_I16 || t == GW_PF_I32 || t == GW_PF_I64;
 }
 
 typedef struct index_entry {
@@ -215,14 +215,14 @@ static const char *closest(const char *s, const char *const *names, size_t n,
 
 typedef struct type_name {
   const char *name;
-  gw_field_type type;
+  gw_pkt_field_type type;
 } type_name;
 
 static const type_name types[] = {
-  {"u8", GW_FT_U8}, {"u16", GW_FT_U16}, {"u32", GW_FT_U32}, {"u64", GW_FT_U64},
-  {"i8", GW_FT_I8}, {"i16", GW_FT_I16}, {"i32", GW_FT_I32}, {"i64", GW_FT_I64},
-  {"f32", GW_FT_F32}, {"f64", GW_FT_F64}, {"str", GW_FT_STR},
-  {"bytes", GW_FT_REST},
+  {"u8", GW_PF_U8}, {"u16", GW_PF_U16}, {"u32", GW_PF_U32}, {"u64", GW_PF_U64},
+  {"i8", GW_PF_I8}, {"i16", GW_PF_I16}, {"i32", GW_PF_I32}, {"i64", GW_PF_I64},
+  {"f32", GW_PF_F32}, {"f64", GW_PF_F64}, {"str", GW_PF_STR},
+  {"bytes", GW_PF_REST},
 };
 #define TYPE_LIST "u8 u16 u32 u64 i8 i16 i32 i64 f32 f64 str bytes(N) bytes"
 
@@ -261,7 +261,7 @@ static void where_pop(walk *w, size_t mark) {
 }
 
 /* Splits a field's name: a trailing '?' makes it optional. */
-static void take_name(proto_ctx *c, walk *w, gw_field *fd, const char *s, size_t len) {
+static void take_name(proto_ctx *c, walk *w, gw_pkt_field *fd, const char *s, size_t len) {
   bool opt = len > 0 && s[len - 1] == '?';
   if (opt)
     len--;
@@ -283,10 +283,10 @@ static void take_name(proto_ctx *c, walk *w, gw_field *fd, const char *s, size_t
 }
 
 static void parse_struct(proto_ctx *c, walk *w, int t, lua_Integer first,
-                         gw_field **fields, size_t *nfields, int depth);
+                         gw_pkt_field **fields, size_t *nfields, int depth);
 
 /* "type name" at the top of the stack into fd. */
-static void parse_scalar(proto_ctx *c, walk *w, gw_field *fd) {
+static void parse_scalar(proto_ctx *c, walk *w, gw_pkt_field *fd) {
   size_t len;
   const char *s = lua_tolstring(c->L, -1, &len);
   const char *sp = memchr(s, ' ', len);
@@ -312,7 +312,7 @@ static void parse_scalar(proto_ctx *c, walk *w, gw_field *fd) {
     if (n == 0 || n > PROTO_BYTES_MAX)
       fail(c, w->where, "bytes(%llu): the size must be 1 to %u",
            (unsigned long long)n, PROTO_BYTES_MAX);
-    fd->type = GW_FT_BYTES;
+    fd->type = GW_PF_BYTES;
     fd->n = (uint32_t)n;
     found = true;
   }
@@ -320,7 +320,7 @@ static void parse_scalar(proto_ctx *c, walk *w, gw_field *fd) {
     fail(c, w->where, "unknown type \"%.*s\" (expected " TYPE_LIST ")",
          (int)(tlen > 40 ? 40 : tlen), s);
   take_name(c, w, fd, name, nlen);
-  if (fd->type == GW_FT_STR && !c->f->str_length_size && !c->f->str_nul)
+  if (fd->type == GW_PF_STR && !c->f->str_length_size && !c->f->str_nul)
     fail(c, w->where, "field %s: the framing \"%s\" has no string type",
          fd->name, c->f->name);
 }
@@ -342,13 +342,13 @@ static _Noreturn void fail_key(proto_ctx *c, walk *w, const char *const known[],
 }
 
 /* The array of structs at the top of the stack into fd. */
-static void parse_array(proto_ctx *c, walk *w, gw_field *fd, gw_field *siblings,
+static void parse_array(proto_ctx *c, walk *w, gw_pkt_field *fd, gw_pkt_field *siblings,
                         size_t index, int depth) {
   lua_State *L = c->L;
   int t = lua_gettop(L);
   if (depth >= PROTO_DEPTH_MAX)
     fail(c, w->where, "arrays nest at most %d deep", PROTO_DEPTH_MAX);
-  fd->type = GW_FT_ARRAY;
+  fd->type = GW_PF_ARRAY;
   fd->counts = -1;
   /* Keys: 1.. and count, nothing else. */
   lua_Integer n = (lua_Integer)lua_rawlen(L, t);
@@ -382,9 +382,9 @@ static void parse_array(proto_ctx *c, walk *w, gw_field *fd, gw_field *siblings,
     if (i == index)
       fail(c, w->where, "array %s: count field \"%s\" is not a field before "
            "it in the same struct", fd->name, cname);
-    if (!gw_field_int_size(siblings[i].type))
+    if (!gw_pkt_field_int_size(siblings[i].type))
       fail(c, w->where, "array %s: count field \"%s\" is %s, not an integer",
-           fd->name, cname, gw_field_type_names[siblings[i].type]);
+           fd->name, cname, gw_pkt_field_type_names[siblings[i].type]);
     if (siblings[i].counts >= 0)
       fail(c, w->where, "array %s: count field \"%s\" already counts array %s",
            fd->name, cname, siblings[siblings[i].counts].name);
@@ -412,14 +412,14 @@ static void parse_array(proto_ctx *c, walk *w, gw_field *fd, gw_field *siblings,
 
 /* Fields [first..#t] of table t into *fields. */
 static void parse_struct(proto_ctx *c, walk *w, int t, lua_Integer first,
-                         gw_field **fields, size_t *nfields, int depth) {
+                         gw_pkt_field **fields, size_t *nfields, int depth) {
   lua_State *L = c->L;
   luaL_checkstack(L, 8, NULL);
   lua_Integer n = (lua_Integer)lua_rawlen(L, t);
   if (n - first + 1 > PROTO_FIELDS_MAX)
     fail(c, w->where, "more than %d fields", PROTO_FIELDS_MAX);
   size_t count = n >= first ? (size_t)(n - first + 1) : 0;
-  gw_field *fs = xcalloc(c, count, sizeof *fs);
+  gw_pkt_field *fs = xcalloc(c, count, sizeof *fs);
   *fields = fs;
   *nfields = count;
   for (size_t i = 0; i < count; i++)
@@ -442,8 +442,8 @@ static void parse_struct(proto_ctx *c, walk *w, int t, lua_Integer first,
       if (strcmp(fs[j].name, fs[i].name) == 0)
         fail(c, w->where, "field %s is defined twice (also [%lld])", fs[i].name,
              (long long)(first + (lua_Integer)j));
-    bool rest = fs[i].type == GW_FT_REST ||
-                (fs[i].type == GW_FT_ARRAY && fs[i].count_kind == GW_COUNT_REST);
+    bool rest = fs[i].type == GW_PF_REST ||
+                (fs[i].type == GW_PF_ARRAY && fs[i].count_kind == GW_COUNT_REST);
     if (rest && (!w->top || i + 1 < count))
       fail(c, w->where, "field %s takes the rest of the body: it must be the "
            "packet's last field%s", fs[i].name, w->top ? "" : ", not inside an array");
@@ -657,7 +657,7 @@ int gw_proto_load(const char *path, const gw_framing *f, gw_proto *out, char *er
   return -EINVAL;
 }
 
-static void free_fields(gw_field *fs, size_t n) {
+static void free_fields(gw_pkt_field *fs, size_t n) {
   if (!fs)
     return;
   for (size_t i = 0; i < n; i++) {

@@ -110,8 +110,7 @@ const uint8_t *gw_frame_arg(lua_State *L, int idx, size_t *len);
 /* Reads a body argument: a string or a writer's bytes. Raises. */
 const uint8_t *gw_body_arg(lua_State *L, int idx, size_t *len);
 
-/* ---- packets by name (script_proto.c) ----
- * proto.h stays out of this header: its gw_field clashes with log.h's. */
+/* ---- packets by name (script_proto.c) ---- */
 struct gw_proto;
 #define GW_PROTO_MT "gangway.proto"
 #define GW_KEEPALIVE_KEY (-2)  /* map key of the keep-alive chain */

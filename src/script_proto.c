@@ -210,20 +210,20 @@ static bool misfit(walk_ctx *c, const char *fmt, ...) {
   return false;
 }
 
-static bool past_end(walk_ctx *c, const gw_field *fd, size_t off) {
+static bool past_end(walk_ctx *c, const gw_pkt_field *fd, size_t off) {
   return misfit(c, "(%s at offset %zu) runs past the end of the %zu-byte frame",
-                gw_field_type_names[fd->type], off, c->len);
+                gw_pkt_field_type_names[fd->type], off, c->len);
 }
 
 /* The bytes a scalar field takes at off, or false. */
-static bool scalar_size(walk_ctx *c, const gw_field *fd, size_t off, size_t *size) {
+static bool scalar_size(walk_ctx *c, const gw_pkt_field *fd, size_t off, size_t *size) {
   size_t room = c->len - off;
   switch (fd->type) {
-  case GW_FT_F32: *size = 4; break;
-  case GW_FT_F64: *size = 8; break;
-  case GW_FT_BYTES: *size = fd->n; break;
-  case GW_FT_REST: *size = room; break;
-  case GW_FT_STR: {
+  case GW_PF_F32: *size = 4; break;
+  case GW_PF_F64: *size = 8; break;
+  case GW_PF_BYTES: *size = fd->n; break;
+  case GW_PF_REST: *size = room; break;
+  case GW_PF_STR: {
     unsigned ls = c->f->str_length_size;
     if (!ls) {
       const uint8_t *nul = memchr(c->d + off, 0, room);
@@ -242,41 +242,41 @@ static bool scalar_size(walk_ctx *c, const gw_field *fd, size_t off, size_t *siz
     *size = ls + (size_t)n;
     return true;
   }
-  default: *size = gw_field_int_size(fd->type); break;
+  default: *size = gw_pkt_field_int_size(fd->type); break;
   }
   if (*size > room)
     return past_end(c, fd, off);
   return true;
 }
 
-static lua_Integer read_int(const walk_ctx *c, const gw_field *fd, size_t off) {
-  unsigned size = gw_field_int_size(fd->type);
+static lua_Integer read_int(const walk_ctx *c, const gw_pkt_field *fd, size_t off) {
+  unsigned size = gw_pkt_field_int_size(fd->type);
   uint64_t v = gw_get_uint(c->d + off, size, c->f->big_endian);
-  if (gw_field_is_signed(fd->type) && size < 8 && (v >> (8 * size - 1)) & 1)
+  if (gw_pkt_field_is_signed(fd->type) && size < 8 && (v >> (8 * size - 1)) & 1)
     v |= ~UINT64_C(0) << (8 * size);
   return (lua_Integer)v;
 }
 
 /* Pushes the scalar field at off (size bytes) as Lua sees it. */
-static void push_scalar(walk_ctx *c, const gw_field *fd, size_t off, size_t size) {
+static void push_scalar(walk_ctx *c, const gw_pkt_field *fd, size_t off, size_t size) {
   lua_State *L = c->L;
   const uint8_t *p = c->d + off;
   switch (fd->type) {
-  case GW_FT_F32: {
+  case GW_PF_F32: {
     uint32_t u = (uint32_t)gw_get_uint(p, 4, false);
     float v;
     memcpy(&v, &u, 4);
     lua_pushnumber(L, v);
     break;
   }
-  case GW_FT_F64: {
+  case GW_PF_F64: {
     uint64_t u = gw_get_uint(p, 8, false);
     double v;
     memcpy(&v, &u, 8);
     lua_pushnumber(L, v);
     break;
   }
-  case GW_FT_STR: {
+  case GW_PF_STR: {
     unsigned ls = c->f->str_length_size;
     size_t n = size - ls;
     if ((c->f->str_nul || !ls) && n && p[size - 1] == 0)
@@ -284,8 +284,8 @@ static void push_scalar(walk_ctx *c, const gw_field *fd, size_t off, size_t size
     lua_pushlstring(L, (const char *)p + ls, n);
     break;
   }
-  case GW_FT_BYTES:
-  case GW_FT_REST:
+  case GW_PF_BYTES:
+  case GW_PF_REST:
     lua_pushlstring(L, (const char *)p, size);
     break;
   default:
@@ -295,33 +295,33 @@ static void push_scalar(walk_ctx *c, const gw_field *fd, size_t off, size_t size
 }
 
 /* The fewest bytes an element of these fields can take. */
-static size_t min_size(const gw_field *fs, size_t nf, const gw_framing *f) {
+static size_t min_size(const gw_pkt_field *fs, size_t nf, const gw_framing *f) {
   size_t n = 0;
   for (size_t i = 0; i < nf; i++) {
-    const gw_field *fd = &fs[i];
+    const gw_pkt_field *fd = &fs[i];
     switch (fd->type) {
-    case GW_FT_F32: n += 4; break;
-    case GW_FT_F64: n += 8; break;
-    case GW_FT_BYTES: n += fd->n; break;
-    case GW_FT_REST: break;
-    case GW_FT_STR: n += f->str_length_size ? f->str_length_size : 1; break;
-    case GW_FT_ARRAY:
+    case GW_PF_F32: n += 4; break;
+    case GW_PF_F64: n += 8; break;
+    case GW_PF_BYTES: n += fd->n; break;
+    case GW_PF_REST: break;
+    case GW_PF_STR: n += f->str_length_size ? f->str_length_size : 1; break;
+    case GW_PF_ARRAY:
       if (fd->count_kind == GW_COUNT_FIXED)
         n += fd->n * min_size(fd->fields, fd->nfields, f);
       break;
-    default: n += gw_field_int_size(fd->type); break;
+    default: n += gw_pkt_field_int_size(fd->type); break;
     }
   }
   return n;
 }
 
-static bool walk_struct(walk_ctx *c, const gw_field *fs, size_t nf, size_t *off,
+static bool walk_struct(walk_ctx *c, const gw_pkt_field *fs, size_t nf, size_t *off,
                         size_t *starts, size_t *present);
 
 /* The elements of array fd at *off; its count field (if any) starts at
  * count_off. Pushes a list of tables when decoding. */
-static bool walk_array(walk_ctx *c, const gw_field *fd, size_t *off, size_t count_off,
-                       const gw_field *count_fd) {
+static bool walk_array(walk_ctx *c, const gw_pkt_field *fd, size_t *off, size_t count_off,
+                       const gw_pkt_field *count_fd) {
   uint64_t n = fd->n;
   size_t at = *off;
   if (fd->count_kind == GW_COUNT_FIELD) {
@@ -363,14 +363,14 @@ static bool walk_array(walk_ctx *c, const gw_field *fd, size_t *off, size_t coun
  * top of the stack. starts (nf + 1 entries, or NULL) gets where each field
  * starts and where the last ends; present how many were there (the rest
  * are optional fields missing at the end of the body). */
-static bool walk_struct(walk_ctx *c, const gw_field *fs, size_t nf, size_t *off,
+static bool walk_struct(walk_ctx *c, const gw_pkt_field *fs, size_t nf, size_t *off,
                         size_t *starts, size_t *present) {
   size_t st_local[nf ? nf : 1];
   size_t *st = starts ? starts : st_local;
   if (present)
     *present = 0;
   for (size_t i = 0; i < nf; i++) {
-    const gw_field *fd = &fs[i];
+    const gw_pkt_field *fd = &fs[i];
     st[i] = *off;
     if (fd->optional && *off == c->len) {
       if (starts)
@@ -380,8 +380,8 @@ static bool walk_struct(walk_ctx *c, const gw_field *fs, size_t nf, size_t *off,
     if (c->charge)
       gw__charge(c->L, 1);
     size_t mark = path_push(c, fd->name, 0);
-    if (fd->type == GW_FT_ARRAY) {
-      const gw_field *cf = fd->count_kind == GW_COUNT_FIELD ? &fs[fd->count_field] : NULL;
+    if (fd->type == GW_PF_ARRAY) {
+      const gw_pkt_field *cf = fd->count_kind == GW_COUNT_FIELD ? &fs[fd->count_field] : NULL;
       if (!walk_array(c, fd, off, cf ? st[fd->count_field] : 0, cf))
         return false;
     } else {
@@ -491,39 +491,39 @@ static _Noreturn void enc_fail(enc_ctx *c, const char *fmt, ...) {
   abort();
 }
 
-static void enc_int(enc_ctx *c, const gw_field *fd, lua_Integer v) {
-  unsigned size = gw_field_int_size(fd->type);
-  bool sgn = gw_field_is_signed(fd->type);
+static void enc_int(enc_ctx *c, const gw_pkt_field *fd, lua_Integer v) {
+  unsigned size = gw_pkt_field_int_size(fd->type);
+  bool sgn = gw_pkt_field_is_signed(fd->type);
   if (size < 8) {
     lua_Integer lo = sgn ? -((lua_Integer)1 << (8 * size - 1)) : 0;
     lua_Integer hi = sgn ? ((lua_Integer)1 << (8 * size - 1)) - 1
                          : ((lua_Integer)1 << (8 * size)) - 1;
     if (v < lo || v > hi)
       enc_fail(c, "%lld is out of range for %s (%lld..%lld)", (long long)v,
-               gw_field_type_names[fd->type], (long long)lo, (long long)hi);
+               gw_pkt_field_type_names[fd->type], (long long)lo, (long long)hi);
   }
   uint8_t tmp[8];
   gw_put_uint(tmp, size, c->w.f->big_endian, (uint64_t)v);
   enc_put(c->w.L, &c->b, tmp, size);
 }
 
-static void enc_struct(enc_ctx *c, const gw_field *fs, size_t nf, int t, bool top);
+static void enc_struct(enc_ctx *c, const gw_pkt_field *fs, size_t nf, int t, bool top);
 
 /* Writes the value at v (not nil) as field fd. */
-static void enc_value(enc_ctx *c, const gw_field *fd, int v) {
+static void enc_value(enc_ctx *c, const gw_pkt_field *fd, int v) {
   lua_State *L = c->w.L;
   const gw_framing *f = c->w.f;
   int ty = lua_type(L, v);
-  const char *tname = gw_field_type_names[fd->type];
+  const char *tname = gw_pkt_field_type_names[fd->type];
   if (c->w.charge)
     gw__charge(L, 1);
   switch (fd->type) {
-  case GW_FT_F32:
-  case GW_FT_F64: {
+  case GW_PF_F32:
+  case GW_PF_F64: {
     if (ty != LUA_TNUMBER)
       enc_fail(c, "expected a number (%s), got %s", tname, lua_typename(L, ty));
     uint8_t tmp[8];
-    if (fd->type == GW_FT_F32) {
+    if (fd->type == GW_PF_F32) {
       float x = (float)lua_tonumber(L, v);
       uint32_t u;
       memcpy(&u, &x, 4);
@@ -538,18 +538,18 @@ static void enc_value(enc_ctx *c, const gw_field *fd, int v) {
     }
     return;
   }
-  case GW_FT_STR:
-  case GW_FT_BYTES:
-  case GW_FT_REST: {
+  case GW_PF_STR:
+  case GW_PF_BYTES:
+  case GW_PF_REST: {
     if (ty != LUA_TSTRING)
       enc_fail(c, "expected a string (%s), got %s", tname, lua_typename(L, ty));
     size_t n;
     const char *s = lua_tolstring(L, v, &n);
     if (c->w.charge && n > 16)
       gw__charge(L, n / 16);
-    if (fd->type == GW_FT_BYTES && n != fd->n)
+    if (fd->type == GW_PF_BYTES && n != fd->n)
       enc_fail(c, "bytes(%u) needs exactly %u bytes, got %zu", fd->n, fd->n, n);
-    if (fd->type != GW_FT_STR) {
+    if (fd->type != GW_PF_STR) {
       enc_put(L, &c->b, s, n);
       return;
     }
@@ -568,7 +568,7 @@ static void enc_value(enc_ctx *c, const gw_field *fd, int v) {
     c->b.len += ls + n + nul;
     return;
   }
-  case GW_FT_ARRAY: {
+  case GW_PF_ARRAY: {
     if (ty != LUA_TTABLE)
       enc_fail(c, "expected a list of tables (array), got %s", lua_typename(L, ty));
     size_t n = lua_rawlen(L, v);
@@ -600,10 +600,10 @@ static void enc_value(enc_ctx *c, const gw_field *fd, int v) {
 /* The value of the count field fd (of the array fs[fd->counts]) when the
  * array is written from t or from the frame's old bytes; false when the
  * field is optional and there is nothing to count. */
-static bool count_value(enc_ctx *c, const gw_field *fs, size_t i, int t, bool old,
+static bool count_value(enc_ctx *c, const gw_pkt_field *fs, size_t i, int t, bool old,
                         lua_Integer *n) {
   lua_State *L = c->w.L;
-  const gw_field *fd = &fs[i];
+  const gw_pkt_field *fd = &fs[i];
   int at = lua_getfield(L, t, fs[fd->counts].name);
   lua_Integer len = at == LUA_TTABLE ? (lua_Integer)lua_rawlen(L, -1) : 0;
   lua_pop(L, 1);
@@ -621,12 +621,12 @@ static bool count_value(enc_ctx *c, const gw_field *fs, size_t i, int t, bool ol
 /* Writes the fields of table t. At the top level a field t lacks keeps
  * the frame's value (its old bytes); in arrays every field is needed.
  * Count fields are computed from their arrays, never taken from t. */
-static void enc_struct(enc_ctx *c, const gw_field *fs, size_t nf, int t, bool top) {
+static void enc_struct(enc_ctx *c, const gw_pkt_field *fs, size_t nf, int t, bool top) {
   lua_State *L = c->w.L;
   bool old = top && c->old_starts;
   const char *stopped = NULL; /* the optional field the body ends before */
   for (size_t i = 0; i < nf; i++) {
-    const gw_field *fd = &fs[i];
+    const gw_pkt_field *fd = &fs[i];
     size_t mark = path_push(&c->w, fd->name, 0);
     int ty = lua_getfield(L, t, fd->name);
     lua_Integer n;
@@ -645,7 +645,7 @@ static void enc_struct(enc_ctx *c, const gw_field *fs, size_t nf, int t, bool to
     } else if (fd->optional) {
       stopped = fd->name;
     } else {
-      enc_fail(c, "missing (%s, required)", gw_field_type_names[fd->type]);
+      enc_fail(c, "missing (%s, required)", gw_pkt_field_type_names[fd->type]);
     }
     lua_pop(L, 1);
     path_pop(&c->w, mark);

@@ -26,44 +26,44 @@
 #define HOSTILE_PACKET "EVIL\"]] pwned = true --\n\\\"; pwned = true --\xc3\xa9"
 #define HOSTILE_FIELD "t\"e\nx]]t\\"
 
-static gw_field inner_fields[] = {
-  {.name = "v", .type = GW_FT_U8, .counts = -1},
+static gw_pkt_field inner_fields[] = {
+  {.name = "v", .type = GW_PF_U8, .counts = -1},
 };
-static gw_field item_fields[] = {
-  {.name = "id", .type = GW_FT_U32, .counts = -1},
-  {.name = "name", .type = GW_FT_STR, .counts = -1},
-  {.name = "pair", .type = GW_FT_ARRAY, .count_kind = GW_COUNT_FIXED, .n = 2,
+static gw_pkt_field item_fields[] = {
+  {.name = "id", .type = GW_PF_U32, .counts = -1},
+  {.name = "name", .type = GW_PF_STR, .counts = -1},
+  {.name = "pair", .type = GW_PF_ARRAY, .count_kind = GW_COUNT_FIXED, .n = 2,
    .fields = inner_fields, .nfields = 1, .counts = -1},
 };
-static gw_field all_fields[] = {
-  {.name = "a", .type = GW_FT_U8, .counts = -1},
-  {.name = "b", .type = GW_FT_U16, .counts = -1},
-  {.name = "c", .type = GW_FT_U32, .counts = -1},
-  {.name = "d", .type = GW_FT_U64, .counts = -1},
-  {.name = "e", .type = GW_FT_I8, .counts = -1},
-  {.name = "f", .type = GW_FT_I16, .counts = -1},
-  {.name = "g", .type = GW_FT_I32, .counts = -1},
-  {.name = "h", .type = GW_FT_I64, .counts = -1},
-  {.name = "x", .type = GW_FT_F32, .counts = -1},
-  {.name = "y", .type = GW_FT_F64, .counts = -1},
-  {.name = "s", .type = GW_FT_STR, .counts = -1},
-  {.name = "raw", .type = GW_FT_BYTES, .n = 4, .counts = -1},
-  {.name = "count", .type = GW_FT_U16, .counts = 13},
-  {.name = "items", .type = GW_FT_ARRAY, .count_kind = GW_COUNT_FIELD, .count_field = 12,
+static gw_pkt_field all_fields[] = {
+  {.name = "a", .type = GW_PF_U8, .counts = -1},
+  {.name = "b", .type = GW_PF_U16, .counts = -1},
+  {.name = "c", .type = GW_PF_U32, .counts = -1},
+  {.name = "d", .type = GW_PF_U64, .counts = -1},
+  {.name = "e", .type = GW_PF_I8, .counts = -1},
+  {.name = "f", .type = GW_PF_I16, .counts = -1},
+  {.name = "g", .type = GW_PF_I32, .counts = -1},
+  {.name = "h", .type = GW_PF_I64, .counts = -1},
+  {.name = "x", .type = GW_PF_F32, .counts = -1},
+  {.name = "y", .type = GW_PF_F64, .counts = -1},
+  {.name = "s", .type = GW_PF_STR, .counts = -1},
+  {.name = "raw", .type = GW_PF_BYTES, .n = 4, .counts = -1},
+  {.name = "count", .type = GW_PF_U16, .counts = 13},
+  {.name = "items", .type = GW_PF_ARRAY, .count_kind = GW_COUNT_FIELD, .count_field = 12,
    .fields = item_fields, .nfields = 3, .counts = -1},
-  {.name = "tail", .type = GW_FT_ARRAY, .count_kind = GW_COUNT_REST,
+  {.name = "tail", .type = GW_PF_ARRAY, .count_kind = GW_COUNT_REST,
    .fields = inner_fields, .nfields = 1, .counts = -1},
 };
-static gw_field login_fields[] = {
-  {.name = "error", .type = GW_FT_U16, .counts = -1},
-  {.name = "player", .type = GW_FT_U32, .optional = true, .counts = -1},
+static gw_pkt_field login_fields[] = {
+  {.name = "error", .type = GW_PF_U16, .counts = -1},
+  {.name = "player", .type = GW_PF_U32, .optional = true, .counts = -1},
 };
-static gw_field rest_fields[] = {
-  {.name = "kind", .type = GW_FT_U8, .counts = -1},
-  {.name = "data", .type = GW_FT_REST, .counts = -1},
+static gw_pkt_field rest_fields[] = {
+  {.name = "kind", .type = GW_PF_U8, .counts = -1},
+  {.name = "data", .type = GW_PF_REST, .counts = -1},
 };
-static gw_field hostile_fields[] = {
-  {.name = HOSTILE_FIELD, .type = GW_FT_STR, .counts = -1},
+static gw_pkt_field hostile_fields[] = {
+  {.name = HOSTILE_FIELD, .type = GW_PF_STR, .counts = -1},
 };
 static gw_packet_def packets[] = {
   {.name = "ALL", .sides = {true, false}, .opcode = 7, .fields = all_fields, .nfields = 15},
@@ -347,9 +347,9 @@ static void test_other_framings(void **state) {
   (void)state;
   gw_framing top_f = top(), mysql;
   assert_int_equal(gw_framing_preset("mysql", &mysql), 0);
-  static gw_field fields[] = {
-    {.name = "n", .type = GW_FT_U16, .counts = -1},
-    {.name = "s", .type = GW_FT_STR, .counts = -1},
+  static gw_pkt_field fields[] = {
+    {.name = "n", .type = GW_PF_U16, .counts = -1},
+    {.name = "s", .type = GW_PF_STR, .counts = -1},
   };
   static gw_packet_def defs[] = {
     {.name = "QUERY", .sides = {true, false}, .opcode = 3, .fields = fields, .nfields = 2},
@@ -377,7 +377,7 @@ static void test_other_framings(void **state) {
   /* varint: a length split over two bytes */
   gw_framing varint;
   assert_int_equal(gw_framing_preset("varint", &varint), 0);
-  static gw_field vf[] = {{.name = "data", .type = GW_FT_REST, .counts = -1}};
+  static gw_pkt_field vf[] = {{.name = "data", .type = GW_PF_REST, .counts = -1}};
   static gw_packet_def vdefs[] = {{.name = "BLOB", .sides = {true, true}, .keepalive = true,
                                    .fields = vf, .nfields = 1}};
   gw_proto vp = {.path = "x", .packets = vdefs, .npackets = 1};

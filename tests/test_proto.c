@@ -82,7 +82,7 @@ static void test_shipped_top(void **state) {
   assert_string_equal(say->name, "CM_SAY");
   assert_ptr_equal(gw_proto_find(&p, "CM_SAY"), say);
   assert_int_equal(say->nfields, 1);
-  assert_int_equal(say->fields[0].type, GW_FT_STR);
+  assert_int_equal(say->fields[0].type, GW_PF_STR);
   assert_string_equal(say->fields[0].name, "text");
   /* sides are separate: opcode 1 from the server is nothing */
   assert_null(gw_proto_lookup(&p, GW_SERVER, true, 1));
@@ -124,11 +124,11 @@ static void test_arrays_and_optional(void **state) {
   const gw_packet_def *m = gw_proto_find(&p, "MC_ITEMS");
   assert_int_equal(m->nfields, 3);
   assert_int_equal(m->fields[0].counts, 1);
-  assert_int_equal(m->fields[1].type, GW_FT_ARRAY);
+  assert_int_equal(m->fields[1].type, GW_PF_ARRAY);
   assert_int_equal(m->fields[1].count_kind, GW_COUNT_FIELD);
   assert_int_equal(m->fields[1].count_field, 0);
   assert_int_equal(m->fields[1].nfields, 4);
-  assert_int_equal(m->fields[1].fields[2].type, GW_FT_BYTES);
+  assert_int_equal(m->fields[1].fields[2].type, GW_PF_BYTES);
   assert_int_equal(m->fields[1].fields[2].n, 4);
   assert_int_equal(m->fields[1].fields[3].count_kind, GW_COUNT_FIXED);
   assert_int_equal(m->fields[1].fields[3].n, 2);
@@ -137,7 +137,7 @@ static void test_arrays_and_optional(void **state) {
   const gw_packet_def *b = gw_proto_find(&p, "BOTH");
   assert_ptr_equal(gw_proto_lookup(&p, GW_CLIENT, true, 7), b);
   assert_ptr_equal(gw_proto_lookup(&p, GW_SERVER, true, 7), b);
-  assert_int_equal(b->fields[3].type, GW_FT_REST);
+  assert_int_equal(b->fields[3].type, GW_PF_REST);
   assert_true(b->fields[3].optional);
   assert_null(gw_proto_lookup(&p, GW_CLIENT, false, 0));
   gw_proto_free(&p);
