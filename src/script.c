@@ -833,7 +833,6 @@ static int call_start(gw_script *s, int nargs, gw_call **callp, call_kind kind,
   }
   if (st == LUA_OK) {
     take_first_result(L, co, nres);
-    lua_settop(co, 0);
   }
   return st;
 }
@@ -1082,15 +1081,16 @@ static gw_call *frame_chain(gw_script *s, gw_call *call, lua_Integer first, bool
 }
 
 /* The verdict of the frame in s->cur, out; then what its handlers sent.
- * Returns 0, or -ECONNRESET when the session is closed. */
-static int frame_finish(gw_script *s, bool failed) {
+ * os: its opcode's counters as looked up at its start (NULL: look again,
+ * after a wait). Returns 0, or -ECONNRESET when the session is closed. */
+static int frame_finish(gw_script *s, bool failed, gw_opstat *os) {
   lua_State *L = s->L;
   gw_frame_ctx *c = &s->cur;
   gw_listener_rt *rt = c->rt;
   gw_script_session *ss = c->ss;
   gw_side from = c->from;
   const gw_frame_info *fi = c->fi;
-  gw_opstat *os = gw__opstat(rt, from, fi->has_opcode, fi->opcode);
+  if (!os) os = gw__opstat(rt, from, fi->has_opcode, fi->opcode);
   lua_settop(L, GW_SLOT_BASE);
   gw_packet *p = c->pkt;
   gw_verdict v = c->verdict;
@@ -1296,7 +1296,7 @@ static int frame_handlers(gw_script *s, gw_script_session *ss, gw_side from, uin
       return GW_SCRIPT_PENDING;
     }
   }
-  return frame_finish(s, failed);
+  return frame_finish(s, failed, os);
 }
 
 /* Puts the frame c waits with back in s->cur and s->pkt, and the chain's
@@ -1446,7 +1446,7 @@ static void call_end_frame(gw_script *s, gw_call *c, bool failed, bool notify) {
   call_unlink(s, c);
   gw_script_session *ss = c->ss;
   gw_side from = c->ctx.from;
-  int rc = frame_finish(s, failed);
+  int rc = frame_finish(s, failed, NULL);
   call_free(s, c);
   if (notify && rc == 0 && ss->handlers && s->waits->ops.frame_done) s->waits->ops.frame_done(ss, from);
 }
