@@ -7,7 +7,7 @@
 local cjson = require("cjson")
 
 local path, meta = arg[1], arg[2] or ""
-local order = { "direct", "haproxy", "nginx", "gw-raw", "gw-top", "gw-lua", "gw-rewrite" }
+local order = { "direct", "haproxy", "nginx", "gw-raw", "gw-top", "gw-demo", "gw-lua", "gw-rewrite" }
 
 -- A side whose CPU share reaches this (in cores: 1.0 = one core busy all
 -- the window) is saturated. gangway, HAProxy (nbthread 1) and nginx (one

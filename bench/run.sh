@@ -31,7 +31,7 @@ PROFILE=""
 NOISE_MAX=""     # % of a CPU of other work a run may see (-1: no check)
 NOISE_WAIT=20    # s to wait for a quiet machine before each run
 SCENARIOS="bulk small lat1 lat1000 idle"
-CONTENDERS="direct haproxy nginx gw-raw gw-top gw-lua gw-rewrite"
+CONTENDERS="direct haproxy nginx gw-raw gw-top gw-demo gw-lua gw-rewrite"
 # nginx and its stream module: Debian's (tools/install-deps.sh), or from the
 # environment.
 NGINX=${NGINX:-/usr/sbin/nginx}
@@ -303,8 +303,20 @@ EOF
       # 64 KiB frames: top's u16 length allows them, its preset's client
       # limit (the game server's, 16 KiB) does not.
       framing='{ preset = "top", max_frame = 65535 }'
+      local protocol=nil
       case "$c" in
         gw-raw) framing='"raw"' ;;
+        # The demo's protocol module and handler set (config.lua), but for
+        # speed_limit.lua: the load is a flood of CM_BEGINACTION (opcode 6),
+        # which is what it exists to cut down. Those frames are no packet
+        # any of these handles: what this shows is that names, players and
+        # commands cost the frames nobody handles nothing.
+        gw-demo)
+          protocol="\"$ROOT/protocols/top\""
+          local s
+          for s in top_cipher chat_filter online_command admin_commands packet_logger; do
+            scripts+="\"$ROOT/scripts/$s.lua\", "
+          done ;;
         gw-lua) scripts="\"$SCRIPTS/trivial.lua\"" ;;
         gw-rewrite) scripts="\"$SCRIPTS/rewrite.lua\"" ;;
       esac
@@ -312,7 +324,7 @@ EOF
 return {
   listeners = { {
     name = "bench", listen = "127.0.0.1:$port", upstream = "127.0.0.1:$up",
-    framing = $framing, scripts = { $scripts },
+    framing = $framing, protocol = $protocol, scripts = { $scripts },
   } },
   limits = { max_sessions = $((IDLE_MAX + 100)) },
   log = { level = "warn" },
