@@ -43,7 +43,8 @@ static const char rules_lua[] =
     "  s:send_to_client(gw.packet(11, describe(res, err) .. (res and err and (' first error: ' .. err) or '')))\n"
     "  return gw.DROP\n"
     "end)\n"
-    "local by_name = {}\n"
+    "gw.shared.by_name = gw.shared.by_name or {} -- kept across reloads\n"
+    "local by_name = gw.shared.by_name\n"
     "gw.on('client', 20, function(pkt, s)\n"
     "  s.state.name = pkt:body()\n"
     "  by_name[s.state.name] = s\n"
@@ -52,6 +53,11 @@ static const char rules_lua[] =
     "gw.on('client', 21, function(pkt, s)\n"
     "  local ok, err = gw.publish('bans', pkt:body())\n"
     "  s:send_to_client(gw.packet(11, ok and 'published' or ('error:' .. err)))\n"
+    "  return gw.DROP\n"
+    "end)\n"
+    "gw.on('client', 13, function(pkt, s)\n"
+    "  s:sleep(300)\n"
+    "  s:send_to_client(gw.packet(11, 'generation ' .. gw.generation))\n"
     "  return gw.DROP\n"
     "end)\n"
     "gw.subscribe('bans', function(channel, name)\n"
@@ -243,12 +249,83 @@ static void test_auth_failure_reported(void **state) {
   redisd_stop(&locked);
 }
 
+/* The running generation's rules with another ban channel. */
+static void write_rules_for(it_gangway *g, const char *channel) {
+  const char *at = strstr(rules_lua, "gw.subscribe('bans'");
+  assert_non_null(at);
+  it_write(g->dir, "rules.lua", "%.*sgw.subscribe('%s'%s", (int)(at - rules_lua), rules_lua,
+           channel, at + strlen("gw.subscribe('bans'"));
+}
+
+static int count_subscribers(int port, const char *channel) {
+  char out[64];
+  const char *argv[] = {"PUBLISH", channel, "nobody"};
+  assert_int_equal(redis_cmd(port, out, sizeof out, 3, argv), 0);
+  return atoi(out + 1); /* ":N" */
+}
+
+static void test_reloads(void **state) {
+  fixture *f = *state;
+  it_gangway g = {0};
+  int port = it_free_port();
+  start_gangway(&g, f, port, NULL);
+  assert_true(it_log_wait(&g, "(pub/sub): connected", 3000));
+  int fd = it_connect(port), bob = it_connect(port);
+  send_text(bob, 20, "bob");
+  char body[64];
+  assert_true(read_text(bob, NULL, body, sizeof body, 2000) >= 0);
+  usleep(100 * 1000);
+  assert_int_equal(count_subscribers(f->redis.port, "bans"), 1);
+  /* a call waiting across a reload finishes with its generation's code */
+  send_text(fd, 13, "old");
+  usleep(50 * 1000);
+  write_rules_for(&g, "bans2");
+  kill(g.pid, SIGHUP);
+  assert_true(it_log_wait(&g, "generation 2 active", 3000));
+  uint16_t op;
+  assert_true(read_text(fd, &op, body, sizeof body, 3000) >= 0);
+  assert_string_equal(body, "generation 1"); /* started before the reload */
+  assert_string_equal(ask(fd, 13, "new"), "generation 2");
+  /* same redis settings: the connections stay; subscriptions follow */
+  assert_int_equal(it_log_count(&g, "(commands): connected", NULL), 1);
+  assert_int_equal(count_subscribers(f->redis.port, "bans"), 0);
+  assert_int_equal(count_subscribers(f->redis.port, "bans2"), 1);
+  const char *pub[] = {"PUBLISH", "bans2", "bob"};
+  char out[64];
+  assert_int_equal(redis_cmd(f->redis.port, out, sizeof out, 3, pub), 0);
+  assert_int_equal(it_wait_eof(bob, 1000, NULL), 1);
+  /* other settings: both connections made anew */
+  it_write(g.dir, "config.lua",
+           "return {\n"
+           "  listeners = { { name = 'game', listen = '127.0.0.1:%d', upstream = '127.0.0.1:%d',\n"
+           "                  framing = 'top', scripts = { 'rules.lua' } } },\n"
+           "  redis = { addr = '127.0.0.1:%d', db = 5 },\n"
+           "  control = '',\n"
+           "}\n",
+           port, f->echo_port, f->redis.port);
+  kill(g.pid, SIGHUP);
+  assert_true(it_log_wait(&g, "generation 3 active", 3000));
+  assert_true(it_log_wait(&g, "redis: new settings", 1000));
+  uint64_t until = it_now_ms() + 3000;
+  while (it_log_count(&g, "(commands): connected", NULL) < 2 && it_now_ms() < until)
+    usleep(20 * 1000);
+  assert_int_equal(it_log_count(&g, "(commands): connected", NULL), 2);
+  assert_string_equal(ask(fd, 10, "SET in-db-5 yes"), "string:OK");
+  const char *sel[] = {"GET", "in-db-5"}; /* not in db 0, where the test looks */
+  assert_int_equal(redis_cmd(f->redis.port, out, sizeof out, 2, sel), 0);
+  assert_non_null(strstr(out, "$-1"));
+  close(fd);
+  close(bob);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_replies_of_each_type),
       cmocka_unit_test(test_ban_across_two_gangways),
       cmocka_unit_test(test_redis_killed_and_back),
       cmocka_unit_test(test_auth_failure_reported),
+      cmocka_unit_test(test_reloads),
   };
   return cmocka_run_group_tests_name("gw.redis against redis-server", tests, setup, teardown);
 }
