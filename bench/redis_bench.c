@@ -8,7 +8,12 @@
  * median and 99th percentile for each mode, and the difference of the
  * medians: the round trip Redis adds to a frame at that many sessions.
  *
+ * Two loads: a closed loop (throughput; at 1,000 sessions the round trip is
+ * then mostly queueing), and a paced one (each session one frame every
+ * interval, default 200 ms: the round trip Redis adds, without queueing).
+ *
  *   build/bench/redis_bench [sessions, default 1000] [seconds, default 5]
+ *                           [paced interval ms, default 200]
  *
  * It needs redis-server on PATH, build/gangway and build/bench/gw-echo. */
 #include <arpa/inet.h>
@@ -109,10 +114,15 @@ typedef struct result {
   uint64_t frames, bad;
 } result;
 
-/* One mode: every session sends frames of opcode op, one at a time. */
-static result drive(int *fds, int n, uint16_t op, int seconds) {
+/* One mode: every session sends frames of opcode op, one at a time: the
+ * next as soon as the echo is back (interval_ms 0: a closed loop, which
+ * saturates), or interval_ms after the last one was sent (a paced load,
+ * which measures the round trip without queueing). */
+static result drive(int *fds, int n, uint16_t op, int seconds, int interval_ms) {
   uint8_t frame[FRAME];
   uint64_t *sent_at = calloc((size_t)n, sizeof *sent_at);
+  uint64_t *next_at = calloc((size_t)n, sizeof *next_at); /* paced: 0 in flight */
+  uint64_t interval = (uint64_t)interval_ms * 1000u;
   uint32_t *got = calloc((size_t)n, sizeof *got);
   struct pollfd *pf = calloc((size_t)n, sizeof *pf);
   size_t cap = 1 << 22, nrtt = 0;
@@ -126,12 +136,25 @@ static result drive(int *fds, int n, uint16_t op, int seconds) {
     pf[i] = (struct pollfd){.fd = fds[i], .events = POLLIN};
     frame[8] = (uint8_t)('A' + i % 26); /* the "name" differs per session */
     sent_at[i] = now_us();
-    if (write(fds[i], frame, FRAME) != FRAME) r.bad++;
+    if (interval) /* spread the first sends over one interval */
+      sent_at[i] += (uint64_t)i * interval / (uint64_t)n, next_at[i] = sent_at[i];
+    else if (write(fds[i], frame, FRAME) != FRAME)
+      r.bad++;
   }
   uint64_t t0 = now_us(), end = t0 + (uint64_t)seconds * 1000000u;
   uint8_t buf[4096];
   while (now_us() < end) {
-    if (poll(pf, (nfds_t)n, 100) <= 0) continue;
+    if (interval) {
+      uint64_t t = now_us();
+      for (int i = 0; i < n; i++) {
+        if (!next_at[i] || next_at[i] > t) continue;
+        next_at[i] = 0;
+        sent_at[i] = t;
+        frame[8] = (uint8_t)('A' + i % 26);
+        if (write(fds[i], frame, FRAME) != FRAME) r.bad++;
+      }
+    }
+    if (poll(pf, (nfds_t)n, interval ? 1 : 100) <= 0) continue;
     for (int i = 0; i < n; i++) {
       if (!(pf[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
       ssize_t k = read(fds[i], buf, sizeof buf);
@@ -146,6 +169,10 @@ static result drive(int *fds, int n, uint16_t op, int seconds) {
         uint64_t t = now_us();
         if (nrtt < cap) rtt[nrtt++] = (uint32_t)(t - sent_at[i]);
         r.frames++;
+        if (interval) {
+          next_at[i] = sent_at[i] + interval > t ? sent_at[i] + interval : t;
+          continue;
+        }
         sent_at[i] = t;
         frame[8] = (uint8_t)('A' + i % 26);
         if (write(fds[i], frame, FRAME) != FRAME) r.bad++;
@@ -171,6 +198,7 @@ static result drive(int *fds, int n, uint16_t op, int seconds) {
     r.p99_us = rtt[nrtt * 99 / 100];
   }
   free(sent_at);
+  free(next_at);
   free(got);
   free(pf);
   free(rtt);
@@ -180,8 +208,10 @@ static result drive(int *fds, int n, uint16_t op, int seconds) {
 int main(int argc, char **argv) {
   int n = argc > 1 ? atoi(argv[1]) : 1000;
   int seconds = argc > 2 ? atoi(argv[2]) : 5;
-  if (n < 1 || n > MAX_SESSIONS || seconds < 1) {
-    fprintf(stderr, "usage: redis_bench [sessions 1..%d] [seconds]\n", MAX_SESSIONS);
+  int interval_ms = argc > 3 ? atoi(argv[3]) : 200;
+  if (n < 1 || n > MAX_SESSIONS || seconds < 1 || interval_ms < 1) {
+    fprintf(stderr, "usage: redis_bench [sessions 1..%d] [seconds] [paced interval ms]\n",
+            MAX_SESSIONS);
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
@@ -254,17 +284,25 @@ int main(int argc, char **argv) {
       goto out;
     }
   }
-  printf("redis_bench: %d sessions, %d s per mode, 40-byte top frames, closed loop\n", n, seconds);
-  printf("%-34s %12s %10s %10s\n", "mode", "frames/s", "p50 us", "p99 us");
-  result plain = drive(fds, n, 2, seconds);
-  printf("%-34s %12.0f %10u %10u\n", "no handler (C fast path)", plain.frames_per_s, plain.p50_us,
-         plain.p99_us);
-  result with = drive(fds, n, 1, seconds);
-  printf("%-34s %12.0f %10u %10u\n", "handler with one gw.redis call", with.frames_per_s,
-         with.p50_us, with.p99_us);
-  printf("added round trip (p50): %d us; frames lost or sessions failed: %llu\n",
-         (int)with.p50_us - (int)plain.p50_us, (unsigned long long)(plain.bad + with.bad));
-  rc = plain.bad + with.bad ? 1 : 0;
+  printf("redis_bench: %d sessions, %d s per mode, 40-byte top frames\n", n, seconds);
+  printf("%-44s %10s %9s %9s\n", "mode", "frames/s", "p50 us", "p99 us");
+  uint64_t bad = 0;
+  for (int paced = 0; paced < 2; paced++) {
+    int iv = paced ? interval_ms : 0;
+    result plain = drive(fds, n, 2, seconds, iv);
+    result with = drive(fds, n, 1, seconds, iv);
+    char name[64];
+    snprintf(name, sizeof name, "no handler (C fast path), %s", paced ? "paced" : "closed loop");
+    printf("%-44s %10.0f %9u %9u\n", name, plain.frames_per_s, plain.p50_us, plain.p99_us);
+    snprintf(name, sizeof name, "one gw.redis call per frame, %s", paced ? "paced" : "closed loop");
+    printf("%-44s %10.0f %9u %9u\n", name, with.frames_per_s, with.p50_us, with.p99_us);
+    if (paced)
+      printf("paced: a frame every %d ms per session; added round trip (p50): %d us\n", iv,
+             (int)with.p50_us - (int)plain.p50_us);
+    bad += plain.bad + with.bad;
+  }
+  printf("frames lost or sessions failed: %llu\n", (unsigned long long)bad);
+  rc = bad ? 1 : 0;
 out:
   for (int i = 0; i < n; i++)
     if (fds[i] > 0) close(fds[i]);
