@@ -445,9 +445,10 @@ static void test_demo_chat(void **state) {
   it_write(g.dir, "players.txt", "wait 300\nsay sorry noob, my bad\nwait 200\nsay hello again\nwait 500\n");
   it_write(g.dir, "config.lua",
            "return { listeners = { { name = \"game\", listen = \"127.0.0.1:%d\", upstream = "
-           "\"127.0.0.1:%d\", framing = \"top\", scripts = { \"%s/scripts/chat_filter.lua\" } } },\n"
+           "\"127.0.0.1:%d\", framing = \"top\", protocol = \"%s/protocols/top\",\n"
+           "  scripts = { \"%s/scripts/chat_filter.lua\" } } },\n"
            "  control = \"ctl.sock\" }\n",
-           port, up, GW_SOURCE_DIR);
+           port, up, GW_SOURCE_DIR, GW_SOURCE_DIR);
   usleep(200 * 1000);
   it_gangway_run(&g, port);
   char pcap[256];
