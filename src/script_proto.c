@@ -473,6 +473,7 @@ static void enc_put(lua_State *L, enc_buf *b, const void *p, size_t n) {
 typedef struct enc_ctx {
   walk_ctx w;            /* the frame's current bytes (old), for messages */
   enc_buf b;
+  const gw_packet *old;  /* the packet whose bytes fill in, or NULL */
   const size_t *old_starts; /* top level of the old frame, or NULL */
   size_t old_present;
 } enc_ctx;
@@ -489,6 +490,15 @@ static _Noreturn void enc_fail(enc_ctx *c, const char *fmt, ...) {
   path_format(&c->w, path, sizeof path);
   luaL_error(c->w.L, "%s: %s: field %s: %s", c->w.who, c->w.def->name, path, msg);
   abort();
+}
+
+/* Reading t runs its metamethods, and one may set the packet's body (its
+ * old storage is then freed): the old bytes are read only while they are
+ * still the packet's. */
+static void old_bytes_check(enc_ctx *c) {
+  if (c->old->data != c->w.d || c->old->len != c->w.len)
+    enc_fail(c, "the packet changed while it was being encoded (a metamethod "
+             "of the table set its body)");
 }
 
 static void enc_int(enc_ctx *c, const gw_pkt_field *fd, lua_Integer v) {
@@ -609,8 +619,10 @@ static bool count_value(enc_ctx *c, const gw_pkt_field *fs, size_t i, int t, boo
   lua_pop(L, 1);
   if (at == LUA_TTABLE)
     *n = len;
-  else if (at == LUA_TNIL && old && (size_t)fd->counts < c->old_present)
+  else if (at == LUA_TNIL && old && (size_t)fd->counts < c->old_present) {
+    old_bytes_check(c);
     *n = read_int(&c->w, fd, c->old_starts[i]); /* the old array stays */
+  }
   else if (at == LUA_TNIL && fd->optional)
     return false;
   else
@@ -641,6 +653,7 @@ static void enc_struct(enc_ctx *c, const gw_pkt_field *fs, size_t nf, int t, boo
     } else if (ty != LUA_TNIL) {
       enc_value(c, fd, lua_gettop(L));
     } else if (old && i < c->old_present) {
+      old_bytes_check(c);
       enc_put(L, &c->b, c->w.d + c->old_starts[i], c->old_starts[i + 1] - c->old_starts[i]);
     } else if (fd->optional) {
       stopped = fd->name;
@@ -651,8 +664,10 @@ static void enc_struct(enc_ctx *c, const gw_pkt_field *fs, size_t nf, int t, boo
     path_pop(&c->w, mark);
   }
   /* Bytes after the last defined field (a field a patch appended) stay. */
-  if (old && !stopped && c->old_present == nf)
+  if (old && !stopped && c->old_present == nf) {
+    old_bytes_check(c);
     enc_put(L, &c->b, c->w.d + c->old_starts[nf], c->w.len - c->old_starts[nf]);
+  }
 }
 
 /* Encodes table t (index) for def into a body on the stack's new top slot;
@@ -663,6 +678,7 @@ static void encode(lua_State *L, const gw_packet_def *def, const gw_framing *f, 
   gw_packet none = {.f = f};
   walk_init(&c.w, L, old ? old : &none, def, who, light);
   c.b = (enc_buf){NULL, 0, 0, 0};
+  c.old = old;
   c.old_starts = NULL;
   c.old_present = 0;
   lua_pushnil(L);

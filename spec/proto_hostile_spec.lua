@@ -1,0 +1,42 @@
+-- proto_hostile_spec.lua: packets by name against hostile frames, careless
+-- definitions and buggy scripts (issue 12's review): what must raise to the
+-- handler, what must never read freed memory or loop, and what a bystander
+-- session keeps seeing meanwhile. The C side runs under ASan in the
+-- sanitizer build (tools/sanitize.sh runs the specs there too).
+local testing = require "gangway.testing"
+local top = testing.top
+
+local function err_of(f, ...)
+  local ok, err = pcall(f, ...)
+  assert.is_false(ok, "expected an error")
+  return err
+end
+
+describe("pkt:encode and a table whose metamethods change the packet", function()
+  it("raises instead of reading the body set_body freed", function()
+    local t = testing.inline([[
+      gw.on("client", "CM_SAY", function(pkt, session)
+        if pkt:decode().text ~= "attack" then return end
+        pkt:set_body(gw.writer():str(("first body "):rep(5)))
+        local n = 0
+        local ok, err = pcall(pkt.encode, pkt, setmetatable({}, { __index = function()
+          n = n + 1
+          pkt:set_body(gw.writer():str(("z"):rep(3000 + n)))
+        end }))
+        session:send_to_client(gw.packet("MC_SAY", { speaker = 0, name = "[test]",
+                                                      text = tostring(ok) .. " " .. tostring(err) }))
+        return gw.DROP
+      end)
+    ]], { protocol = "top" })
+    local s, bystander = t:connect(), t:connect()
+    s:from_client(top.say("attack"))
+    local out = s:to_client()
+    assert.equal(1, #out)
+    assert.matches("false .*pkt:encode: CM_SAY: field text: the packet changed while it was "
+                   .. "being encoded %(a metamethod of the table set its body%)",
+                   t:parse(out[1], "server"):decode().text)
+    bystander:from_client(top.say("still here"))
+    assert.same({ top.say("still here") }, bystander:to_server())
+    t:close()
+  end)
+end)
