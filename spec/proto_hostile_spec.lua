@@ -40,3 +40,52 @@ describe("pkt:encode and a table whose metamethods change the packet", function(
     t:close()
   end)
 end)
+
+describe("players by name", function()
+  -- A module that names a session after its first chat line, whatever the
+  -- bytes: what a module for another game might do.
+  local dir
+  before_each(function()
+    dir = testing.core.mkdtemp()
+    local src = assert(io.open("protocols/top/packets.lua", "rb")):read("a")
+    local f = assert(io.open(dir .. "/packets.lua", "wb"))
+    f:write(src)
+    f:close()
+    f = assert(io.open(dir .. "/init.lua", "wb"))
+    f:write([[
+      local gw = require "gangway"
+      gw.on("client", "CM_SAY", function(pkt, session)
+        local text = pkt:decode().text
+        if gw.run_command(session, text) then return gw.DROP end
+        if not session.player then gw.set_player(session, { name = text }) return gw.DROP end
+      end)
+      gw.on_tell(function(session, text)
+        session:send_to_client(gw.packet("MC_SAY", { speaker = 0, name = "[proxy]", text = text }))
+      end)
+    ]])
+    f:close()
+  end)
+  after_each(function()
+    os.remove(dir .. "/packets.lua")
+    os.remove(dir .. "/init.lua")
+    testing.core.rmdir(dir)
+  end)
+
+  it("compare names byte for byte: a NUL inside is not the end of the name", function()
+    local t = testing.inline([[
+      gw.command("/who", function(session, args)
+        local p = gw.player(args)
+        session:tell(p and ("%q"):format(p.player.name) or "nobody")
+      end)
+      gw.command("/nul", function(session) session:tell(tostring(gw.player("gm1\0x"))) end)
+    ]], { protocol = dir })
+    local impostor, gm = t:connect(), t:connect()
+    impostor:from_client(top.say("gm1\0x")) -- the older session
+    gm:from_client(top.say("gm1"))
+    gm:from_client(top.say("/who gm1"))
+    assert.same({ top.server_say(0, "[proxy]", '"gm1"') }, gm:to_client())
+    gm:from_client(top.say("/nul"))
+    assert.same({ top.server_say(0, "[proxy]", "nil") }, gm:to_client())
+    t:close()
+  end)
+end)

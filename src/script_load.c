@@ -356,7 +356,13 @@ static int gw_players(lua_State *L) {
 
 /* gw.player(name): the session whose player.name is name, or nil. */
 static int gw_player(lua_State *L) {
-  gw__push_players(L, BINDING(L)->rt, luaL_checkstring(L, 1));
+  size_t len;
+  const char *name = luaL_checklstring(L, 1, &len);
+  if (strlen(name) != len) { /* a NUL inside: nobody's name */
+    lua_pushnil(L);
+    return 1;
+  }
+  gw__push_players(L, BINDING(L)->rt, name);
   return 1;
 }
 

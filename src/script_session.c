@@ -78,7 +78,10 @@ void gw__push_players(lua_State *L, gw_listener_rt *rt, const char *name) {
     if (has && name) {
       has = lua_type(L, -1) == LUA_TTABLE;
       if (has) {
-        has = lua_getfield(L, -1, "name") == LUA_TSTRING && !strcmp(lua_tostring(L, -1), name);
+        /* byte for byte: a name with a NUL inside is not the name before it */
+        size_t len;
+        has = lua_getfield(L, -1, "name") == LUA_TSTRING &&
+              !strcmp(lua_tolstring(L, -1, &len), name) && len == strlen(name);
         lua_pop(L, 1);
       }
     }
