@@ -1,7 +1,8 @@
 -- admin_commands.lua: chat commands for game masters, answered by the
 -- proxy (the server never sees them):
---   /kick NAME    closes NAME's session
---   /ban NAME     closes NAME's session and refuses the account at its next
+--   /kick NAME    closes NAME's sessions (any case: Bob is bob, as in bans;
+--                 an account logged in twice has two)
+--   /ban NAME     closes NAME's sessions and refuses the account at its next
 --                 logins, until /unban NAME (bans survive reloads, not a
 --                 restart: examples/fleet keeps them in Redis instead)
 --   /unban NAME
@@ -29,15 +30,27 @@ local function target(session, args, usage)
   return name
 end
 
+-- Every open session of an account, in any case (ASCII, as bans are):
+-- the same account may be logged in twice.
+local function sessions_of(name)
+  local found, lower = {}, name:lower()
+  for _, s in ipairs(gw.players()) do
+    if s.player.name:lower() == lower then found[#found + 1] = s end
+  end
+  return found
+end
+
 gw.command("/kick", function(session, args)
   local by = admin(session)
   local name = by and target(session, args, "/kick NAME")
   if not name then return end
-  local victim = gw.player(name)
-  if not victim then return session:tell(name .. " is not online") end
+  local victims = sessions_of(name)
+  if #victims == 0 then return session:tell(name .. " is not online") end
   gw.log.info(("%s kicked %s"):format(by, name))
-  victim:tell("you were kicked by " .. by)
-  victim:close("kicked by " .. by)
+  for _, victim in ipairs(victims) do
+    victim:tell("you were kicked by " .. by)
+    victim:close("kicked by " .. by)
+  end
   session:tell(name .. " kicked")
 end)
 
@@ -47,12 +60,12 @@ gw.command("/ban", function(session, args)
   if not name then return end
   bans[name:lower()] = by
   gw.log.info(("%s banned %s"):format(by, name))
-  local victim = gw.player(name)
-  if victim then
+  local victims = sessions_of(name)
+  for _, victim in ipairs(victims) do
     victim:tell("you were banned by " .. by)
     victim:close("banned by " .. by)
   end
-  session:tell(name .. " banned" .. (victim and "" or " (not online)"))
+  session:tell(name .. " banned" .. (#victims > 0 and "" or " (not online)"))
 end)
 
 gw.command("/unban", function(session, args)
@@ -74,12 +87,18 @@ end)
 
 -- The account a login names. A login of another client version may not fit
 -- packets.lua past its first field: the account still counts, so an odd
--- login is no way around a ban.
+-- login is no way around a ban. The server reads the account as a C string:
+-- "bob\0x" is bob, and so is it here.
 local function account_of(pkt)
   local ok, login = pcall(pkt.decode, pkt)
-  if ok then return login.account end
-  local found, account = pcall(pkt.str, pkt, pkt.body_offset)
-  return found and account or nil
+  local account
+  if ok then
+    account = login.account
+  else
+    local found, str = pcall(pkt.str, pkt, pkt.body_offset)
+    account = found and str or nil
+  end
+  return account and account:match("^[^\0]*")
 end
 
 -- A banned account's login never reaches the server: the client gets the

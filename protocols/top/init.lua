@@ -37,9 +37,11 @@ local function decode(pkt)
   return ok and fields or nil
 end
 
+-- The account as the server reads it: a C string, so "gm1\0x" logs in as
+-- gm1 and is gm1 here too (names compare byte for byte everywhere else).
 gw.on("client", "CM_LOGIN", function(pkt, session)
   local login = decode(pkt)
-  pending[session] = login and login.account
+  pending[session] = login and login.account:match("^[^\0]*")
 end)
 
 gw.on("server", "MC_LOGIN", function(pkt, session)
