@@ -89,3 +89,31 @@ describe("players by name", function()
     t:close()
   end)
 end)
+
+describe("the top module's memory", function()
+  it("stays bounded over 30,000 sessions that log in (half never answered) and end", function()
+    local t = testing.new{ protocol = "top",
+                           scripts = { "scripts/admin_commands.lua", "scripts/online_command.lua" } }
+    local accepted = t:frame("MC_LOGIN", { error = 0, player = 7 })
+    local function round(n)
+      for i = 1, n do
+        local s = t:connect()
+        s:from_client(t:frame("CM_LOGIN", { account = "p" .. i, password = "pw", mac = "00",
+                                            version = 136, marker = 911 }))
+        if i % 2 == 0 then s:from_server(accepted) end -- the others end between the two
+        s:to_server()
+        s:to_client()
+        s:close("done")
+      end
+    end
+    round(10000)
+    local first = t:stats().memory
+    round(10000)
+    round(10000)
+    -- a pending login or a player kept per session would be megabytes
+    assert.is_true(t:stats().memory < first + 64 * 1024,
+                   ("memory %d after the first 10,000, %d after 30,000"):format(first, t:stats().memory))
+    assert.same({}, t:connect():to_client())
+    t:close()
+  end)
+end)
