@@ -84,6 +84,11 @@ const gw_packet_def *gw_proto_lookup(const gw_proto *p, gw_side from, bool has_o
  * NULL when none is close. */
 const char *gw_proto_suggest(const gw_proto *p, const char *name);
 
+/* The fewest bytes fields fs[0..n) can take in a frame of framing f
+ * (arrays with a count field or "*": none of their elements); SIZE_MAX
+ * when that does not fit a size_t. */
+size_t gw_pkt_fields_min_size(const gw_pkt_field *fs, size_t n, const gw_framing *f);
+
 /* Type names as packets.lua spells them ("u16", "bytes(N)", "array"). */
 extern const char *const gw_pkt_field_type_names[];
 /* Size of an integer type (1, 2, 4, 8), 0 for the others. */

@@ -117,3 +117,46 @@ describe("the top module's memory", function()
     t:close()
   end)
 end)
+
+describe("counts a hostile frame claims", function()
+  local dir
+  before_each(function()
+    dir = testing.core.mkdtemp()
+    local f = assert(io.open(dir .. "/packets.lua", "wb"))
+    f:write([[return {
+      BIG = { side = "client", opcode = 10, "u64 n", { "items", count = "n", "u32 id", "str name" } },
+      SIGNED = { side = "client", opcode = 11, "i64 n", { "items", count = "n", "u8 id" } },
+      DEEP = { side = "client", opcode = 12, "u8 k", { "a", count = 65535, { "b", count = 65535,
+        { "c", count = 65535, { "d", count = 65535, { "e", count = 65535, { "f", count = 65535, "u8 x" } } } } } } },
+    }]])
+    f:close()
+  end)
+  after_each(function()
+    os.remove(dir .. "/packets.lua")
+    testing.core.rmdir(dir)
+  end)
+
+  it("are misfits checked against the bytes left before anything is built", function()
+    local t = testing.new{ protocol = dir }
+    local function decode_err(op, body)
+      local p = t:parse(top.frame(op, body), "client")
+      return err_of(p.decode, p):match("pkt:decode.*")
+    end
+    assert.equal("pkt:decode: BIG: field items (array at offset 16): 18446744073709551615 "
+                 .. "elements run past the end of the 20-byte frame",
+                 decode_err(10, top.writer():u64(-1):u32(1):build()))
+    assert.equal("pkt:decode: BIG: field items (array at offset 16): 9223372036854775808 "
+                 .. "elements run past the end of the 20-byte frame",
+                 decode_err(10, top.writer():u64(math.mininteger):u32(1):build()))
+    assert.equal("pkt:decode: BIG: field items (array at offset 16): 4611686018427387904 "
+                 .. "elements of at least 6 bytes run past the end of the 20-byte frame",
+                 decode_err(10, top.writer():u64(1 << 62):u32(1):build()))
+    assert.equal("pkt:decode: SIGNED: field items (array at offset 16): its count field n is "
+                 .. "-9223372036854775808", decode_err(11, top.writer():i64(math.mininteger):build()))
+    -- nested fixed counts: their size saturates rather than wrapping to a small one
+    assert.equal("pkt:decode: DEEP: field a (array at offset 9): 65535 elements of at least "
+                 .. "18446744073709551615 bytes run past the end of the 109-byte frame",
+                 decode_err(12, "\1" .. ("x"):rep(100)))
+    t:close()
+  end)
+end)

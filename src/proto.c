@@ -213,6 +213,33 @@ static const char *closest(const char *s, const char *const *names, size_t n,
 
 /* ---- fields ---- */
 
+size_t gw_pkt_fields_min_size(const gw_pkt_field *fs, size_t nf, const gw_framing *f) {
+  size_t n = 0;
+  for (size_t i = 0; i < nf; i++) {
+    const gw_pkt_field *fd = &fs[i];
+    size_t add;
+    switch (fd->type) {
+    case GW_PF_F32: add = 4; break;
+    case GW_PF_F64: add = 8; break;
+    case GW_PF_BYTES: add = fd->n; break;
+    case GW_PF_REST: add = 0; break;
+    case GW_PF_STR: add = f->str_length_size ? f->str_length_size : 1; break;
+    case GW_PF_ARRAY: {
+      /* nested fixed counts multiply: 65535^5 is past any frame */
+      size_t el = fd->count_kind == GW_COUNT_FIXED
+                      ? gw_pkt_fields_min_size(fd->fields, fd->nfields, f) : 0;
+      add = el && fd->n > SIZE_MAX / el ? SIZE_MAX : fd->n * el;
+      break;
+    }
+    default: add = gw_pkt_field_int_size(fd->type); break;
+    }
+    if (add > SIZE_MAX - n)
+      return SIZE_MAX;
+    n += add;
+  }
+  return n;
+}
+
 typedef struct type_name {
   const char *name;
   gw_pkt_field_type type;
@@ -408,6 +435,11 @@ static void parse_array(proto_ctx *c, walk *w, gw_pkt_field *fd, gw_pkt_field *s
   inner.top = false;
   inner.seen_optional = false;
   parse_struct(c, &inner, t, 2, &fd->fields, &fd->nfields, depth + 1);
+  /* Elements of no bytes cannot be told apart: a tiny frame could claim
+   * 65535 of them, and "*" would never end. */
+  if (gw_pkt_fields_min_size(fd->fields, fd->nfields, c->f) == 0)
+    fail(c, w->where, "array %s: an element takes no bytes (its fields are "
+         "arrays of no elements)", fd->name);
 }
 
 /* Fields [first..#t] of table t into *fields. */

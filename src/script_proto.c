@@ -294,27 +294,6 @@ static void push_scalar(walk_ctx *c, const gw_pkt_field *fd, size_t off, size_t 
   }
 }
 
-/* The fewest bytes an element of these fields can take. */
-static size_t min_size(const gw_pkt_field *fs, size_t nf, const gw_framing *f) {
-  size_t n = 0;
-  for (size_t i = 0; i < nf; i++) {
-    const gw_pkt_field *fd = &fs[i];
-    switch (fd->type) {
-    case GW_PF_F32: n += 4; break;
-    case GW_PF_F64: n += 8; break;
-    case GW_PF_BYTES: n += fd->n; break;
-    case GW_PF_REST: break;
-    case GW_PF_STR: n += f->str_length_size ? f->str_length_size : 1; break;
-    case GW_PF_ARRAY:
-      if (fd->count_kind == GW_COUNT_FIXED)
-        n += fd->n * min_size(fd->fields, fd->nfields, f);
-      break;
-    default: n += gw_pkt_field_int_size(fd->type); break;
-    }
-  }
-  return n;
-}
-
 static bool walk_struct(walk_ctx *c, const gw_pkt_field *fs, size_t nf, size_t *off,
                         size_t *starts, size_t *present);
 
@@ -326,12 +305,15 @@ static bool walk_array(walk_ctx *c, const gw_pkt_field *fd, size_t *off, size_t 
   size_t at = *off;
   if (fd->count_kind == GW_COUNT_FIELD) {
     lua_Integer v = read_int(c, count_fd, count_off);
+    if (v < 0 && !gw_pkt_field_is_signed(count_fd->type)) /* a u64 past 2^63 */
+      return misfit(c, "(array at offset %zu): %llu elements run past the end of "
+                    "the %zu-byte frame", at, (unsigned long long)v, c->len);
     if (v < 0)
       return misfit(c, "(array at offset %zu): its count field %s is %lld", at,
                     count_fd->name, (long long)v);
     n = (uint64_t)v;
   }
-  size_t minsz = min_size(fd->fields, fd->nfields, c->f);
+  size_t minsz = gw_pkt_fields_min_size(fd->fields, fd->nfields, c->f);
   size_t room = c->len - at;
   if (fd->count_kind != GW_COUNT_REST &&
       (minsz ? n > room / minsz : n > 65535))

@@ -293,6 +293,34 @@ static void test_bad_fields(void **state) {
 #undef PKT
 }
 
+/* An element that takes no bytes (all its fields are arrays of no
+ * elements) would let a 3-byte frame claim 65535 of them, or "*" loop: the
+ * definition is refused. Sizes of nested fixed arrays saturate instead of
+ * wrapping. */
+static void test_empty_elements(void **state) {
+  (void)state;
+#define PKT(fields) "return { A = { side = 'client', opcode = 1, " fields " } }"
+  expect_error(PKT("'u16 n', { 'xs', count = 'n', { 'zs', count = 0, 'u8 z' } }"),
+               "packets.lua: A[2]: array xs: an element takes no bytes (its fields "
+               "are arrays of no elements)");
+  expect_error(PKT("'u8 k', { 'xs', count = '*', { 'ys', count = 3, { 'zs', count = 0, 'u8 z' } } }"),
+               "packets.lua: A[2][2]: array ys: an element takes no bytes (its fields "
+               "are arrays of no elements)");
+  gw_framing f = top();
+  gw_proto p;
+  load_ok(PKT("'u8 k', { 'a', count = 65535, { 'b', count = 65535, { 'c', count = 65535, "
+              "{ 'd', count = 65535, { 'e', count = 65535, 'u8 x' } } } } }, "
+              "{ 'none', count = 0, 'u8 y' }"), &f, &p);
+  const gw_packet_def *a = gw_proto_find(&p, "A");
+  assert_non_null(a);
+  assert_int_equal(gw_pkt_fields_min_size(a->fields, a->nfields, &f), SIZE_MAX);
+  assert_int_equal(gw_pkt_fields_min_size(a->fields[1].fields[0].fields[0].fields,
+                                          1, &f), (size_t)65535 * 65535);
+  assert_int_equal(gw_pkt_fields_min_size(&a->fields[2], 1, &f), 0);
+  gw_proto_free(&p);
+#undef PKT
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_shipped_top),
@@ -301,6 +329,7 @@ int main(void) {
     cmocka_unit_test(test_bad_load),
     cmocka_unit_test(test_bad_packets),
     cmocka_unit_test(test_bad_fields),
+    cmocka_unit_test(test_empty_elements),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
