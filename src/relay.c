@@ -840,7 +840,7 @@ static void host_frame_done(gw_script_session *ss, gw_side side) {
   gw_session *s = container_of(ss, gw_session, ss);
   gw_dir *d = &s->dir[side];
   gw_pipe_wait_done(&s->pipe, side);
-  if (s->state != S_OPEN) return;
+  if (s->state != S_OPEN || s->soft_close) return; /* closing: nothing more is processed */
   if (!d->paused && d->held) {
     process(s, side);
     if (s->state != S_CLOSING) track_partial(s, side);

@@ -123,6 +123,12 @@ static int hook_interval(const gw_script *s) {
 /* Raises "FILE:LINE: what" at the instruction the hook stopped at. */
 static _Noreturn void hook_error(lua_State *L, lua_Debug *ar, const char *what) {
   lua_getinfo(L, "Sl", ar);
+  /* Stopped in the sandbox's xpcall wrapper (gangway's own Lua: in a
+   * coroutine, Lua's error recovery runs on in it after xpcall caught an
+   * error): name the script's line that called it. */
+  lua_Debug up;
+  if (!strcmp(ar->source, "=xpcall") && lua_getstack(L, 1, &up) && lua_getinfo(L, "Sl", &up))
+    ar = &up;
   if (ar->currentline > 0)
     lua_pushfstring(L, "%s:%d: %s", ar->short_src, ar->currentline, what);
   else
@@ -696,10 +702,7 @@ static lua_State *runner(gw_script *s) {
   if (w->runner) return w->runner;
   lua_State *L = s->L;
   lua_pushcfunction(L, new_runner);
-  if (lua_pcall(L, 0, 2, 0) != LUA_OK) {
-    lua_pop(L, 1);
-    return NULL;
-  }
+  if (lua_pcall(L, 0, 2, 0) != LUA_OK) return NULL; /* its error on L */
   w->runner = lua_touserdata(L, -2);
   w->runner_ref = (int)lua_tointeger(L, -1);
   lua_pop(L, 2);
@@ -719,19 +722,32 @@ static void thread_done(gw_script *s, lua_State *co, int ref) {
   }
 }
 
-/* Pushes on L the error of the failed thread co with its traceback (as
- * msgh does for lua_pcall). co is not reused: an error raised from the
- * count hook leaves its hooks off (lua_resume does not restore them). */
-static void push_thread_error(lua_State *L, lua_State *co) {
-  const char *msg = lua_tostring(co, -1);
+/* Protected: the error object at 2 of the failed thread at 1 as text,
+ * with the thread's traceback (msgh's work, for lua_resume). */
+static int thread_error_text(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  const char *msg = lua_tostring(L, 2);
   if (!msg) {
-    lua_xmove(co, L, 1);
-    if (luaL_callmeta(L, -1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+    if (luaL_callmeta(L, 2, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
       msg = lua_tostring(L, -1);
     else
-      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, -2));
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 2));
   }
   luaL_traceback(L, co, msg, 0);
+  return 1;
+}
+
+/* Pushes on L the error of the failed thread co with its traceback. co is
+ * not reused: an error raised from the count hook leaves its hooks off
+ * (lua_resume does not restore them). */
+static void push_thread_error(lua_State *L, lua_State *co) {
+  lua_pushcfunction(L, thread_error_text);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lua_xmove(co, L, 1); /* the error object */
+  /* On failure its error stands in: Lua's own "not enough memory",
+   * preallocated (pushing a message now could raise outside protection). */
+  lua_pcall(L, 2, 1, 0);
 }
 
 static void call_unlink(gw_script *s, gw_call *c);
@@ -805,9 +821,9 @@ static int call_start(gw_script *s, int nargs, gw_call **callp, call_kind kind,
   gw_waits *w = s->waits;
   lua_State *L = s->L;
   lua_State *co = runner(s);
-  if (!co) {
+  if (!co) { /* its error (a memory error) in place of the function */
+    lua_insert(L, -(nargs + 2));
     lua_pop(L, nargs + 1);
-    lua_pushliteral(L, "not enough memory");
     return LUA_ERRMEM;
   }
   lua_xmove(L, co, nargs + 1);
