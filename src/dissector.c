@@ -79,10 +79,18 @@ static const char runtime[] =
   "  return false\n"
   "end\n"
   "\n"
+  "-- The most bytes a frame from side (or either side: nil) may have.\n"
+  "function gw.max_frame(fr, side)\n"
+  "  if side then return fr.max_frame[side] end\n"
+  "  return math.max(fr.max_frame.client, fr.max_frame.server)\n"
+  "end\n"
+  "\n"
   "-- dissect_tcp_pdus' get_len: the whole frame's length from its header. A\n"
   "-- length shorter than the header gives a frame of the header alone, which\n"
-  "-- the frame's dissection reports.\n"
-  "function gw.frame_len(fr, tvb, pinfo, off)\n"
+  "-- the frame's dissection reports. A length past the framing's max_frame\n"
+  "-- ends the session in gangway: the bytes at hand are that frame (waiting\n"
+  "-- for all of it would swallow every frame captured after it).\n"
+  "function gw.frame_len(fr, tvb, pinfo, off, side)\n"
   "  local lo = fr.length_offset\n"
   "  local value, size = gw.length_field(fr, tvb, off + lo)\n"
   "  if value == nil then\n"
@@ -93,6 +101,7 @@ static const char runtime[] =
   "  local header = lo + size\n"
   "  local len = header + value + fr.length_adjust\n"
   "  if len < header then return header end\n"
+  "  if len > gw.max_frame(fr, side) then return tvb:len() - off end\n"
   "  return len\n"
   "end\n"
   "\n"
@@ -226,7 +235,13 @@ static const char runtime[] =
   "    end\n"
   "    local header = lo + lsize\n"
   "    top:add(L.hf.length, tvb(lo, lsize), value)\n"
-  "    if header + value + fr.length_adjust ~= len then\n"
+  "    local whole = header + value + fr.length_adjust\n"
+  "    if whole > gw.max_frame(fr, side) then\n"
+  "      gw.misfit(\"length field: %d, a %d-byte frame, longer than the %d bytes the framing \"\n"
+  "                .. \"allows %s frames (gangway ends the session here)\", value, whole,\n"
+  "                gw.max_frame(fr, side), side or \"client or server\")\n"
+  "    end\n"
+  "    if whole ~= len then\n"
   "      gw.misfit(\"length field: %d, a frame shorter than its %d-byte header\", value, header)\n"
   "    end\n"
   "    local has_opcode = fr.opcode_size > 0 and fr.opcode_offset + fr.opcode_size <= len\n"
@@ -324,7 +339,9 @@ static const char runtime[] =
   "  local fr = L.framing\n"
   "  local fixed = fr.length_offset + fr.length_size\n"
   "  if fr.length_size == 0 then fixed = fr.length_offset + 1 end\n"
-  "  local function get_len(tvb, pinfo, off) return gw.frame_len(fr, tvb, pinfo, off) end\n"
+  "  local function get_len(tvb, pinfo, off)\n"
+  "    return gw.frame_len(fr, tvb, pinfo, off, side_of(L, pinfo))\n"
+  "  end\n"
   "  local function dissect(tvb, pinfo, tree) dissect_frame(L, tvb, pinfo, tree) end\n"
   "  function p.dissector(tvb, pinfo, tree)\n"
   "    L.first_in_packet = true\n"
@@ -536,11 +553,13 @@ static void emit_listener(gen *g, const gw_dissector_listener *l, const char *pn
   }
   fprintf(o, " },\n  framing = { length_offset = %" PRIu32 ", length_size = %u, le = %s, "
           "length_adjust = %" PRId32 ",\n    opcode_offset = %" PRIu32 ", opcode_size = %u, "
-          "keepalive = %s, body_offset = %zu,\n    str_length_size = %u, str_nul = %s },\n",
+          "keepalive = %s, body_offset = %zu,\n    str_length_size = %u, str_nul = %s,\n"
+          "    max_frame = { client = %" PRIu32 ", server = %" PRIu32 " } },\n",
           f->length_offset, (unsigned)f->length_size, f->big_endian ? "false" : "true",
           f->length_adjust, f->opcode_offset, (unsigned)f->opcode_size,
           f->keepalive ? "true" : "false", gw_frame_body_offset(f),
-          (unsigned)f->str_length_size, f->str_nul ? "true" : "false");
+          (unsigned)f->str_length_size, f->str_nul ? "true" : "false",
+          f->max_frame[GW_CLIENT], f->max_frame[GW_SERVER]);
   fputs("  packets = {\n", o);
   for (size_t i = 0; i < l->proto->npackets && !g->nomem; i++) {
     const gw_packet_def *d = &l->proto->packets[i];

@@ -152,6 +152,18 @@ grep -q "gangway listener game, MC_LOGIN (server)" "$dir/crafted.out" || fail "n
 grep -q "error: 2" "$dir/crafted.out" || fail "no MC_LOGIN error"
 grep -q "player:" <(sed -n '/MC_LOGIN (server)/,$p' "$dir/crafted.out") && fail "an absent optional player shown"
 
+# A frame longer than the framing allows (top: 16 KiB from the client):
+# gangway ends the session there, so the dissector shows it as a misfit of
+# the bytes at hand instead of waiting 64 KiB for it and swallowing the
+# frames captured after it.
+printf '0000  ff ff 80 00 00 00 00 01 00 03 68 69 00\n0000  00 0d 80 00 00 00 00 01 00 03 79 6f 00\n' \
+  >"$dir/long.txt"
+text2pcap -q -T "40000,$port" "$dir/long.txt" "$dir/long.pcap" 2>>"$dir/text2pcap.out" || fail "text2pcap"
+ts -r "$dir/long.pcap" -V >"$dir/long.out" || fail "tshark on the long frame: exit $?"
+grep -q "Expert Info (Error/Malformed): length field: 65535, a 65535-byte frame, longer than the 16384 bytes the framing allows client frames" \
+  "$dir/long.out" || fail "no expert error for the frame longer than max_frame"
+grep -q "text: yo" "$dir/long.out" || fail "the frame after the long one is not read"
+
 kill -TERM "$gw"; wait "$gw" || fail "gangway exit $?"
 kill -INT "$topd"; wait "$topd" || fail "topd exit $?"
 ok=${KEEP:+0}; ok=${ok:-1} # KEEP=1: keep the outputs
