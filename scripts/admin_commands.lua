@@ -17,6 +17,12 @@ local ADMINS = { gm1 = true, alice = true }  -- account names, as the server kno
 gw.shared.bans = gw.shared.bans or {}        -- account (lower case) -> who banned it
 local bans = gw.shared.bans
 
+-- Client bytes in a log line: control bytes as \NN (\10 for a newline,
+-- which would otherwise start a line of the client's making).
+local function printable(s)
+  return (s:gsub("%c", function(c) return "\\" .. c:byte() end))
+end
+
 local function admin(session)
   local p = session.player
   if p and ADMINS[p.name] then return p.name end
@@ -46,7 +52,7 @@ gw.command("/kick", function(session, args)
   if not name then return end
   local victims = sessions_of(name)
   if #victims == 0 then return session:tell(name .. " is not online") end
-  gw.log.info(("%s kicked %s"):format(by, name))
+  gw.log.info(("%s kicked %s"):format(by, printable(name)))
   for _, victim in ipairs(victims) do
     victim:tell("you were kicked by " .. by)
     victim:close("kicked by " .. by)
@@ -59,7 +65,7 @@ gw.command("/ban", function(session, args)
   local name = by and target(session, args, "/ban NAME")
   if not name then return end
   bans[name:lower()] = by
-  gw.log.info(("%s banned %s"):format(by, name))
+  gw.log.info(("%s banned %s"):format(by, printable(name)))
   local victims = sessions_of(name)
   for _, victim in ipairs(victims) do
     victim:tell("you were banned by " .. by)
@@ -106,7 +112,7 @@ end
 gw.on("client", "CM_LOGIN", function(pkt, session)
   local account = account_of(pkt)
   if account and bans[account:lower()] then
-    gw.log.info(("refused the login of %s: banned"):format(account))
+    gw.log.info(("refused the login of %s: banned"):format(printable(account)))
     session:send_to_client(gw.packet("MC_LOGIN", { error = 1 }))
     session:close("banned account " .. account)
     return gw.DROP

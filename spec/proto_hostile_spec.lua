@@ -160,3 +160,33 @@ describe("counts a hostile frame claims", function()
     t:close()
   end)
 end)
+
+describe("hostile bytes in the example scripts' logs", function()
+  it("never start a line of their own (a chat line or an account with a newline)", function()
+    local t = testing.new{ protocol = "top",
+                           scripts = { "scripts/admin_commands.lua", "scripts/chat_filter.lua" } }
+    local function login(account)
+      local s = t:connect()
+      s:from_client(t:frame("CM_LOGIN", { account = account, password = "pw", mac = "00",
+                                          version = 136, marker = 911 }))
+      s:from_server(t:frame("MC_LOGIN", { error = 0, player = 5 }))
+      return s
+    end
+    local gm = login("gm1")
+    local forged = "\n2026-11-26T10:00:00.000Z error FORGED\r"
+    local evil = login("evil" .. forged)
+    evil:from_client(top.say("buy gold" .. forged))     -- dropped, logged
+    evil:from_client(top.say("you noob" .. forged))     -- rewritten, logged
+    gm:from_client(top.say("/ban esc\27[2J"))           -- a terminal escape, logged
+    login("esc\27[2J")                                  -- refused, logged
+    local lines = t:logs()
+    assert.is_true(#lines >= 5, table.concat(lines, "|"))
+    for _, line in ipairs(lines) do
+      assert.is_nil(line:find("[%c]"), ("a control byte in the log line %q"):format(line))
+    end
+    assert.is_true(t:logged("refused the login of esc\\27[2J: banned", "info"))
+    assert.is_true(t:logged("gm1 banned esc\\27[2J", "info"))
+    assert.is_true(t:logged('dropped chat line "buy gold\\n2026-11-26T10:00:00.000Z error FORGED\\13"', "info"))
+    t:close()
+  end)
+end)
