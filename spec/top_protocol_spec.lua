@@ -114,6 +114,45 @@ describe("the top protocol module", function()
     t:close()
   end)
 
+  it("names the account of the last CM_LOGIN before MC_LOGIN, across a reload, and nobody else", function()
+    local t = testing.new{ protocol = "top", source = COMMANDS }
+    local function whoami(s)
+      s:to_client() -- the MC_LOGIN
+      s:from_client(top.say("/whoami"))
+      return t:parse(s:to_client()[1], "server"):decode().text
+    end
+    -- a reload between the two keeps the account
+    local a = t:connect()
+    a:from_client(login("alice"))
+    assert.is_true(t:reload())
+    a:from_server(login_ok(1))
+    assert.equal("alice 1", whoami(a))
+    -- an MC_LOGIN without a CM_LOGIN names nobody, and one more changes nothing
+    local b = t:connect()
+    b:from_server(login_ok(2))
+    assert.equal("nobody", whoami(b))
+    a:from_server(login_ok(3))
+    assert.equal("alice 1", whoami(a))
+    -- two CM_LOGINs: the second is the one the server answers
+    local c = t:connect()
+    c:from_client(login("first"))
+    c:from_client(login("second"))
+    c:from_server(login_ok(4))
+    assert.equal("second 4", whoami(c))
+    -- a CM_LOGIN that does not fit names nobody, even if accepted
+    local d = t:connect()
+    d:from_client(top.frame(431, "\0"))
+    d:from_server(login_ok(5))
+    assert.equal("nobody", whoami(d))
+    -- a session that ends between the two is no player
+    local e = t:connect()
+    e:from_client(login("gone"))
+    e:close()
+    a:from_client(top.say("/online"))
+    assert.same({ top.server_say(0, "[proxy]", "alice,second") }, a:to_client())
+    t:close()
+  end)
+
   it("finds players with gw.players (oldest first) and gw.player(name)", function()
     local t = testing.new{ protocol = "top", source = COMMANDS }
     local a, b, c = t:connect(), t:connect(), t:connect()
