@@ -191,7 +191,8 @@ static int s_index(lua_State *L) {
     lua_pushstring(L, u->client);
     return 1;
   } else if (!strcmp(k, "upstream")) {
-    lua_pushstring(L, u->upstream);
+    /* the live session's: a failover or the pool may have changed it */
+    lua_pushstring(L, u->ss ? u->ss->upstream : u->upstream);
     return 1;
   } else if (!strcmp(k, "listener")) {
     lua_pushstring(L, u->rt->h.listener);
@@ -287,8 +288,8 @@ static const luaL_Reg s_methods[] = {
   {"send_to_client", s_send_to_client}, {"send_to_server", s_send_to_server},
   {"close", s_close}, {"after", s_after}, {"every", s_every},
   {"set_framing", gw__session_set_framing}, {"expect_raw", gw__session_expect_raw},
-  {"set_codec", gw__session_set_codec}, {"capture", s_capture}, {"route", s_route},
-  {"tell", s_tell},
+  {"set_codec", gw__session_set_codec}, {"capture", s_capture},
+  {"tell", s_tell}, {"route", s_route},
   {NULL, NULL},
 };
 
@@ -364,6 +365,7 @@ static void release(gw_script *s, gw_script_session *ss) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, ss->ref);
     gw_session_ud *u = lua_touserdata(L, -1);
     gw__timers_cancel_session(s, u);
+    snprintf(u->upstream, sizeof u->upstream, "%s", ss->upstream); /* the last one */
     u->ss = NULL;
     lua_pop(L, 1);
     luaL_unref(L, LUA_REGISTRYINDEX, ss->ref);

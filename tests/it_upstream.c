@@ -359,7 +359,8 @@ static void test_route(void **state) {
            "  end\n"
            "  local ok, err = pcall(session.route, session, \"nope\")\n"
            "  gw.log.info(\"route\", before, session.upstream, ok, err)\n"
-           "end)\n",
+           "end)\n"
+           "gw.on_close(function(session) gw.log.info(\"ended on\", session.upstream) end)\n",
            ups[1].port);
   it_write(g.dir, "config.lua",
            HEAD "  listeners = { { name = \"game\", listen = \"127.0.0.1:%d\", scripts = { \"route.lua\" },\n"
@@ -379,6 +380,12 @@ static void test_route(void **state) {
   int which = session_on(ups, 3, "127.0.0.3", port, NULL);
   assert_true(which == 0 || which == 1);
   assert_int_equal(stat_of(&g, "gangway_upstream_connect_failures_total", "eu-3", NULL), 1);
+  /* session.upstream names where the session went, after a failover too */
+  const char *went = which == 0 ? "ended on eu-1" : "ended on eu-2";
+  int want = which == 0 ? 4 : 3; /* 3 routed to eu-1 and 2 to eu-2 before */
+  for (int i = 0; i < 60 && it_log_count(&g, went, NULL) < want; i++) usleep(50 * 1000);
+  assert_int_equal(it_log_count(&g, went, NULL), want);
+  assert_int_equal(it_log_count(&g, "ended on eu-3", NULL), 4);
   assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
   echo_stop(&ups[0]);
   echo_stop(&ups[1]);
