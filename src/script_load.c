@@ -412,11 +412,27 @@ static int gw_command(lua_State *L) {
   return 0;
 }
 
+/* After the command's call, at once or once a command that waited (a
+ * gw.redis call, a sleep) is over: the stack is session, line, word, and
+ * on an error its message. */
+static int run_command_done(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  if (status != LUA_OK && status != LUA_YIELD) {
+    gw_script *s = gw_script_of(L);
+    if (gw__over_limit(s)) return lua_error(L); /* the limit's, not ours */
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+    s->stats.errors++;
+    gw_error("%s: command %s: %s", BINDING(L)->rt->h.listener, lua_tostring(L, 3), msg);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* gw.run_command(session, line) -> true when a registered command took
  * the line (the protocol module then never forwards it). A command that
- * fails is logged and still took the line. */
+ * fails is logged and still took the line. A command may wait (its call
+ * yields through this one, whose continuation finishes it). */
 static int gw_run_command(lua_State *L) {
-  gw_script *s = gw_script_of(L);
   gw_binding *b = BINDING(L);
   luaL_checkudata(L, 1, GW_SESSION_MT);
   size_t n;
@@ -429,19 +445,16 @@ static int gw_run_command(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
+  lua_replace(L, 3);               /* session, line, fn */
+  lua_settop(L, 3);
+  lua_pushlstring(L, line, w);     /* the word, for the error line */
+  lua_insert(L, 3);                /* session, line, word, fn */
   size_t a = w, e = n;
   while (a < e && isspace((unsigned char)line[a])) a++;
   while (e > a && isspace((unsigned char)line[e - 1])) e--;
   lua_pushvalue(L, 1);
   lua_pushlstring(L, line + a, e - a);
-  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-    if (gw__over_limit(s)) return lua_error(L); /* the limit's, not ours */
-    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
-    s->stats.errors++;
-    gw_error("%s: command %.*s: %s", b->rt->h.listener, (int)w, line, msg);
-  }
-  lua_pushboolean(L, 1);
-  return 1;
+  return run_command_done(L, lua_pcallk(L, 2, 0, 0, 0, run_command_done), 0);
 }
 
 static void set_count(lua_State *L, const char *k, uint64_t v) {
