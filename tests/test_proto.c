@@ -321,6 +321,30 @@ static void test_empty_elements(void **state) {
 #undef PKT
 }
 
+/* A file of every opcode of both sides (a generated one, for the
+ * dissector) loads and finds each; a clash in it is still the one error. */
+static void test_every_opcode(void **state) {
+  (void)state;
+  gw_framing f = top();
+  gw_proto p;
+  load_ok("local t = {}\n"
+          "for i = 0, 65535 do t['OP_' .. i] = { side = 'both', opcode = i, 'bytes data' } end\n"
+          "return t", &f, &p);
+  assert_int_equal(p.npackets, 65536);
+  for (uint32_t op = 0; op <= 65535; op += 4369) {
+    char name[16];
+    snprintf(name, sizeof name, "OP_%u", (unsigned)op);
+    assert_ptr_equal(gw_proto_lookup(&p, GW_CLIENT, true, op), gw_proto_find(&p, name));
+    assert_ptr_equal(gw_proto_lookup(&p, GW_SERVER, true, op), gw_proto_find(&p, name));
+  }
+  gw_proto_free(&p);
+  expect_error("local t = {}\n"
+               "for i = 0, 65535 do t['OP_' .. i] = { side = 'both', opcode = i } end\n"
+               "t.OP_X = { side = 'server', opcode = 7 } t.OP_W = { side = 'both', opcode = 9 }\n"
+               "return t",
+               "packets.lua: OP_W: client opcode 9 is OP_9's too");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_shipped_top),
@@ -330,6 +354,7 @@ int main(void) {
     cmocka_unit_test(test_bad_packets),
     cmocka_unit_test(test_bad_fields),
     cmocka_unit_test(test_empty_elements),
+    cmocka_unit_test(test_every_opcode),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
