@@ -147,6 +147,19 @@ describe("admin_commands.lua", function()
     assert.same({ "banned: bob" }, told(evil))
   end)
 
+  it("gives no game master's rights to a client that pipelines a second login", function()
+    local bob = player("bob")
+    local s = t:connect()
+    s:from_client(login_frame("evil"))
+    s:from_client(login_frame("gm1"))      -- a wrong password: the server refuses it
+    s:from_server(t:frame("MC_LOGIN", { error = 0, player = 66 }))   -- evil's reply
+    s:from_server(t:frame("MC_LOGIN", { error = 1 }))
+    s:to_client()
+    s:from_client(top.say("/kick bob"))
+    assert.same({ "you are not allowed to do that" }, told(s))
+    assert.is_nil(bob:closed())
+  end)
+
   it("checks a login that does not fit its definition by its account, and passes it", function()
     local s = t:connect()
     local odd = top.frame(431, top.writer():str("bob"))

@@ -133,12 +133,25 @@ describe("the top protocol module", function()
     assert.equal("nobody", whoami(b))
     a:from_server(login_ok(3))
     assert.equal("alice 1", whoami(a))
-    -- two CM_LOGINs: the second is the one the server answers
+    -- two CM_LOGINs before a reply: which one the MC_LOGIN answers is not
+    -- known (a client that sends its own account, then a game master's
+    -- with a wrong password, would be named the game master by the first
+    -- reply): nobody, unless both name the same account
     local c = t:connect()
-    c:from_client(login("first"))
-    c:from_client(login("second"))
+    c:from_client(login("evil"))
+    c:from_client(login("gm1", "wrong"))
     c:from_server(login_ok(4))
-    assert.equal("second 4", whoami(c))
+    c:from_server(login_failed(1))
+    assert.equal("nobody", whoami(c))
+    c:from_client(login("evil"))
+    c:from_server(login_ok(4))
+    assert.equal("evil 4", whoami(c))
+    local c2 = t:connect()
+    c2:from_client(login("again"))
+    c2:from_client(login("again"))
+    c2:from_server(login_ok(6))
+    c2:from_server(login_ok(6))
+    assert.equal("again 6", whoami(c2))
     -- a CM_LOGIN that does not fit names nobody, even if accepted
     local d = t:connect()
     d:from_client(top.frame(431, "\0"))
@@ -149,7 +162,7 @@ describe("the top protocol module", function()
     e:from_client(login("gone"))
     e:close()
     a:from_client(top.say("/online"))
-    assert.same({ top.server_say(0, "[proxy]", "alice,second") }, a:to_client())
+    assert.same({ top.server_say(0, "[proxy]", "alice,evil,again") }, a:to_client())
     t:close()
   end)
 

@@ -39,18 +39,28 @@ end
 
 -- The account as the server reads it: a C string, so "gm1\0x" logs in as
 -- gm1 and is gm1 here too (names compare byte for byte everywhere else).
+-- Two logins in flight that name different accounts leave it unknown
+-- (false) which one the reply answers: a client could otherwise send its
+-- own login, then a game master's with a wrong password, and be named the
+-- game master by the reply to its own.
 gw.on("client", "CM_LOGIN", function(pkt, session)
   local login = decode(pkt)
-  pending[session] = login and login.account:match("^[^\0]*")
+  local account = login and login.account:match("^[^\0]*") or false
+  local before = pending[session]
+  if before == nil then
+    pending[session] = account
+  elseif before ~= account then
+    pending[session] = false
+  end
 end)
 
 gw.on("server", "MC_LOGIN", function(pkt, session)
   local reply = decode(pkt)
   local account = pending[session]
   pending[session] = nil -- a failed login clears it too
-  if reply and reply.error == 0 and account then
-    gw.set_player(session, { name = account, id = reply.player })
-  end
+  if not (reply and reply.error == 0) or account == nil then return end
+  -- logged in as someone we cannot name: nobody, not the name before
+  gw.set_player(session, account and { name = account, id = reply.player } or nil)
 end)
 
 gw.on("client", "CM_SAY", function(pkt, session)
