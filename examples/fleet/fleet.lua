@@ -11,8 +11,9 @@
 --            edge in the last TTL seconds (score: Redis' clock), refreshed
 --            by each edge every few seconds, so a crashed edge's players
 --            drop out by themselves. "/online" in chat answers the count
---            across the fleet as of the last refresh (at most REFRESH_MS
---            old); the server never sees the command.
+--            across the fleet (a ZCOUNT: the command waits for Redis, the
+--            player's later frames wait behind it); the server never sees
+--            the command.
 --
 -- When Redis is down gw.redis returns nil and an error: logins are let in
 -- (a fleet that cannot check bans keeps playing) and /online says so.
@@ -60,14 +61,9 @@ gw.subscribe(BAN_CHANNEL, function(channel, name)
   session:close("banned")
 end)
 
--- The fleet's count, as of the last refresh: chat commands answer at once
--- from it (they do not wait on Redis in the middle of a chat line).
-local fleet_count
-
 gw.every(REFRESH_MS, function()
   local now, err = redis_now()
   if not now then
-    fleet_count = nil
     gw.log.warn("online refresh failed:", err)
     return
   end
@@ -78,11 +74,12 @@ gw.every(REFRESH_MS, function()
   for name in pairs(gone) do gw.redis("ZREM", ONLINE, name) end
   gone = {}
   gw.redis("ZREMRANGEBYSCORE", ONLINE, "-inf", now - TTL)
-  fleet_count = gw.redis("ZCOUNT", ONLINE, now - TTL, "+inf")
 end)
 
-gw.command("/online", function(session, args)
+gw.command("/online", function(session)
   local here = #gw.players()
+  local now = redis_now()
+  local fleet_count = now and gw.redis("ZCOUNT", ONLINE, now - TTL, "+inf")
   if not fleet_count then
     session:tell(("%d players online through %s; the fleet's count is unavailable"):format(
       here, gw.listener))

@@ -26,8 +26,10 @@ done
 # Children in their own process group: Ctrl-C reaches the script, which
 # stops them in order (bots first, Redis last).
 pids=()
+sleeper=""
 cleanup() {
   trap - INT TERM EXIT
+  [ -n "$sleeper" ] && kill "$sleeper" 2>/dev/null
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
   wait 2>/dev/null || true
   echo "fleet stopped"
@@ -77,13 +79,16 @@ echo "  who is online:          redis-cli -p 6390 ZRANGE fleet:online 0 -1"
 echo "  metrics:                curl -s 127.0.0.1:9981/metrics | grep upstream"
 echo "Ctrl-C stops everything."
 
+# Sleeps in the background and waits for them, so that a TERM (not only a
+# Ctrl-C, which reaches the whole process group) stops the fleet at once.
+pause() { sleep "$1" & sleeper=$!; wait $sleeper; }
 ban_after=${FLEET_BAN_AFTER:-20}
 if [ "$ban_after" -lt "$secs" ]; then
-  sleep "$ban_after"
+  pause "$ban_after"
   echo "[fleet]   banning us2: SADD fleet:bans us2, PUBLISH fleet:ban us2"
   redis-cli -p 6390 SADD fleet:bans us2 >/dev/null
   redis-cli -p 6390 PUBLISH fleet:ban us2 >/dev/null
-  sleep $((secs - ban_after))
+  pause $((secs - ban_after))
 else
-  sleep "$secs"
+  pause "$secs"
 fi
