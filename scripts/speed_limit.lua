@@ -10,6 +10,12 @@ local BURST = 6          -- actions at once
 local STRIKES = 20       -- dropped actions within WINDOW_MS that close the session
 local WINDOW_MS = 10000
 
+-- A player's name in a log line: control bytes as \NN (a newline in an
+-- account would otherwise start a line of the client's making).
+local function printable(s)
+  return (s:gsub("%c", function(c) return "\\" .. c:byte() end))
+end
+
 gw.on("client", "CM_BEGINACTION", function(pkt, session)
   local now = gw.now()
   local b = session.state.speed_limit
@@ -30,7 +36,7 @@ gw.on("client", "CM_BEGINACTION", function(pkt, session)
   if b.strikes >= STRIKES then
     local p = session.player
     gw.log.warn(("%s (session %d, %s): %d actions over the limit in %d ms, closing"):format(
-      p and p.name or "-", session.id, session.client, b.strikes, now - b.since))
+      p and printable(p.name) or "-", session.id, session.client, b.strikes, now - b.since))
     return gw.CLOSE
   end
   return gw.DROP

@@ -164,7 +164,8 @@ end)
 describe("hostile bytes in the example scripts' logs", function()
   it("never start a line of their own (a chat line or an account with a newline)", function()
     local t = testing.new{ protocol = "top",
-                           scripts = { "scripts/admin_commands.lua", "scripts/chat_filter.lua" } }
+                           scripts = { "scripts/admin_commands.lua", "scripts/chat_filter.lua",
+                                       "scripts/speed_limit.lua" } }
     local function login(account)
       local s = t:connect()
       s:from_client(t:frame("CM_LOGIN", { account = account, password = "pw", mac = "00",
@@ -177,6 +178,10 @@ describe("hostile bytes in the example scripts' logs", function()
     local evil = login("evil" .. forged)
     evil:from_client(top.say("buy gold" .. forged))     -- dropped, logged
     evil:from_client(top.say("you noob" .. forged))     -- rewritten, logged
+    for _ = 1, 30 do                                    -- closed by speed_limit, logged
+      evil:from_client(t:frame("CM_BEGINACTION", { world = 5, action = 1, data = "" }))
+    end
+    assert.is_not_nil(evil:closed())
     gm:from_client(top.say("/ban esc\27[2J"))           -- a terminal escape, logged
     login("esc\27[2J")                                  -- refused, logged
     local lines = t:logs()
@@ -186,6 +191,7 @@ describe("hostile bytes in the example scripts' logs", function()
     end
     assert.is_true(t:logged("refused the login of esc\\27[2J: banned", "info"))
     assert.is_true(t:logged("gm1 banned esc\\27[2J", "info"))
+    assert.is_true(t:logged("evil\\102026-11-26T10:00:00.000Z error FORGED\\13 (session 2", "warn"))
     assert.is_true(t:logged('dropped chat line "buy gold\\n2026-11-26T10:00:00.000Z error FORGED\\13"', "info"))
     t:close()
   end)
