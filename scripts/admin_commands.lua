@@ -6,7 +6,8 @@
 --                 logins, until /unban NAME (bans survive reloads, not a
 --                 restart: examples/fleet keeps them in Redis instead)
 --   /unban NAME
---   /bans         lists the banned accounts
+--   /bans         lists the banned accounts (in lines of at most 400 bytes,
+--                 20 lines, then how many more)
 -- Only accounts in ADMINS may use them; anyone else is told so. Account
 -- names are what the server accepted at login (session.player, set by the
 -- protocol module), so a player cannot claim a game master's name.
@@ -83,12 +84,32 @@ gw.command("/unban", function(session, args)
   session:tell(was and (name .. " unbanned") or (name .. " was not banned"))
 end)
 
+-- /bans answers in chat lines a client shows whole (a few hundred bytes),
+-- and at most LINES of them: thousands of bans in one line would not even
+-- fit a frame.
+local LINE_MAX, LINES = 400, 20
+
 gw.command("/bans", function(session)
   if not admin(session) then return end
   local list = {}
   for name in pairs(bans) do list[#list + 1] = name end
+  if #list == 0 then return session:tell("no bans") end
   table.sort(list)
-  session:tell(#list == 0 and "no bans" or ("banned: " .. table.concat(list, ", ")))
+  local lines, line, sep = {}, "banned: ", ""
+  for i, name in ipairs(list) do
+    if #name > 64 then name = name:sub(1, 61) .. "..." end
+    if #line + #sep + #name > LINE_MAX then
+      lines[#lines + 1] = line
+      if #lines == LINES then
+        line = ("... and %d more"):format(#list - i + 1)
+        break
+      end
+      line, sep = "", ""
+    end
+    line, sep = line .. sep .. name, ", "
+  end
+  lines[#lines + 1] = line
+  for _, text in ipairs(lines) do session:tell(text) end
 end)
 
 -- The account a login names. A login of another client version may not fit

@@ -160,6 +160,19 @@ describe("admin_commands.lua", function()
     assert.is_nil(bob:closed())
   end)
 
+  it("lists thousands of bans in chat lines a client can show, never one too long to send", function()
+    local gm = player("gm1")
+    for i = 1, 3000 do gm:from_client(top.say(("/ban player%04d"):format(i))) end
+    gm:to_client()
+    gm:from_client(top.say("/bans"))
+    local lines = told(gm)
+    assert.equal(0, t:stats().errors, table.concat(t:logs("error"), "\n"))
+    assert.is_true(#lines >= 2 and #lines <= 21, #lines .. " lines")
+    for _, line in ipairs(lines) do assert.is_true(#line <= 400, #line .. " bytes") end
+    assert.equal("banned: player0001, player0002, player0003", lines[1]:sub(1, 42))
+    assert.matches("^%.%.%. and %d+ more$", lines[#lines])
+  end)
+
   it("checks a login that does not fit its definition by its account, and passes it", function()
     local s = t:connect()
     local odd = top.frame(431, top.writer():str("bob"))
