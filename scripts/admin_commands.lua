@@ -11,12 +11,18 @@
 -- Only accounts in ADMINS may use them; anyone else is told so. Account
 -- names are what the server accepted at login (session.player, set by the
 -- protocol module), so a player cannot claim a game master's name.
+-- Bans compare accounts in ASCII lower case: a game server that folds more
+-- (other alphabets' case, SQL Server's trailing spaces) needs the same
+-- folding in ban_key, or "BÖB" and "bob " get past bans of "böb" and "bob".
 local gw = require "gangway"
 
 local ADMINS = { gm1 = true, alice = true }  -- account names, as the server knows them
 
 gw.shared.bans = gw.shared.bans or {}        -- account (lower case) -> who banned it
 local bans = gw.shared.bans
+
+-- The key of an account in bans, and how /kick and /ban compare names.
+local function ban_key(account) return account:lower() end
 
 -- Client bytes in a log line: control bytes as \NN (\10 for a newline,
 -- which would otherwise start a line of the client's making).
@@ -40,9 +46,9 @@ end
 -- Every open session of an account, in any case (ASCII, as bans are):
 -- the same account may be logged in twice.
 local function sessions_of(name)
-  local found, lower = {}, name:lower()
+  local found, key = {}, ban_key(name)
   for _, s in ipairs(gw.players()) do
-    if s.player.name:lower() == lower then found[#found + 1] = s end
+    if ban_key(s.player.name) == key then found[#found + 1] = s end
   end
   return found
 end
@@ -65,7 +71,7 @@ gw.command("/ban", function(session, args)
   local by = admin(session)
   local name = by and target(session, args, "/ban NAME")
   if not name then return end
-  bans[name:lower()] = by
+  bans[ban_key(name)] = by
   gw.log.info(("%s banned %s"):format(by, printable(name)))
   local victims = sessions_of(name)
   for _, victim in ipairs(victims) do
@@ -79,8 +85,8 @@ gw.command("/unban", function(session, args)
   local by = admin(session)
   local name = by and target(session, args, "/unban NAME")
   if not name then return end
-  local was = bans[name:lower()]
-  bans[name:lower()] = nil
+  local was = bans[ban_key(name)]
+  bans[ban_key(name)] = nil
   session:tell(was and (name .. " unbanned") or (name .. " was not banned"))
 end)
 
@@ -132,7 +138,7 @@ end
 -- server's "login failed" answer (MC_LOGIN error 1) and the session ends.
 gw.on("client", "CM_LOGIN", function(pkt, session)
   local account = account_of(pkt)
-  if account and bans[account:lower()] then
+  if account and bans[ban_key(account)] then
     gw.log.info(("refused the login of %s: banned"):format(printable(account)))
     session:send_to_client(gw.packet("MC_LOGIN", { error = 1 }))
     session:close("banned account " .. account)

@@ -110,8 +110,9 @@ describe("the top module's memory", function()
     local first = t:stats().memory
     round(10000)
     round(10000)
-    -- a pending login or a player kept per session would be megabytes
-    assert.is_true(t:stats().memory < first + 64 * 1024,
+    -- a pending login or a player kept per session would be megabytes (3 MB
+    -- more over these 20,000); the collector's own swing is some 100 KB
+    assert.is_true(t:stats().memory < first + 1024 * 1024,
                    ("memory %d after the first 10,000, %d after 30,000"):format(first, t:stats().memory))
     assert.same({}, t:connect():to_client())
     t:close()
