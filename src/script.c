@@ -607,6 +607,8 @@ struct gw_call {
 typedef struct gw_waits {
   lua_State *runner;        /* reused by calls that do not wait */
   int runner_ref;
+  int runner_interval;      /* the count hook's interval set on it, 0: unknown
+                               (a count hook left at 1 resets itself) */
   gw_call *calls;           /* every call that waits */
   gw_call **heap;           /* min-heap on min(wake, deadline) */
   size_t nheap, capheap;
@@ -704,6 +706,7 @@ static lua_State *runner(gw_script *s) {
   lua_pushcfunction(L, new_runner);
   if (lua_pcall(L, 0, 2, 0) != LUA_OK) return NULL; /* its error on L */
   w->runner = lua_touserdata(L, -2);
+  w->runner_interval = 0;
   w->runner_ref = (int)lua_tointeger(L, -1);
   lua_pop(L, 2);
   return w->runner;
@@ -716,6 +719,7 @@ static void thread_done(gw_script *s, lua_State *co, int ref) {
   if (co == w->runner) return;
   if (!w->runner) {
     w->runner = co;
+    w->runner_interval = 0;
     w->runner_ref = ref;
   } else {
     luaL_unref(s->L, LUA_REGISTRYINDEX, ref);
@@ -757,15 +761,20 @@ static void call_unlink(gw_script *s, gw_call *c);
  * wait returns. LUA_OK: the results (*nres) on co. LUA_YIELD: it waits,
  * *made is its call. Else the error on L's top (co reset). What a failed
  * slice queued is dropped, as gw__pcall does. */
-static int slice(gw_script *s, gw_call *call, lua_State *co, int nargs, int *nres,
-                 uint64_t *instructions, gw_call **made) {
+/* Inlined: it is on every handler call's path. */
+static inline __attribute__((always_inline)) int slice(gw_script *s, gw_call *call, lua_State *co,
+                                                       int nargs, int *nres,
+                                                       uint64_t *instructions, gw_call **made) {
   gw_waits *w = s->waits;
   s->instructions = *instructions;
   s->alloc_uncharged = 0;
   s->timed_out = s->out_of_memory = false;
   int interval = hook_interval(s);
-  if (lua_gethook(co) != count_hook || lua_gethookcount(co) != interval)
-    lua_sethook(co, count_hook, LUA_MASKCOUNT, interval);
+  if (co != w->runner || w->runner_interval != interval) {
+    if (lua_gethook(co) != count_hook || lua_gethookcount(co) != interval)
+      lua_sethook(co, count_hook, LUA_MASKCOUNT, interval);
+    if (co == w->runner) w->runner_interval = interval;
+  }
   size_t nout = s->nout, arena_len = s->arena_len, ncloses = s->ncloses;
   w->slice_co = co;
   w->slice_call = call;
@@ -816,8 +825,9 @@ static void take_first_result(lua_State *L, lua_State *co, int nres) {
  * an earlier handler waited, or NULL). LUA_OK: one result pushed on L.
  * LUA_YIELD: it waits; *callp is its call, which owns the thread. Else:
  * the error on L. */
-static int call_start(gw_script *s, int nargs, gw_call **callp, call_kind kind,
-                      gw_script_session *ss, gw_listener_rt *rt, bool may_wait) {
+static inline __attribute__((always_inline)) int
+call_start(gw_script *s, int nargs, gw_call **callp, call_kind kind, gw_script_session *ss,
+           gw_listener_rt *rt, bool may_wait) {
   gw_waits *w = s->waits;
   lua_State *L = s->L;
   lua_State *co = runner(s);
@@ -1025,7 +1035,8 @@ static void frame_what(char *out, size_t outlen, const gw_frame_ctx *c) {
 
 /* A handler's call ended with st (its result on L's top when LUA_OK).
  * Returns true when the chain stops there. */
-static bool handler_ended(gw_script *s, int st, bool *failed) {
+static inline __attribute__((always_inline)) bool handler_ended(gw_script *s, int st,
+                                                                bool *failed) {
   lua_State *L = s->L;
   gw_frame_ctx *c = &s->cur;
   char what[96], msg[320];
@@ -1047,7 +1058,9 @@ static bool handler_ended(gw_script *s, int st, bool *failed) {
 
 /* Runs the handlers of the chain at CHAIN from `first` on. Returns the
  * call when one waits (the frame is then saved in it), else NULL. */
-static gw_call *frame_chain(gw_script *s, gw_call *call, lua_Integer first, bool *failed) {
+static inline __attribute__((always_inline)) gw_call *frame_chain(gw_script *s, gw_call *call,
+                                                                   lua_Integer first,
+                                                                   bool *failed) {
   lua_State *L = s->L;
   gw_frame_ctx *c = &s->cur;
   bool may_wait = s->waits->ops.frame_done != NULL;
@@ -1099,7 +1112,8 @@ static gw_call *frame_chain(gw_script *s, gw_call *call, lua_Integer first, bool
 /* The verdict of the frame in s->cur, out; then what its handlers sent.
  * os: its opcode's counters as looked up at its start (NULL: look again,
  * after a wait). Returns 0, or -ECONNRESET when the session is closed. */
-static int frame_finish(gw_script *s, bool failed, gw_opstat *os) {
+static inline __attribute__((always_inline)) int frame_finish(gw_script *s, bool failed,
+                                                              gw_opstat *os) {
   lua_State *L = s->L;
   gw_frame_ctx *c = &s->cur;
   gw_listener_rt *rt = c->rt;
