@@ -306,8 +306,32 @@ static void test_empty_elements(void **state) {
   expect_error(PKT("'u8 k', { 'xs', count = '*', { 'ys', count = 3, { 'zs', count = 0, 'u8 z' } } }"),
                "packets.lua: A[2][2]: array ys: an element takes no bytes (its fields "
                "are arrays of no elements)");
+  /* 8 levels of arrays load, a 9th is refused; a file nested deeper than
+   * Lua's parser goes is its error, not a crash */
+  char deep[1024] = "'u8 k'";
+  for (int i = 0; i < 8; i++)
+    snprintf(deep + strlen(deep), sizeof deep - strlen(deep), ", { 'a%d', count = 1", i);
+  strcat(deep, ", 'u8 x' } } } } } } } }");
+  char text[1200];
+  snprintf(text, sizeof text, PKT("%s"), deep);
   gw_framing f = top();
   gw_proto p;
+  load_ok(text, &f, &p);
+  gw_proto_free(&p);
+  snprintf(text, sizeof text, PKT("'u8 j', { 'top', count = 1, %s }"), deep);
+  expect_error(text, "packets.lua: A[2][3][2][2][2][2][2][2][2]: arrays nest at most 8 deep");
+  char *abyss = malloc(32768);
+  assert_non_null(abyss);
+  strcpy(abyss, "return { A = { side = 'client', opcode = 1, ");
+  for (int i = 0; i < 1000; i++) strcat(abyss, "{ 'a', count = 1, ");
+  strcat(abyss, "'u8 x'");
+  for (int i = 0; i < 1000; i++) strcat(abyss, " }");
+  strcat(abyss, " } }");
+  it_write(".", "packets.lua", "%s", abyss);
+  free(abyss);
+  char err[512];
+  assert_int_equal(gw_proto_load("packets.lua", &f, &p, err, sizeof err), -EINVAL);
+  assert_non_null(strstr(err, "packets.lua:1: "));
   load_ok(PKT("'u8 k', { 'a', count = 65535, { 'b', count = 65535, { 'c', count = 65535, "
               "{ 'd', count = 65535, { 'e', count = 65535, 'u8 x' } } } } }, "
               "{ 'none', count = 0, 'u8 y' }"), &f, &p);
