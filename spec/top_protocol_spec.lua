@@ -181,6 +181,18 @@ describe("the top protocol module", function()
     b:close()
     a:from_client(top.say("/online"))
     assert.same({ top.server_say(0, "[proxy]", "alice") }, a:to_client())
+    -- one account logged in twice: both are players, gw.player gives the
+    -- older session until it ends
+    local d, e = t:connect(), t:connect()
+    log_in(e, "dup", 5)
+    log_in(d, "dup", 4)
+    a:from_client(top.say("/online"))
+    assert.same({ top.server_say(0, "[proxy]", "alice,dup,dup") }, a:to_client())
+    a:from_client(top.say("/find dup"))
+    assert.same({ top.server_say(0, "[proxy]", "dup is session 4") }, a:to_client())
+    d:close()
+    a:from_client(top.say("/find dup"))
+    assert.same({ top.server_say(0, "[proxy]", "dup is session 5") }, a:to_client())
     t:close()
   end)
 
