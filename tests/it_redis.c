@@ -80,7 +80,7 @@ static void start_gangway(it_gangway *g, fixture *f, int port, const char *redis
            "  listeners = { { name = 'game', listen = '127.0.0.1:%d', upstream = '127.0.0.1:%d',\n"
            "                  framing = 'top', scripts = { 'rules.lua' } } },\n"
            "  redis = { addr = '127.0.0.1:%d', timeout_ms = 1000, connect_ms = 500%s },\n"
-           "  control = '',\n"
+           "  control = 'gangway.sock',\n"
            "}\n",
            port, f->echo_port, f->redis.port, redis_extra ? redis_extra : "");
   it_gangway_run(g, port);
@@ -249,6 +249,40 @@ static void test_auth_failure_reported(void **state) {
   redisd_stop(&locked);
 }
 
+static void test_command_timeout(void **state) {
+  fixture *f = *state;
+  it_gangway g = {0};
+  int port = it_free_port();
+  start_gangway(&g, f, port, NULL);
+  assert_true(it_log_wait(&g, "(commands): connected", 3000));
+  int fd = it_connect(port);
+  assert_string_equal(ask(fd, 10, "SET t before"), "string:OK");
+  kill(f->redis.pid, SIGSTOP); /* up, but answers nothing */
+  const char *e = ask(fd, 10, "SET t during");
+  assert_string_equal(e, "error:redis: no reply within 1000 ms (redis.timeout_ms)");
+  echo_text(fd, "relaying meanwhile");
+  kill(f->redis.pid, SIGCONT); /* the late reply is ignored; the next works */
+  assert_string_equal(ask(fd, 10, "GET t"), "string:during");
+  /* counted, in `gangway stats` (the registry /metrics renders too) */
+  char sock[256], *out = malloc(65536);
+  snprintf(sock, sizeof sock, "%s/gangway.sock", g.dir);
+  assert_true(it_control(sock, "stats", out, 65536, 2000) > 0);
+  static const char *const want[] = {
+      "\"gangway_redis_commands_total\":{\"type\":\"counter\"", "\"value\":3}",
+      "\"gangway_redis_timeouts_total\":{\"type\":\"counter\"", "\"value\":1}",
+      "\"gangway_redis_up\":{\"type\":\"gauge\"", "\"value\":1}"};
+  for (int i = 0; i < 6; i += 2) {
+    const char *at = strstr(out, want[i]);
+    assert_non_null(at);
+    const char *v = strstr(at, "\"value\":");
+    assert_non_null(v);
+    assert_memory_equal(v, want[i + 1], strlen(want[i + 1]));
+  }
+  free(out);
+  close(fd);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+}
+
 /* The running generation's rules with another ban channel. */
 static void write_rules_for(it_gangway *g, const char *channel) {
   const char *at = strstr(rules_lua, "gw.subscribe('bans'");
@@ -326,6 +360,7 @@ int main(void) {
       cmocka_unit_test(test_redis_killed_and_back),
       cmocka_unit_test(test_auth_failure_reported),
       cmocka_unit_test(test_reloads),
+      cmocka_unit_test(test_command_timeout),
   };
   return cmocka_run_group_tests_name("gw.redis against redis-server", tests, setup, teardown);
 }
