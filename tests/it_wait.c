@@ -70,6 +70,8 @@ typedef struct fixture {
   int port[4];            /* pass, close, greet, refuse */
 } fixture;
 
+static int teardown(void **state);
+
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
   redisd_start(&f->redis, NULL, NULL);
@@ -94,8 +96,11 @@ static int setup(void **state) {
            "}\n",
            f->echo_port, f->port[0], f->port[1], f->port[2], f->port[3], f->redis.port);
   it_gangway_run(&f->g, f->port[0]);
-  if (!it_log_wait(&f->g, "(commands): connected", 3000)) return -1;
   *state = f;
+  if (!it_log_wait(&f->g, "(commands): connected", 3000)) {
+    teardown(state); /* nothing left running */
+    return -1;
+  }
   return 0;
 }
 
