@@ -21,8 +21,9 @@ local ADMINS = { gm1 = true, alice = true }  -- account names, as the server kno
 gw.shared.bans = gw.shared.bans or {}        -- account (lower case) -> who banned it
 local bans = gw.shared.bans
 
--- The key of an account in bans, and how /kick and /ban compare names.
-local function ban_key(account) return account:lower() end
+-- The key of an account in bans, and how /kick and /ban compare names:
+-- up to a NUL (the server reads C strings), in lower case.
+local function ban_key(account) return account:match("^[^\0]*"):lower() end
 
 -- Client bytes in a log line: control bytes as \NN (\10 for a newline,
 -- which would otherwise start a line of the client's making).
@@ -48,7 +49,8 @@ end
 local function sessions_of(name)
   local found, key = {}, ban_key(name)
   for _, s in ipairs(gw.players()) do
-    if ban_key(s.player.name) == key then found[#found + 1] = s end
+    local account = s.player.name -- another game's module may name no one
+    if type(account) == "string" and ban_key(account) == key then found[#found + 1] = s end
   end
   return found
 end
@@ -121,17 +123,12 @@ end)
 -- The account a login names. A login of another client version may not fit
 -- packets.lua past its first field: the account still counts, so an odd
 -- login is no way around a ban. The server reads the account as a C string:
--- "bob\0x" is bob, and so is it here.
+-- "bob\0x" is bob, and so is it to ban_key.
 local function account_of(pkt)
   local ok, login = pcall(pkt.decode, pkt)
-  local account
-  if ok then
-    account = login.account
-  else
-    local found, str = pcall(pkt.str, pkt, pkt.body_offset)
-    account = found and str or nil
-  end
-  return account and account:match("^[^\0]*")
+  if ok then return login.account end
+  local found, account = pcall(pkt.str, pkt, pkt.body_offset)
+  return found and account or nil
 end
 
 -- A banned account's login never reaches the server: the client gets the
@@ -139,6 +136,7 @@ end
 gw.on("client", "CM_LOGIN", function(pkt, session)
   local account = account_of(pkt)
   if account and bans[ban_key(account)] then
+    account = account:match("^[^\0]*")
     gw.log.info(("refused the login of %s: banned"):format(printable(account)))
     session:send_to_client(gw.packet("MC_LOGIN", { error = 1 }))
     session:close("banned account " .. account)
