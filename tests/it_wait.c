@@ -3,7 +3,7 @@
  * sessions stream every byte intact; the wait bounds (timeouts.wait_ms,
  * limits.wait_bytes) apply on_error; a session closed mid-wait; on_connect
  * and timers that wait; the instruction limit across the slices of a
- * call. */
+ * call; chat commands that wait. */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -62,12 +62,22 @@ static const char refuse_lua[] =
     "  return gw.CLOSE\n"
     "end)\n";
 
+/* Chat commands (through the top protocol module) that wait. */
+static const char commands_lua[] =
+    "local gw = require 'gangway'\n"
+    "gw.command('/slow', function(s, args)\n"
+    "  s:sleep(100)\n"
+    "  local n = gw.redis('INCR', 'slow')\n"
+    "  s:tell('slow ' .. args .. ' ' .. tostring(n))\n"
+    "end)\n"
+    "gw.command('/bad', function(s) s:sleep(20) error('boom after a wait') end)\n";
+
 typedef struct fixture {
   it_redisd redis;
   it_server *echo;
   int echo_port;
   it_gangway g;
-  int port[4];            /* pass, close, greet, refuse */
+  int port[5];            /* pass, close, greet, refuse, commands */
 } fixture;
 
 static int teardown(void **state);
@@ -76,25 +86,29 @@ static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
   redisd_start(&f->redis, NULL, NULL);
   f->echo = it_server_start(IT_ECHO, 0, &f->echo_port);
-  for (int i = 0; i < 4; i++) f->port[i] = it_free_port();
+  for (int i = 0; i < 5; i++) f->port[i] = it_free_port();
   it_gangway_prepare(&f->g);
   it_write(f->g.dir, "rules.lua", "%s", rules_lua);
   it_write(f->g.dir, "greet.lua", "%s", greet_lua);
   it_write(f->g.dir, "refuse.lua", "%s", refuse_lua);
+  it_write(f->g.dir, "commands.lua", "%s", commands_lua);
   it_write(f->g.dir, "config.lua",
-           "local function l(name, port, script, on_error)\n"
+           "local function l(name, port, script, on_error, protocol)\n"
            "  return { name = name, listen = '127.0.0.1:' .. port, upstream = '127.0.0.1:%d',\n"
-           "           framing = 'top', scripts = { script }, on_error = on_error }\n"
+           "           framing = 'top', scripts = { script }, on_error = on_error,\n"
+           "           protocol = protocol }\n"
            "end\n"
            "return {\n"
            "  listeners = { l('pass', %d, 'rules.lua', 'pass'), l('close', %d, 'rules.lua', 'close'),\n"
-           "                l('greet', %d, 'greet.lua', 'pass'), l('refuse', %d, 'refuse.lua', 'pass') },\n"
+           "                l('greet', %d, 'greet.lua', 'pass'), l('refuse', %d, 'refuse.lua', 'pass'),\n"
+           "                l('commands', %d, 'commands.lua', 'pass', '%s/protocols/top') },\n"
            "  redis = { addr = '127.0.0.1:%d', timeout_ms = 3000 },\n"
            "  timeouts = { wait_ms = 400 },\n"
            "  limits = { wait_bytes = 2000, handler_instructions = 200000 },\n"
            "  control = '',\n"
            "}\n",
-           f->echo_port, f->port[0], f->port[1], f->port[2], f->port[3], f->redis.port);
+           f->echo_port, f->port[0], f->port[1], f->port[2], f->port[3], f->port[4],
+           GW_SOURCE_DIR, f->redis.port);
   it_gangway_run(&f->g, f->port[0]);
   *state = f;
   if (!it_log_wait(&f->g, "(commands): connected", 3000)) {
@@ -190,6 +204,48 @@ static void test_chain_after_a_wait(void **state) {
     assert_true(read_text(fd, &op, body, sizeof body, 3000) >= 0);
     assert_string_equal(body, want2[i]);
   }
+  close(fd);
+}
+
+/* CM_SAY of text: a ToP string (u16 length counting the NUL). */
+static void send_say(int fd, const char *text) {
+  uint8_t body[256];
+  size_t n = strlen(text) + 1;
+  assert_true(n + 2 <= sizeof body);
+  body[0] = (uint8_t)(n >> 8), body[1] = (uint8_t)n;
+  memcpy(body + 2, text, n);
+  uint8_t fr[300];
+  size_t fl = top_frame(fr, sizeof fr, 1, body, n + 2);
+  assert_int_equal(it_send_all(fd, fr, fl), 0);
+}
+
+/* A chat command that waits (sleep, then Redis) answers after its wait;
+ * the player's next line waits behind it and reaches the server (the echo)
+ * after the answer; the command line itself never does. A command that
+ * fails after a wait is logged and still takes its line. */
+static void test_command_that_waits(void **state) {
+  fixture *f = *state;
+  int fd = it_connect(f->port[4]);
+  char body[256];
+  uint16_t op;
+  send_say(fd, "/slow abc");
+  send_say(fd, "after");
+  int n = read_text(fd, &op, body, sizeof body, 3000);
+  assert_true(n > 0);
+  assert_int_equal(op, 501); /* MC_SAY from the proxy */
+  assert_non_null(memmem(body, (size_t)n, "[proxy]", 7));
+  assert_non_null(memmem(body, (size_t)n, "slow abc 1", 10));
+  n = read_text(fd, &op, body, sizeof body, 3000);
+  assert_true(n > 0);
+  assert_int_equal(op, 1); /* "after", back from the echo: never the command */
+  assert_non_null(memmem(body, (size_t)n, "after", 5));
+  send_say(fd, "/bad");
+  send_say(fd, "still here");
+  n = read_text(fd, &op, body, sizeof body, 3000);
+  assert_true(n > 0);
+  assert_non_null(memmem(body, (size_t)n, "still here", 10));
+  assert_true(it_log_wait(&f->g, "commands: command /bad:", 2000));
+  assert_true(it_log_count(&f->g, "boom after a wait", NULL) >= 1);
   close(fd);
 }
 
@@ -302,6 +358,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_order_kept_while_others_stream),
       cmocka_unit_test(test_chain_after_a_wait),
+      cmocka_unit_test(test_command_that_waits),
       cmocka_unit_test(test_wait_bounds_apply_on_error),
       cmocka_unit_test(test_session_closed_mid_wait),
       cmocka_unit_test(test_on_connect_and_timer_wait),
