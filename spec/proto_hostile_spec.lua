@@ -197,3 +197,36 @@ describe("hostile bytes in the example scripts' logs", function()
     t:close()
   end)
 end)
+
+describe("boundary values", function()
+  it("round-trip integer extremes, NaN and infinities, NUL bytes inside strings", function()
+    local t = testing.new{ protocol = "spec/fixtures/proto_test" }
+    local v = { a = 255, b = 65535, c = 4294967295, d = -1, e = -128, f = -32768,
+                g = -2147483648, h = math.mininteger, x = 0 / 0, y = -math.huge,
+                s = "a\0b\0", raw = "\0\0\0" }
+    local d = t:parse(t:frame("ALL", v), "client"):decode()
+    assert.is_true(d.x ~= d.x)  -- NaN
+    d.x, v.x = 0, 0
+    assert.same(v, d)
+    -- a double beyond f32 is an infinity, a tiny one 0
+    v.x = 1e300
+    assert.equal(math.huge, t:parse(t:frame("ALL", v), "client"):decode().x)
+    v.x = 1e-300
+    assert.equal(0, t:parse(t:frame("ALL", v), "client"):decode().x)
+    -- u64 takes any integer (above 2^63 it reads negative), never a float
+    v.d = math.maxinteger + 0.0
+    assert.matches("field d: expected an integer %(u64%), got a float", err_of(t.frame, t, "ALL", v))
+    v.d = math.maxinteger
+    -- top's str: a u16 length that counts the NUL, so 65534 bytes at most
+    v.s = ("s"):rep(65535)
+    assert.matches("field s: a 65535%-byte string does not fit a 2%-byte length",
+                   err_of(t.frame, t, "ALL", v))
+    -- a body past the framing's max_frame is refused, the packet unchanged
+    local p = t:parse(top.frame(300, "\0\1"), "client")
+    assert.matches("pkt:encode: a 65009%-byte body makes a frame outside the top framing's "
+                   .. "limits for client frames %(8%.%.16384 bytes%)",
+                   err_of(p.encode, p, { a = 1, b = 2, c = ("c"):rep(65000) }))
+    assert.equal(top.frame(300, "\0\1"), p:bytes())
+    t:close()
+  end)
+end)
