@@ -272,3 +272,55 @@ describe("random frames", function()
     t:close()
   end)
 end)
+
+describe("a reload that fails", function()
+  it("leaves every player as it was, even when the new module renamed them while loading", function()
+    local dir = testing.core.mkdtemp()
+    local function write(name, text)
+      local f = assert(io.open(dir .. "/" .. name, "wb"))
+      f:write(text)
+      f:close()
+    end
+    write("packets.lua", assert(io.open("protocols/top/packets.lua", "rb")):read("a"))
+    write("init.lua", assert(io.open("protocols/top/init.lua", "rb")):read("a"))
+    local t = testing.new{ protocol = dir, source = [[
+      local gw = require "gangway"
+      gw.command("/whoami", function(session) session:tell(session.player.name) end)
+    ]] }
+    local s = t:connect()
+    s:from_client(t:frame("CM_LOGIN", { account = "bob", password = "pw", mac = "00",
+                                        version = 136, marker = 911 }))
+    s:from_server(t:frame("MC_LOGIN", { error = 0, player = 5 }))
+    s:to_client()
+    -- a new module that moves players to a new shape as it loads, and a
+    -- script after it that does not load
+    write("init.lua", [[
+      local gw = require "gangway"
+      for _, session in ipairs(gw.players()) do
+        gw.set_player(session, { name = "v2:" .. session.player.name })
+      end
+    ]])
+    local ok, err = t:reload{ source = "error('broken')" }
+    assert.is_nil(ok)
+    assert.matches("gw.set_player while scripts load: use gw.on_reload", err, 1, true)
+    s:from_client(top.say("/whoami"))
+    assert.same({ top.server_say(0, "[proxy]", "bob") }, s:to_client())
+    -- the way: after the swap, once the reload has succeeded
+    write("init.lua", assert(io.open("protocols/top/init.lua", "rb")):read("a") .. [[
+      gw.on_reload(function()
+        for _, session in ipairs(gw.players()) do
+          gw.set_player(session, { name = "v2:" .. session.player.name })
+        end
+      end)
+    ]])
+    assert.is_true(t:reload{ source = [[
+      local gw = require "gangway"
+      gw.command("/whoami", function(session) session:tell(session.player.name) end)
+    ]] })
+    s:from_client(top.say("/whoami"))
+    assert.same({ top.server_say(0, "[proxy]", "v2:bob") }, s:to_client())
+    t:close()
+    for _, name in ipairs({ "packets.lua", "init.lua" }) do os.remove(dir .. "/" .. name) end
+    testing.core.rmdir(dir)
+  end)
+end)

@@ -94,6 +94,9 @@ void gw__push_players(lua_State *L, gw_listener_rt *rt, const char *name) {
 }
 
 int gw__session_set_player(lua_State *L) {
+  /* a reload that fails later must leave every session as it was */
+  if (gw_script_of(L)->loading_gen)
+    return luaL_error(L, "gw.set_player while scripts load: use gw.on_reload");
   check_session(L, 1);
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
