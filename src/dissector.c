@@ -359,6 +359,11 @@ typedef struct gen {
   FILE *out;
   char **abbrevs; /* every field abbreviation of the listener so far */
   size_t nabbrevs, cap;
+  /* the same, hashed (open addressing, at most half full): a generated
+   * packets.lua of every opcode has 65536 of them, which a scan of the
+   * list for each took seconds to check */
+  char **set;
+  size_t set_cap;
   bool nomem;
 } gen;
 
@@ -392,6 +397,47 @@ static void filter_component(char *dst, size_t cap, const char *s, bool lower)
   dst[i] = '\0';
 }
 
+static size_t abbrev_hash(const char *s)
+{
+  uint64_t h = 14695981039346656037u; /* FNV-1a */
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211u;
+  return (size_t)h;
+}
+
+/* The slot of a in the set: where it is, or the empty one it would take. */
+static char **abbrev_slot(char **set, size_t cap, const char *a)
+{
+  size_t i = abbrev_hash(a) & (cap - 1);
+  while (set[i] && strcmp(set[i], a) != 0)
+    i = (i + 1) & (cap - 1);
+  return &set[i];
+}
+
+static bool abbrev_used(const gen *g, const char *a)
+{
+  return g->set_cap && *abbrev_slot(g->set, g->set_cap, a);
+}
+
+/* Adds the list's last abbreviation to the set, growing it first. */
+static bool abbrev_add(gen *g)
+{
+  if (2 * g->nabbrevs > g->set_cap) {
+    size_t cap = g->set_cap ? 2 * g->set_cap : 64;
+    char **set = calloc(cap, sizeof *set);
+    if (!set)
+      return false;
+    for (size_t i = 0; i + 1 < g->nabbrevs; i++)
+      *abbrev_slot(set, cap, g->abbrevs[i]) = g->abbrevs[i];
+    free(g->set);
+    g->set = set;
+    g->set_cap = cap;
+  }
+  char *a = g->abbrevs[g->nabbrevs - 1];
+  *abbrev_slot(g->set, g->set_cap, a) = a;
+  return true;
+}
+
 /* A field abbreviation not used yet in this listener: two names that only
  * differ in characters a filter cannot hold get "_2", "_3"... */
 static char *unique_abbrev(gen *g, const char *base)
@@ -403,14 +449,8 @@ static char *unique_abbrev(gen *g, const char *base)
     return NULL;
   }
   memcpy(a, base, len + 1);
-  for (unsigned k = 2;; k++) {
-    bool used = false;
-    for (size_t i = 0; i < g->nabbrevs && !used; i++)
-      used = strcmp(g->abbrevs[i], a) == 0;
-    if (!used)
-      break;
+  for (unsigned k = 2; abbrev_used(g, a); k++)
     snprintf(a + len, 24, "_%u", k);
-  }
   if (g->nabbrevs == g->cap) {
     size_t cap = g->cap ? 2 * g->cap : 32;
     char **grown = realloc(g->abbrevs, cap * sizeof *grown);
@@ -423,6 +463,10 @@ static char *unique_abbrev(gen *g, const char *base)
     g->cap = cap;
   }
   g->abbrevs[g->nabbrevs++] = a;
+  if (!abbrev_add(g)) {
+    g->nomem = true; /* a stays in the list, freed with it */
+    return NULL;
+  }
   return a;
 }
 
@@ -446,8 +490,9 @@ static void gen_reset(gen *g)
   for (size_t i = 0; i < g->nabbrevs; i++)
     free(g->abbrevs[i]);
   free(g->abbrevs);
-  g->abbrevs = NULL;
-  g->nabbrevs = g->cap = 0;
+  free(g->set);
+  g->abbrevs = g->set = NULL;
+  g->nabbrevs = g->cap = g->set_cap = 0;
 }
 
 /* The runtime's kind, the ProtoField constructor and the size of a type. */

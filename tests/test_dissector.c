@@ -411,6 +411,43 @@ static void test_errors(void **state) {
   assert_string_equal(err, "listener \"plain\": no framing, no frames to dissect");
 }
 
+/* 300 packets whose names only differ in characters a filter cannot hold:
+ * their fields get "_2" ... "_300", each once (and the set of names grows
+ * past its first size on the way). */
+static void test_many_alike_names(void **state) {
+  (void)state;
+  enum { N = 300 };
+  static gw_pkt_field one[] = {{.name = "f", .type = GW_PF_U8, .counts = -1}};
+  static gw_packet_def many[N];
+  static char names[N][8];
+  for (int i = 0; i < N; i++) {
+    /* "X" and a byte above 0x7f, or punctuation: all "X_" as a filter */
+    snprintf(names[i], sizeof names[i], "X%c%c", 0x80 + i % 64, '!' + i / 64);
+    many[i] = (gw_packet_def){.name = names[i], .sides = {true, false},
+                              .opcode = (uint32_t)i, .fields = one, .nfields = 1};
+  }
+  gw_proto p = {.path = "packets.lua", .packets = many, .npackets = N};
+  gw_framing f = top();
+  static const uint16_t port[] = {1973};
+  gw_dissector_listener l = {"game", &f, &p, port, 1};
+  size_t len;
+  char *text = generate(&l, 1, &len);
+  lua_State *L = load_generated(text, len);
+  check(L, "local seen, n = {}, 0\n"
+           "for _, fl in ipairs(REC.fields) do\n"
+           "  if fl.abbrev:match('^gangway_game%.X') then\n"
+           "    assert(not seen[fl.abbrev], 'twice: ' .. fl.abbrev)\n"
+           "    seen[fl.abbrev], n = true, n + 1\n"
+           "  end\n"
+           "end\n"
+           "assert(n == 300, n)\n"
+           "local first = 'gangway_game.X__.f'\n"
+           "assert(seen[first], 'no ' .. first)\n"
+           "for k = 2, 300 do assert(seen[first .. '_' .. k], 'no ' .. first .. '_' .. k) end\n");
+  lua_close(L);
+  free(text);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fields_and_names),
@@ -418,6 +455,7 @@ int main(void) {
       cmocka_unit_test(test_dissect_edges),
       cmocka_unit_test(test_other_framings),
       cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_many_alike_names),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
