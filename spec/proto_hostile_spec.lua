@@ -324,3 +324,37 @@ describe("a reload that fails", function()
     testing.core.rmdir(dir)
   end)
 end)
+
+describe("a module whose tell waits", function()
+  it("tells when the wait is over, the command and other sessions going on", function()
+    local dir = testing.core.mkdtemp()
+    local function write(name, text)
+      local f = assert(io.open(dir .. "/" .. name, "wb"))
+      f:write(text)
+      f:close()
+    end
+    write("packets.lua", assert(io.open("protocols/top/packets.lua", "rb")):read("a"))
+    -- top's module, but a tell that waits first (a chat relayed elsewhere)
+    write("init.lua", (assert(io.open("protocols/top/init.lua", "rb")):read("a")
+      :gsub("gw%.on_tell%(function%(session, text%)\n", "%0  session:sleep(10)\n")))
+    local t = testing.new{ protocol = dir, source = [[
+      local gw = require "gangway"
+      gw.command("/hi", function(session)
+        session:tell("one")
+        session:tell("two")
+      end)
+    ]] }
+    local s, bystander = t:connect(), t:connect()
+    s:from_client(top.say("/hi"))
+    bystander:from_client(top.say("meanwhile"))
+    assert.same({ top.say("meanwhile") }, bystander:to_server())
+    t:advance(30)
+    assert.same({ top.server_say(0, "[proxy]", "one"), top.server_say(0, "[proxy]", "two") },
+                s:to_client())
+    assert.same({}, s:to_server())
+    assert.equal(0, t:stats().errors, table.concat(t:logs(), "\n"))
+    t:close()
+    for _, name in ipairs({ "packets.lua", "init.lua" }) do os.remove(dir .. "/" .. name) end
+    testing.core.rmdir(dir)
+  end)
+end)

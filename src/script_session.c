@@ -152,8 +152,15 @@ static int s_close(lua_State *L) {
   return 1;
 }
 
+/* After the module's tell function, also when it waited. */
+static int s_tell_done(lua_State *L, int status, lua_KContext ctx) {
+  (void)L, (void)status, (void)ctx;
+  return 0;
+}
+
 /* session:tell(text): a line in the game's chat to this session's
- * player, the way the protocol module's gw.on_tell says. */
+ * player, the way the protocol module's gw.on_tell says. The tell function
+ * may wait (a chat relayed through Redis): the call yields through here. */
 static int s_tell(lua_State *L) {
   gw_session_ud *u = check_session(L, 1);
   live(L, u, "tell");
@@ -165,7 +172,7 @@ static int s_tell(lua_State *L) {
                       "that tells (gw.on_tell in its init.lua)", u->rt->h.listener);
   lua_insert(L, 1);
   lua_settop(L, 3);
-  lua_call(L, 2, 0);
+  lua_callk(L, 2, 0, 0, s_tell_done);
   return 0;
 }
 
