@@ -12,6 +12,32 @@ local function err_of(f, ...)
   return err
 end
 
+local function read(path)
+  local f = assert(io.open(path, "rb"))
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
+-- A protocol directory of the spec's own: packets.lua (top's unless given)
+-- and init.lua if given. Returns its path, a function that (re)writes one
+-- of its files, and one that removes it all.
+local function protocol_dir(packets, init)
+  local dir, written = testing.core.mkdtemp(), {}
+  local function write(name, text)
+    local f = assert(io.open(dir .. "/" .. name, "wb"))
+    f:write(text)
+    f:close()
+    written[name] = true
+  end
+  write("packets.lua", packets or read("protocols/top/packets.lua"))
+  if init then write("init.lua", init) end
+  return dir, write, function()
+    for name in pairs(written) do os.remove(dir .. "/" .. name) end
+    testing.core.rmdir(dir)
+  end
+end
+
 describe("pkt:encode and a table whose metamethods change the packet", function()
   it("raises instead of reading the body set_body freed", function()
     local t = testing.inline([[
@@ -44,15 +70,9 @@ end)
 describe("players by name", function()
   -- A module that names a session after its first chat line, whatever the
   -- bytes: what a module for another game might do.
-  local dir
+  local dir, remove
   before_each(function()
-    dir = testing.core.mkdtemp()
-    local src = assert(io.open("protocols/top/packets.lua", "rb")):read("a")
-    local f = assert(io.open(dir .. "/packets.lua", "wb"))
-    f:write(src)
-    f:close()
-    f = assert(io.open(dir .. "/init.lua", "wb"))
-    f:write([[
+    dir, _, remove = protocol_dir(nil, [[
       local gw = require "gangway"
       gw.on("client", "CM_SAY", function(pkt, session)
         local text = pkt:decode().text
@@ -63,13 +83,8 @@ describe("players by name", function()
         session:send_to_client(gw.packet("MC_SAY", { speaker = 0, name = "[proxy]", text = text }))
       end)
     ]])
-    f:close()
   end)
-  after_each(function()
-    os.remove(dir .. "/packets.lua")
-    os.remove(dir .. "/init.lua")
-    testing.core.rmdir(dir)
-  end)
+  after_each(function() remove() end)
 
   it("compare names byte for byte: a NUL inside is not the end of the name", function()
     local t = testing.inline([[
@@ -120,22 +135,16 @@ describe("the top module's memory", function()
 end)
 
 describe("counts a hostile frame claims", function()
-  local dir
+  local dir, remove
   before_each(function()
-    dir = testing.core.mkdtemp()
-    local f = assert(io.open(dir .. "/packets.lua", "wb"))
-    f:write([[return {
+    dir, _, remove = protocol_dir([[return {
       BIG = { side = "client", opcode = 10, "u64 n", { "items", count = "n", "u32 id", "str name" } },
       SIGNED = { side = "client", opcode = 11, "i64 n", { "items", count = "n", "u8 id" } },
       DEEP = { side = "client", opcode = 12, "u8 k", { "a", count = 65535, { "b", count = 65535,
         { "c", count = 65535, { "d", count = 65535, { "e", count = 65535, { "f", count = 65535, "u8 x" } } } } } } },
     }]])
-    f:close()
   end)
-  after_each(function()
-    os.remove(dir .. "/packets.lua")
-    testing.core.rmdir(dir)
-  end)
+  after_each(function() remove() end)
 
   it("are misfits checked against the bytes left before anything is built", function()
     local t = testing.new{ protocol = dir }
@@ -275,14 +284,7 @@ end)
 
 describe("a reload that fails", function()
   it("leaves every player as it was, even when the new module renamed them while loading", function()
-    local dir = testing.core.mkdtemp()
-    local function write(name, text)
-      local f = assert(io.open(dir .. "/" .. name, "wb"))
-      f:write(text)
-      f:close()
-    end
-    write("packets.lua", assert(io.open("protocols/top/packets.lua", "rb")):read("a"))
-    write("init.lua", assert(io.open("protocols/top/init.lua", "rb")):read("a"))
+    local dir, write, remove = protocol_dir(nil, read("protocols/top/init.lua"))
     local t = testing.new{ protocol = dir, source = [[
       local gw = require "gangway"
       gw.command("/whoami", function(session) session:tell(session.player.name) end)
@@ -306,7 +308,7 @@ describe("a reload that fails", function()
     s:from_client(top.say("/whoami"))
     assert.same({ top.server_say(0, "[proxy]", "bob") }, s:to_client())
     -- the way: after the swap, once the reload has succeeded
-    write("init.lua", assert(io.open("protocols/top/init.lua", "rb")):read("a") .. [[
+    write("init.lua", read("protocols/top/init.lua") .. [[
       gw.on_reload(function()
         for _, session in ipairs(gw.players()) do
           gw.set_player(session, { name = "v2:" .. session.player.name })
@@ -320,22 +322,14 @@ describe("a reload that fails", function()
     s:from_client(top.say("/whoami"))
     assert.same({ top.server_say(0, "[proxy]", "v2:bob") }, s:to_client())
     t:close()
-    for _, name in ipairs({ "packets.lua", "init.lua" }) do os.remove(dir .. "/" .. name) end
-    testing.core.rmdir(dir)
+    remove()
   end)
 end)
 
 describe("a module whose tell waits", function()
   it("tells when the wait is over, the command and other sessions going on", function()
-    local dir = testing.core.mkdtemp()
-    local function write(name, text)
-      local f = assert(io.open(dir .. "/" .. name, "wb"))
-      f:write(text)
-      f:close()
-    end
-    write("packets.lua", assert(io.open("protocols/top/packets.lua", "rb")):read("a"))
     -- top's module, but a tell that waits first (a chat relayed elsewhere)
-    write("init.lua", (assert(io.open("protocols/top/init.lua", "rb")):read("a")
+    local dir, _, remove = protocol_dir(nil, (read("protocols/top/init.lua")
       :gsub("gw%.on_tell%(function%(session, text%)\n", "%0  session:sleep(10)\n")))
     local t = testing.new{ protocol = dir, source = [[
       local gw = require "gangway"
@@ -354,7 +348,6 @@ describe("a module whose tell waits", function()
     assert.same({}, s:to_server())
     assert.equal(0, t:stats().errors, table.concat(t:logs(), "\n"))
     t:close()
-    for _, name in ipairs({ "packets.lua", "init.lua" }) do os.remove(dir .. "/" .. name) end
-    testing.core.rmdir(dir)
+    remove()
   end)
 end)
