@@ -82,4 +82,25 @@ void gw_redis_on_message(gw_redis *r, gw_redis_message_cb cb, void *ud);
 int gw_redis_set_subscriptions(gw_redis *r, const char *const *channels, size_t nchannels,
                                const char *const *patterns, size_t npatterns);
 
+/* ---- a stand-in for the server (the busted harness's fake Redis) ----
+ * A gw_redis made by gw_redis_new_stand_in connects nowhere: each command
+ * goes to ops->command, which answers it later (never from inside) with
+ * gw_redis_answer, in order. The script layer uses it as any client;
+ * gw_redis_cancel works as usual. Only these calls, gw_redis_on_message,
+ * gw_redis_set_subscriptions and gw_redis_close apply to it. */
+typedef struct gw_redis_stand_in {
+  /* 0 (q is answered later), or a negative errno with err: the command
+   * fails at once, as with a Redis that is down. */
+  int (*command)(void *ud, gw_redis_req *q, int argc, const char *const *argv,
+                 const size_t *lens, char *err, size_t errlen);
+} gw_redis_stand_in;
+gw_redis *gw_redis_new_stand_in(const gw_redis_stand_in *ops, void *ud);
+/* Runs q's callback (unless cancelled) with reply or err, and frees q. */
+void gw_redis_answer(gw_redis_req *q, const struct redisReply *reply, const char *err);
+/* A message published on channel: with deliver, handed to the on_message
+ * receiver once per subscription that matches (the channel, each glob
+ * pattern). Returns how many match. */
+size_t gw_redis_stand_in_publish(gw_redis *r, const char *channel, size_t channel_len,
+                                 const char *msg, size_t len, bool deliver);
+
 #endif

@@ -7,7 +7,15 @@
  * with gw_frame_next, asks gw_handlers_want which frames go to Lua, passes
  * the others on untouched, and records what comes out (emits, drops,
  * closes) instead of writing to sockets. Its clock only moves when a spec
- * says so. Nothing of the script layer is re-implemented. */
+ * says so. Nothing of the script layer is re-implemented.
+ *
+ * Handlers may wait as in the proxy: the host installs the same wait ops
+ * as the relay (a side's input is held behind a waiting frame and fed
+ * again, in order, when it is done; wait_ms and wait_bytes bound it), and
+ * a fake Redis (a Lua function of the spec's, through redis.h's stand-in)
+ * answers gw.redis: each reply is queued and delivered in order once the
+ * host call that sent it has processed its input (or `delay` ms later on
+ * the simulated clock). */
 #include <errno.h>
 #include <inttypes.h>
 #include <lauxlib.h>
@@ -19,9 +27,12 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <hiredis/hiredis.h>
+
 #include "config.h"
 #include "log.h"
 #include "pipe.h"
+#include "redis.h"
 #include "script.h"
 #include "script_int.h"
 
@@ -57,6 +68,8 @@ typedef struct hsession {
   uint8_t *orig;          /* the frame in the handlers, as it came */
   size_t orig_len;
   uint64_t dropped_before;
+  uint8_t *wait_orig[GW_SIDES]; /* the frame whose handler waits, as it came */
+  size_t wait_orig_len[GW_SIDES];
   int err;                /* out of memory while recording */
   struct hsession *prev, *next;
   hbuf in[GW_SIDES];      /* bytes from each side not yet framed */
@@ -65,8 +78,23 @@ typedef struct hsession {
   bool close_requested;   /* by the script layer (ops->close) */
   bool ended;             /* gw_script_session_close done, or refused */
   bool refused;
+  bool opening;           /* on_connect waits: input is held until open_done */
+  bool feeding[GW_SIDES]; /* feed() runs for this side */
+  bool refeed[GW_SIDES];  /* frame_done came during it: go round again */
   char reason[200];
 } hsession;
+
+/* What the fake Redis has to deliver, in order: a reply to a command, or a
+ * message published on a channel (q NULL). */
+typedef struct hevent {
+  struct hevent *next;
+  uint64_t due;           /* on the simulated clock */
+  gw_redis_req *q;
+  redisReply *reply;      /* owned; NULL: err */
+  char *err;
+  char *channel, *msg;
+  size_t channel_len, len;
+} hevent;
 
 typedef struct logline {
   gw_log_level level;
@@ -79,11 +107,17 @@ struct host {
   bool has_cfg;
   char listener[128];
   uint64_t now, wake;
+  uint64_t dropped_mark;  /* the script layer's drop count at the last verdict seen */
   uint64_t next_id;
   size_t write_max;       /* bytes queued toward a side; 0: no limit */
   hsession *sessions;
   logline *logs;
   size_t nlogs, caplogs;
+  lua_State *L;           /* the spec's thread in the host call under way */
+  gw_redis *redis;        /* the fake Redis's stand-in client, or NULL */
+  int answer_ref;         /* its Lua function (registry of the spec's state) */
+  hevent *ev_head, **ev_tail;
+  bool draining;
 };
 
 /* ---- frame queues ---- */
@@ -188,15 +222,44 @@ static void d_before(void *ud, gw_side from, const uint8_t *frame, size_t len) {
 }
 
 static void d_after(void *ud, gw_side from, int rc) {
-  (void)from, (void)rc;
   hsession *hs = ud;
   gw_script_stats st;
   gw_script_get_stats(hs->h->s, &st);
+  hs->h->dropped_mark = st.dropped;
+  if (rc == GW_SCRIPT_PENDING) { /* its verdict comes with frame_done */
+    free(hs->wait_orig[from]);
+    hs->wait_orig[from] = hs->orig;
+    hs->wait_orig_len[from] = hs->orig_len;
+    hs->orig = NULL;
+    return;
+  }
   if (st.dropped > hs->dropped_before && hs->orig &&
       fq_push(&hs->dropped, hs->orig, hs->orig_len))
     hs->err = -ENOMEM;
   free(hs->orig);
   hs->orig = NULL;
+}
+
+/* The verdict of the frame from `from` that waited is out: recorded as
+ * dropped if the drop count moved since the last verdict the host saw
+ * (verdicts come one at a time, each followed by frame_done). */
+static void waited_verdict(hsession *hs, gw_side from) {
+  gw_script_stats st;
+  gw_script_get_stats(hs->h->s, &st);
+  if (st.dropped > hs->h->dropped_mark && hs->wait_orig[from] &&
+      fq_push(&hs->dropped, hs->wait_orig[from], hs->wait_orig_len[from]))
+    hs->err = -ENOMEM;
+  hs->h->dropped_mark = st.dropped;
+  free(hs->wait_orig[from]);
+  hs->wait_orig[from] = NULL;
+}
+
+/* Drops counted outside any verdict the host sees (a session closed with
+ * its verdict) are no frame's of ours. */
+static void mark_drops(host *h) {
+  gw_script_stats st;
+  gw_script_get_stats(h->s, &st);
+  h->dropped_mark = st.dropped;
 }
 
 static const gw_pipe_driver pipe_driver = {d_out, d_out, NULL, d_before, d_after};
@@ -249,8 +312,12 @@ static void log_sink(gw_log_level level, const char *line, void *ud) {
   h->logs[h->nlogs++] = (logline){level, text};
 }
 
-/* Every call into the script layer logs into this host. */
-static void enter(host *h) { gw_log_set_sink(log_sink, h); }
+/* Every call into the script layer logs into this host; the fake Redis
+ * answers on the spec's thread that made the call. */
+static void enter(host *h, lua_State *L) {
+  gw_log_set_sink(log_sink, h);
+  h->L = L;
+}
 
 /* Ends the sessions the script layer asked to close, as the relay does
  * once their output is written. */
@@ -276,6 +343,10 @@ static void unpipe(hsession *hs) {
   gw_pipe_free(&hs->pipe);
   free(hs->orig);
   hs->orig = NULL;
+  for (int i = 0; i < GW_SIDES; i++) {
+    free(hs->wait_orig[i]);
+    hs->wait_orig[i] = NULL;
+  }
 }
 
 static void session_end(host *h, hsession *hs, const char *reason) {
@@ -289,18 +360,325 @@ static void session_end(host *h, hsession *hs, const char *reason) {
   unpipe(hs);
 }
 
-static void host_free(host *h) {
+/* ---- handlers that wait: the relay's wait ops ---- */
+
+static bool wait_overflow(hsession *hs, gw_side side, size_t left) {
+  host *h = hs->h;
+  size_t queued = left + hs->pipe.side[side].dec.len;
+  if (queued <= h->cfg.wait_bytes) return false;
+  char why[128];
+  snprintf(why, sizeof why, "%zu bytes queued behind a waiting handler (limits.wait_bytes %u)",
+           queued, h->cfg.wait_bytes);
+  mark_drops(h);
+  int rc = gw_script_frame_abandon(h->s, &hs->ss, side, why);
+  waited_verdict(hs, side);
+  if (rc < 0 || hs->close_requested || hs->ended) return false;
+  gw_pipe_wait_done(&hs->pipe, side);
+  return true;
+}
+
+/* Runs side's input held so far through the session's pipeline, as the
+ * relay does: what queues behind a waiting handler stays in in[side] for
+ * frame_done; past limits.wait_bytes the listener's on_error applies to
+ * the waiting frame. A protocol error or output past write_max ends the
+ * session. Returns 0 or -ENOMEM. */
+static int feed(hsession *hs, gw_side side) {
+  host *h = hs->h;
+  hbuf *b = &hs->in[side];
+  gw_side to = side == GW_CLIENT ? GW_SERVER : GW_CLIENT;
+  int err = 0;
+  hs->feeding[side] = true;
+  do {
+    hs->refeed[side] = false;
+    uint32_t pos = 0;
+    size_t queued = hs->out[to].bytes;
+    hs->err = 0;
+    int rc;
+    do
+      rc = gw_pipe_input(&hs->pipe, side, b->p, &pos, (uint32_t)b->len);
+    while (rc == GW_PIPE_WAIT && wait_overflow(hs, side, b->len - pos));
+    if (hs->err) err = hs->err;
+    char why[200];
+    if (rc == -EPROTO) {
+      snprintf(why, sizeof why, "protocol error from the %s: %s", gw_side_name(side),
+               hs->pipe.error_msg);
+      session_end(h, hs, why);
+    } else if (rc == -ENOBUFS) {
+      snprintf(why, sizeof why, "output limit exceeded toward the %s side (%zu bytes queued)",
+               gw_side_name(to), queued);
+      session_end(h, hs, why);
+    } else if (rc == -ENOMEM) {
+      err = rc;
+    }
+    if (pos) memmove(b->p, b->p + pos, b->len - pos);
+    b->len -= pos;
+  } while (hs->refeed[side] && !err && hs->piped && !hs->close_requested);
+  hs->feeding[side] = false;
+  return err;
+}
+
+/* The waiting handler of a frame from side is done: the frames held
+ * behind it go on. */
+static void h_frame_done(gw_script_session *ss, gw_side side) {
+  hsession *hs = gw_container_of(ss, hsession, ss);
+  if (!hs->piped) return;
+  waited_verdict(hs, side);
+  gw_pipe_wait_done(&hs->pipe, side);
+  if (hs->close_requested || hs->ended || hs->opening) return;
+  if (hs->feeding[side]) { /* under way below us: it goes round again */
+    hs->refeed[side] = true;
+    return;
+  }
+  if (feed(hs, side) < 0) session_end(hs->h, hs, "out of memory");
+}
+
+/* An on_connect that waited is done: refused (released already), or the
+ * session goes on with what each side sent meanwhile, client first. */
+static void h_open_done(gw_script_session *ss, int rc) {
+  hsession *hs = gw_container_of(ss, hsession, ss);
+  if (!hs->opening) return;
+  hs->opening = false;
+  if (rc < 0) {
+    hs->refused = hs->ended = hs->close_requested = true;
+    snprintf(hs->reason, sizeof hs->reason, "refused");
+    return;
+  }
+  for (int i = 0; i < GW_SIDES; i++)
+    if (hs->piped && !hs->close_requested && hs->in[i].len && feed(hs, (gw_side)i) < 0)
+      session_end(hs->h, hs, "out of memory");
+}
+
+/* Output is recorded as it is sent: nothing to write. */
+static void h_flush(void *ud) { (void)ud; }
+
+static const gw_wait_ops wait_ops = {h_frame_done, h_open_done, h_flush};
+
+/* ---- the fake Redis: the spec's function answers, replies queue ---- */
+
+#define EVENTS_MAX 1000000 /* delivered in one go without the clock moving */
+
+static void reply_free(redisReply *r) {
+  if (!r) return;
+  for (size_t i = 0; i < r->elements; i++) reply_free(r->element[i]);
+  free(r->element);
+  free(r->str);
+  free(r);
+}
+
+static redisReply *reply_str(int type, const char *p, size_t len) {
+  redisReply *r = calloc(1, sizeof *r);
+  if (!r) return NULL;
+  r->type = type;
+  r->str = malloc(len + 1);
+  if (!r->str) {
+    free(r);
+    return NULL;
+  }
+  memcpy(r->str, p, len);
+  r->str[len] = 0;
+  r->len = len;
+  return r;
+}
+
+/* The Lua value at idx as a reply: a string, an integer (a float as its
+ * text, as Redis sends them), nil or false nil, true "OK", { err = msg } an
+ * error, a list an array. NULL with *why on a value no reply can be. */
+static redisReply *reply_of(lua_State *L, int idx, int depth, const char **why) {
+  idx = lua_absindex(L, idx);
+  redisReply *r = NULL;
+  switch (lua_type(L, idx)) {
+  case LUA_TNIL:
+    r = calloc(1, sizeof *r);
+    if (r) r->type = REDIS_REPLY_NIL;
+    break;
+  case LUA_TBOOLEAN:
+    if (lua_toboolean(L, idx)) return reply_str(REDIS_REPLY_STATUS, "OK", 2);
+    r = calloc(1, sizeof *r);
+    if (r) r->type = REDIS_REPLY_NIL;
+    break;
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, idx)) {
+      r = calloc(1, sizeof *r);
+      if (r) {
+        r->type = REDIS_REPLY_INTEGER;
+        r->integer = (long long)lua_tointeger(L, idx);
+      }
+      break;
+    }
+    __attribute__((fallthrough)); /* a float goes as its text */
+  case LUA_TSTRING: {
+    size_t n;
+    lua_pushvalue(L, idx); /* tolstring converts a number in place */
+    const char *p = lua_tolstring(L, -1, &n);
+    r = reply_str(REDIS_REPLY_STRING, p, n);
+    lua_pop(L, 1);
+    break;
+  }
+  case LUA_TTABLE: {
+    if (lua_getfield(L, idx, "err") == LUA_TSTRING) {
+      size_t n;
+      const char *p = lua_tolstring(L, -1, &n);
+      r = reply_str(REDIS_REPLY_ERROR, p, n);
+      lua_pop(L, 1);
+      break;
+    }
+    lua_pop(L, 1);
+    if (depth > 32) {
+      *why = "a reply nested deeper than 32";
+      return NULL;
+    }
+    size_t n = lua_rawlen(L, idx);
+    r = calloc(1, sizeof *r);
+    if (!r || !(r->element = calloc(n ? n : 1, sizeof *r->element))) {
+      free(r);
+      break;
+    }
+    r->type = REDIS_REPLY_ARRAY;
+    luaL_checkstack(L, 4, "redis reply");
+    for (size_t i = 0; i < n; i++) {
+      lua_rawgeti(L, idx, (lua_Integer)i + 1);
+      r->element[i] = reply_of(L, -1, depth + 1, why);
+      lua_pop(L, 1);
+      if (!r->element[i]) {
+        reply_free(r);
+        return NULL;
+      }
+      r->elements++;
+    }
+    break;
+  }
+  default:
+    *why = "a reply of a type Redis has not (strings, numbers, booleans, nil, tables)";
+    return NULL;
+  }
+  if (!r) *why = "out of memory";
+  return r;
+}
+
+static void event_free(hevent *e) {
+  reply_free(e->reply);
+  free(e->err);
+  free(e->channel);
+  free(e->msg);
+  free(e);
+}
+
+/* Queues e after what is queued: replies and messages come in order. */
+static void event_push(host *h, hevent *e, uint64_t delay) {
+  e->due = h->now + delay;
+  *h->ev_tail = e;
+  h->ev_tail = &e->next;
+}
+
+static hevent *event_pop(host *h) {
+  hevent *e = h->ev_head;
+  h->ev_head = e->next;
+  if (!h->ev_head) h->ev_tail = &h->ev_head;
+  return e;
+}
+
+/* The stand-in's command: the spec's function answer({ cmd, ... }) returns
+ * "down", message (the command fails at once) or "reply", value, delay_ms
+ * (the reply is queued). A function that raises is an error reply. */
+static int fake_command(void *ud, gw_redis_req *q, int argc, const char *const *argv,
+                        const size_t *lens, char *err, size_t errlen) {
+  host *h = ud;
+  lua_State *L = h->L;
+  if (!L || h->answer_ref == LUA_NOREF || !lua_checkstack(L, 8)) {
+    snprintf(err, errlen, "redis: not connected (the test host is closing)");
+    return -ENOTCONN;
+  }
+  int top = lua_gettop(L);
+  hevent *e = calloc(1, sizeof *e);
+  if (!e) {
+    snprintf(err, errlen, "redis: out of memory");
+    return -ENOMEM;
+  }
+  e->q = q;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, h->answer_ref);
+  lua_createtable(L, argc, 0);
+  for (int i = 0; i < argc; i++) {
+    lua_pushlstring(L, argv[i], lens[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  const char *why = NULL;
+  lua_Integer delay = 0;
+  if (lua_pcall(L, 1, 3, 0) != LUA_OK) {
+    const char *m = lua_tostring(L, -1);
+    e->reply = reply_str(REDIS_REPLY_ERROR, m ? m : "ERR the fake Redis failed",
+                         m ? strlen(m) : 25);
+  } else if (lua_type(L, -3) == LUA_TSTRING && !strcmp(lua_tostring(L, -3), "down")) {
+    snprintf(err, errlen, "redis: %s", luaL_optstring(L, -2, "not connected (down)"));
+    lua_settop(L, top);
+    free(e);
+    return -ENOTCONN;
+  } else {
+    delay = lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0 ? lua_tointeger(L, -1) : 0;
+    e->reply = reply_of(L, -2, 0, &why);
+  }
+  lua_settop(L, top);
+  if (!e->reply) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "redis: the fake Redis answered %s", why ? why : "nothing");
+    e->err = strdup(msg);
+  }
+  event_push(h, e, (uint64_t)delay);
+  return 0;
+}
+
+static const gw_redis_stand_in fake_redis = {fake_command};
+
+/* Delivers what is due, in order (what it makes is delivered too, when
+ * due). False when it kept coming without end. */
+static bool drain(host *h) {
+  if (h->draining) return true; /* the loop below us goes on */
+  h->draining = true;
+  size_t n = 0;
+  while (h->ev_head && h->ev_head->due <= h->now && n++ < EVENTS_MAX) {
+    hevent *e = event_pop(h);
+    mark_drops(h);
+    if (e->q) gw_redis_answer(e->q, e->reply, e->err);
+    else if (h->redis)
+      gw_redis_stand_in_publish(h->redis, e->channel, e->channel_len, e->msg, e->len, true);
+    event_free(e);
+    settle(h);
+  }
+  h->draining = false;
+  return n <= EVENTS_MAX;
+}
+
+/* After a host call: the sessions closed, then what the fake Redis has due. */
+static void finish(lua_State *L, host *h) {
+  settle(h);
+  if (!drain(h))
+    luaL_error(L, "the fake Redis kept delivering without the clock moving (%d replies and "
+               "messages: a gw.subscribe function publishing to its own channel?)", EVENTS_MAX);
+}
+
+static void host_free(host *h, lua_State *L) {
   if (!h->s) return;
-  enter(h);
+  enter(h, L);
   for (hsession *hs = h->sessions, *n; hs; hs = n) {
     n = hs->next;
     session_end(h, hs, "host closed");
+    unpipe(hs); /* also when the script layer closed it */
     hs->h = NULL;
     hs->prev = hs->next = NULL;
   }
   h->sessions = NULL;
   gw_script_free(h->s);
   h->s = NULL;
+  /* The script layer is gone (its waits cancelled): what the fake Redis
+   * holds is freed unanswered. */
+  while (h->ev_head) {
+    hevent *e = event_pop(h);
+    if (e->q) gw_redis_answer(e->q, NULL, "redis: the test host is closing");
+    event_free(e);
+  }
+  gw_redis_close(h->redis);
+  h->redis = NULL;
+  luaL_unref(L, LUA_REGISTRYINDEX, h->answer_ref);
+  h->answer_ref = LUA_NOREF;
   if (h->has_cfg) gw_config_free(&h->cfg);
   h->has_cfg = false;
   for (size_t i = 0; i < h->nlogs; i++) free(h->logs[i].text);
@@ -330,13 +708,18 @@ static int core_new(lua_State *L) {
   lua_Integer memory = luaL_optinteger(L, -1, -1);
   lua_getfield(L, 1, "write_max");
   lua_Integer write_max = luaL_optinteger(L, -1, 0);
+  lua_getfield(L, 1, "redis"); /* answer({ cmd, ... }): the fake Redis */
+  int redis_fn = lua_gettop(L);
+  if (!lua_isnil(L, redis_fn)) luaL_checktype(L, redis_fn, LUA_TFUNCTION);
 
   host *h = lua_newuserdatauv(L, sizeof *h, 0);
   memset(h, 0, sizeof *h);
   h->wake = UINT64_MAX;
   h->write_max = write_max > 0 ? (size_t)write_max : 0;
+  h->answer_ref = LUA_NOREF;
+  h->ev_tail = &h->ev_head;
   luaL_setmetatable(L, HOST_MT);
-  enter(h);
+  enter(h, L);
   char err[512];
   if (gw_config_load(path, &h->cfg, err, sizeof err) != 0) {
     gw_log_set_sink(NULL, NULL);
@@ -367,16 +750,27 @@ static int core_new(lua_State *L) {
     rc = -ENOENT;
   }
   if (rc != 0) {
-    host_free(h);
+    host_free(h, L);
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;
   }
+  /* As the relay and the app do after a load. */
+  gw_script_set_waits(h->s, &wait_ops, h->cfg.wait_ms);
+  if (!lua_isnil(L, redis_fn)) {
+    if (!(h->redis = gw_redis_new_stand_in(&fake_redis, h))) {
+      host_free(h, L);
+      return luaL_error(L, "out of memory");
+    }
+    lua_pushvalue(L, redis_fn);
+    h->answer_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  gw_script_set_redis(h->s, h->redis);
   return 1;
 }
 
 static int host_gc(lua_State *L) {
-  host_free(luaL_checkudata(L, 1, HOST_MT));
+  host_free(luaL_checkudata(L, 1, HOST_MT), L);
   return 0;
 }
 
@@ -386,18 +780,20 @@ static int host_reload(lua_State *L) {
   const char *path = luaL_optstring(L, 2, h->cfg.path);
   gw_config cfg;
   char err[512];
-  enter(h);
+  enter(h, L);
   int rc = gw_config_load(path, &cfg, err, sizeof err);
   if (rc == 0) {
     rc = gw_script_load(h->s, &cfg, err, sizeof err);
     if (rc == 0) {
       gw_config_free(&h->cfg);
       h->cfg = cfg;
+      gw_script_set_waits(h->s, &wait_ops, h->cfg.wait_ms);
+      gw_script_set_redis(h->s, h->redis); /* the new generation's subscriptions */
     } else {
       gw_config_free(&cfg);
     }
   }
-  settle(h);
+  finish(L, h);
   if (rc != 0) {
     lua_pushnil(L);
     lua_pushstring(L, err);
@@ -447,31 +843,42 @@ static int host_connect(lua_State *L) {
   hs->next = h->sessions;
   if (h->sessions) h->sessions->prev = hs;
   h->sessions = hs;
-  enter(h);
-  if (gw_script_session_open(h->s, hd, &hs->ss) == -ECONNREFUSED) {
+  enter(h, L);
+  int rc = gw_script_session_start(h->s, hd, &hs->ss);
+  if (rc == -ECONNREFUSED) {
     hs->refused = hs->ended = hs->close_requested = true;
     snprintf(hs->reason, sizeof hs->reason, "refused");
+  } else if (rc == GW_SCRIPT_PENDING) {
+    hs->opening = true; /* h_open_done goes on */
   }
-  settle(h);
+  finish(L, h);
   return 1;
 }
 
-/* host:advance(ms): moves the clock, running timers as they come due. */
+/* host:advance(ms): moves the clock, running timers (sleeps and wait
+ * bounds too) and delivering the fake Redis's replies as they come due. */
 static int host_advance(lua_State *L) {
   host *h = check_host(L, 1);
   lua_Integer ms = luaL_checkinteger(L, 2);
   luaL_argcheck(L, ms >= 0, 2, "time only moves forward");
   uint64_t target = h->now + (uint64_t)ms;
-  enter(h);
-  for (int rounds = 0; h->wake <= target; rounds++) {
+  enter(h, L);
+  for (int rounds = 0;; rounds++) {
+    uint64_t next = h->wake;
+    if (h->ev_head && h->ev_head->due < next) next = h->ev_head->due;
+    if (next > target) break;
     if (rounds > 1000000)
       return luaL_error(L, "timers keep coming due without the clock moving");
-    if (h->wake > h->now) h->now = h->wake;
-    h->wake = UINT64_MAX;
-    gw_script_run_timers(h->s);
-    settle(h);
+    if (next > h->now) h->now = next;
+    if (h->wake <= h->now) {
+      h->wake = UINT64_MAX;
+      mark_drops(h);
+      gw_script_run_timers(h->s);
+    }
+    finish(L, h);
   }
   h->now = target;
+  finish(L, h);
   return 0;
 }
 
@@ -587,7 +994,7 @@ static int host_parse(lua_State *L) {
 }
 
 static int host_close(lua_State *L) {
-  host_free(luaL_checkudata(L, 1, HOST_MT));
+  host_free(luaL_checkudata(L, 1, HOST_MT), L);
   return 0;
 }
 
@@ -628,29 +1035,11 @@ static int hs_from(lua_State *L) {
   }
   hbuf *b = &hs->in[side];
   if (hbuf_append(b, bytes, n)) return luaL_error(L, "out of memory");
-  enter(h);
-  gw_side to = side == GW_CLIENT ? GW_SERVER : GW_CLIENT;
-  /* The relay's own pipeline: framing, dispatch, codecs. */
-  uint32_t pos = 0;
-  size_t queued = hs->out[to].bytes;
-  hs->err = 0;
-  int rc = gw_pipe_input(&hs->pipe, side, b->p, &pos, (uint32_t)b->len);
-  int err = hs->err;
-  char why[200];
-  if (rc == -EPROTO) {
-    snprintf(why, sizeof why, "protocol error from the %s: %s", gw_side_name(side),
-             hs->pipe.error_msg);
-    session_end(h, hs, why);
-  } else if (rc == -ENOBUFS) {
-    snprintf(why, sizeof why, "output limit exceeded toward the %s side (%zu bytes queued)",
-             gw_side_name(to), queued);
-    session_end(h, hs, why);
-  } else if (rc == -ENOMEM) {
-    err = rc;
-  }
-  memmove(b->p, b->p + pos, b->len - pos);
-  b->len -= pos;
-  settle(h);
+  enter(h, L);
+  /* The relay's own pipeline: framing, dispatch, codecs; held while
+   * on_connect waits (the relay reads nobody before it is done). */
+  int err = hs->opening ? 0 : feed(hs, side);
+  finish(L, h);
   if (err) return luaL_error(L, "out of memory");
   lua_pushboolean(L, 1);
   return 1;
@@ -692,9 +1081,9 @@ static int hs_id(lua_State *L) {
 static int hs_close(lua_State *L) {
   hsession *hs = check_session(L, 1);
   const char *reason = luaL_optstring(L, 2, "client closed");
-  enter(hs->h);
+  enter(hs->h, L);
   session_end(hs->h, hs, reason);
-  settle(hs->h);
+  finish(L, hs->h);
   return 0;
 }
 
@@ -702,8 +1091,9 @@ static int hs_gc(lua_State *L) {
   hsession *hs = luaL_checkudata(L, 1, SESSION_MT);
   host *h = hs->h;
   if (h) {
-    enter(h);
+    enter(h, L);
     session_end(h, hs, "collected");
+    unpipe(hs);
     if (hs->prev)
       hs->prev->next = hs->next;
     else
@@ -798,14 +1188,41 @@ static int host_admin(lua_State *L) {
   const char *body = luaL_optlstring(L, 4, NULL, &n);
   char *out;
   size_t outlen;
-  enter(h);
+  enter(h, L);
   int status = gw_script_admin(h->s, name, method, body, n, &out, &outlen);
-  settle(h);
   lua_pushinteger(L, status);
   if (out) lua_pushlstring(L, out, outlen);
   else lua_pushnil(L);
   free(out);
+  finish(L, h);
   return 2;
+}
+
+/* host:publish(channel, message) -> subscriptions that match: a message
+ * as Redis would bring it, queued behind the replies under way (delivered
+ * with them: this may run inside a script's call, through the fake). */
+static int host_publish(lua_State *L) {
+  host *h = check_host(L, 1);
+  size_t clen, mlen;
+  const char *ch = luaL_checklstring(L, 2, &clen);
+  const char *msg = luaL_checklstring(L, 3, &mlen);
+  if (!h->redis) return luaL_error(L, "this test host has no fake Redis (testing.new{ redis = ... })");
+  hevent *e = calloc(1, sizeof *e);
+  if (e) {
+    e->channel = malloc(clen + 1);
+    e->msg = malloc(mlen + 1);
+  }
+  if (!e || !e->channel || !e->msg) {
+    if (e) event_free(e);
+    return luaL_error(L, "out of memory");
+  }
+  memcpy(e->channel, ch, clen + 1);
+  memcpy(e->msg, msg, mlen + 1);
+  e->channel_len = clen;
+  e->len = mlen;
+  event_push(h, e, 0);
+  lua_pushinteger(L, (lua_Integer)gw_redis_stand_in_publish(h->redis, ch, clen, msg, mlen, false));
+  return 1;
 }
 
 static const luaL_Reg host_methods[] = {
@@ -813,7 +1230,7 @@ static const luaL_Reg host_methods[] = {
   {"now", host_now},       {"logs", host_logs},       {"stats", host_stats},
   {"want", host_want},     {"build", host_build},     {"writer", host_writer},
   {"parse", host_parse},   {"close", host_close},     {"admin", host_admin},
-  {NULL, NULL},
+  {"publish", host_publish}, {NULL, NULL},
 };
 
 static const luaL_Reg session_methods[] = {

@@ -109,6 +109,8 @@ local function make_config(self, opts)
   }
   local text = "return " .. table.concat(serialize({
     listeners = { listener }, control = "",
+    timeouts = opts.wait_ms and { wait_ms = opts.wait_ms } or nil,
+    limits = opts.wait_bytes and { wait_bytes = opts.wait_bytes } or nil,
   }, {}))
   local path = self.dir .. "/config.lua"
   write(path, text)
@@ -143,11 +145,35 @@ function Session:close(reason) return self.core:close(reason) end
 local Host = {}
 Host.__index = Host
 
+-- The function the host's fake Redis calls with each command's arguments
+-- ({ "GET", "k" }): it returns "reply", value, delay_ms or "down", why.
+-- It holds the host weakly (the host holds it).
+local function answerer(fake, ref)
+  if type(fake) == "function" then
+    return function(argv) return "reply", fake(table.unpack(argv)) end
+  end
+  if type(fake) ~= "table" then error("redis: a testing.redis() store, a table or a function", 4) end
+  if fake.answer then
+    return function(argv) return fake:answer(argv, ref.core) end
+  end
+  return function(argv) -- a table of command functions: { GET = function(key) ... end }
+    local fn = fake[argv[1]:upper()]
+    if not fn then return "reply", { err = "ERR unknown command '" .. argv[1] .. "'" } end
+    return "reply", fn(table.unpack(argv, 2))
+  end
+end
+
 local function new(opts, level)
   opts = opts or {}
   local self = setmetatable({ files = {}, opts = opts }, Host)
   if not opts.config then self.dir = core.mkdtemp() end
   local ok, config = pcall(make_config, self, opts)
+  local ref = setmetatable({}, { __mode = "v" })
+  local answer
+  if ok and opts.redis ~= nil then
+    local fine, fn = pcall(answerer, opts.redis, ref)
+    if fine then answer = fn else ok, config = false, fn end
+  end
   if not ok then
     self:close()
     error(config, level)
@@ -155,7 +181,7 @@ local function new(opts, level)
   local host, err = core.new{
     config = config, listener = opts.listener,
     instructions = opts.instructions, memory = opts.memory,
-    write_max = opts.write_max,
+    write_max = opts.write_max, redis = answer,
   }
   if not host then
     self:close()
@@ -163,6 +189,11 @@ local function new(opts, level)
   end
   self.core = host
   self.config = config
+  ref.core = host
+  if type(opts.redis) == "table" and opts.redis.attach then
+    self.redis = opts.redis
+    opts.redis:attach(host)
+  end
   return self
 end
 
@@ -180,6 +211,13 @@ end
 --   write_max     bytes queued toward a side (frames not yet taken with
 --                 to_client/to_server) past which the host refuses more,
 --                 as limits.write_max does in the proxy (default: none)
+--   redis         a fake Redis for gw.redis, gw.publish and gw.subscribe:
+--                 testing.redis() (an in-memory store), a table of command
+--                 functions ({ GET = function(key) ... end }) or a function
+--                 (cmd, ...) -> reply. Replies queue and arrive in order
+--                 once the call that sent them (from_client, advance...)
+--                 has processed its input, or later with fake:latency(ms)
+--   wait_ms, wait_bytes  timeouts.wait_ms and limits.wait_bytes
 -- Raises when the scripts do not load.
 function testing.new(opts)
   local t, err = new(opts, 3)
@@ -267,8 +305,17 @@ function Host:writer() return self.core:writer() end
 --- protocol, pkt.name, pkt:decode(), pkt:encode(t)).
 function Host:parse(frame, side) return self.core:parse(frame, side) end
 
+--- A message published on channel, as Redis brings it from elsewhere:
+--- gw.subscribe functions run now. Returns how many subscriptions match.
+function Host:publish(channel, message)
+  local n = self.core:publish(channel, message)
+  self.core:advance(0)
+  return n
+end
+
 --- Frees the Lua state and the temporary files (also done when collected).
 function Host:close()
+  if self.redis then self.redis:detach(self.core) end
   if self.core then self.core:close() end
   for path in pairs(self.files) do os.remove(path) end
   self.files = {}
@@ -276,6 +323,356 @@ function Host:close()
   self.dir = nil
 end
 Host.__gc = Host.close
+
+-- ---- a fake Redis ----
+
+local Store = {}
+Store.__index = Store
+
+local EPOCH = 1700000000 -- TIME's seconds at the simulated clock's 0
+
+local WRONGTYPE = { err = "WRONGTYPE Operation against a key holding the wrong kind of value" }
+local NOT_INT = { err = "ERR value is not an integer or out of range" }
+local NOT_FLOAT = { err = "ERR value is not a valid float" }
+local SYNTAX = { err = "ERR syntax error" }
+
+local function int(s)
+  local n = math.tointeger(tonumber(s))
+  if n == nil or not tostring(s):match("^%-?%d+$") then return nil end
+  return n
+end
+
+-- A score bound: "-inf", "+inf", "1.5", "(1.5" (exclusive).
+local function bound(s)
+  local open = s:sub(1, 1) == "("
+  if open then s = s:sub(2) end
+  local v = s == "-inf" and -math.huge or (s == "+inf" or s == "inf") and math.huge or tonumber(s)
+  return v, open
+end
+
+local function above(v, b, open) if open then return v > b end return v >= b end
+local function below(v, b, open) if open then return v < b end return v <= b end
+
+local function score_text(v)
+  if math.type(v) == "float" and v == math.floor(v) and v > -2^53 and v < 2^53 then
+    return string.format("%d", v)
+  end
+  return tostring(v)
+end
+
+-- The key's entry of kind ("string", "set", "hash", "zset"), made when
+-- make; nil when absent; WRONGTYPE when of another kind.
+function Store:entry(key, kind, make)
+  local e = self.data[key]
+  if e and self.expires[key] and self.expires[key] <= self.now then
+    self.data[key], self.expires[key], e = nil, nil, nil
+  end
+  if e and e.kind ~= kind then return nil, WRONGTYPE end
+  if not e and make then
+    e = { kind = kind, v = kind == "string" and "" or {} }
+    self.data[key] = e
+  end
+  return e
+end
+
+local function count(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+
+local function sorted_keys(t)
+  local out = {}
+  for k in pairs(t) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
+
+local function drop_if_empty(self, key, e)
+  if next(e.v) == nil then self.data[key], self.expires[key] = nil, nil end
+end
+
+-- name = { arguments at least, at most (nil: any), function(self, ...) }
+local commands = {}
+
+commands.PING = { 0, 1, function(_, msg) return msg or true end }
+commands.GET = { 1, 1, function(self, key)
+  local e, err = self:entry(key, "string")
+  if err then return err end
+  return e and e.v
+end }
+commands.SET = { 2, nil, function(self, key, value, ...)
+  local opts, ttl, nx, xx = { ... }, nil, false, false
+  local i = 1
+  while i <= #opts do
+    local o = opts[i]:upper()
+    if o == "NX" then nx = true
+    elseif o == "XX" then xx = true
+    elseif (o == "EX" or o == "PX") and opts[i + 1] then
+      local n = int(opts[i + 1])
+      if not n or n <= 0 then return { err = "ERR invalid expire time in 'set' command" } end
+      ttl = o == "EX" and n * 1000 or n
+      i = i + 1
+    else
+      return SYNTAX
+    end
+    i = i + 1
+  end
+  local present = self:live(key)
+  if (nx and present) or (xx and not present) then return nil end
+  self.data[key] = { kind = "string", v = value }
+  self.expires[key] = ttl and self.now + ttl or nil
+  return true
+end }
+-- Is key there (not expired)?
+function Store:live(key)
+  local e = self.data[key]
+  return e ~= nil and self:entry(key, e.kind) ~= nil
+end
+commands.DEL = { 1, nil, function(self, ...)
+  local n = 0
+  for _, key in ipairs{ ... } do
+    if self:live(key) then n = n + 1 end
+    self.data[key], self.expires[key] = nil, nil
+  end
+  return n
+end }
+commands.EXISTS = { 1, nil, function(self, ...)
+  local n = 0
+  for _, key in ipairs{ ... } do n = n + (self:live(key) and 1 or 0) end
+  return n
+end }
+local function incr(self, key, by)
+  local e, err = self:entry(key, "string", true)
+  if err then return err end
+  local n = e.v == "" and 0 or int(e.v)
+  if not n or not by then return NOT_INT end
+  n = n + by
+  e.v = tostring(n)
+  return n
+end
+commands.INCR = { 1, 1, function(self, key) return incr(self, key, 1) end }
+commands.DECR = { 1, 1, function(self, key) return incr(self, key, -1) end }
+commands.INCRBY = { 2, 2, function(self, key, by) return incr(self, key, int(by)) end }
+commands.EXPIRE = { 2, 2, function(self, key, seconds)
+  local n = int(seconds)
+  if not n then return NOT_INT end
+  if not self:live(key) then return 0 end
+  self.expires[key] = self.now + n * 1000
+  return 1
+end }
+commands.TTL = { 1, 1, function(self, key)
+  if not self:live(key) then return -2 end
+  if not self.expires[key] then return -1 end
+  return (self.expires[key] - self.now + 999) // 1000
+end }
+commands.SADD = { 2, nil, function(self, key, ...)
+  local e, err = self:entry(key, "set", true)
+  if err then return err end
+  local n = 0
+  for _, m in ipairs{ ... } do
+    if not e.v[m] then e.v[m], n = true, n + 1 end
+  end
+  return n
+end }
+-- SREM, HDEL, ZREM: members (fields) out of a key of kind.
+local function remover(kind)
+  return { 2, nil, function(self, key, ...)
+    local e, err = self:entry(key, kind)
+    if err then return err end
+    if not e then return 0 end
+    local n = 0
+    for _, m in ipairs{ ... } do
+      if e.v[m] ~= nil then e.v[m], n = nil, n + 1 end
+    end
+    drop_if_empty(self, key, e)
+    return n
+  end }
+end
+commands.SREM = remover("set")
+commands.SISMEMBER = { 2, 2, function(self, key, m)
+  local e, err = self:entry(key, "set")
+  if err then return err end
+  return e and e.v[m] and 1 or 0
+end }
+commands.SMEMBERS = { 1, 1, function(self, key) -- sorted, for specs
+  local e, err = self:entry(key, "set")
+  if err then return err end
+  return e and sorted_keys(e.v) or {}
+end }
+commands.SCARD = { 1, 1, function(self, key)
+  local e, err = self:entry(key, "set")
+  if err then return err end
+  return e and count(e.v) or 0
+end }
+commands.HGET = { 2, 2, function(self, key, field)
+  local e, err = self:entry(key, "hash")
+  if err then return err end
+  return e and e.v[field]
+end }
+commands.HSET = { 3, nil, function(self, key, ...)
+  local args = { ... }
+  if #args % 2 ~= 0 then return { err = "ERR wrong number of arguments for 'hset' command" } end
+  local e, err = self:entry(key, "hash", true)
+  if err then return err end
+  local n = 0
+  for i = 1, #args, 2 do
+    if e.v[args[i]] == nil then n = n + 1 end
+    e.v[args[i]] = args[i + 1]
+  end
+  return n
+end }
+commands.HDEL = remover("hash")
+commands.HGETALL = { 1, 1, function(self, key) -- fields sorted, for specs
+  local e, err = self:entry(key, "hash")
+  if err then return err end
+  local out = {}
+  for _, f in ipairs(e and sorted_keys(e.v) or {}) do
+    out[#out + 1] = f
+    out[#out + 1] = e.v[f]
+  end
+  return out
+end }
+commands.ZADD = { 3, nil, function(self, key, ...)
+  local args = { ... }
+  if #args % 2 ~= 0 then return SYNTAX end
+  for i = 1, #args, 2 do
+    if not bound(args[i]) or args[i]:sub(1, 1) == "(" then return NOT_FLOAT end
+  end
+  local e, err = self:entry(key, "zset", true)
+  if err then return err end
+  local n = 0
+  for i = 1, #args, 2 do
+    if e.v[args[i + 1]] == nil then n = n + 1 end
+    e.v[args[i + 1]] = (bound(args[i]))
+  end
+  return n
+end }
+commands.ZREM = remover("zset")
+commands.ZSCORE = { 2, 2, function(self, key, m)
+  local e, err = self:entry(key, "zset")
+  if err then return err end
+  return e and e.v[m] and score_text(e.v[m])
+end }
+local function in_range(self, key, min, max, fn)
+  local lo, lo_open = bound(min)
+  local hi, hi_open = bound(max)
+  if not lo or not hi then return { err = "ERR min or max is not a float" } end
+  local e, err = self:entry(key, "zset")
+  if err then return err end
+  local n = 0
+  for m, v in pairs(e and e.v or {}) do
+    if above(v, lo, lo_open) and below(v, hi, hi_open) then
+      n = n + 1
+      if fn then fn(e, m) end
+    end
+  end
+  if fn and e then drop_if_empty(self, key, e) end
+  return n
+end
+commands.ZCOUNT = { 3, 3, function(self, key, min, max) return in_range(self, key, min, max) end }
+commands.ZREMRANGEBYSCORE = { 3, 3, function(self, key, min, max)
+  return in_range(self, key, min, max, function(e, m) e.v[m] = nil end)
+end }
+commands.ZRANGE = { 3, 4, function(self, key, start, stop, with)
+  local a, b = int(start), int(stop)
+  if not a or not b then return NOT_INT end
+  if with and with:upper() ~= "WITHSCORES" then return SYNTAX end
+  local e, err = self:entry(key, "zset")
+  if err then return err end
+  local list = {}
+  for m, v in pairs(e and e.v or {}) do list[#list + 1] = { m, v } end
+  table.sort(list, function(x, y)
+    if x[2] ~= y[2] then return x[2] < y[2] end
+    return x[1] < y[1]
+  end)
+  local n = #list
+  if a < 0 then a = math.max(n + a, 0) end
+  if b < 0 then b = n + b end
+  local out = {}
+  for i = a + 1, math.min(b + 1, n) do
+    out[#out + 1] = list[i][1]
+    if with then out[#out + 1] = score_text(list[i][2]) end
+  end
+  return out
+end }
+commands.TIME = { 0, 0, function(self)
+  return { tostring(EPOCH + self.now // 1000), tostring(self.now % 1000 * 1000) }
+end }
+commands.PUBLISH = { 2, 2, function(self, channel, message)
+  local n = 0
+  for host in pairs(self.hosts) do
+    local ok, k = pcall(host.publish, host, channel, message)
+    if ok then n = n + k end
+  end
+  return n
+end }
+
+--- Runs one command against the store, as a spec (no host): the reply,
+--- or nil and the error. fake:call("SMEMBERS", "bans").
+function Store:call(cmd, ...)
+  local v = self:run({ cmd, ... })
+  if type(v) == "table" and v.err then return nil, v.err end
+  return v
+end
+
+function Store:run(argv)
+  local name = tostring(argv[1]):upper()
+  local c = commands[name]
+  if not c then
+    return { err = "ERR unknown command '" .. tostring(argv[1]) .. "'" }
+  end
+  local n = #argv - 1
+  if n < c[1] or (c[2] and n > c[2]) then
+    return { err = "ERR wrong number of arguments for '" .. name:lower() .. "' command" }
+  end
+  return c[3](self, table.unpack(argv, 2))
+end
+
+-- The host's call (its clock): "down", why or "reply", value, delay.
+function Store:answer(argv, host)
+  if self.is_down then return "down", self.is_down end
+  if host then self.now = math.max(self.now, host:now()) end
+  self.sent[#self.sent + 1] = table.concat(argv, " ")
+  return "reply", self:run(argv), self.delay
+end
+
+--- fake:down(true [, why]) makes every command fail at once, as with a
+--- Redis that is down (nil, "redis: not connected (...)"); fake:down(false)
+--- brings it back (the data stay).
+function Store:down(flag, why)
+  self.is_down = flag and ("not connected (" .. (why or "connection refused") .. ")") or nil
+end
+
+--- Replies (and messages) arrive ms later on the host's simulated clock
+--- (t:advance), in order; 0 (the default): once the call that sent them
+--- has processed its input.
+function Store:latency(ms) self.delay = ms end
+
+--- The commands sent since the last call ("SISMEMBER bans bob"), oldest
+--- first.
+function Store:commands()
+  local out = self.sent
+  self.sent = {}
+  return out
+end
+
+function Store:attach(core_host) self.hosts[core_host] = true end
+function Store:detach(core_host) self.hosts[core_host] = nil end
+
+--- An in-memory Redis for testing.new{ redis = ... }, shared by every host
+--- given it (a PUBLISH reaches the gw.subscribe functions of all of them).
+--- Strings (GET SET DEL EXISTS INCR INCRBY DECR EXPIRE TTL), sets (SADD
+--- SREM SISMEMBER SMEMBERS SCARD), hashes (HGET HSET HDEL HGETALL), sorted
+--- sets (ZADD ZREM ZSCORE ZCOUNT ZRANGE ZREMRANGEBYSCORE), TIME (the
+--- simulated clock, from 1700000000 s), PUBLISH, PING; others are errors.
+--- Expiry follows the clock of the host that sends the commands.
+function testing.redis()
+  return setmetatable({
+    data = {}, expires = {}, now = 0, delay = 0, sent = {},
+    hosts = setmetatable({}, { __mode = "k" }),
+  }, Store)
+end
 
 -- ---- Tales of Pirates helpers ----
 
