@@ -79,10 +79,16 @@ static const char runtime[] =
   "  return false\n"
   "end\n"
   "\n"
-  "-- The most bytes a frame from side (or either side: nil) may have.\n"
+  "-- The most and the fewest bytes a frame from side (or either side: nil)\n"
+  "-- may have; a keep-alive is exempt from the fewest.\n"
   "function gw.max_frame(fr, side)\n"
   "  if side then return fr.max_frame[side] end\n"
   "  return math.max(fr.max_frame.client, fr.max_frame.server)\n"
+  "end\n"
+  "\n"
+  "function gw.min_frame(fr, side)\n"
+  "  if side then return fr.min_frame[side] end\n"
+  "  return math.min(fr.min_frame.client, fr.min_frame.server)\n"
   "end\n"
   "\n"
   "-- dissect_tcp_pdus' get_len: the whole frame's length from its header. A\n"
@@ -241,6 +247,12 @@ static const char runtime[] =
   "                .. \"allows %s frames (gangway ends the session here)\", value, whole,\n"
   "                gw.max_frame(fr, side), side or \"client or server\")\n"
   "    end\n"
+  "    local keepalive = fr.keepalive and whole == header\n"
+  "    if not keepalive and whole < gw.min_frame(fr, side) and whole >= header then\n"
+  "      gw.misfit(\"length field: %d, a %d-byte frame, shorter than the %d bytes the framing \"\n"
+  "                .. \"allows %s frames (gangway ends the session here)\", value, whole,\n"
+  "                gw.min_frame(fr, side), side or \"client or server\")\n"
+  "    end\n"
   "    if whole ~= len then\n"
   "      gw.misfit(\"length field: %d, a frame shorter than its %d-byte header\", value, header)\n"
   "    end\n"
@@ -249,8 +261,10 @@ static const char runtime[] =
   "    if has_opcode then\n"
   "      op = gw.int(tvb(fr.opcode_offset, fr.opcode_size), fr.opcode_size, false, fr.le)\n"
   "    end\n"
-  "    def = find_def(L, side, has_opcode, op)\n"
-  "    local keepalive = fr.keepalive and len == header\n"
+  "    -- a frame without an opcode is the keep-alive's only if it is one\n"
+  "    if has_opcode or keepalive or not fr.keepalive then\n"
+  "      def = find_def(L, side, has_opcode, op)\n"
+  "    end\n"
   "    if def then\n"
   "      name = def.name\n"
   "    elseif has_opcode then\n"
@@ -599,11 +613,13 @@ static void emit_listener(gen *g, const gw_dissector_listener *l, const char *pn
   fprintf(o, " },\n  framing = { length_offset = %" PRIu32 ", length_size = %u, le = %s, "
           "length_adjust = %" PRId32 ",\n    opcode_offset = %" PRIu32 ", opcode_size = %u, "
           "keepalive = %s, body_offset = %zu,\n    str_length_size = %u, str_nul = %s,\n"
+          "    min_frame = { client = %" PRIu32 ", server = %" PRIu32 " },\n"
           "    max_frame = { client = %" PRIu32 ", server = %" PRIu32 " } },\n",
           f->length_offset, (unsigned)f->length_size, f->big_endian ? "false" : "true",
           f->length_adjust, f->opcode_offset, (unsigned)f->opcode_size,
           f->keepalive ? "true" : "false", gw_frame_body_offset(f),
           (unsigned)f->str_length_size, f->str_nul ? "true" : "false",
+          f->min_frame[GW_CLIENT], f->min_frame[GW_SERVER],
           f->max_frame[GW_CLIENT], f->max_frame[GW_SERVER]);
   fputs("  packets = {\n", o);
   for (size_t i = 0; i < l->proto->npackets && !g->nomem; i++) {

@@ -163,6 +163,14 @@ ts -r "$dir/long.pcap" -V >"$dir/long.out" || fail "tshark on the long frame: ex
 grep -q "Expert Info (Error/Malformed): length field: 65535, a 65535-byte frame, longer than the 16384 bytes the framing allows client frames" \
   "$dir/long.out" || fail "no expert error for the frame longer than max_frame"
 grep -q "text: yo" "$dir/long.out" || fail "the frame after the long one is not read"
+# A 5-byte frame: no keep-alive (that is the length field alone) and below
+# top's 8-byte minimum, which also ends the session in gangway.
+printf '0000  00 05 80 00 00\n' >"$dir/short.txt"
+text2pcap -q -T "40000,$port" "$dir/short.txt" "$dir/short.pcap" 2>>"$dir/text2pcap.out" || fail "text2pcap"
+ts -r "$dir/short.pcap" -V >"$dir/short.out" || fail "tshark on the short frame: exit $?"
+grep -q "KEEPALIVE" "$dir/short.out" && fail "a 5-byte frame shown as a KEEPALIVE"
+grep -q "Expert Info (Error/Malformed): length field: 5, a 5-byte frame, shorter than the 8 bytes the framing allows client frames" \
+  "$dir/short.out" || fail "no expert error for the frame below min_frame"
 
 kill -TERM "$gw"; wait "$gw" || fail "gangway exit $?"
 kill -INT "$topd"; wait "$topd" || fail "topd exit $?"
