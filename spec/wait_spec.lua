@@ -23,7 +23,7 @@ end
 local function rewriter(body, opts, more)
   return testing.inline([[
 local function rewrite(text, session)
-]] .. body .. [[
+]] .. body .. "\n" .. [[
 end
 gw.on("client", 1, function(pkt, session)
   local out = rewrite(pkt:str(8), session)
@@ -185,17 +185,21 @@ describe("waits under the test host", function()
       assert.same({ "AB,ERR unknown command 'SET'" }, texts(s:to_server()))
       t:close()
       local seen = {}
-      t = rewriter([[return tostring(gw.redis("ECHO", text))]], {
+      t = rewriter([[
+  local r = gw.redis("ECHO", text)
+  local _, err = gw.redis("FAIL")
+  return ("%s %s %d %s %d | %s"):format(r[1], r[2].err, r[3], tostring(r[4]), #r, err)
+]], {
         redis = function(cmd, arg)
           seen[#seen + 1] = cmd
+          if cmd == "FAIL" then error("no such thing", 0) end
           return { arg, { err = "inner" }, 3, false }
         end,
       })
-      -- an array reply: the script sees it as a table; tostring is enough here
       s = t:connect()
       s:from_client(top.say("x"))
-      assert.equal(1, #s:to_server())
-      assert.same({ "ECHO" }, seen)
+      assert.same({ "x inner 3 false 4 | no such thing" }, texts(s:to_server()))
+      assert.same({ "ECHO", "FAIL" }, seen)
     end)
 
     it("fails at once while the fake Redis is down, and works when it is back", function()
@@ -431,8 +435,27 @@ end)
       assert.same({ "1 players online through test; the fleet's count is unavailable" },
                   told(e1, cid:to_client()))
       assert.is_true(e1:logged("ban check for cid failed, letting in", "warn"))
+      -- back up: the refresh timer (which waits on Redis) drops ann, gone
+      fake:down(false)
+      e1:advance(5000)
+      assert.same({ "bob", "cid" }, fake:call("ZRANGE", "fleet:online", 0, -1))
       e1:close()
       e2:close()
+    end)
+  end)
+
+  describe("reloads", function()
+    it("lets a waiting call finish with the code that started it", function()
+      t = rewriter([[session:sleep(10) return "old " .. text]])
+      local s = t:connect()
+      s:from_client(top.say("a"))
+      assert.is_true(t:reload{ source = 'local gw = require "gangway"\n' .. [[
+gw.on("client", 1, function(pkt) return gw.writer():str("new " .. pkt:str(8)):packet(1) end)
+]] })
+      s:from_client(top.say("b")) -- behind a: waits for it
+      assert.same({}, s:to_server())
+      t:advance(10)
+      assert.same({ "old a", "new b" }, texts(s:to_server()))
     end)
   end)
 
@@ -460,6 +483,14 @@ gw.on("client", 1, function(pkt) gw.publish("news", pkt:str(8)) return gw.DROP e
       assert.equal(0, t2:publish("other", "nobody"))
       t1:close()
       t2:close()
+    end)
+
+    it("raises when messages keep coming without the clock moving", function()
+      t = testing.inline([[gw.subscribe("loop", function(_, msg) gw.publish("loop", msg) end)]],
+                         { redis = testing.redis() })
+      local ok, err = pcall(t.publish, t, "loop", "again")
+      assert.is_false(ok)
+      assert.matches("kept delivering without the clock moving", err)
     end)
   end)
 end)
