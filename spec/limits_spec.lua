@@ -448,3 +448,34 @@ describe("escapes that the limits close", function()
     t:close()
   end)
 end)
+
+describe("a wait where Lua cannot yield", function()
+  -- table.sort's comparator and string.gsub's function are called from C:
+  -- a wait there is an error of that call (it crashed the proxy when the
+  -- wait was recorded before the yield failed). A metamethod the VM calls
+  -- (__index) may wait: Lua 5.4 yields across it.
+  for name, body in pairs({
+    ["table.sort"] = "table.sort({3, 1, 2}, function(a, b) session:sleep(5) return a < b end)",
+    ["string.gsub"] = "(\"ab\"):gsub(\".\", function(c) session:sleep(5) return c end)",
+  }) do
+    it("raises inside " .. name .. ", and the frame and the session go on", function()
+      local t = testing.inline(([[
+gw.on("client", "CM_SAY", function(pkt, session)
+  local ok, err = pcall(function() %s end)
+  gw.log.info("waited", ok, err)
+end)]]):format(body), { protocol = "top" })
+      local s = t:connect()
+      local by = t:connect()
+      s:from_client(top.say("x"))
+      t:advance(50)
+      assert.same({ top.say("x") }, s:to_server())
+      assert.is_true(t:logged("cannot wait here (inside a function called from C", "info"))
+      by:from_client(top.say("y"))
+      assert.same({ top.say("y") }, by:to_server())
+      s:from_client(top.say("z"))
+      t:advance(50)
+      assert.same({ top.say("z") }, s:to_server())
+      t:close()
+    end)
+  end
+end)

@@ -870,6 +870,11 @@ gw_call *gw__call_current(lua_State *L, const char *who) {
     luaL_error(L, "%s: cannot wait here (handlers, gw.on_connect functions, timers and "
                   "gw.subscribe functions can; gw.on_close, loading and coroutines of the "
                   "script's own cannot)", who);
+  /* Before anything is recorded: a yield that cannot happen would leave a
+   * call behind that nothing resumes. */
+  if (!lua_isyieldable(L))
+    luaL_error(L, "%s: cannot wait here (inside a function called from C, such as a "
+                  "table.sort comparator or a string.gsub function)", who);
   if (w->slice_call) return w->slice_call;
   gw_call *c = calloc(1, sizeof *c);
   if (!c) luaL_error(L, "%s: not enough memory", who);
