@@ -255,6 +255,9 @@ function Host:now() return self.core:now() end
 --- Reloads. opts: like testing.new's (merged over those of the last good load), or
 --- nothing to load the same files again. Returns true, or nil and the error.
 function Host:reload(opts)
+  if opts and opts.redis ~= nil and opts.redis ~= self.opts.redis then
+    error("t:reload: the fake Redis is the one given to testing.new", 2)
+  end
   local merged = {}
   for k, v in pairs(self.opts) do merged[k] = v end
   for k, v in pairs(opts or {}) do merged[k] = v end
