@@ -58,6 +58,10 @@ int gw_log_set_target(gw_log_target target);
 gw_log_target gw_log_get_target(void); /* in effect, after any fallback */
 /* NULL restores stderr (or the journal). */
 void gw_log_set_sink(gw_log_sink sink, void *ud);
+/* Messages reach the sink as they are, control bytes included, instead of
+ * escaped as in a log (gangway check --json, which encodes them itself).
+ * Reset by the next gw_log_set_sink. */
+void gw_log_sink_raw(bool raw);
 bool gw_log_enabled(gw_log_level level);
 const char *gw_log_level_name(gw_log_level level);
 

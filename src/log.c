@@ -29,6 +29,7 @@ static gw_log_target g_target = GW_LOG_STDERR; /* in effect */
 static bool g_journal_warned;                  /* the fallback was reported */
 static gw_log_sink g_sink;
 static void *g_sink_ud;
+static bool g_sink_raw;       /* messages unescaped (check --json) */
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 static const char *const reserved_keys[] = {"ts", "level", "event", "msg", "truncated"};
@@ -41,7 +42,10 @@ void gw_log_setup(gw_log_level level, gw_log_format format) {
 void gw_log_set_sink(gw_log_sink sink, void *ud) {
   g_sink = sink;
   g_sink_ud = ud;
+  g_sink_raw = false;
 }
+
+void gw_log_sink_raw(bool raw) { g_sink_raw = raw; }
 
 bool gw_log_enabled(gw_log_level level) { return level >= g_level; }
 
@@ -215,13 +219,10 @@ static bool put_utf8(sbuf *b, const uint8_t *s, size_t n, size_t max) {
 /* A text (key=value) value: quoted when asked or when it holds a space, '"',
  * '=' or nothing; control bytes and ill-formed UTF-8 as \xNN, and inside
  * quotes '"' and '\' escaped, so that one event stays one line. */
-static bool put_text_value(sbuf *b, const uint8_t *s, size_t n, bool quote) {
-  bool cut = n > GW_LOG_VALUE_MAX;
-  if (cut) n = GW_LOG_VALUE_MAX;
-  if (!n) quote = true;
-  for (size_t i = 0; i < n && !quote; i++)
-    quote = s[i] == ' ' || s[i] == '"' || s[i] == '=';
-  if (quote) sb_put(b, "\"", 1);
+/* s with control bytes and ill-formed UTF-8 as \xNN (and, in quotes, '"'
+ * and '\' escaped): what a peer or a script put in it cannot start a
+ * line of its own in the log. */
+static void put_escaped(sbuf *b, const uint8_t *s, size_t n, bool quote) {
   for (size_t i = 0; i < n;) {
     uint8_t c = s[i];
     size_t len = utf8_seq(s + i, n - i);
@@ -235,6 +236,16 @@ static bool put_text_value(sbuf *b, const uint8_t *s, size_t n, bool quote) {
     else sb_put(b, &s[i], 1);
     i++;
   }
+}
+
+static bool put_text_value(sbuf *b, const uint8_t *s, size_t n, bool quote) {
+  bool cut = n > GW_LOG_VALUE_MAX;
+  if (cut) n = GW_LOG_VALUE_MAX;
+  if (!n) quote = true;
+  for (size_t i = 0; i < n && !quote; i++)
+    quote = s[i] == ' ' || s[i] == '"' || s[i] == '=';
+  if (quote) sb_put(b, "\"", 1);
+  put_escaped(b, s, n, quote);
   if (cut) sb_put_mark(b);
   if (quote) sb_put(b, "\"", 1);
   return cut;
@@ -269,9 +280,15 @@ static bool put_plain_value(sbuf *b, const gw_field *f) {
 /* The text rendering without time and level: the message (or the event's
  * name), then key=value for each field not hidden. */
 static void render_text_body(sbuf *b, const char *event, const char *msg,
-                             const gw_field *fields) {
+                             const gw_field *fields, bool escape_msg) {
   size_t start = b->n;
-  sb_puts(b, msg ? msg : event);
+  /* A message may hold a peer's bytes (a script's error about a chat
+   * line): in a log, escaped so that it cannot start a line of its own. */
+  const char *m = msg ? msg : event;
+  if (escape_msg)
+    put_escaped(b, (const uint8_t *)m, strlen(m), false);
+  else
+    sb_puts(b, m);
   for (const gw_field *f = fields; f && f->type != GW_FT_END; f++) {
     if (f->flags & GW_FF_HIDE) continue;
     if (b->n > start) sb_put(b, " ", 1);
@@ -390,7 +407,7 @@ static int journal_send(gw_log_level level, const char *event, const char *msg,
   size_t n = 0;
   at[n++] = a.n;
   sb_puts(&a, "MESSAGE=");
-  render_text_body(&a, event, msg, fields);
+  render_text_body(&a, event, msg, fields, true);
   if (strcmp(event, "log") != 0) {
     at[n++] = a.n;
     sb_puts(&a, "GW_EVENT=");
@@ -439,7 +456,7 @@ static void emit(gw_log_level level, const char *event, const gw_field *fields, 
   } else {
     sb_init(&line, mem, sizeof mem, TEXT_LINE_MAX);
     sb_printf(&line, "%s %-5s ", ts, gw_log_level_name(level));
-    render_text_body(&line, event, msg, fields);
+    render_text_body(&line, event, msg, fields, !(g_sink && g_sink_raw));
     if (line.cut) sb_put_mark(&line);
   }
   if (!line.failed) {

@@ -278,7 +278,10 @@ static int check(const char *config_path, bool json) {
   char err[2048], note[256];
   json_t *warnings = json ? json_array() : NULL;
   gw_log_setup(GW_LOG_WARN, GW_LOG_TEXT);
-  if (json) gw_log_set_sink(check_log_sink, warnings);
+  if (json) {
+    gw_log_set_sink(check_log_sink, warnings);
+    gw_log_sink_raw(true); /* JSON carries any byte */
+  }
   gw_config *cfg = NULL;
   gw_script *s = NULL;
   size_t nscripts = 0;

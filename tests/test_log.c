@@ -109,6 +109,20 @@ static void test_text_fields_stay_on_one_line(void **state) {
                       "none=- n=-3 ok=true f=0.25 raw=01ab");
 }
 
+/* A message with a peer's bytes in it (a script's error about a chat line)
+ * stays one line too: no forged line can start in it. */
+static void test_text_message_stays_on_one_line(void **state) {
+  (void)state;
+  gw_error("game: command /find: no player x\n2026-11-26T10:00:00.000Z error forged\r\x7f\xff é");
+  gw_log_event(GW_LOG_WARN, "script", GW_FIELDS(GW_F_STR("player", "bob")), "x.lua: %s",
+               "line\none");
+  assert_int_equal(got.n, 2);
+  assert_string_equal(text_body(got.line[0]),
+                      "game: command /find: no player x\\x0a2026-11-26T10:00:00.000Z error "
+                      "forged\\x0d\\x7f\\xff é");
+  assert_string_equal(text_body(got.line[1]), "x.lua: line\\x0aone player=bob");
+}
+
 static void test_level_filter(void **state) {
   (void)state;
   gw_log_setup(GW_LOG_WARN, GW_LOG_JSON);
@@ -405,6 +419,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_text_unchanged, setup, teardown),
       cmocka_unit_test_setup_teardown(test_text_fields_stay_on_one_line, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_text_message_stays_on_one_line, setup, teardown),
       cmocka_unit_test_setup_teardown(test_level_filter, setup, teardown),
       cmocka_unit_test_setup_teardown(test_json_fields, setup, teardown),
       cmocka_unit_test_setup_teardown(test_json_types, setup, teardown),
