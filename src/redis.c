@@ -194,9 +194,8 @@ static void retry_cb(uv_timer_t *t) {
 
 /* The connection is gone (its context freed or being freed): commands
  * under way fail, the next attempt is scheduled. */
-static void conn_lost(conn *c, const char *why) {
+static void conn_lost(conn *c, const char *why, bool was_up) {
   gw_redis *r = c->r;
-  bool was_up = c->state == C_UP;
   c->state = C_DOWN;
   c->ac = NULL;
   snprintf(c->why, sizeof c->why, "%s", why);
@@ -225,15 +224,21 @@ static void conn_lost(conn *c, const char *why) {
   }
 }
 
-/* Drops the connection ourselves. */
+/* Drops the connection ourselves. It is down before hiredis fails its
+ * commands: their callbacks resume scripts that may send again at once,
+ * and must be refused, not handed to the context being freed. */
 static void conn_drop(conn *c, const char *why) {
   redisAsyncContext *ac = c->ac;
+  bool was_up = c->state == C_UP;
   c->ac = NULL;
+  c->state = C_DOWN;
+  snprintf(c->why, sizeof c->why, "%s", why);
+  if (!c->sub) set_up(c->r, false);
   if (ac) {
     ac->data = NULL; /* what it calls back while freed is ignored */
     redisAsyncFree(ac);
   }
-  conn_lost(c, why);
+  conn_lost(c, why, was_up);
 }
 
 static void sub_cb(redisAsyncContext *ac, void *reply, void *priv);
@@ -284,7 +289,7 @@ static void on_connect(const redisAsyncContext *cac, int status) {
     snprintf(why, sizeof why, "%s", ac->errstr[0] ? ac->errstr : "connect failed");
     c->ac = NULL; /* hiredis frees it */
     uv_timer_stop(&c->timer);
-    conn_lost(c, why);
+    conn_lost(c, why, false);
     return;
   }
   gw_redis *r = c->r;
@@ -314,8 +319,9 @@ static void on_disconnect(const redisAsyncContext *cac, int status) {
   char why[160];
   snprintf(why, sizeof why, "%s",
            status == REDIS_OK ? "closed by the server" : ac->errstr[0] ? ac->errstr : "closed");
+  bool was_up = c->state == C_UP;
   c->ac = NULL; /* hiredis frees it after this */
-  conn_lost(c, why);
+  conn_lost(c, why, was_up);
 }
 
 static void connect_deadline(uv_timer_t *t) {
@@ -332,19 +338,19 @@ static void conn_start(conn *c) {
   c->state = C_CONNECTING;
   redisAsyncContext *ac = redisAsyncConnect(r->ip, r->port);
   if (!ac) {
-    conn_lost(c, "out of memory");
+    conn_lost(c, "out of memory", false);
     return;
   }
   if (ac->err) {
     char why[160];
     snprintf(why, sizeof why, "%s", ac->errstr);
     redisAsyncFree(ac);
-    conn_lost(c, why);
+    conn_lost(c, why, false);
     return;
   }
   if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
     redisAsyncFree(ac);
-    conn_lost(c, "cannot attach to the loop");
+    conn_lost(c, "cannot attach to the loop", false);
     return;
   }
   ac->data = c;
@@ -505,7 +511,7 @@ gw_redis_req *gw_redis_command(gw_redis *r, int argc, const char *const *argv,
                                const size_t *lens, gw_redis_cb cb, void *ud, char *err,
                                size_t errlen) {
   if (r->stand_in) return stand_in_command(r, argc, argv, lens, cb, ud, err, errlen);
-  if (r->cmd.state != C_UP) {
+  if (r->cmd.state != C_UP || !r->cmd.ac || r->closing) {
     char st[200];
     gw_redis_status(r, st, sizeof st);
     snprintf(err, errlen, "redis: %s", st);

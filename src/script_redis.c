@@ -276,6 +276,8 @@ static int l_redis_pipeline(lua_State *L) {
   lua_Integer n = luaL_len(L, 1);
   if (n < 1 || n > PIPELINE_MAX)
     return luaL_error(L, "gw.redis_pipeline: 1 to %d commands", PIPELINE_MAX);
+  /* every command's table goes on the stack: room past LUA_MINSTACK */
+  luaL_checkstack(L, (int)n + 8, "gw.redis_pipeline");
   for (lua_Integer i = 1; i <= n; i++)
     if (lua_rawgeti(L, 1, i) != LUA_TTABLE)
       return luaL_error(L, "gw.redis_pipeline: command %I is not a table", i);

@@ -66,11 +66,7 @@ static const char rules_lua[] =
     "  if s then s:close('banned') end\n"
     "end)\n";
 
-typedef struct fixture {
-  it_redisd redis;
-  it_server *echo;
-  int echo_port;
-} fixture;
+typedef redis_echo fixture;
 
 static void start_gangway(it_gangway *g, fixture *f, int port, const char *redis_extra) {
   it_gangway_prepare(g);
@@ -86,31 +82,8 @@ static void start_gangway(it_gangway *g, fixture *f, int port, const char *redis
   it_gangway_run(g, port);
 }
 
-static int setup(void **state) {
-  fixture *f = calloc(1, sizeof *f);
-  redisd_start(&f->redis, NULL, NULL);
-  f->echo = it_server_start(IT_ECHO, 0, &f->echo_port);
-  *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fixture *f = *state;
-  it_server_stop(f->echo);
-  redisd_stop(&f->redis);
-  free(f);
-  return 0;
-}
-
 /* Sends a command frame and returns the description that comes back. */
-static const char *ask(int fd, uint16_t op, const char *cmd) {
-  static char body[1024];
-  uint16_t got_op = 0;
-  send_text(fd, op, cmd);
-  assert_true(read_text(fd, &got_op, body, sizeof body, 3000) >= 0);
-  assert_int_equal(got_op, 11);
-  return body;
-}
+static const char *ask(int fd, uint16_t op, const char *cmd) { return ask_answer(fd, op, cmd, 3000); }
 
 static void test_replies_of_each_type(void **state) {
   fixture *f = *state;
@@ -362,5 +335,6 @@ int main(void) {
       cmocka_unit_test(test_reloads),
       cmocka_unit_test(test_command_timeout),
   };
-  return cmocka_run_group_tests_name("gw.redis against redis-server", tests, setup, teardown);
+  return cmocka_run_group_tests_name("gw.redis against redis-server", tests, redis_echo_setup,
+                                     redis_echo_teardown);
 }

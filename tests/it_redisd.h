@@ -155,4 +155,39 @@ static void echo_text(int fd, const char *text) {
   assert_string_equal(body, text);
 }
 
+/* The fixture of it_redis.c and it_redis_hostile.c: a redis-server and an
+ * echo upstream of the test group's own (cmocka group setup, teardown). */
+typedef struct redis_echo {
+  it_redisd redis;
+  it_server *echo;
+  int echo_port;
+} redis_echo;
+
+static inline int redis_echo_setup(void **state) {
+  redis_echo *f = calloc(1, sizeof *f);
+  redisd_start(&f->redis, NULL, NULL);
+  f->echo = it_server_start(IT_ECHO, 0, &f->echo_port);
+  *state = f;
+  return 0;
+}
+
+static inline int redis_echo_teardown(void **state) {
+  redis_echo *f = *state;
+  it_server_stop(f->echo);
+  redisd_stop(&f->redis);
+  free(f);
+  return 0;
+}
+
+/* Sends a text frame and returns the body of the answer, an op 11 frame
+ * (static storage: the next call overwrites it). */
+static inline const char *ask_answer(int fd, uint16_t op, const char *text, int timeout_ms) {
+  static char body[1024];
+  uint16_t got_op = 0;
+  send_text(fd, op, text);
+  assert_true(read_text(fd, &got_op, body, sizeof body, timeout_ms) >= 0);
+  assert_int_equal(got_op, 11);
+  return body;
+}
+
 #endif

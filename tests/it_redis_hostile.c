@@ -1,0 +1,174 @@
+/* it_redis_hostile.c: gw.redis attacked by a script, a Redis and a reload:
+ * a pipeline of the most commands allowed, a reply far past
+ * limits.lua_memory_mb, a reply nested deeper than a script may take, and
+ * a reload with other redis settings while calls wait and their scripts
+ * call Redis again at once. Each time gangway answers with an error, keeps
+ * relaying a bystander session's bytes and exits cleanly. */
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "itest.h"
+#include "it_redisd.h"
+
+/* op 10: the body is a command; the answer (op 11) describes the reply.
+ * op 12: a pipeline of N (the body) INCR p. op 13: a command that waits
+ * long (BLPOP), then, whatever it got, another one at once. op 14: an
+ * array reply nested N (the body) deep. */
+static const char rules_lua[] =
+    "local gw = require 'gangway'\n"
+    "local function describe(v, err)\n"
+    "  if v == nil then return err and ('error:' .. err) or 'nil' end\n"
+    "  if type(v) == 'table' then return 'table:' .. #v .. ':' .. tostring(v[#v]) end\n"
+    "  return (math.type(v) or type(v)) .. ':' .. tostring(v)\n"
+    "end\n"
+    "local function words(s) local w = {} for x in s:gmatch('%S+') do w[#w + 1] = x end return w end\n"
+    "gw.on('client', 10, function(pkt, s)\n"
+    "  s:send_to_client(gw.packet(11, describe(gw.redis(table.unpack(words(pkt:body()))))))\n"
+    "  return gw.DROP\n"
+    "end)\n"
+    "gw.on('client', 12, function(pkt, s)\n"
+    "  local cmds = {}\n"
+    "  for i = 1, tonumber(pkt:body()) do cmds[i] = { 'INCR', 'p' } end\n"
+    "  local ok, res, err = pcall(gw.redis_pipeline, cmds)\n"
+    "  s:send_to_client(gw.packet(11, ok and describe(res, err) or ('raised:' .. tostring(res))))\n"
+    "  return gw.DROP\n"
+    "end)\n"
+    "gw.on('client', 13, function(pkt, s)\n"
+    "  local v, err = gw.redis('BLPOP', 'never', '0')\n"
+    "  local again, err2 = gw.redis('PING')\n"
+    "  s:send_to_client(gw.packet(11, describe(v, err) .. ' then ' .. describe(again, err2)))\n"
+    "  return gw.DROP\n"
+    "end)\n"
+    "gw.on('client', 14, function(pkt, s)\n"
+    "  local lua = 'local t = {} local c = t for i = 1, ' .. pkt:body() ..\n"
+    "              ' do c[1] = {} c = c[1] end return t'\n"
+    "  s:send_to_client(gw.packet(11, describe(gw.redis('EVAL', lua, '0'))))\n"
+    "  return gw.DROP\n"
+    "end)\n";
+
+typedef redis_echo fixture;
+
+static void write_config(it_gangway *g, fixture *f, int port, const char *extra) {
+  it_write(g->dir, "config.lua",
+           "return {\n"
+           "  listeners = { { name = 'game', listen = '127.0.0.1:%d', upstream = '127.0.0.1:%d',\n"
+           "                  framing = 'top', scripts = { 'rules.lua' } } },\n"
+           "  redis = { addr = '127.0.0.1:%d', timeout_ms = 3000, connect_ms = 500%s },\n"
+           "  limits = { lua_memory_mb = 32 },\n"
+           "  control = '',\n"
+           "}\n",
+           port, f->echo_port, f->redis.port, extra);
+}
+
+static void start_gangway(it_gangway *g, fixture *f, int port) {
+  it_gangway_prepare(g);
+  it_write(g->dir, "rules.lua", "%s", rules_lua);
+  write_config(g, f, port, "");
+  it_gangway_run(g, port);
+  assert_true(it_log_wait(g, "(commands): connected", 3000));
+}
+
+/* The script builds a pipeline of 1,024 commands (the most allowed) in one
+ * handler: every command's table goes on the Lua stack at once, past the
+ * room a C function is given (a stack overflow under ASan before). */
+static void test_pipeline_of_the_most_commands(void **state) {
+  fixture *f = *state;
+  it_gangway g = {0};
+  int port = it_free_port();
+  start_gangway(&g, f, port);
+  int fd = it_connect(port), bystander = it_connect(port);
+  assert_string_equal(ask_answer(fd, 10, "DEL p", 3000), "integer:0");
+  assert_string_equal(ask_answer(fd, 12, "1024", 5000), "table:1024:1024");
+  echo_text(bystander, "still here");
+  const char *e = ask_answer(fd, 12, "1025", 3000);
+  assert_non_null(strstr(e, "raised:"));
+  assert_non_null(strstr(e, "1 to 1024 commands"));
+  assert_string_equal(ask_answer(fd, 10, "GET p", 3000), "string:1024");
+  close(fd);
+  close(bystander);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+}
+
+/* A 100 MB string from GET, with limits.lua_memory_mb = 32: the call
+ * fails with a message that says so; gangway and the session go on. A
+ * reply nested 100 deep (EVAL returns it) is past hiredis' reader: the
+ * command connection is lost and made again. */
+static void test_replies_past_the_limits(void **state) {
+  fixture *f = *state;
+  char out[256];
+  const char *big[] = {"SETRANGE", "big", "99999999", "x"};
+  assert_int_equal(redis_cmd(f->redis.port, out, sizeof out, 4, big), 0);
+  assert_string_equal(out, ":100000000\r\n");
+  it_gangway g = {0};
+  int port = it_free_port();
+  start_gangway(&g, f, port);
+  int fd = it_connect(port), bystander = it_connect(port);
+  const char *e = ask_answer(fd, 10, "GET big", 10000);
+  assert_non_null(strstr(e, "error:redis: not enough memory"));
+  echo_text(bystander, "after the big reply");
+  assert_string_equal(ask_answer(fd, 10, "STRLEN big", 3000), "integer:100000000");
+  assert_non_null(strstr(ask_answer(fd, 14, "5", 3000), "table:1:table: "));
+  /* Deeper than hiredis' reader goes: the connection is lost (its commands
+   * fail), it comes back after the backoff, the bystander never noticed. */
+  e = ask_answer(fd, 14, "100", 3000);
+  assert_non_null(strstr(e, "error:redis: connection lost"));
+  echo_text(bystander, "after the deep reply");
+  uint64_t until = it_now_ms() + 3000;
+  while (strcmp(ask_answer(fd, 10, "PING", 3000), "string:PONG") && it_now_ms() < until)
+    usleep(50 * 1000);
+  assert_string_equal(ask_answer(fd, 10, "PING", 3000), "string:PONG");
+  close(fd);
+  close(bystander);
+  const char *del[] = {"DEL", "big"};
+  assert_int_equal(redis_cmd(f->redis.port, out, sizeof out, 2, del), 0);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+}
+
+/* A reload with other redis settings drops the command connection: every
+ * waiting call gets its error once, and its script, calling Redis again
+ * right then, gets an answer or an error (it crashed gangway: the command
+ * went to the connection being freed). */
+static void test_reload_while_calls_wait(void **state) {
+  fixture *f = *state;
+  it_gangway g = {0};
+  int port = it_free_port();
+  start_gangway(&g, f, port);
+  enum { N = 20 };
+  int fds[N];
+  for (int i = 0; i < N; i++) {
+    fds[i] = it_connect(port);
+    send_text(fds[i], 13, "wait");
+  }
+  int bystander = it_connect(port);
+  echo_text(bystander, "before");
+  usleep(300 * 1000);
+  write_config(&g, f, port, ", db = 3");
+  kill(g.pid, SIGHUP);
+  assert_true(it_log_wait(&g, "redis: new settings", 3000));
+  for (int i = 0; i < N; i++) {
+    char body[1024];
+    uint16_t op = 0;
+    assert_true(read_text(fds[i], &op, body, sizeof body, 5000) >= 0);
+    assert_non_null(strstr(body, "error:redis: connection lost"));
+    assert_non_null(strstr(body, " then "));
+    assert_true(strstr(body, "then string:PONG") || strstr(body, "then error:redis: not connected"));
+    close(fds[i]);
+  }
+  echo_text(bystander, "after");
+  close(bystander);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_pipeline_of_the_most_commands),
+      cmocka_unit_test(test_replies_past_the_limits),
+      cmocka_unit_test(test_reload_while_calls_wait),
+  };
+  return cmocka_run_group_tests_name("gw.redis attacked", tests, redis_echo_setup,
+                                     redis_echo_teardown);
+}
