@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "capture.h"
 #include "frame.h"
@@ -853,6 +854,17 @@ static void host_frame_done(gw_script_session *ss, gw_side side) {
 
 static void session_connect(gw_session *s);
 
+/* Did the client reset while on_connect waited? Nothing reads it before
+ * the connect: a peek tells, so that no upstream is dialled for a client
+ * gone (a flood of connect-and-reset would make one connect each). */
+static bool client_reset(gw_session *s) {
+  uv_os_fd_t fd;
+  char c;
+  if (uv_fileno((uv_handle_t *)&s->tcp[GW_CLIENT], &fd) < 0) return false;
+  return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0 && errno != EAGAIN &&
+         errno != EWOULDBLOCK && errno != EINTR;
+}
+
 /* An on_connect that waited is done. */
 static void host_open_done(gw_script_session *ss, int rc) {
   gw_session *s = container_of(ss, gw_session, ss);
@@ -860,6 +872,8 @@ static void host_open_done(gw_script_session *ss, int rc) {
   if (rc < 0) {
     (*s->listener->lc.refused[GW_REFUSED_SCRIPT])++;
     session_close_soft(s, "refused by on_connect");
+  } else if (client_reset(s)) {
+    session_close(s, "client reset the connection");
   } else {
     session_connect(s);
   }
