@@ -143,7 +143,8 @@ int main(int argc, char **argv) {
     if (!s || gw_script_load(s, &cfg, err, sizeof err))
       return fprintf(stderr, "%s: %s\n", cases[c].name, err), 1;
     gw_handlers *h = gw_script_handlers(s, "bench");
-    gw_script_session ss = {.id = 1};
+    /* The framing frames are cut with, as the relay's pipeline gives it. */
+    gw_script_session ss = {.id = 1, .framing = {&f, &f}};
     snprintf(ss.client, sizeof ss.client, "127.0.0.1:1");
     if (gw_script_session_open(s, h, &ss)) return 1;
 

@@ -217,6 +217,10 @@ void gw_script_foreach_opstat(gw_script *s, gw_opstat_fn fn, void *ud);
 /* Each call of gw_script_frame is timed (microseconds) into h, when set. */
 struct gw_histogram;
 void gw_script_set_handler_histogram(gw_script *s, struct gw_histogram *h);
+/* The next gw_script_frame follows the last one back to back, with only
+ * the framing of its frame between them: its time starts where the last
+ * one's ended (one clock read per frame, not two). */
+void gw_script_frame_follows(gw_script *s);
 
 /* A script endpoint, gw.admin(name, fn): calls fn(req) with req = { method
  * = "GET" | "POST" | "DELETE", body = the request's JSON decoded (nil if

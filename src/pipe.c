@@ -324,9 +324,11 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
   } while (0)
   /* Runs may go out as they are only if nothing on the way changes bytes. */
   bool plain = !ps->body_in && !p->side[to].body_out;
+  bool follows = false; /* the last thing done was a handled frame */
   while (*start < end) {
     uint32_t avail = end - *start;
     if (ps->raw_left) { /* expect_raw: bytes no framing applies to */
+      follows = false;
       uint32_t n = ps->raw_left >= avail ? avail : (uint32_t)ps->raw_left;
       ps->raw_left -= n;
       if (ps->raw_step) phase_done_one(ps);
@@ -352,6 +354,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     ps->need = 0;
     if (!ps->framing.raw) ps->frames++; /* a raw chunk is no frame */
     if (plain && !gw_handlers_want(h, from, &fi)) { /* the fast path: it stays in the run */
+      follows = false;
       *start += (uint32_t)fi.len;
       ps->offset += fi.len;
       if (ps->frames_left) phase_done_one(ps);
@@ -362,6 +365,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     size_t len = fi.len, wire_len = fi.len;
     bool frame_in_input = in_input;
     if (ps->body_in) { /* handlers see the clear frame (its opcode too) */
+      follows = false; /* a codec's work is no handler's time */
       char err[160];
       rc = body_transform(p, ps->body_in, true, &ps->framing, from, frame, len, &p->scratch, err,
                           sizeof err);
@@ -376,6 +380,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     ps->offset += wire_len;
     run = *start;
     if (!gw_handlers_want(h, from, &fi)) {
+      follows = false;
       if (ps->frames_left) phase_done_one(ps);
       if ((rc = output(p, to, frame, len, true, frame_in_input)) < 0) return rc;
       continue;
@@ -383,7 +388,9 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     p->cur_frame = frame;
     p->cur_in_input = frame_in_input;
     if (p->drv->before_handlers) p->drv->before_handlers(p->ud, from, frame, len);
+    if (follows) gw_script_frame_follows(p->script);
     rc = gw_script_frame(p->script, p->ss, from, frame, &fi);
+    follows = true;
     if (p->drv->after_handlers) p->drv->after_handlers(p->ud, from, rc);
     p->cur_frame = NULL;
     if (ps->frames_left) phase_done_one(ps); /* after: the handler read it framed */

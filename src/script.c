@@ -473,6 +473,19 @@ gw_opstat *gw__opstat(gw_listener_rt *rt, gw_side side, bool has_opcode,
   return rt->last_op = &rt->ops[i];
 }
 
+/* gw__opstat with its usual answer inlined: runs of one opcode. */
+static inline gw_opstat *opstat(gw_listener_rt *rt, gw_side side, bool has_opcode,
+                                uint32_t opcode) {
+  gw_opstat *o = rt->last_op;
+  if (o && o->key == opkey(side, has_opcode, opcode)) return o;
+  return gw__opstat(rt, side, has_opcode, opcode);
+}
+
+/* gw__timers_wake, skipped when there is no timer nor wait to wake for. */
+static inline void timers_wake(gw_script *s) {
+  if (s->nheap || gw__calls_next(s) != UINT64_MAX) gw__timers_wake(s);
+}
+
 void gw_script_get_stats(const gw_script *s, gw_script_stats *st) {
   *st = s->stats;
   st->memory_bytes = s->mem;
@@ -699,9 +712,16 @@ static int new_runner(lua_State *L) {
   return 2;
 }
 
-static lua_State *runner(gw_script *s) {
+static lua_State *new_runner_slow(gw_script *s);
+
+/* Inline: every handler call asks for it, and it is made once. */
+static inline lua_State *runner(gw_script *s) {
+  lua_State *co = s->waits->runner;
+  return co ? co : new_runner_slow(s);
+}
+
+static lua_State *new_runner_slow(gw_script *s) {
   gw_waits *w = s->waits;
-  if (w->runner) return w->runner;
   lua_State *L = s->L;
   lua_pushcfunction(L, new_runner);
   if (lua_pcall(L, 0, 2, 0) != LUA_OK) return NULL; /* its error on L */
@@ -822,13 +842,18 @@ static void take_first_result(lua_State *L, lua_State *co, int nres) {
 
 /* Runs the function below nargs arguments on L's top as the first slice
  * of a call (*callp: the call this frame or on_connect already made when
- * an earlier handler waited, or NULL). LUA_OK: one result pushed on L.
+ * an earlier handler waited, or NULL). LUA_OK: one result pushed on L, or
+ * with none set, nothing when the function returned nothing (*none then
+ * true: a handler's usual end, which costs no nil to push and look at).
  * LUA_YIELD: it waits; *callp is its call, which owns the thread. Else:
  * the error on L. */
 static inline __attribute__((always_inline)) int
+call_run(gw_script *s, lua_State *co, int nargs, gw_call **callp, call_kind kind,
+         gw_script_session *ss, gw_listener_rt *rt, bool may_wait, bool *none);
+
+static inline __attribute__((always_inline)) int
 call_start(gw_script *s, int nargs, gw_call **callp, call_kind kind, gw_script_session *ss,
-           gw_listener_rt *rt, bool may_wait) {
-  gw_waits *w = s->waits;
+           gw_listener_rt *rt, bool may_wait, bool *none) {
   lua_State *L = s->L;
   lua_State *co = runner(s);
   if (!co) { /* its error (a memory error) in place of the function */
@@ -837,6 +862,16 @@ call_start(gw_script *s, int nargs, gw_call **callp, call_kind kind, gw_script_s
     return LUA_ERRMEM;
   }
   lua_xmove(L, co, nargs + 1);
+  return call_run(s, co, nargs, callp, kind, ss, rt, may_wait, none);
+}
+
+/* call_start with the function and its arguments on the runner co
+ * already. */
+static inline __attribute__((always_inline)) int
+call_run(gw_script *s, lua_State *co, int nargs, gw_call **callp, call_kind kind,
+         gw_script_session *ss, gw_listener_rt *rt, bool may_wait, bool *none) {
+  gw_waits *w = s->waits;
+  lua_State *L = s->L;
   w->slice_kind = kind;
   w->slice_may_wait = may_wait;
   w->slice_ss = ss;
@@ -858,7 +893,8 @@ call_start(gw_script *s, int nargs, gw_call **callp, call_kind kind, gw_script_s
     return st;
   }
   if (st == LUA_OK) {
-    take_first_result(L, co, nres);
+    if (none && !nres) *none = true; /* co's stack is empty already */
+    else take_first_result(L, co, nres);
   }
   return st;
 }
@@ -1061,14 +1097,150 @@ static inline __attribute__((always_inline)) bool handler_ended(gw_script *s, in
   return r != 0;
 }
 
+/* Handler i of the chain at CHAIN yielded (call waits): the frame is
+ * saved in call, out of the host's buffer, with what it sent so far held
+ * back. Returns call, or NULL when out of memory (the frame failed). */
+static gw_call *frame_wait(gw_script *s, gw_call *call, lua_Integer i, size_t nout,
+                           size_t arena_len, size_t ncloses, bool *failed) {
+  lua_State *L = s->L;
+  gw_frame_ctx *c = &s->cur;
+  gw_packet *p = &s->pkt;
+  bool replaced = p->replaced, dirty = p->dirty;
+  if (!p->buf && gw_packet_replace(L, p, p->data, p->len) < 0) {
+    call_discard(s, call);
+    lua_settop(L, SESSION);
+    *failed = true;
+    char what[96];
+    frame_what(what, sizeof what, c);
+    report(s, c->rt->h.listener, what, "not enough memory to keep a waiting frame", false);
+    return NULL;
+  }
+  p->replaced = replaced;
+  p->dirty = dirty;
+  if (call->chain_ref == LUA_NOREF) {
+    lua_pushvalue(L, CHAIN);
+    call->chain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  hold_sends(s, call, nout, arena_len, ncloses);
+  call->handler = i;
+  call->verdict = c->verdict;
+  call->failed = *failed;
+  call->fi = *c->fi;
+  call->ctx = *c;
+  call->ctx.fi = &call->fi;
+  call->pkt = *p;
+  call->token = s->pkt_token;
+  frame_what(call->what, sizeof call->what, c);
+  memset(p, 0, sizeof *p); /* the call owns its bytes now */
+  return call;
+}
+
+/* A chain the dispatcher has seen, by its key in the map (an opcode, -1
+ * for "*", GW_KEEPALIVE_KEY): registry references to the chain and, when
+ * it holds one function, to that function, so that a frame's handler is
+ * pushed straight onto the runner (no map, chain or session on the main
+ * thread's stack). A generation's chains never change once it runs. */
+typedef struct gw_chain_slot {
+  lua_Integer key;       /* CHAIN_FREE: none */
+  int chain_ref;
+  int fn_ref;            /* LUA_NOREF: several functions */
+} gw_chain_slot;
+#define CHAIN_SLOTS 64   /* per side, direct-mapped */
+#define CHAIN_FREE LUA_MININTEGER
+
+static inline size_t chain_hash(lua_Integer key) {
+  return (size_t)(((uint64_t)key * UINT64_C(0x9E3779B97F4A7C15)) >> 58) & (CHAIN_SLOTS - 1);
+}
+
+/* Protected: references to the chain at 1 and, if it has one function,
+ * to it, written to the int[2] at 2 as each is made (so that a memory
+ * error after the first leaves it known, to unref). */
+static int chain_refs(lua_State *L) {
+  int *refs = lua_touserdata(L, 2);
+  lua_settop(L, 1);
+  lua_pushvalue(L, 1);
+  refs[0] = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (lua_rawlen(L, 1) == 1) {
+    lua_rawgeti(L, 1, 1);
+    refs[1] = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return 0;
+}
+
+/* Remembers the chain at CHAIN under key; on any failure the dispatch
+ * just goes on uncached. */
+static void chain_remember(gw_script *s, gw_gen_tables *g, gw_side from, lua_Integer key) {
+  lua_State *L = s->L;
+  if (!g->chains[from]) {
+    gw_chain_slot *a = malloc(CHAIN_SLOTS * sizeof *a);
+    if (!a) return;
+    for (size_t i = 0; i < CHAIN_SLOTS; i++) a[i] = (gw_chain_slot){CHAIN_FREE, LUA_NOREF, LUA_NOREF};
+    g->chains[from] = a;
+  }
+  gw_chain_slot *slot = &g->chains[from][chain_hash(key)];
+  luaL_unref(L, LUA_REGISTRYINDEX, slot->chain_ref); /* a key hashed alike */
+  luaL_unref(L, LUA_REGISTRYINDEX, slot->fn_ref);
+  *slot = (gw_chain_slot){CHAIN_FREE, LUA_NOREF, LUA_NOREF};
+  int refs[2] = {LUA_NOREF, LUA_NOREF};
+  lua_pushcfunction(L, chain_refs);
+  lua_pushvalue(L, CHAIN);
+  lua_pushlightuserdata(L, refs);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, refs[0]);
+    return;
+  }
+  *slot = (gw_chain_slot){key, refs[0], refs[1]};
+}
+
+static void chains_clear(gw_script *s, gw_gen_tables *g) {
+  for (int i = 0; i < GW_SIDES; i++) {
+    if (!g->chains[i]) continue;
+    for (size_t j = 0; j < CHAIN_SLOTS; j++) {
+      luaL_unref(s->L, LUA_REGISTRYINDEX, g->chains[i][j].chain_ref);
+      luaL_unref(s->L, LUA_REGISTRYINDEX, g->chains[i][j].fn_ref);
+    }
+    free(g->chains[i]);
+    g->chains[i] = NULL;
+  }
+}
+
 /* Runs the handlers of the chain at CHAIN from `first` on. Returns the
- * call when one waits (the frame is then saved in it), else NULL. */
+ * call when one waits (the frame is then saved in it), else NULL.
+ * one: the chain is that slot's one function, and nothing of it is on
+ * the main thread's stack (L at GW_SLOT_BASE): it is pushed straight onto
+ * the runner; MAP, CHAIN and SESSION are pushed only if it returns
+ * something, fails or waits. */
 static inline __attribute__((always_inline)) gw_call *frame_chain(gw_script *s, gw_call *call,
                                                                    lua_Integer first,
-                                                                   bool *failed) {
+                                                                   bool *failed,
+                                                                   const gw_chain_slot *one) {
   lua_State *L = s->L;
   gw_frame_ctx *c = &s->cur;
   bool may_wait = s->waits->ops.frame_done != NULL;
+  if (one) {
+    c->handler = 1;
+    size_t nout = s->nout, arena_len = s->arena_len, ncloses = s->ncloses;
+    lua_State *co = runner(s);
+    bool none = false;
+    int st = LUA_ERRMEM; /* no runner: its error on L */
+    if (co) {
+      lua_rawgeti(co, LUA_REGISTRYINDEX, one->fn_ref);
+      lua_pushlightuserdata(co, (void *)s->pkt_token);
+      lua_rawgeti(co, LUA_REGISTRYINDEX, c->ss->ref);
+      st = call_run(s, co, 2, &call, CALL_FRAME, c->ss, c->rt, may_wait, &none);
+    }
+    if (none) return NULL;
+    if (st == LUA_OK || st == LUA_YIELD) { /* the chain's stack, as below */
+      lua_pushnil(L);
+      lua_rawgeti(L, LUA_REGISTRYINDEX, one->chain_ref);
+      lua_rawgeti(L, LUA_REGISTRYINDEX, c->ss->ref);
+      if (st == LUA_YIELD) return frame_wait(s, call, 1, nout, arena_len, ncloses, failed);
+      lua_rotate(L, MAP, 3); /* the result on top */
+    }
+    handler_ended(s, st, failed);
+    return NULL;
+  }
   lua_Integer n = (lua_Integer)lua_rawlen(L, CHAIN);
   for (lua_Integer i = first; i <= n && !c->ss->closed; i++) {
     c->handler = i;
@@ -1076,39 +1248,10 @@ static inline __attribute__((always_inline)) gw_call *frame_chain(gw_script *s, 
     lua_rawgeti(L, CHAIN, i);
     lua_pushlightuserdata(L, (void *)s->pkt_token);
     lua_pushvalue(L, SESSION);
-    int st = call_start(s, 2, &call, CALL_FRAME, c->ss, c->rt, may_wait);
-    if (st == LUA_YIELD) {
-      /* Save the frame: out of the host's buffer, its sends held back. */
-      gw_packet *p = &s->pkt;
-      bool replaced = p->replaced, dirty = p->dirty;
-      if (!p->buf && gw_packet_replace(L, p, p->data, p->len) < 0) {
-        call_discard(s, call);
-        lua_settop(L, SESSION);
-        *failed = true;
-        char what[96];
-        frame_what(what, sizeof what, c);
-        report(s, c->rt->h.listener, what, "not enough memory to keep a waiting frame", false);
-        return NULL;
-      }
-      p->replaced = replaced;
-      p->dirty = dirty;
-      if (call->chain_ref == LUA_NOREF) {
-        lua_pushvalue(L, CHAIN);
-        call->chain_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-      }
-      hold_sends(s, call, nout, arena_len, ncloses);
-      call->handler = i;
-      call->verdict = c->verdict;
-      call->failed = *failed;
-      call->fi = *c->fi;
-      call->ctx = *c;
-      call->ctx.fi = &call->fi;
-      call->pkt = *p;
-      call->token = s->pkt_token;
-      frame_what(call->what, sizeof call->what, c);
-      memset(p, 0, sizeof *p); /* the call owns its bytes now */
-      return call;
-    }
+    bool none = false;
+    int st = call_start(s, 2, &call, CALL_FRAME, c->ss, c->rt, may_wait, &none);
+    if (none) continue; /* returned nothing: the chain goes on, L at SESSION */
+    if (st == LUA_YIELD) return frame_wait(s, call, i, nout, arena_len, ncloses, failed);
     if (handler_ended(s, st, failed)) break;
   }
   return NULL;
@@ -1125,8 +1268,8 @@ static inline __attribute__((always_inline)) int frame_finish(gw_script *s, bool
   gw_script_session *ss = c->ss;
   gw_side from = c->from;
   const gw_frame_info *fi = c->fi;
-  if (!os) os = gw__opstat(rt, from, fi->has_opcode, fi->opcode);
-  lua_settop(L, GW_SLOT_BASE);
+  if (!os) os = opstat(rt, from, fi->has_opcode, fi->opcode);
+  if (lua_gettop(L) != GW_SLOT_BASE) lua_settop(L, GW_SLOT_BASE);
   gw_packet *p = c->pkt;
   gw_verdict v = c->verdict;
   bool broken = false;
@@ -1184,13 +1327,16 @@ static inline __attribute__((always_inline)) int frame_finish(gw_script *s, bool
   case GW_VERDICTS:
     break;
   }
-  if (p) gw_packet_invalidate(L, p);
+  /* Storage to free only when the frame was copied or rebuilt. */
+  if (p && p->buf) gw_packet_invalidate(L, p);
+  else if (p) p->valid = false, p->data = NULL, p->len = p->cap = 0;
   s->pkt_token = 0;
   c->pkt = NULL;
-  lua_settop(L, GW_SLOT_BASE);
+  /* emit may have closed the session, running Lua: the stack as it was */
+  if (lua_gettop(L) != GW_SLOT_BASE) lua_settop(L, GW_SLOT_BASE);
   bool closed = ss->closed;
-  gw__flush(s);
-  gw__timers_wake(s);
+  if (s->nout || s->ncloses) gw__flush(s);
+  timers_wake(s);
   return closed ? -ECONNRESET : 0;
 }
 
@@ -1213,16 +1359,30 @@ static uint64_t now_us(void) {
   return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* A clock read costs about what a handler call does (25 ns): frames
+ * handled back to back share one, the end of one the start of the next
+ * (gw_script_frame_follows). */
 int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
                     uint8_t *data, const gw_frame_info *fi) {
-  if (!s->handler_time) return frame_handlers(s, ss, from, data, fi);
-  uint64_t t0 = now_us();
+  uint64_t t0 = 0;
+  if (s->handler_time) t0 = s->follows && s->frame_end_us ? s->frame_end_us : now_us();
+  s->follows = false;
   int rc = frame_handlers(s, ss, from, data, fi);
-  gw_histogram_observe(s->handler_time, now_us() - t0);
+  if (s->handler_time) {
+    uint64_t t1 = now_us();
+    gw_histogram_observe(s->handler_time, t1 - t0);
+    s->frame_end_us = t1;
+  }
   return rc;
 }
 
-void gw_script_set_handler_histogram(gw_script *s, struct gw_histogram *h) { s->handler_time = h; }
+void gw_script_frame_follows(gw_script *s) { s->follows = true; }
+
+void gw_script_set_handler_histogram(gw_script *s, struct gw_histogram *h) {
+  s->handler_time = h;
+  s->frame_end_us = 0; /* a new batch: its first frame reads the clock */
+  s->follows = false;
+}
 
 void gw_script_foreach_opstat(gw_script *s, gw_opstat_fn fn, void *ud) {
   for (size_t i = 0; i < s->nlisteners; i++) {
@@ -1269,7 +1429,7 @@ static int frame_handlers(gw_script *s, gw_script_session *ss, gw_side from, uin
   c->pkt = NULL;
   c->verdict = GW_VERDICT_PASS;
   s->stats.frames++;
-  gw_opstat *os = gw__opstat(rt, from, fi->has_opcode, fi->opcode);
+  gw_opstat *os = opstat(rt, from, fi->has_opcode, fi->opcode);
   if (os) os->frames++;
 
   bool failed = false;
@@ -1277,7 +1437,7 @@ static int frame_handlers(gw_script *s, gw_script_session *ss, gw_side from, uin
   int st = LUA_OK;
   /* The bitmap says whether the opcode has a chain of its own; if not,
    * the "*" chain (if any) is the one. */
-  const gw_gen_tables *g = &rt->cur;
+  gw_gen_tables *g = &rt->cur;
   bool own = false;
   if (fi->has_opcode && fi->opcode < 65536)
     own = g->bits[from] && (g->bits[from][fi->opcode >> 3] >> (fi->opcode & 7) & 1);
@@ -1285,43 +1445,62 @@ static int frame_handlers(gw_script *s, gw_script_session *ss, gw_side from, uin
     own = g->wide[from];
   else
     own = g->keepalive[from]; /* gw.on(side, "KEEPALIVE") by name */
+  lua_Integer key = !own ? -1 : fi->has_opcode ? (lua_Integer)fi->opcode : GW_KEEPALIVE_KEY;
   int t = LUA_TNIL;
-  lua_pushnil(L); /* MAP: only looked at for an opcode's own chain */
-  if (own) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, g->map_ref[from]);
-    lua_replace(L, MAP);
-    if ((t = lua_rawgeti(L, MAP, fi->has_opcode ? (lua_Integer)fi->opcode
-                                                : GW_KEEPALIVE_KEY)) == LUA_TNIL)
-      lua_pop(L, 1);
-  }
-  if (t == LUA_TNIL && g->star_ref[from] != LUA_NOREF)
-    t = lua_rawgeti(L, LUA_REGISTRYINDEX, g->star_ref[from]);
-  if (t != LUA_TTABLE) lua_settop(L, MAP);
-  if (t == LUA_TTABLE && ss->ref == LUA_NOREF) {
-    lua_pushcfunction(L, make_session);
-    lua_pushlightuserdata(L, ss);
-    if ((st = gw__pcall(s, 1, 0)) != LUA_OK) {
-      failed = true;
-      frame_what(what, sizeof what, c);
-      gw__report_error(s, st, rt->h.listener, what); /* resets the stack */
-      t = LUA_TNIL;
+  /* A chain seen before, for a session in Lua already: no look-up in Lua.
+   * Its one function goes straight to the runner; a longer chain is
+   * pushed whole. Else the look-up as it always was, remembered. */
+  const gw_chain_slot *slot = g->chains[from] ? &g->chains[from][chain_hash(key)] : NULL;
+  if (slot && slot->key == key && ss->ref != LUA_NOREF &&
+      (slot->fn_ref == LUA_NOREF || ss->framing[from])) {
+    t = LUA_TTABLE;
+    if (slot->fn_ref == LUA_NOREF) {
+      lua_pushnil(L); /* MAP */
+      lua_rawgeti(L, LUA_REGISTRYINDEX, slot->chain_ref);
+      slot = NULL;
+    }
+  } else {
+    slot = NULL;
+    lua_pushnil(L); /* MAP: only looked at for an opcode's own chain */
+    if (own) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, g->map_ref[from]);
+      lua_replace(L, MAP);
+      if ((t = lua_rawgeti(L, MAP, key)) == LUA_TNIL) lua_pop(L, 1);
+    }
+    if (t == LUA_TNIL && g->star_ref[from] != LUA_NOREF) {
+      t = lua_rawgeti(L, LUA_REGISTRYINDEX, g->star_ref[from]);
+      key = -1;
+    }
+    if (t != LUA_TTABLE) lua_settop(L, MAP);
+    else chain_remember(s, g, from, key);
+    if (t == LUA_TTABLE && ss->ref == LUA_NOREF) {
+      lua_pushcfunction(L, make_session);
+      lua_pushlightuserdata(L, ss);
+      if ((st = gw__pcall(s, 1, 0)) != LUA_OK) {
+        failed = true;
+        frame_what(what, sizeof what, c);
+        gw__report_error(s, st, rt->h.listener, what); /* resets the stack */
+        t = LUA_TNIL;
+      }
     }
   }
   if (t == LUA_TTABLE) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ss->ref); /* SESSION */
-    const gw_session_ud *u = lua_touserdata(L, SESSION);
+    if (!slot) lua_rawgeti(L, LUA_REGISTRYINDEX, ss->ref); /* SESSION */
     gw_packet *p = c->pkt = &s->pkt;
     p->data = data;
     p->len = fi->len;
     p->buf = NULL;
     p->cap = 0;
-    p->f = gw__session_framing(u, from); /* the session's now: a reload does
-                                             not change it, its phases may */
+    /* the session's now: a reload does not change it, its phases may
+     * (gw__session_framing; the host's pipeline's without a look at the
+     * userdata, which the slot's way has not pushed) */
+    p->f = ss->framing[from] ? ss->framing[from]
+                             : gw__session_framing(lua_touserdata(L, SESSION), from);
     p->side = from;
     p->valid = true;
     p->dirty = p->replaced = false;
     s->pkt_token = (uintptr_t)(++s->pkt_serial << 1 | 1);
-    gw_call *call = frame_chain(s, NULL, 1, &failed);
+    gw_call *call = frame_chain(s, NULL, 1, &failed, slot);
     if (call) {
       s->pkt_token = 0;
       c->pkt = NULL;
@@ -1363,7 +1542,7 @@ static gw_call *connect_chain(gw_script *s, gw_call *call, lua_Integer first, bo
   for (lua_Integer i = first; i <= n && !c->ss->closed; i++) {
     lua_rawgeti(L, CHAIN, i);
     lua_pushvalue(L, SESSION);
-    int st = call_start(s, 1, &call, CALL_CONNECT, c->ss, c->rt, true);
+    int st = call_start(s, 1, &call, CALL_CONNECT, c->ss, c->rt, true, NULL);
     if (st == LUA_YIELD) {
       if (call->chain_ref == LUA_NOREF) {
         lua_pushvalue(L, CHAIN);
@@ -1465,7 +1644,7 @@ static void plain_failed(gw_script *s, int st, gw_listener_rt *rt, gw_script_ses
 void gw__call_plain(gw_script *s, int nargs, gw_listener_rt *rt, gw_script_session *ss,
                     const char *what) {
   gw_call *call = NULL;
-  int st = call_start(s, nargs, &call, CALL_PLAIN, ss, rt, true);
+  int st = call_start(s, nargs, &call, CALL_PLAIN, ss, rt, true, NULL);
   if (st == LUA_YIELD) {
     snprintf(call->what, sizeof call->what, "%s", what);
     return;
@@ -1556,7 +1735,7 @@ void gw__call_resume(gw_script *s, gw_call *c, int nvalues) {
   switch (c->kind) {
   case CALL_FRAME:
     if (!handler_ended(s, st, &failed)) {
-      gw_call *again = frame_chain(s, c, c->handler + 1, &failed);
+      gw_call *again = frame_chain(s, c, c->handler + 1, &failed, NULL);
       if (again) { /* a later handler of the chain waits now */
         lua_settop(L, GW_SLOT_BASE);
         gw__host_flush(s);
@@ -1742,6 +1921,7 @@ void gw_script_set_limits(gw_script *s, const gw_script_limits *limits) {
 }
 
 void gw__gen_tables_clear(gw_script *s, gw_gen_tables *g) {
+  chains_clear(s, g);
   for (int i = 0; i < GW_SIDES; i++) {
     luaL_unref(s->L, LUA_REGISTRYINDEX, g->map_ref[i]);
     luaL_unref(s->L, LUA_REGISTRYINDEX, g->star_ref[i]);
@@ -1785,6 +1965,8 @@ void gw_script_free(gw_script *s) {
     for (int j = 0; j < GW_SIDES; j++) {
       free(rt->cur.bits[j]);
       free(rt->next.bits[j]);
+      free(rt->cur.chains[j]); /* their references went with the state */
+      free(rt->next.chains[j]);
     }
     free(rt->ops);
     free(rt->h.listener);

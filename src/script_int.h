@@ -164,6 +164,8 @@ typedef struct gw_gen_tables {
   const struct gw_proto *proto; /* the listener's packet definitions, or
                             NULL; held by the generation's extras
                             (gw__push_gen_extras) */
+  struct gw_chain_slot *chains[GW_SIDES]; /* the dispatcher's cache of
+                            chains (script.c), NULL until first used */
 } gw_gen_tables;
 
 typedef struct gw_opstat {
@@ -229,6 +231,8 @@ struct gw_script {
   struct { void *ptr; size_t osize, nsize; } refused; /* last refusal */
   int depth;             /* calls into Lua under way (0 or 1) */
   struct gw_histogram *handler_time; /* gw_script_frame's, in us, or NULL */
+  uint64_t frame_end_us; /* when the last gw_script_frame ended, 0: unknown */
+  bool follows;          /* the next one starts then (gw_script_frame_follows) */
   int cjson_ref;         /* cjson for gw_script_admin, made on first use */
 
   unsigned gen;          /* generation the relay runs */
