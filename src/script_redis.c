@@ -404,11 +404,32 @@ static int l_subscribe(lua_State *L) { return subscribe(L, false); }
 /* gw.psubscribe(pattern, fn(channel, message, pattern)) */
 static int l_psubscribe(lua_State *L) { return subscribe(L, true); }
 
+/* Messages are dropped while the scripts' memory stays near its limit.
+ * There every allocation costs a full collection, so a flood of messages
+ * (each starting a function, and each function that waits holding its
+ * coroutine) would spend the loop on collections and starve every
+ * session. Near the limit one collection at most every GUARD_MS tells
+ * whether the memory is really held; until the next, messages go or are
+ * dropped by what it told. */
+#define GUARD_MS 100
+typedef struct msg_guard {
+  uint64_t checked_ms;
+  uint64_t dropped;             /* since the memory got tight */
+  bool tight;
+} msg_guard;
+static const char guard_key = 0; /* registry[&guard_key]: the msg_guard */
+
 /* Protected: the running generation's subscriptions to the client (arg 1);
  * older generations' are forgotten. */
 static int sync_subs(lua_State *L) {
   gw_script *s = gw_script_of(L);
   struct gw_redis *r = lua_touserdata(L, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &guard_key) == LUA_TNIL) {
+    msg_guard *g = lua_newuserdatauv(L, sizeof *g, 0);
+    memset(g, 0, sizeof *g);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &guard_key);
+  }
+  lua_pop(L, 1);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, SUBS_KEY);
   int t = lua_gettop(L);
   /* drop every generation but the running one and one loading */
@@ -484,11 +505,43 @@ static int match_subs(lua_State *L) {
   return 4;
 }
 
+
+static bool drop_message(gw_script *s, const char *channel, size_t channel_len) {
+  lua_State *L = s->L;
+  size_t limit = s->limits.memory_bytes;
+  if (!limit) return false;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &guard_key); /* allocates nothing */
+  msg_guard *g = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (!g) return false;
+  uint64_t now = s->ops.now_ms ? s->ops.now_ms(s->host) : 0;
+  if (s->mem > limit - limit / 8 && (!g->checked_ms || now - g->checked_ms >= GUARD_MS)) {
+    g->checked_ms = now ? now : 1;
+    lua_gc(L, LUA_GCCOLLECT);
+    bool tight = s->mem > limit - limit / 4;
+    if (tight && !g->tight)
+      gw_warn("redis messages dropped (the first on %.*s): the scripts' memory is near "
+              "limits.lua_memory_mb (%zu of %zu KiB in use)",
+              (int)(channel_len < 64 ? channel_len : 64), channel, s->mem / 1024, limit / 1024);
+    g->tight = tight;
+  } else if (g->tight && s->mem <= limit - limit / 4) {
+    g->tight = false;
+  }
+  if (!g->tight && g->dropped) {
+    gw_info("redis messages flow again: %" PRIu64 " dropped while the scripts' memory was "
+            "near its limit", g->dropped);
+    g->dropped = 0;
+  }
+  if (g->tight) g->dropped++;
+  return g->tight;
+}
+
 static void on_message(void *ud, const char *pattern, const char *channel, size_t channel_len,
                        const char *msg, size_t len) {
   gw_script *s = ud;
   lua_State *L = s->L;
   if (s->depth) return; /* never: messages come from the loop */
+  if (drop_message(s, channel, channel_len)) return;
   message m = {pattern, channel, msg, channel_len, len};
   lua_pushcfunction(L, match_subs);
   lua_pushlightuserdata(L, &m);

@@ -2,13 +2,15 @@
  * a pipeline of the most commands allowed, a reply far past
  * limits.lua_memory_mb, a reply nested deeper than a script may take, and
  * a reload with other redis settings while calls wait and their scripts
- * call Redis again at once. Each time gangway answers with an error, keeps
- * relaying a bystander session's bytes and exits cleanly. */
+ * call Redis again at once, a pub/sub flood on a channel whose function
+ * waits. Each time gangway answers with an error (or drops messages, and
+ * says so), keeps relaying a bystander session's bytes and exits cleanly. */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "itest.h"
@@ -48,6 +50,12 @@ static const char rules_lua[] =
     "              ' do c[1] = {} c = c[1] end return t'\n"
     "  s:send_to_client(gw.packet(11, describe(gw.redis('EVAL', lua, '0'))))\n"
     "  return gw.DROP\n"
+    "end)\n"
+    "-- each message starts a function that waits, holding its coroutine\n"
+    "gw.subscribe('flood', function(channel, msg)\n"
+    "  local held = string.rep(msg, 64)\n"
+    "  gw.sleep(3000)\n"
+    "  return #held\n"
     "end)\n";
 
 typedef redis_echo fixture;
@@ -59,6 +67,7 @@ static void write_config(it_gangway *g, fixture *f, int port, const char *extra)
            "                  framing = 'top', scripts = { 'rules.lua' } } },\n"
            "  redis = { addr = '127.0.0.1:%d', timeout_ms = 3000, connect_ms = 500%s },\n"
            "  limits = { lua_memory_mb = 32 },\n"
+           "  timeouts = { wait_ms = 4000 },\n"
            "  control = '',\n"
            "}\n",
            port, f->echo_port, f->redis.port, extra);
@@ -163,11 +172,61 @@ static void test_reload_while_calls_wait(void **state) {
   assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
 }
 
+/* Sends count PUBLISH flood <msg> in one write after another, without
+ * reading the replies (the connection is closed after). */
+static void publish_flood(int port, int count) {
+  int fd = it_connect(port);
+  assert_true(fd >= 0);
+  static const char cmd[] = "*3\r\n$7\r\nPUBLISH\r\n$5\r\nflood\r\n$32\r\n"
+                            "0123456789abcdef0123456789abcdef\r\n";
+  enum { BATCH = 1000 };
+  static char buf[BATCH * (sizeof cmd - 1)];
+  for (int i = 0; i < BATCH; i++) memcpy(buf + i * (sizeof cmd - 1), cmd, sizeof cmd - 1);
+  for (int sent = 0; sent < count; sent += BATCH) {
+    assert_int_equal(it_send_all(fd, buf, sizeof buf), 0);
+    char sink[65536];
+    while (recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0) {
+    }
+  }
+  close(fd);
+}
+
+/* 200,000 messages on a channel whose function waits: each would hold a
+ * coroutine until the scripts' memory is full, and then every further
+ * message cost a full collection, so the loop spent seconds on them and
+ * a bystander session's round trips stalled (14 s seen). Messages are
+ * dropped, and said so, while the memory stays near its limit; the
+ * bystander's frames come back in time and intact. */
+static void test_pubsub_flood_with_waiting_functions(void **state) {
+  fixture *f = *state;
+  it_gangway g = {0};
+  int port = it_free_port();
+  start_gangway(&g, f, port);
+  assert_true(it_log_wait(&g, "(pub/sub): connected", 3000));
+  int bystander = it_connect(port);
+  echo_text(bystander, "before the flood");
+  publish_flood(f->redis.port, 200000);
+  uint64_t until = it_now_ms() + 4000;
+  int rounds = 0;
+  while (it_now_ms() < until) {
+    char text[32], body[1024];
+    snprintf(text, sizeof text, "round %d", rounds++);
+    send_text(bystander, 1, text);
+    assert_true(read_text(bystander, NULL, body, sizeof body, 1500) >= 0);
+    assert_string_equal(body, text);
+    usleep(20 * 1000);
+  }
+  assert_true(it_log_wait(&g, "redis messages dropped", 1000));
+  close(bystander);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 8000), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pipeline_of_the_most_commands),
       cmocka_unit_test(test_replies_past_the_limits),
       cmocka_unit_test(test_reload_while_calls_wait),
+      cmocka_unit_test(test_pubsub_flood_with_waiting_functions),
   };
   return cmocka_run_group_tests_name("gw.redis attacked", tests, redis_echo_setup,
                                      redis_echo_teardown);
