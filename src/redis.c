@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "log.h"
 
@@ -145,15 +146,30 @@ static void fail_all(gw_redis *r, const char *err) {
   uv_timer_stop(&r->timeout);
 }
 
+static void conn_drop(conn *c, const char *why);
+
 static void timeout_cb(uv_timer_t *t) {
   gw_redis *r = t->data;
   uint64_t now = uv_now(r->loop);
   char msg[96];
   snprintf(msg, sizeof msg, "redis: no reply within %" PRIu32 " ms (redis.timeout_ms)",
            r->timeout_ms);
+  bool expired = false;
   while (r->head && r->head->deadline <= now) {
     count(r->cnt.timeouts);
     req_fail(r->head, msg);
+    expired = true;
+  }
+  /* Replies come in order: what was sent after a command that has none
+   * yet waits behind it (a BLPOP that never returns, a Redis that hangs)
+   * and would fail too, each after its full wait, while more pile up in
+   * the connection. A new connection serves the next commands. */
+  if (expired && !r->closing && r->cmd.ac) {
+    char why[96];
+    snprintf(why, sizeof why, "a command had no reply within %" PRIu32 " ms: reconnecting",
+             r->timeout_ms);
+    conn_drop(&r->cmd, why);
+    return;
   }
   if (r->head && !r->closing)
     uv_timer_start(&r->timeout, timeout_cb, r->head->deadline - now, 0);
@@ -168,8 +184,9 @@ static void cmd_cb(redisAsyncContext *ac, void *reply, void *priv) {
     const redisReply *rep = reply;
     if (!rep) {
       char msg[200];
+      const char *why = q->r->cmd.why; /* when we dropped it */
       snprintf(msg, sizeof msg, "redis: connection lost (%s)",
-               ac->errstr[0] ? ac->errstr : "closed");
+               ac->errstr[0] ? ac->errstr : why[0] ? why : "closed");
       count(q->r->cnt.errors);
       cb(q->ud, NULL, msg);
     } else {
@@ -309,7 +326,12 @@ static void on_connect(const redisAsyncContext *cac, int status) {
     redisAsyncCommandArgv(ac, setup_cb, (void *)"SELECT", 2, argv, lens);
     c->setup_left++;
   }
-  if (!c->setup_left) conn_up(c);
+  /* Up means Redis answers: a server that accepts and never replies (hung,
+   * stopped) stays down, under connect_ms and the backoff. */
+  const char *ping[1] = {"PING"};
+  size_t ping_len[1] = {4};
+  redisAsyncCommandArgv(ac, setup_cb, (void *)"PING", 1, ping, ping_len);
+  c->setup_left++;
 }
 
 static void on_disconnect(const redisAsyncContext *cac, int status) {
@@ -507,9 +529,37 @@ size_t gw_redis_stand_in_publish(gw_redis *r, const char *channel, size_t channe
 
 /* ---- (end of the stand-in) ---- */
 
+static bool word_is(const char *w, size_t len, const char *name) {
+  return len == strlen(name) && !strncasecmp(w, name, len);
+}
+
+/* Why a command may not go on the command connection every script shares
+ * (it would make it a subscriber, a monitor, another database or
+ * protocol, silent, or gone), or NULL. */
+static const char *not_shared(int argc, const char *const *argv, const size_t *lens) {
+  static const char *const subs[] = {"SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE",
+                                     "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"};
+  static const char *const others[] = {"MONITOR", "HELLO", "RESET", "QUIT", "SYNC", "PSYNC"};
+  for (size_t i = 0; i < sizeof subs / sizeof *subs; i++)
+    if (word_is(argv[0], lens[0], subs[i])) return "gw.subscribe and gw.psubscribe listen to channels";
+  if (word_is(argv[0], lens[0], "SELECT")) return "redis.db chooses the database";
+  if (word_is(argv[0], lens[0], "AUTH")) return "redis.user and redis.password log in";
+  for (size_t i = 0; i < sizeof others / sizeof *others; i++)
+    if (word_is(argv[0], lens[0], others[i])) return "it would change the connection for every script";
+  if (argc > 1 && word_is(argv[0], lens[0], "CLIENT") && word_is(argv[1], lens[1], "REPLY"))
+    return "it would change the connection for every script";
+  return NULL;
+}
+
 gw_redis_req *gw_redis_command(gw_redis *r, int argc, const char *const *argv,
                                const size_t *lens, gw_redis_cb cb, void *ud, char *err,
                                size_t errlen) {
+  const char *why = argc > 0 ? not_shared(argc, argv, lens) : NULL;
+  if (why) {
+    snprintf(err, errlen, "redis: %.*s is not allowed on the shared connection (%s)",
+             (int)(lens[0] < 32 ? lens[0] : 32), argv[0], why);
+    return NULL;
+  }
   if (r->stand_in) return stand_in_command(r, argc, argv, lens, cb, ud, err, errlen);
   if (r->cmd.state != C_UP || !r->cmd.ac || r->closing) {
     char st[200];

@@ -60,23 +60,23 @@ static const char rules_lua[] =
 
 typedef redis_echo fixture;
 
-static void write_config(it_gangway *g, fixture *f, int port, const char *extra) {
+static void write_config(it_gangway *g, fixture *f, int port, int timeout_ms, const char *extra) {
   it_write(g->dir, "config.lua",
            "return {\n"
            "  listeners = { { name = 'game', listen = '127.0.0.1:%d', upstream = '127.0.0.1:%d',\n"
            "                  framing = 'top', scripts = { 'rules.lua' } } },\n"
-           "  redis = { addr = '127.0.0.1:%d', timeout_ms = 3000, connect_ms = 500%s },\n"
+           "  redis = { addr = '127.0.0.1:%d', timeout_ms = %d, connect_ms = 500%s },\n"
            "  limits = { lua_memory_mb = 32 },\n"
            "  timeouts = { wait_ms = 4000 },\n"
            "  control = '',\n"
            "}\n",
-           port, f->echo_port, f->redis.port, extra);
+           port, f->echo_port, f->redis.port, timeout_ms, extra);
 }
 
-static void start_gangway(it_gangway *g, fixture *f, int port) {
+static void start_gangway(it_gangway *g, fixture *f, int port, int timeout_ms) {
   it_gangway_prepare(g);
   it_write(g->dir, "rules.lua", "%s", rules_lua);
-  write_config(g, f, port, "");
+  write_config(g, f, port, timeout_ms, "");
   it_gangway_run(g, port);
   assert_true(it_log_wait(g, "(commands): connected", 3000));
 }
@@ -88,7 +88,7 @@ static void test_pipeline_of_the_most_commands(void **state) {
   fixture *f = *state;
   it_gangway g = {0};
   int port = it_free_port();
-  start_gangway(&g, f, port);
+  start_gangway(&g, f, port, 3000);
   int fd = it_connect(port), bystander = it_connect(port);
   assert_string_equal(ask_answer(fd, 10, "DEL p", 3000), "integer:0");
   assert_string_equal(ask_answer(fd, 12, "1024", 5000), "table:1024:1024");
@@ -114,7 +114,7 @@ static void test_replies_past_the_limits(void **state) {
   assert_string_equal(out, ":100000000\r\n");
   it_gangway g = {0};
   int port = it_free_port();
-  start_gangway(&g, f, port);
+  start_gangway(&g, f, port, 3000);
   int fd = it_connect(port), bystander = it_connect(port);
   const char *e = ask_answer(fd, 10, "GET big", 10000);
   assert_non_null(strstr(e, "error:redis: not enough memory"));
@@ -145,7 +145,7 @@ static void test_reload_while_calls_wait(void **state) {
   fixture *f = *state;
   it_gangway g = {0};
   int port = it_free_port();
-  start_gangway(&g, f, port);
+  start_gangway(&g, f, port, 3000);
   enum { N = 20 };
   int fds[N];
   for (int i = 0; i < N; i++) {
@@ -155,7 +155,7 @@ static void test_reload_while_calls_wait(void **state) {
   int bystander = it_connect(port);
   echo_text(bystander, "before");
   usleep(300 * 1000);
-  write_config(&g, f, port, ", db = 3");
+  write_config(&g, f, port, 3000, ", db = 3");
   kill(g.pid, SIGHUP);
   assert_true(it_log_wait(&g, "redis: new settings", 3000));
   for (int i = 0; i < N; i++) {
@@ -201,7 +201,7 @@ static void test_pubsub_flood_with_waiting_functions(void **state) {
   fixture *f = *state;
   it_gangway g = {0};
   int port = it_free_port();
-  start_gangway(&g, f, port);
+  start_gangway(&g, f, port, 3000);
   assert_true(it_log_wait(&g, "(pub/sub): connected", 3000));
   int bystander = it_connect(port);
   echo_text(bystander, "before the flood");
@@ -221,12 +221,77 @@ static void test_pubsub_flood_with_waiting_functions(void **state) {
   assert_int_equal(it_gangway_stop(&g, SIGTERM, 8000), 0);
 }
 
+/* Commands that would change what the shared command connection is: a
+ * SUBSCRIBE made it a subscriber (hiredis then called the command's
+ * callback again for every message: freed memory), MONITOR a stream of
+ * replies nobody asked for (hiredis asserts), SELECT moved every other
+ * script to another database, HELLO 3 spoke a protocol hiredis cannot
+ * read. Each is refused with a message; the connection stays as it was. */
+static void test_commands_that_change_the_connection(void **state) {
+  fixture *f = *state;
+  it_gangway g = {0};
+  int port = it_free_port();
+  start_gangway(&g, f, port, 3000);
+  int fd = it_connect(port), bystander = it_connect(port);
+  static const char *const refused[] = {"SUBSCRIBE chan", "psubscribe ch*", "MONITOR",
+                                        "SELECT 5",       "HELLO 3",        "CLIENT REPLY OFF",
+                                        "RESET",          "QUIT",           "UNSUBSCRIBE"};
+  for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+    const char *e = ask_answer(fd, 10, refused[i], 3000);
+    if (!strstr(e, "error:redis: ") || !strstr(e, "not allowed on the shared connection"))
+      fail_msg("%s: %s", refused[i], e);
+  }
+  assert_string_equal(ask_answer(fd, 10, "CLIENT SETNAME x", 3000), "string:OK");
+  char out[64];
+  const char *pub[] = {"PUBLISH", "chan", "hello"};
+  assert_int_equal(redis_cmd(f->redis.port, out, sizeof out, 3, pub), 0);
+  assert_string_equal(ask_answer(fd, 10, "SET k v", 3000), "string:OK");
+  const char *get[] = {"GET", "k"}; /* in db 0 still */
+  assert_int_equal(redis_cmd(f->redis.port, out, sizeof out, 2, get), 0);
+  assert_string_equal(out, "$1\r\nv\r\n");
+  echo_text(bystander, "still here");
+  close(fd);
+  close(bystander);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+}
+
+/* A blocking command that never returns (BLPOP of a list nobody fills,
+ * timeout 0) held the shared connection: every later command of every
+ * script queued behind it in Redis and timed out, for good. A command
+ * past redis.timeout_ms now drops the connection (what was behind it
+ * fails at once) and the next one is made. */
+static void test_blocking_command_does_not_hold_the_connection(void **state) {
+  fixture *f = *state;
+  it_gangway g = {0};
+  int port = it_free_port();
+  start_gangway(&g, f, port, 500);
+  int fd = it_connect(port), other = it_connect(port);
+  send_text(fd, 10, "BLPOP nobody-fills-this 0");
+  usleep(100 * 1000);
+  send_text(other, 10, "INCR behind");
+  char body[1024];
+  uint16_t op;
+  assert_true(read_text(fd, &op, body, sizeof body, 3000) >= 0);
+  assert_non_null(strstr(body, "error:redis: no reply within 500 ms"));
+  assert_true(read_text(other, &op, body, sizeof body, 3000) >= 0);
+  assert_non_null(strstr(body, "error:redis: connection lost"));
+  uint64_t until = it_now_ms() + 3000;
+  while (strcmp(ask_answer(other, 10, "PING", 3000), "string:PONG") && it_now_ms() < until)
+    usleep(50 * 1000);
+  assert_string_equal(ask_answer(other, 10, "INCR behind", 3000), "integer:1");
+  close(fd);
+  close(other);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pipeline_of_the_most_commands),
       cmocka_unit_test(test_replies_past_the_limits),
       cmocka_unit_test(test_reload_while_calls_wait),
       cmocka_unit_test(test_pubsub_flood_with_waiting_functions),
+      cmocka_unit_test(test_commands_that_change_the_connection),
+      cmocka_unit_test(test_blocking_command_does_not_hold_the_connection),
   };
   return cmocka_run_group_tests_name("gw.redis attacked", tests, redis_echo_setup,
                                      redis_echo_teardown);
