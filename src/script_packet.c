@@ -226,13 +226,25 @@ static void check_range(lua_State *L, lua_Integer v, unsigned size, bool sgn,
     luaL_error(L, "%s:%s: value %I out of range %I..%I", who, what, v, lo, hi);
 }
 
+/* Whether writing size bytes at off may break the frame. Every framing
+ * is length-prefixed (or raw), and whether the bytes are one frame
+ * depends on its length field's bytes alone (frame.c): an edit elsewhere
+ * (the opcode's, the body's) needs no check at the verdict. */
+static bool edit_may_break(const gw_packet *p, size_t off, size_t size) {
+  const gw_framing *f = p->f;
+  if (f->raw) return false;
+  size_t lo = f->length_offset;
+  size_t hi = lo + (f->length_size == GW_LENGTH_VARINT ? GW_VARINT_MAX : f->length_size);
+  return off < hi && off + size > lo;
+}
+
 static int pkt_write(lua_State *L, unsigned size, bool sgn, const char *what) {
   gw_packet *p = check_packet(L, 1);
   size_t off = check_off(L, p, 2, size, what);
   lua_Integer v = luaL_checkinteger(L, 3);
   check_range(L, v, size, sgn, "pkt", what);
   gw_put_uint(p->data + off, size, p->f->big_endian, (uint64_t)v);
-  p->dirty = true;
+  if (edit_may_break(p, off, size)) p->dirty = true;
   return 0;
 }
 
@@ -286,7 +298,7 @@ static int pkt_setf(lua_State *L, unsigned size, const char *what) {
   size_t off = check_off(L, p, 2, size, what);
   uint64_t u = float_bits(luaL_checknumber(L, 3), size);
   gw_put_uint(p->data + off, size, float_big_endian(L, 4), u);
-  p->dirty = true;
+  if (edit_may_break(p, off, size)) p->dirty = true;
   return 0;
 }
 
