@@ -410,6 +410,9 @@ static void test_protocol_and_redis(void **state) {
                "config.lua: redis.db: expected an integer from 0 to 65535, got -1");
   expect_error("return { listeners = { { " LISTENER1 " } }, redis = { adr = \"x\" } }",
                "config.lua: redis.adr: unknown key (did you mean \"addr\"?)");
+  /* a NUL would cut the password short (AUTH with one never written) */
+  expect_error("return { listeners = { { " LISTENER1 " } }, redis = { password = \"pass\\0word\" } }",
+               "config.lua: redis.password: expected a string, got \"pass\\0word\"");
 }
 
 /* The file is found by the path as given; scripts resolve against its
