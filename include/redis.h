@@ -12,8 +12,9 @@
  * ("redis: not connected (connection refused), retrying in 400 ms"), so
  * nothing queues up behind a Redis that is gone. Commands sent one after
  * the other go out in order, without waiting for each other's replies
- * (pipelining). Each gets its reply, or an error after redis.timeout_ms (its
- * late reply is then ignored), or an error when the connection is lost.
+ * (pipelining). Each gets its reply, or an error after redis.timeout_ms
+ * (the connection is then made anew: what was behind it fails at once),
+ * or an error when the connection is lost.
  *
  * The reply handed to callbacks is hiredis' redisReply, valid during the
  * callback only. */
@@ -67,7 +68,9 @@ void gw_redis_status(const gw_redis *r, char *out, size_t outlen);
 
 /* Sends one command (argv[0] is its name). Returns the request, or NULL
  * with err ("redis: not connected (...)", "redis: too many commands under
- * way"). cb runs once unless gw_redis_cancel is called first. */
+ * way", "... too many bytes under way" past 64 MiB of commands awaiting
+ * replies, "redis: SUBSCRIBE is not allowed on the shared connection
+ * (...)"). cb runs once unless gw_redis_cancel is called first. */
 gw_redis_req *gw_redis_command(gw_redis *r, int argc, const char *const *argv,
                                const size_t *lens, gw_redis_cb cb, void *ud, char *err,
                                size_t errlen);

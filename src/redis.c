@@ -27,6 +27,9 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define MAX_IN_FLIGHT 65536 /* commands awaiting a reply */
+/* Bytes of the commands awaiting a reply: each is copied into the
+ * connection's output at once, outside the scripts' memory limit. */
+#define MAX_BYTES_IN_FLIGHT ((size_t)64 << 20)
 
 enum { C_DOWN, C_CONNECTING, C_SETUP, C_UP };
 
@@ -48,6 +51,7 @@ struct gw_redis_req {
   gw_redis_cb cb;               /* NULL once answered, failed or cancelled */
   void *ud;
   uint64_t deadline;
+  size_t bytes;                 /* its share of r->bytes_in_flight */
   gw_redis_req *prev, *next;    /* r->head..tail while a reply is awaited */
   bool linked;
 };
@@ -68,7 +72,7 @@ struct gw_redis {
   conn cmd, psub;
   uv_timer_t timeout;           /* the oldest awaited reply's deadline */
   gw_redis_req *head, *tail;    /* in send order: deadlines ascend */
-  size_t inflight;
+  size_t inflight, bytes_in_flight;
   gw_redis_message_cb on_msg;
   void *msg_ud;
   sub *subs;
@@ -128,6 +132,7 @@ static void req_unlink(gw_redis_req *q) {
   q->prev = q->next = NULL;
   q->linked = false;
   r->inflight--;
+  r->bytes_in_flight -= q->bytes;
 }
 
 /* Runs q's callback once with an error (q stays allocated until hiredis
@@ -573,6 +578,15 @@ gw_redis_req *gw_redis_command(gw_redis *r, int argc, const char *const *argv,
     count(r->cnt.errors);
     return NULL;
   }
+  size_t bytes = 16 * (size_t)argc; /* RESP's framing, roughly */
+  for (int i = 0; i < argc; i++) bytes += lens[i];
+  /* one command of any size goes alone */
+  if (r->inflight && r->bytes_in_flight + bytes > MAX_BYTES_IN_FLIGHT) {
+    snprintf(err, errlen, "redis: too many bytes under way (%zu MiB awaiting replies)",
+             r->bytes_in_flight >> 20);
+    count(r->cnt.errors);
+    return NULL;
+  }
   gw_redis_req *q = req_new(r, cb, ud, err, errlen);
   if (!q) return NULL;
   if (redisAsyncCommandArgv(r->cmd.ac, cmd_cb, q, argc, (const char **)argv, lens) != REDIS_OK) {
@@ -585,6 +599,8 @@ gw_redis_req *gw_redis_command(gw_redis *r, int argc, const char *const *argv,
   count(r->cnt.commands);
   q->deadline = uv_now(r->loop) + r->timeout_ms;
   q->linked = true;
+  q->bytes = bytes;
+  r->bytes_in_flight += bytes;
   q->prev = r->tail;
   if (r->tail) r->tail->next = q;
   else r->head = q;

@@ -51,6 +51,17 @@ static const char rules_lua[] =
     "  s:send_to_client(gw.packet(11, describe(gw.redis('EVAL', lua, '0'))))\n"
     "  return gw.DROP\n"
     "end)\n"
+    "-- op 18: N publishes of 1 MiB each, not waited for, in one handler\n"
+    "gw.on('client', 18, function(pkt, s)\n"
+    "  local big, sent, err = string.rep('x', 1 << 20), 0, nil\n"
+    "  for i = 1, tonumber(pkt:body()) do\n"
+    "    local ok, e = gw.publish('nobody', big)\n"
+    "    if not ok then err = e break end\n"
+    "    sent = i\n"
+    "  end\n"
+    "  s:send_to_client(gw.packet(11, sent .. ' ' .. tostring(err)))\n"
+    "  return gw.DROP\n"
+    "end)\n"
     "-- each message starts a function that waits, holding its coroutine\n"
     "gw.subscribe('flood', function(channel, msg)\n"
     "  local held = string.rep(msg, 64)\n"
@@ -284,6 +295,36 @@ static void test_blocking_command_does_not_hold_the_connection(void **state) {
   assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
 }
 
+/* A handler publishing 1 MiB 300 times (not waited for, well within the
+ * instruction limit): each command was copied into the connection's
+ * output at once, 300 MiB of gangway's memory outside lua_memory_mb
+ * (and 65,536 of them were allowed). The bytes under way are bounded: the
+ * publishes past it fail with a message, the memory stays bounded, and
+ * once the bytes are out the next publish goes. */
+static void test_bytes_under_way_are_bounded(void **state) {
+  fixture *f = *state;
+  it_gangway g = {0};
+  int port = it_free_port();
+  start_gangway(&g, f, port, 3000);
+  int fd = it_connect(port), bystander = it_connect(port);
+  const char *e = ask_answer(fd, 18, "300", 10000);
+  int sent = atoi(e);
+  printf("published %d MiB before: %s\n", sent, strchr(e, ' ') + 1);
+  assert_true(sent >= 1 && sent < 300);
+  assert_non_null(strstr(e, "redis: too many bytes under way"));
+  long hwm = it_hwm_kb(g.pid);
+  printf("gangway's peak memory: %ld KiB\n", hwm);
+  assert_true(hwm < 200 * 1024);
+  echo_text(bystander, "still here");
+  uint64_t until = it_now_ms() + 5000;
+  while (strncmp(e = ask_answer(fd, 18, "1", 3000), "1 ", 2) && it_now_ms() < until)
+    usleep(50 * 1000);
+  assert_string_equal(e, "1 nil");
+  close(fd);
+  close(bystander);
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 5000), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pipeline_of_the_most_commands),
@@ -292,6 +333,7 @@ int main(void) {
       cmocka_unit_test(test_pubsub_flood_with_waiting_functions),
       cmocka_unit_test(test_commands_that_change_the_connection),
       cmocka_unit_test(test_blocking_command_does_not_hold_the_connection),
+      cmocka_unit_test(test_bytes_under_way_are_bounded),
   };
   return cmocka_run_group_tests_name("gw.redis attacked", tests, redis_echo_setup,
                                      redis_echo_teardown);
