@@ -377,7 +377,11 @@ static int l_publish(lua_State *L) {
 static int subscribe(lua_State *L, bool pattern) {
   gw_script *s = gw_script_of(L);
   const char *who = pattern ? "gw.psubscribe" : "gw.subscribe";
-  luaL_checkstring(L, 1);
+  size_t len;
+  /* the client and the matching read names up to a NUL: "bans\0x" was
+   * "bans", and got that channel's messages */
+  if (strlen(luaL_checklstring(L, 1, &len)) != len)
+    luaL_argerror(L, 1, pattern ? "a pattern without NUL bytes" : "a channel name without NUL bytes");
   luaL_checktype(L, 2, LUA_TFUNCTION);
   if (!s->loading_gen)
     return luaL_error(L, "%s: only while scripts load (at the top of a script)", who);

@@ -1,0 +1,84 @@
+-- redis_hostile_spec.lua: gw.redis and gw.subscribe given what a careless
+-- or hostile script gives them, under the test host and its fake Redis:
+-- names with a NUL byte, commands that would change the shared
+-- connection, sleeps of odd lengths.
+local testing = require "gangway.testing"
+local top = testing.top
+
+-- The text of an MC_SAY frame sent to the client.
+local function said(frame)
+  local pkt = top.parse(frame, "server")
+  return pkt:str(12 + 2 + #pkt:str(12) + 1)
+end
+
+-- A host whose CM_SAY handler answers the client with what fn(text)
+-- returns (fn may wait).
+local function answering(body, opts)
+  return testing.inline([[
+local function answer(text, session)
+]] .. body .. "\n" .. [[
+end
+gw.on("client", 1, function(pkt, session)
+  session:send_to_client(gw.writer():u32(0):str("gw"):str(tostring(answer(pkt:str(8), session))):packet(501))
+  return gw.DROP
+end)
+]], opts)
+end
+
+describe("gw.redis and gw.subscribe attacked", function()
+  local t
+  after_each(function()
+    if t then t:close() end
+    t = nil
+  end)
+
+  it("refuses a channel or pattern name with a NUL byte (it was cut there, and another channel's messages came)", function()
+    local t1, err = testing.try({ source = 'local gw = require "gangway"\n'
+                                  .. 'gw.subscribe("bans\\0x", function() end)',
+                                  redis = testing.redis() })
+    assert.is_nil(t1)
+    assert.matches("without NUL", err)
+    t1, err = testing.try({ source = 'local gw = require "gangway"\n'
+                            .. 'gw.psubscribe("b*\\0", function() end)',
+                            redis = testing.redis() })
+    assert.is_nil(t1)
+    assert.matches("without NUL", err)
+  end)
+
+  it("refuses commands that would change the connection every script shares", function()
+    t = answering([[
+  local v, err = gw.redis(table.unpack((function() local w = {} for x in text:gmatch("%S+") do w[#w + 1] = x end return w end)()))
+  return v == nil and err or ("value " .. tostring(v))
+]], { redis = testing.redis() })
+    local s = t:connect()
+    for _, cmd in ipairs({ "SUBSCRIBE c", "select 2", "MONITOR", "HELLO 3", "client reply off", "AUTH x y" }) do
+      s:from_client(top.say(cmd))
+      t:advance(0)
+      local out = s:to_client()
+      assert.equal(1, #out)
+      assert.matches("is not allowed on the shared connection", said(out[1]), 1, true)
+    end
+    s:from_client(top.say("SET k v"))
+    t:advance(0)
+    assert.equal("value OK", said(s:to_client()[1]))
+  end)
+
+  it("sleeps 0 ms for a turn, refuses negative, NaN, infinite and absurd lengths", function()
+    t = answering([[
+  local odd = { nan = 0/0, inf = math.huge, ["-inf"] = -math.huge }
+  local ms = odd[text] or tonumber(text)
+  local ok, err = pcall(session.sleep, session, ms)
+  return ok and "slept" or err
+]])
+    local s = t:connect()
+    s:from_client(top.say("0"))
+    assert.same({}, s:to_client()) -- not in this turn
+    t:advance(1)
+    assert.equal("slept", said(s:to_client()[1]))
+    for _, ms in ipairs({ "-1", "nan", "inf", "-inf", "1e12" }) do
+      s:from_client(top.say(ms))
+      t:advance(0)
+      assert.matches("milliseconds >= 0", said(s:to_client()[1]), 1, true)
+    end
+  end)
+end)
