@@ -261,8 +261,12 @@ gw_upstream_try *gw_upstream_try_new(gw_upstream *u, const struct sockaddr *clie
     memcpy(t->key, &((const struct sockaddr_in *)client)->sin_addr, 4);
     t->keylen = 4;
   } else if (client && client->sa_family == AF_INET6) {
-    memcpy(t->key, &((const struct sockaddr_in6 *)client)->sin6_addr, 16);
-    t->keylen = 16;
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *)client)->sin6_addr;
+    /* ::ffff:a.b.c.d (a dual-stack load balancer's PROXY header) is the
+     * IPv4 client a.b.c.d: the same server */
+    bool mapped = IN6_IS_ADDR_V4MAPPED(a6);
+    t->keylen = mapped ? 4 : 16;
+    memcpy(t->key, a6->s6_addr + (mapped ? 12 : 0), t->keylen);
   }
   take(t, choose(u, t));
   return t;

@@ -167,6 +167,26 @@ static void test_hash_sticky_and_consistent(void **state) {
     moved += now != before[i];
   }
   assert_int_equal(moved, count[2]);
+  /* An IPv4 client seen as ::ffff:a.b.c.d (a PROXY header from a
+   * dual-stack load balancer) is the same client: the same server. IPv6
+   * clients spread too. */
+  int same = 0, v6count[4] = {0};
+  for (int i = 0; i < 200; i++) {
+    snprintf(ip, sizeof ip, "::ffff:10.1.%d.%d", i / 250, i % 250 + 1);
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons(40000)};
+    assert_int_equal(inet_pton(AF_INET6, ip, &a6.sin6_addr), 1);
+    gw_upstream_try *t = gw_upstream_try_new(u, (struct sockaddr *)&a6);
+    same += gw_upstream_server_name(gw_upstream_current(t))[1] - '1' == pick(u, ip + 7);
+    gw_upstream_try_free(t);
+    snprintf(ip, sizeof ip, "2001:db8:%x::%x", i, i * 31 + 1);
+    assert_int_equal(inet_pton(AF_INET6, ip, &a6.sin6_addr), 1);
+    t = gw_upstream_try_new(u, (struct sockaddr *)&a6);
+    v6count[gw_upstream_server_name(gw_upstream_current(t))[1] - '1']++;
+    gw_upstream_try_free(t);
+  }
+  assert_int_equal(same, 200);
+  assert_int_equal(v6count[2], 0); /* s3 is down */
+  for (int k = 0; k < 4; k++) assert_true(k == 2 || v6count[k] > 20);
   gw_upstream_retire(u);
 }
 
