@@ -45,6 +45,35 @@ describe("gw.redis and gw.subscribe attacked", function()
     assert.matches("without NUL", err)
   end)
 
+  it("keeps the subscriptions a reload asks for, each once, among many", function()
+    local fake = testing.redis()
+    local function source(names)
+      return 'local gw = require "gangway"\n' .. names .. "\n"
+             .. "for i = 1, 20000 do gw.subscribe('user:' .. i, function() end) end"
+    end
+    t = testing.new({ source = source([[
+gw.subscribe("a", function() end)
+gw.subscribe("b", function() end)
+gw.subscribe("b", function() end)
+gw.psubscribe("p*", function() end)]]), redis = fake })
+    local function subscribers(channel) return fake:call("PUBLISH", channel, "x") end
+    assert.equal(1, subscribers("a"))
+    assert.equal(1, subscribers("b")) -- two functions, one subscription
+    assert.equal(1, subscribers("pq"))
+    assert.equal(1, subscribers("user:20000"))
+    assert.equal(0, subscribers("c"))
+    assert.is_true(t:reload({ source = source([[
+gw.subscribe("c", function() end)
+gw.subscribe("b", function() end)
+gw.subscribe("p*", function() end)]]) }))
+    assert.equal(0, subscribers("a"))
+    assert.equal(1, subscribers("b"))
+    assert.equal(1, subscribers("c"))
+    assert.equal(0, subscribers("pq")) -- "p*" is a channel now, not a pattern
+    assert.equal(1, subscribers("p*"))
+    assert.equal(1, subscribers("user:1"))
+  end)
+
   it("refuses commands that would change the connection every script shares", function()
     t = answering([[
   local v, err = gw.redis(table.unpack((function() local w = {} for x in text:gmatch("%S+") do w[#w + 1] = x end return w end)()))
