@@ -74,6 +74,36 @@ gw.subscribe("p*", function() end)]]) }))
     assert.equal(1, subscribers("user:1"))
   end)
 
+  it("hands a message to the functions of its channel and patterns only, among many", function()
+    t = testing.inline([[
+heard = {}
+for i = 1, 20000 do
+  gw.subscribe("user:" .. i, function(channel, msg) heard[#heard + 1] = "user " .. i .. " " .. msg end)
+end
+gw.subscribe("b", function(channel, msg) heard[#heard + 1] = "b1 " .. msg end)
+gw.subscribe("b", function(channel, msg) heard[#heard + 1] = "b2 " .. msg end)
+gw.psubscribe("b*", function(channel, msg, pattern) heard[#heard + 1] = pattern .. " " .. channel .. " " .. msg end)
+gw.on("client", 1, function(pkt, session)
+  session:send_to_client(gw.writer():u32(0):str("gw"):str(table.concat(heard, ";")):packet(501))
+  heard = {}
+  return gw.DROP
+end)
+]], { redis = testing.redis() })
+    local s = t:connect()
+    local function heard()
+      s:from_client(top.say("?"))
+      return said(s:to_client()[1])
+    end
+    assert.equal(2, t:publish("b", "hi")) -- subscriptions: the channel and the pattern
+    assert.equal("b1 hi;b2 hi;b* b hi", heard())
+    assert.equal(1, t:publish("user:7", "yo"))
+    assert.equal("user 7 yo", heard())
+    assert.equal(1, t:publish("bx", "z"))
+    assert.equal("b* bx z", heard())
+    assert.equal(0, t:publish("user:20001", "nobody"))
+    assert.equal("", heard())
+  end)
+
   it("refuses commands that would change the connection every script shares", function()
     t = answering([[
   local v, err = gw.redis(table.unpack((function() local w = {} for x in text:gmatch("%S+") do w[#w + 1] = x end return w end)()))

@@ -400,6 +400,30 @@ static int subscribe(lua_State *L, bool pattern) {
   lua_pushvalue(L, 2);
   lua_rawseti(L, -2, 3);
   lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  /* list.index["c" .. channel or "p" .. pattern] = { fn, ... }: a message
+   * finds its functions at once, among any number of subscriptions */
+  int list = lua_gettop(L);
+  if (lua_getfield(L, list, "index") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, list, "index");
+  }
+  int index = lua_gettop(L);
+  lua_pushstring(L, pattern ? "p" : "c");
+  lua_pushvalue(L, 1);
+  lua_concat(L, 2);
+  int key = lua_gettop(L);
+  lua_pushvalue(L, key);
+  if (lua_rawget(L, index) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, key);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, index);
+  }
+  lua_pushvalue(L, 2);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
   return 0;
 }
 
@@ -471,9 +495,10 @@ static int sync_subs(lua_State *L) {
   return 0;
 }
 
-/* Protected: the functions subscribed to a message, as a list, then the
- * channel, the message and the pattern (or nil). Args: light userdata of
- * the on_message arguments. */
+/* Protected: a reference to { channel, message, pattern or false, the
+ * functions subscribed ... } for a message. Arg: light userdata of the
+ * on_message arguments. In the registry, not on the stack: running a
+ * function resets the stack. */
 typedef struct message {
   const char *pattern, *channel, *msg;
   size_t channel_len, len;
@@ -485,30 +510,29 @@ static int match_subs(lua_State *L) {
   lua_newtable(L);
   int out = lua_gettop(L);
   lua_pushlstring(L, m->channel, m->channel_len);
+  lua_rawseti(L, out, 1);
   lua_pushlstring(L, m->msg, m->len);
+  lua_rawseti(L, out, 2);
   if (m->pattern) lua_pushstring(L, m->pattern);
-  else lua_pushnil(L);
-  const char *want = m->pattern ? m->pattern : lua_tostring(L, out + 1);
+  else lua_pushboolean(L, 0);
+  lua_rawseti(L, out, 3);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, SUBS_KEY);
-  if (lua_rawgeti(L, -1, s->gen) == LUA_TTABLE) {
-    int list = lua_gettop(L);
-    lua_Integer n = (lua_Integer)lua_rawlen(L, list), k = 0;
-    for (lua_Integer i = 1; i <= n; i++) {
-      lua_rawgeti(L, list, i);
-      lua_rawgeti(L, -1, 1);
-      lua_rawgeti(L, -2, 2);
-      bool is_pattern = lua_toboolean(L, -1);
-      if (is_pattern == (m->pattern != NULL) && !strcmp(lua_tostring(L, -2), want)) {
-        lua_rawgeti(L, -3, 3);
-        lua_rawseti(L, out, ++k);
+  if (lua_rawgeti(L, -1, s->gen) == LUA_TTABLE && lua_getfield(L, -1, "index") == LUA_TTABLE) {
+    lua_pushstring(L, m->pattern ? "p" : "c");
+    lua_rawgeti(L, out, m->pattern ? 3 : 1); /* the whole channel, NULs too */
+    lua_concat(L, 2);
+    if (lua_rawget(L, -2) == LUA_TTABLE) {
+      lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+      for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        lua_rawseti(L, out, 3 + i);
       }
-      lua_pop(L, 3);
     }
   }
-  lua_settop(L, out + 3);
-  return 4;
+  lua_settop(L, out);
+  lua_pushinteger(L, luaL_ref(L, LUA_REGISTRYINDEX));
+  return 1;
 }
-
 
 static bool drop_message(gw_script *s, const char *channel, size_t channel_len) {
   lua_State *L = s->L;
@@ -549,25 +573,30 @@ static void on_message(void *ud, const char *pattern, const char *channel, size_
   message m = {pattern, channel, msg, channel_len, len};
   lua_pushcfunction(L, match_subs);
   lua_pushlightuserdata(L, &m);
-  if (lua_pcall(L, 1, 4, 0) != LUA_OK) {
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     gw_warn("redis message on %.*s: %s", (int)channel_len, channel, lua_tostring(L, -1));
     lua_settop(L, GW_SLOT_BASE);
     return;
   }
-  int fns = lua_gettop(L) - 3; /* fns, channel, message, pattern */
-  lua_Integer n = (lua_Integer)lua_rawlen(L, fns);
+  int ref = (int)lua_tointeger(L, -1);
+  lua_settop(L, GW_SLOT_BASE);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -1) - 3;
+  lua_settop(L, GW_SLOT_BASE);
   char what[128];
   snprintf(what, sizeof what, "gw.%s function of %.*s", pattern ? "psubscribe" : "subscribe",
            (int)(channel_len < 64 ? channel_len : 64), channel);
+  /* each function from the reference: gw__call_plain resets the stack */
   for (lua_Integer i = 1; i <= n; i++) {
-    lua_rawgeti(L, fns, i);
-    lua_pushvalue(L, fns + 1);
-    lua_pushvalue(L, fns + 2);
-    if (pattern) lua_pushvalue(L, fns + 3);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    int t = lua_gettop(L);
+    lua_rawgeti(L, t, 3 + i);
+    for (int k = 1; k <= (pattern ? 3 : 2); k++) lua_rawgeti(L, t, k);
+    lua_remove(L, t);
     gw__call_plain(s, pattern ? 3 : 2, NULL, NULL, what);
-    lua_settop(L, fns + 3);
+    lua_settop(L, GW_SLOT_BASE);
   }
-  lua_settop(L, GW_SLOT_BASE);
+  luaL_unref(L, LUA_REGISTRYINDEX, ref);
   gw__flush(s);
   gw__timers_wake(s);
   gw__host_flush(s);
