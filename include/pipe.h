@@ -82,7 +82,8 @@ typedef struct gw_pipe_driver {
    * here and keep the rest for later (backpressure)? NULL: never. */
   bool (*hold)(void *ud, gw_side from);
   /* Around each frame handed to the handlers, for a host that watches
-   * them (the busted harness keeps dropped frames); NULL: none. */
+   * them (the busted harness keeps dropped frames; the pipeline's cur_fi
+   * is the frame's info then); NULL: none. */
   void (*before_handlers)(void *ud, gw_side from, const uint8_t *frame, size_t len);
   void (*after_handlers)(void *ud, gw_side from, int rc);
 } gw_pipe_driver;
@@ -124,6 +125,8 @@ typedef struct gw_pipe {
   gw_bytes enc;                 /* stream-encoded bytes on their way out */
   const uint8_t *cur_frame;     /* the frame in a handler (zero-copy pass) */
   bool cur_in_input;            /* ... and it lies in the caller's input */
+  const gw_frame_info *cur_fi;  /* ... as it was cut (for before_handlers:
+                                   no need to parse it again) */
   /* Set with -EPROTO: what was wrong and where. */
   gw_frame_error error;
   char error_msg[160];

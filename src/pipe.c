@@ -387,12 +387,14 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     }
     p->cur_frame = frame;
     p->cur_in_input = frame_in_input;
+    p->cur_fi = &fi;
     if (p->drv->before_handlers) p->drv->before_handlers(p->ud, from, frame, len);
     if (follows) gw_script_frame_follows(p->script);
     rc = gw_script_frame(p->script, p->ss, from, frame, &fi);
     follows = true;
     if (p->drv->after_handlers) p->drv->after_handlers(p->ud, from, rc);
     p->cur_frame = NULL;
+    p->cur_fi = NULL;
     if (ps->frames_left) phase_done_one(ps); /* after: the handler read it framed */
     if (rc < 0) return rc;
     if (rc == GW_SCRIPT_PENDING) { /* the rest waits behind it, in order */

@@ -998,11 +998,11 @@ static bool drv_hold(void *ud, gw_side from) { return over_high_water(ud, from);
  * that side (GET /sessions). */
 static void drv_before(void *ud, gw_side from, const uint8_t *frame, size_t len) {
   gw_session *s = ud;
-  gw_frame_info fi;
-  if (gw_frame_next(&s->pipe.side[from].framing, from, frame, len, &fi) == 1) {
-    s->has_op[from] = fi.has_opcode;
-    s->last_op[from] = fi.opcode;
-  }
+  (void)frame;
+  (void)len;
+  const gw_frame_info *fi = s->pipe.cur_fi; /* as the pipeline cut it */
+  s->has_op[from] = fi->has_opcode;
+  s->last_op[from] = fi->opcode;
 }
 
 static const gw_pipe_driver pipe_driver = {drv_pass, drv_copy, drv_hold, drv_before, NULL};
