@@ -1679,6 +1679,10 @@ void gw__call_resume(gw_script *s, gw_call *c, int nvalues) {
   lua_State *L = s->L;
   if (s->depth) { /* never from inside a call: the wait ends as a failure */
     lua_pop(c->co, nvalues);
+    /* the waiter that called us frees its wait: a later discard of this
+     * call must not cancel it again; the call ends at its deadline */
+    c->cancel = NULL;
+    c->wait = NULL;
     return;
   }
   c->waiting = false;
