@@ -343,3 +343,38 @@ describe("per-opcode counters", function()
     t:close()
   end)
 end)
+
+describe("a reload while a fast-path frame waits", function()
+  it("finishes that frame with the old chain, the next ones with the new", function()
+    local function v(n)
+      return string.format([[
+        local gw = require "gangway"
+        gw.on("client", 1, function(pkt, session)
+          if pkt:body() == "z" then session:sleep(10) end
+          if pkt:body() == "e" then session:sleep(10) error("late") end
+          pkt:set_body(gw.writer():bytes(pkt:body() .. "%d"))
+        end)
+      ]], n)
+    end
+    local t = testing.new{ source = v(1), on_error = "close" }
+    local s, b = t:connect(), t:connect()
+    s:from_client(top.frame(1, "a") .. top.frame(1, "a") .. top.frame(1, "z") .. top.frame(1, "a"))
+    b:from_client(top.frame(1, "a") .. top.frame(1, "a"))
+    assert.is_true(t:reload{ source = v(2) })
+    b:from_client(top.frame(1, "a") .. top.frame(1, "a"))
+    assert.same({ top.frame(1, "a1"), top.frame(1, "a1"), top.frame(1, "a2"), top.frame(1, "a2") },
+                b:to_server())
+    t:advance(10)
+    -- the frame behind the waiting one is handled after the reload: new chain
+    assert.same({ top.frame(1, "a1"), top.frame(1, "a1"), top.frame(1, "z1"), top.frame(1, "a2") },
+                s:to_server())
+    s:from_client(top.frame(1, "e") .. top.frame(1, "a"))
+    t:advance(10)
+    assert.same({}, s:to_server())
+    assert.is_not_nil(s:closed())
+    assert.is_true(t:logged("late"))
+    b:from_client(top.frame(1, "a"))
+    assert.same({ top.frame(1, "a2") }, b:to_server())
+    t:close()
+  end)
+end)

@@ -1,7 +1,8 @@
 /* it_script.c: Lua handlers in a real gangway, `top` framing, echo upstream:
  * drop, rewrite with a length change, inject toward both sides, on_connect
  * refusal, a timer firing, an erroring handler under each on_error policy,
- * an endless loop (also inside pcall), a memory bomb. In every case a
+ * an endless loop (also inside pcall), a memory bomb, two listeners with
+ * the same script keeping their own handlers. In every case a
  * bystander session on the same listener keeps getting its bytes intact. */
 #include <poll.h>
 #include <signal.h>
@@ -37,6 +38,11 @@ static const char rules_lua[] =
     "gw.on(\"client\", 66, function(pkt) error(\"boom\") end)\n"
     "gw.on(\"client\", 67, function(pkt) while true do end end)\n"
     "gw.on(\"client\", 68, function(pkt) pcall(function() while true do end end) return gw.DROP end)\n"
+    "gw.on(\"client\", 70, function(pkt)\n" /* this listener's count of its frames */
+    "  local n = gw.stats().opcodes.client[70].frames\n"
+    "  return gw.packet(70, gw.writer():str(tostring(n)):build())\n"
+    "end)\n"
+    "gw.on(\"server\", 70, function(pkt) pkt:set_u8(#pkt - 1, 33) end)\n" /* NUL -> '!' */
     "gw.on(\"client\", 69, function(pkt)\n"
     "  local t = {}\n"
     "  for i = 1, 1e9 do t[i] = string.rep(\"x\", 4096) .. i end\n"
@@ -240,6 +246,37 @@ static void test_endless_loop_is_stopped(void **state) {
   assert_true(it_log_wait(&f->g, "instruction", 2000));
 }
 
+/* Two listeners load the same script: each has its own chains, cached
+ * apart, and the same opcode on both sides of each. Opcode 70's client
+ * handler answers with its listener's count of opcode-70 frames, the
+ * server one marks the answer: a chain taken from the other listener's
+ * cache (or the other side's) would count wrong or not mark. Three frames
+ * a read: the first of a session looks its chain up, the rest take the
+ * cache's one-function way. */
+static void test_listeners_keep_their_chains(void **state) {
+  fixture *f = *state;
+  int a = it_connect(f->port[0]), b = it_connect(f->port[1]);
+  for (int round = 0; round < 3; round++) {
+    for (int i = 0; i < 2; i++) {
+      int fd = i ? b : a;
+      uint8_t buf[256], back[256], want[64];
+      size_t n = 0;
+      for (int k = 0; k < 3; k++) n += say(buf + n, sizeof buf - n, 70, "count");
+      assert_int_equal(it_send_all(fd, buf, n), 0);
+      for (int k = 1; k <= 3; k++) {
+        char text[8];
+        snprintf(text, sizeof text, "%d", round * 3 + k);
+        size_t wn = say(want, sizeof want, 70, text);
+        want[wn - 1] = '!';
+        assert_int_equal(read_frame(fd, back, sizeof back), wn);
+        assert_memory_equal(back, want, wn);
+      }
+    }
+  }
+  close(a);
+  close(b);
+}
+
 static void test_memory_bomb_is_contained(void **state) {
   fixture *f = *state;
   int fd = it_connect(f->port[1]), by = it_connect(f->port[1]); /* on_error = "drop" */
@@ -262,6 +299,7 @@ int main(void) {
       cmocka_unit_test(test_timer_fires),
       cmocka_unit_test(test_on_error_policies),
       cmocka_unit_test(test_endless_loop_is_stopped),
+      cmocka_unit_test(test_listeners_keep_their_chains),
       cmocka_unit_test(test_memory_bomb_is_contained),
   };
   return cmocka_run_group_tests_name("Lua handlers through gangway", tests, setup, teardown);
