@@ -156,6 +156,46 @@ describe("the chain cache", function()
   end)
 end)
 
+describe("the chain cache under churn", function()
+  it("hands 300 opcodes, the keep-alive and '*' frames each their own chain, in any order", function()
+    -- 300 keys over 64 slots: most frames evict another key's chain
+    local t = testing.inline([[
+      for op = 1, 300 do
+        if op % 3 == 0 then -- several functions
+          gw.on("client", op, function(pkt) pkt:set_body(gw.writer():bytes(pkt:body() .. "<")) end)
+        end
+        gw.on("client", op, function(pkt) pkt:set_body(gw.writer():bytes(pkt:body() .. op)) end)
+      end
+      gw.on("client", "KEEPALIVE", function() return gw.DROP end)
+      gw.on("server", "*", function(pkt) pkt:set_body(gw.writer():bytes("s" .. pkt.opcode)) end)
+    ]], { protocol = "top" })
+    local s = t:connect()
+    local seed = 12345
+    local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648 return seed % n + 1 end
+    for _ = 1, 20 do
+      local read, want, back, wantback = "", {}, "", {}
+      for _ = 1, 50 do
+        local op = rnd(310) -- 301..310: no chain of their own, no "*" on the client side
+        if op == 310 then
+          read = read .. top.keepalive
+        else
+          read = read .. top.frame(op, "")
+          want[#want + 1] = top.frame(op, op > 300 and "" or (op % 3 == 0 and "<" or "") .. op)
+        end
+        local sop = rnd(400)
+        back = back .. top.frame(sop, "")
+        wantback[#wantback + 1] = top.frame(sop, "s" .. sop)
+      end
+      s:from_client(read)
+      s:from_server(back)
+      assert.same(want, s:to_server())
+      assert.same(wantback, s:to_client())
+    end
+    assert.equal(0, t:stats().errors)
+    t:close()
+  end)
+end)
+
 describe("a one-function chain on the fast path", function()
   it("takes every result a handler may return", function()
     local t = host([[
