@@ -277,6 +277,27 @@ static void test_listeners_keep_their_chains(void **state) {
   close(b);
 }
 
+/* on_error = "close" on the cached one-function way, a frame behind the
+ * erroring one in the same read: the session closes at once (nothing of
+ * that read comes back), its bystander goes on. */
+static void test_close_stops_the_read(void **state) {
+  fixture *f = *state;
+  uint8_t buf[256];
+  for (int i = 0; i < 2; i++) { /* the first session gets opcode 66's chain cached */
+    int fd = it_connect(f->port[2]), by = it_connect(f->port[2]);
+    expect_echo(fd, "in Lua already");
+    size_t n = say(buf, sizeof buf, 66, "x");
+    n += say(buf + n, sizeof buf - n, 1, "never echoed");
+    assert_int_equal(it_send_all(fd, buf, n), 0);
+    size_t got = 0;
+    assert_true(it_wait_eof(fd, 2000, &got) != 0);
+    assert_int_equal(got, 0);
+    expect_echo(by, "bystander");
+    close(fd);
+    close(by);
+  }
+}
+
 static void test_memory_bomb_is_contained(void **state) {
   fixture *f = *state;
   int fd = it_connect(f->port[1]), by = it_connect(f->port[1]); /* on_error = "drop" */
@@ -300,6 +321,7 @@ int main(void) {
       cmocka_unit_test(test_on_error_policies),
       cmocka_unit_test(test_endless_loop_is_stopped),
       cmocka_unit_test(test_listeners_keep_their_chains),
+      cmocka_unit_test(test_close_stops_the_read),
       cmocka_unit_test(test_memory_bomb_is_contained),
   };
   return cmocka_run_group_tests_name("Lua handlers through gangway", tests, setup, teardown);
