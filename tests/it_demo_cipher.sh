@@ -10,21 +10,7 @@
 # encrypted chat, so "damn" and "/online" reach the server.
 #   usage: tests/it_demo_cipher.sh BUILD_DIR
 set -euo pipefail
-build=$(cd "$1" && pwd)
-root=$(cd "$(dirname "$0")/.." && pwd)
-dir=$(mktemp -d /tmp/gw-demo-cipher-XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  if [ "${ok:-0}" = 1 ]; then rm -rf "$dir"; else echo "outputs kept in $dir" >&2; fi
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for f in "$dir"/*.out; do echo "== $f" >&2; tail -40 "$f" >&2; done; exit 1; }
-wait_for() { # file pattern seconds
-  for _ in $(seq $(( $3 * 20 ))); do grep -q -- "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  return 1
-}
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+. "$(dirname "$0")/lib.sh" demo-cipher "$1"
 last_port=0
 
 # run NAME SCRIPTS...: topd -e on a port of its own, gangway in front of it

@@ -9,22 +9,14 @@
 # test is skipped (77) when one is taken.
 #   usage: tests/it_fleet.sh BUILD_DIR
 set -euo pipefail
-build=$(cd "$1" && pwd)
-root=$(cd "$(dirname "$0")/.." && pwd)
-dir=$(mktemp -d /tmp/gw-fleet-XXXXXX)
+. "$(dirname "$0")/lib.sh" fleet "$1"
 fleet=""
-cleanup() {
+# start.sh stops what it started on TERM (a KILL would leave it running)
+cleanup_more() {
   if [ -n "$fleet" ]; then kill -TERM "$fleet" 2>/dev/null || true; wait "$fleet" 2>/dev/null || true; fi
-  if [ "${ok:-0}" = 1 ]; then rm -rf "$dir"; else echo "outputs kept in $dir" >&2; fi
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; tail -60 "$dir/fleet.out" >&2; exit 1; }
-wait_for() { # file pattern seconds
-  for _ in $(seq $(( $3 * 20 ))); do grep -q -- "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  return 1
 }
 for port in 6390 2974 2000 2001 2002 9980 9981 9982; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  if ! port_free "$port"; then
     echo "127.0.0.1:$port is taken: skipped"; exit 77
   fi
 done
