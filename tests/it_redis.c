@@ -82,15 +82,21 @@ static void start_gangway(it_gangway *g, fixture *f, int port, const char *redis
   it_gangway_run(g, port);
 }
 
+/* A gangway on a free port whose Redis command connection is up. */
+static int start_connected(it_gangway *g, fixture *f) {
+  int port = it_free_port();
+  start_gangway(g, f, port, NULL);
+  assert_true(it_log_wait(g, "(commands): connected", 3000));
+  return port;
+}
+
 /* Sends a command frame and returns the description that comes back. */
 static const char *ask(int fd, uint16_t op, const char *cmd) { return ask_answer(fd, op, cmd, 3000); }
 
 static void test_replies_of_each_type(void **state) {
   fixture *f = *state;
   it_gangway g = {0};
-  int port = it_free_port();
-  start_gangway(&g, f, port, NULL);
-  assert_true(it_log_wait(&g, "(commands): connected", 3000));
+  int port = start_connected(&g, f);
   int fd = it_connect(port);
   assert_string_equal(ask(fd, 10, "SET k hello"), "string:OK");          /* status */
   assert_string_equal(ask(fd, 10, "GET k"), "string:hello");             /* bulk */
@@ -154,9 +160,7 @@ static void test_ban_across_two_gangways(void **state) {
 static void test_redis_killed_and_back(void **state) {
   fixture *f = *state;
   it_gangway g = {0};
-  int port = it_free_port();
-  start_gangway(&g, f, port, NULL);
-  assert_true(it_log_wait(&g, "(commands): connected", 3000));
+  int port = start_connected(&g, f);
   int fd = it_connect(port), by = it_connect(port);
   assert_string_equal(ask(fd, 10, "SET k before"), "string:OK");
   redisd_stop(&f->redis);
@@ -225,9 +229,7 @@ static void test_auth_failure_reported(void **state) {
 static void test_command_timeout(void **state) {
   fixture *f = *state;
   it_gangway g = {0};
-  int port = it_free_port();
-  start_gangway(&g, f, port, NULL);
-  assert_true(it_log_wait(&g, "(commands): connected", 3000));
+  int port = start_connected(&g, f);
   int fd = it_connect(port);
   assert_string_equal(ask(fd, 10, "SET t before"), "string:OK");
   kill(f->redis.pid, SIGSTOP); /* up, but answers nothing */
