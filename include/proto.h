@@ -94,8 +94,5 @@ extern const char *const gw_pkt_field_type_names[];
 /* Size of an integer type (1, 2, 4, 8), 0 for the others. */
 unsigned gw_pkt_field_int_size(gw_pkt_field_type t);
 bool gw_pkt_field_is_signed(gw_pkt_field_type t);
-/* Edits (insert, delete, change, swap of neighbours; case folded) between
- * two names of at most 64 bytes; SIZE_MAX for longer ones. */
-size_t gw_edit_distance(const char *a, const char *b);
 
 #endif

@@ -36,6 +36,7 @@
 #include <lualib.h>
 
 #include "script_int.h" /* gw_meter_open: metered patterns and tables */
+#include "suggest.h"
 
 #define MIB (1024u * 1024u)
 
@@ -345,45 +346,13 @@ static void leave(cfg_ctx *c, size_t mark) {
 
 /* ---- unknown keys ---- */
 
-/* Edit distance counting a swap of two neighbours as one edit (optimal
- * string alignment), for "did you mean"; keys are short. */
-static size_t edit_distance(const char *a, size_t la, const char *b) {
-  size_t lb = strlen(b);
-  size_t rows[3][NAME_MAX_LEN + 1];
-  size_t *prev2 = rows[0], *prev = rows[1], *cur = rows[2];
-  if (la > NAME_MAX_LEN || lb > NAME_MAX_LEN)
-    return SIZE_MAX;
-  for (size_t j = 0; j <= lb; j++)
-    prev[j] = j;
-  for (size_t i = 1; i <= la; i++) {
-    cur[0] = i;
-    for (size_t j = 1; j <= lb; j++) {
-      char ai = (char)tolower((unsigned char)a[i - 1]);
-      size_t best = prev[j - 1] + (ai != b[j - 1]);
-      if (prev[j] + 1 < best)
-        best = prev[j] + 1;
-      if (cur[j - 1] + 1 < best)
-        best = cur[j - 1] + 1;
-      if (i > 1 && j > 1 && ai == b[j - 2] &&
-          tolower((unsigned char)a[i - 2]) == b[j - 1] && prev2[j - 2] + 1 < best)
-        best = prev2[j - 2] + 1;
-      cur[j] = best;
-    }
-    size_t *t = prev2;
-    prev2 = prev;
-    prev = cur;
-    cur = t;
-  }
-  return prev[lb];
-}
-
 /* The known key closest to s, if it is close enough to be a typo. */
 static const char *closest(const char *s, size_t len,
                            const char *const known[]) {
   const char *best = NULL;
   size_t best_d = len <= 3 ? 2 : 3;
   for (const char *const *k = known; *k; k++) {
-    size_t d = edit_distance(s, len, *k);
+    size_t d = gw_edit_distance(s, len, *k, strlen(*k));
     if (d < best_d) {
       best = *k;
       best_d = d;

@@ -22,6 +22,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include "suggest.h"
 
 /* What a packets.lua may cost: a real one is a few thousand instructions
  * and kilobytes; the caps stop a mistake in well under a second. */
@@ -167,33 +168,6 @@ static void show(lua_State *L, int idx, char *out, size_t cap) {
   }
 }
 
-size_t gw_edit_distance(const char *a, const char *b) {
-  /* Optimal string alignment (a swap of neighbours is one edit), case
-   * folded: "cm_sayy" is one edit from "CM_SAY". */
-  size_t la = strlen(a), lb = strlen(b);
-  if (la > PROTO_NAME_MAX || lb > PROTO_NAME_MAX)
-    return SIZE_MAX;
-  size_t d[PROTO_NAME_MAX + 1][PROTO_NAME_MAX + 1];
-  for (size_t i = 0; i <= la; i++)
-    d[i][0] = i;
-  for (size_t j = 0; j <= lb; j++)
-    d[0][j] = j;
-  for (size_t i = 1; i <= la; i++) {
-    int ca = toupper((unsigned char)a[i - 1]);
-    for (size_t j = 1; j <= lb; j++) {
-      int cb = toupper((unsigned char)b[j - 1]);
-      size_t v = d[i - 1][j - 1] + (ca != cb);
-      if (d[i - 1][j] + 1 < v) v = d[i - 1][j] + 1;
-      if (d[i][j - 1] + 1 < v) v = d[i][j - 1] + 1;
-      if (i > 1 && j > 1 && ca == toupper((unsigned char)b[j - 2]) &&
-          toupper((unsigned char)a[i - 2]) == cb && d[i - 2][j - 2] + 1 < v)
-        v = d[i - 2][j - 2] + 1;
-      d[i][j] = v;
-    }
-  }
-  return d[la][lb];
-}
-
 /* The closest of n names to s if it is close enough to be a typo. */
 static const char *closest(const char *s, const char *const *names, size_t n,
                            size_t stride) {
@@ -202,7 +176,7 @@ static const char *closest(const char *s, const char *const *names, size_t n,
   const char *best = NULL;
   for (size_t i = 0; i < n; i++) {
     const char *name = *(const char *const *)((const char *)names + i * stride);
-    size_t d = gw_edit_distance(s, name);
+    size_t d = gw_edit_distance(s, len, name, strlen(name));
     if (d < best_d) {
       best = name;
       best_d = d;

@@ -12,6 +12,7 @@
 #include "itest.h"
 
 #include "proto.h"
+#include "suggest.h"
 
 /* One temp directory for the whole group, the working directory while the
  * tests run. */
@@ -146,11 +147,11 @@ static void test_arrays_and_optional(void **state) {
 
 static void test_edit_distance(void **state) {
   (void)state;
-  assert_int_equal(gw_edit_distance("CM_SAY", "CM_SAY"), 0);
-  assert_int_equal(gw_edit_distance("cm_say", "CM_SAY"), 0);
-  assert_int_equal(gw_edit_distance("CM_SAYY", "CM_SAY"), 1);
-  assert_int_equal(gw_edit_distance("CM_SYA", "CM_SAY"), 1);
-  assert_int_equal(gw_edit_distance("", "abc"), 3);
+  assert_int_equal(gw_edit_distance("CM_SAY", 6, "CM_SAY", 6), 0);
+  assert_int_equal(gw_edit_distance("cm_say", 6, "CM_SAY", 6), 0);
+  assert_int_equal(gw_edit_distance("CM_SAYY", 7, "CM_SAY", 6), 1);
+  assert_int_equal(gw_edit_distance("CM_SYA", 6, "CM_SAY", 6), 1);
+  assert_int_equal(gw_edit_distance("", 0, "abc", 3), 3);
 }
 
 static void test_bad_load(void **state) {
