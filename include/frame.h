@@ -117,4 +117,23 @@ long gw_frame_build(const gw_framing *f, gw_side side, uint8_t *out,
 uint64_t gw_get_uint(const uint8_t *p, unsigned size, bool big_endian);
 void gw_put_uint(uint8_t *p, unsigned size, bool big_endian, uint64_t v);
 
+/* The framing's string type (str_length_size, str_nul), one reading and
+ * writing of it for pkt:str, writer:str and packet definitions' "str". */
+typedef struct gw_str_span {
+  size_t size;          /* its bytes on the wire, length field and NUL included */
+  size_t text_off;      /* the text: after the length field ... */
+  size_t text_len;      /* ... without a trailing NUL */
+  uint64_t declared;    /* the length field's value (0 when NUL-terminated) */
+} gw_str_span;
+/* The string at p[0..room): 0 and *span, or -ENODATA (room holds not even
+ * its length field; NUL-terminated: no NUL) or -EOVERFLOW (its length,
+ * span->declared, runs past room). */
+int gw_str_get(const gw_framing *f, const uint8_t *p, size_t room, gw_str_span *span);
+/* How many bytes text s[0..n) takes as a string: 0 and *size, or -EINVAL
+ * (a NUL in a NUL-terminated string) or -ERANGE (too long for the length
+ * field). */
+int gw_str_size(const gw_framing *f, const void *s, size_t n, size_t *size);
+/* Writes it at d, which has room for gw_str_size's size. */
+void gw_str_put(const gw_framing *f, uint8_t *d, const void *s, size_t n);
+
 #endif

@@ -517,3 +517,41 @@ int gw_framing_validate(const gw_framing *f, char *msg, size_t msglen)
   }
   return 0;
 }
+
+int gw_str_get(const gw_framing *f, const uint8_t *p, size_t room, gw_str_span *span) {
+  unsigned ls = f->str_length_size;
+  span->declared = 0;
+  if (!ls) {
+    const uint8_t *nul = memchr(p, 0, room);
+    if (!nul) return -ENODATA;
+    span->text_off = 0;
+    span->text_len = (size_t)(nul - p);
+    span->size = span->text_len + 1;
+    return 0;
+  }
+  if (room < ls) return -ENODATA;
+  span->declared = gw_get_uint(p, ls, f->big_endian);
+  if (span->declared > room - ls) return -EOVERFLOW;
+  span->text_off = ls;
+  span->text_len = (size_t)span->declared;
+  span->size = ls + span->text_len;
+  if (f->str_nul && span->text_len && p[span->size - 1] == 0) span->text_len--;
+  return 0;
+}
+
+int gw_str_size(const gw_framing *f, const void *s, size_t n, size_t *size) {
+  unsigned ls = f->str_length_size;
+  size_t nul = f->str_nul || !ls ? 1 : 0;
+  if (!ls && memchr(s, 0, n)) return -EINVAL;
+  if (ls && ls < 8 && (uint64_t)n + nul > (UINT64_C(1) << (8 * ls)) - 1) return -ERANGE;
+  *size = ls + n + nul;
+  return 0;
+}
+
+void gw_str_put(const gw_framing *f, uint8_t *d, const void *s, size_t n) {
+  unsigned ls = f->str_length_size;
+  size_t nul = f->str_nul || !ls ? 1 : 0;
+  if (ls) gw_put_uint(d, ls, f->big_endian, n + nul);
+  memcpy(d + ls, s, n);
+  if (nul) d[ls + n] = 0;
+}

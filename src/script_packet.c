@@ -313,31 +313,22 @@ static int pkt_str(lua_State *L) {
   size_t off = check_off(L, p, 2, 0, "str");
   const gw_framing *f = p->f;
   const uint8_t *d = p->data;
-  if (!f->str_length_size) {
-    const uint8_t *nul = memchr(d + off, 0, p->len - off);
-    if (!nul)
-      return luaL_error(L, "pkt:str: no NUL-terminated string at offset %I "
-                        "(the frame is %I bytes)", (lua_Integer)off,
-                        (lua_Integer)p->len);
-    lua_pushlstring(L, (const char *)d + off, (size_t)(nul - d) - off);
-    lua_pushinteger(L, (lua_Integer)(nul - d) + 1);
-    return 2;
-  }
-  unsigned n = f->str_length_size;
-  if (p->len - off < n)
+  gw_str_span sp;
+  int rc = gw_str_get(f, d + off, p->len - off, &sp);
+  if (rc == -ENODATA && !f->str_length_size)
+    return luaL_error(L, "pkt:str: no NUL-terminated string at offset %I "
+                      "(the frame is %I bytes)", (lua_Integer)off,
+                      (lua_Integer)p->len);
+  if (rc == -ENODATA)
     return luaL_error(L, "pkt:str: offset %I out of range (the frame is %I "
                       "bytes, the length field %d)", (lua_Integer)off,
-                      (lua_Integer)p->len, (int)n);
-  uint64_t slen = gw_get_uint(d + off, n, f->big_endian);
-  size_t start = off + n;
-  if (slen > p->len - start)
+                      (lua_Integer)p->len, (int)f->str_length_size);
+  if (rc < 0)
     return luaL_error(L, "pkt:str: a %I-byte string at offset %I runs past the "
-                      "end of the frame (%I bytes)", (lua_Integer)slen,
+                      "end of the frame (%I bytes)", (lua_Integer)sp.declared,
                       (lua_Integer)off, (lua_Integer)p->len);
-  size_t shown = (size_t)slen;
-  if (f->str_nul && shown && d[start + shown - 1] == 0) shown--;
-  lua_pushlstring(L, (const char *)d + start, shown);
-  lua_pushinteger(L, (lua_Integer)(start + slen));
+  lua_pushlstring(L, (const char *)d + off + sp.text_off, sp.text_len);
+  lua_pushinteger(L, (lua_Integer)(off + sp.size));
   return 2;
 }
 
@@ -632,19 +623,16 @@ static int w_str(lua_State *L) {
   gw_writer *w = check_writer(L, 1);
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
-  unsigned ls = w->f.str_length_size;
-  size_t nul = w->f.str_nul || !ls ? 1 : 0;
-  if (!ls && memchr(s, 0, n))
+  size_t size;
+  int rc = gw_str_size(&w->f, s, n, &size);
+  if (rc == -EINVAL)
     return luaL_error(L, "writer:str: a NUL-terminated string cannot hold a "
                       "NUL byte");
-  if (ls && ls < 8 && (uint64_t)n + nul > (UINT64_C(1) << (8 * ls)) - 1)
+  if (rc < 0)
     return luaL_error(L, "writer:str: a %I-byte string does not fit a %d-byte "
-                      "length", (lua_Integer)n, (int)ls);
-  uint8_t *d = writer_room(L, w, ls + n + nul);
-  if (ls) gw_put_uint(d, ls, w->f.big_endian, n + nul);
-  memcpy(d + ls, s, n);
-  if (nul) d[ls + n] = 0;
-  w->len += ls + n + nul;
+                      "length", (lua_Integer)n, (int)w->f.str_length_size);
+  gw_str_put(&w->f, writer_room(L, w, size), s, n);
+  w->len += size;
   lua_settop(L, 1);
   return 1;
 }

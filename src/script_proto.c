@@ -12,6 +12,7 @@
  * Like script_packet.c this works in any state: the busted module decodes
  * copies in its own (light = false), where nothing is charged to the
  * instruction limit because there is none. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,22 +225,17 @@ static bool scalar_size(walk_ctx *c, const gw_pkt_field *fd, size_t off, size_t 
   case GW_PF_BYTES: *size = fd->n; break;
   case GW_PF_REST: *size = room; break;
   case GW_PF_STR: {
-    unsigned ls = c->f->str_length_size;
-    if (!ls) {
-      const uint8_t *nul = memchr(c->d + off, 0, room);
-      if (!nul)
-        return misfit(c, "(str at offset %zu) has no NUL before the end of the "
-                      "%zu-byte frame", off, c->len);
-      *size = (size_t)(nul - (c->d + off)) + 1;
-      return true;
-    }
-    if (room < ls)
+    gw_str_span sp;
+    int rc = gw_str_get(c->f, c->d + off, room, &sp);
+    if (rc == -ENODATA && !c->f->str_length_size)
+      return misfit(c, "(str at offset %zu) has no NUL before the end of the "
+                    "%zu-byte frame", off, c->len);
+    if (rc == -ENODATA)
       return past_end(c, fd, off);
-    uint64_t n = gw_get_uint(c->d + off, ls, c->f->big_endian);
-    if (n > room - ls)
+    if (rc < 0)
       return misfit(c, "(str at offset %zu) of %llu bytes runs past the end of "
-                    "the %zu-byte frame", off, (unsigned long long)n, c->len);
-    *size = ls + (size_t)n;
+                    "the %zu-byte frame", off, (unsigned long long)sp.declared, c->len);
+    *size = sp.size;
     return true;
   }
   default: *size = gw_pkt_field_int_size(fd->type); break;
@@ -277,11 +273,9 @@ static void push_scalar(walk_ctx *c, const gw_pkt_field *fd, size_t off, size_t 
     break;
   }
   case GW_PF_STR: {
-    unsigned ls = c->f->str_length_size;
-    size_t n = size - ls;
-    if ((c->f->str_nul || !ls) && n && p[size - 1] == 0)
-      n--;
-    lua_pushlstring(L, (const char *)p + ls, n);
+    gw_str_span sp; /* scalar_size found it whole */
+    gw_str_get(c->f, p, size, &sp);
+    lua_pushlstring(L, (const char *)p + sp.text_off, sp.text_len);
     break;
   }
   case GW_PF_BYTES:
@@ -545,19 +539,15 @@ static void enc_value(enc_ctx *c, const gw_pkt_field *fd, int v) {
       enc_put(L, &c->b, s, n);
       return;
     }
-    unsigned ls = f->str_length_size;
-    size_t nul = f->str_nul || !ls ? 1 : 0;
-    if (!ls && memchr(s, 0, n))
+    size_t size;
+    int rc = gw_str_size(f, s, n, &size);
+    if (rc == -EINVAL)
       enc_fail(c, "a NUL-terminated string cannot hold a NUL byte");
-    if (ls && ls < 8 && (uint64_t)n + nul > (UINT64_C(1) << (8 * ls)) - 1)
-      enc_fail(c, "a %zu-byte string does not fit a %u-byte length", n, ls);
-    uint8_t *d = enc_room(L, &c->b, ls + n + nul);
-    if (ls)
-      gw_put_uint(d, ls, f->big_endian, n + nul);
-    memcpy(d + ls, s, n);
-    if (nul)
-      d[ls + n] = 0;
-    c->b.len += ls + n + nul;
+    if (rc < 0)
+      enc_fail(c, "a %zu-byte string does not fit a %u-byte length", n,
+               (unsigned)f->str_length_size);
+    gw_str_put(f, enc_room(L, &c->b, size), s, n);
+    c->b.len += size;
     return;
   }
   case GW_PF_ARRAY: {
