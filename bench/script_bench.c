@@ -1,12 +1,18 @@
 /* script_bench.c: the cost of a handler call. Streams 64-byte top frames
- * through the relay's per-frame path (gw_frame_next, gw_handlers_want, then
- * gw_script_frame or the zero-copy pass) with a host that only counts what
- * it is given, and prints frames/s and ns/frame for handlers of increasing
- * weight, against the same path with no handler. The frames are CM_SAY
+ * through a session's pipeline (pipe.c: the framer, gw_handlers_want, then
+ * the script layer's runs of handled frames or the zero-copy pass, as the
+ * relay drives it), in inputs of READ frames (16: what one read holds in
+ * bench/run.sh's small scenario), with a host that only counts what it is
+ * given and a histogram of handler times (as each listener has), and
+ * prints frames/s and ns/frame for handlers of increasing weight, against
+ * the same path with no handler. The frames are CM_SAY
  * lines (a 53-byte text), and the listener has a protocol defining CM_SAY,
  * so packets by name (pkt:decode, pkt:encode) compare with the offset API.
  *
- *   build/bench/script_bench [seconds per case, default 1] [case number] */
+ *   build/bench/script_bench [seconds per case, default 1] [case number]
+ *
+ * GW_BENCH_READ=N: N frames per input (default 16); GW_BENCH_PER_FRAME=1:
+ * gw_script_frame frame by frame, without the pipeline (no runs). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +21,8 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
+#include "pipe.h"
 #include "script.h"
 
 #define FRAME 64
@@ -31,6 +39,12 @@ static int emit(gw_script_session *ss, gw_side to, const uint8_t *data,
   emitted_bytes += len;
   return 0;
 }
+
+static int drv_out(void *ud, gw_side to, const uint8_t *p, size_t len) {
+  return emit(ud, to, p, len);
+}
+
+static const gw_pipe_driver driver = {drv_out, drv_out, NULL, NULL, NULL};
 
 static void close_session(gw_script_session *ss, const char *reason) {
   (void)ss;
@@ -92,6 +106,10 @@ int main(int argc, char **argv) {
   double secs = argc > 1 ? atof(argv[1]) : 1.0;
   if (secs <= 0) secs = 1.0;
   int only = argc > 2 ? atoi(argv[2]) : -1;
+  const char *env = getenv("GW_BENCH_READ");
+  uint32_t read_frames = env && atoi(env) > 0 ? (uint32_t)atoi(env) : 16;
+  env = getenv("GW_BENCH_PER_FRAME");
+  bool per_frame = env && *env && strcmp(env, "0");
   gw_log_setup(GW_LOG_WARN, GW_LOG_TEXT);
 
   /* BATCH frames of 64 bytes, opcode 1: CM_SAY, str(53 letters) */
@@ -144,9 +162,21 @@ int main(int argc, char **argv) {
       return fprintf(stderr, "%s: %s\n", cases[c].name, err), 1;
     gw_handlers *h = gw_script_handlers(s, "bench");
     /* The framing frames are cut with, as the relay's pipeline gives it. */
-    gw_script_session ss = {.id = 1, .framing = {&f, &f}};
+    gw_script_session ss = {.id = 1};
+    gw_pipe pipe;
+    gw_pipe_init(&pipe, &f, s, &ss, &driver, &ss);
+    for (int i = 0; i < GW_SIDES; i++) ss.framing[i] = &pipe.side[i].framing;
     snprintf(ss.client, sizeof ss.client, "127.0.0.1:1");
     if (gw_script_session_open(s, h, &ss)) return 1;
+
+    /* Handlers are timed into the listener's histogram, as in the relay. */
+    static struct {
+      gw_histogram h;
+      uint64_t counts[64];
+    } hist;
+    hist.h.bounds = GW_HANDLER_BUCKETS_US;
+    hist.h.nbounds = GW_HANDLER_NBUCKETS;
+    gw_script_set_handler_histogram(s, &hist.h);
 
     uint64_t frames = 0;
     emitted = 0;
@@ -154,16 +184,25 @@ int main(int argc, char **argv) {
     do {
       /* The relay hands Lua its read buffer; edits land in it. */
       memcpy(work, stream, sizeof work);
-      size_t pos = 0;
-      while (pos < sizeof work) {
-        gw_frame_info fi;
-        if (gw_frame_next(&f, GW_CLIENT, work + pos, sizeof work - pos, &fi) != 1)
-          return fprintf(stderr, "framing failed\n"), 1;
-        if (gw_handlers_want(h, GW_CLIENT, &fi))
-          gw_script_frame(s, &ss, GW_CLIENT, work + pos, &fi);
-        else
-          emit(&ss, GW_SERVER, work + pos, fi.len);
-        pos += fi.len;
+      if (per_frame) {
+        size_t pos = 0;
+        while (pos < sizeof work) {
+          gw_frame_info fi;
+          if (gw_frame_next(&f, GW_CLIENT, work + pos, sizeof work - pos, &fi) != 1)
+            return fprintf(stderr, "framing failed\n"), 1;
+          if (gw_handlers_want(h, GW_CLIENT, &fi))
+            gw_script_frame(s, &ss, GW_CLIENT, work + pos, &fi);
+          else
+            emit(&ss, GW_SERVER, work + pos, fi.len);
+          pos += fi.len;
+        }
+      } else {
+        for (uint32_t pos = 0; pos < sizeof work;) {
+          uint32_t end = pos + read_frames * FRAME;
+          if (end > sizeof work) end = sizeof work;
+          if (gw_pipe_input(&pipe, GW_CLIENT, work, &pos, end) || pos != end)
+            return fprintf(stderr, "%s: the pipeline stopped\n", cases[c].name), 1;
+        }
       }
       frames += BATCH;
       t1 = seconds();
@@ -177,6 +216,7 @@ int main(int argc, char **argv) {
     gw_script_get_stats(s, &st);
     if (st.errors) return fprintf(stderr, "%s: handler errors\n", cases[c].name), 1;
     gw_script_session_close(s, &ss, "done");
+    gw_pipe_free(&pipe);
     gw_script_free(s);
   }
   unlink(path);

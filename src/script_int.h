@@ -231,7 +231,7 @@ struct gw_script {
   struct { void *ptr; size_t osize, nsize; } refused; /* last refusal */
   int depth;             /* calls into Lua under way (0 or 1) */
   struct gw_histogram *handler_time; /* gw_script_frame's, in us, or NULL */
-  uint64_t frame_end_us; /* when the last gw_script_frame ended, 0: unknown */
+  uint64_t frame_end;    /* when the last gw_script_frame ended (gw_ticks), 0: unknown */
   bool follows;          /* the next one starts then (gw_script_frame_follows) */
   int cjson_ref;         /* cjson for gw_script_admin, made on first use */
 
