@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 #include "metrics.h"
 #include "pipe.h"
@@ -141,6 +142,19 @@ int main(int argc, char **argv) {
                      .wake_at = wake_at};
   gw_script_limits lim = {.handler_instructions = 1000000,
                           .memory_bytes = 64u << 20};
+  /* What a handler time's clock read costs (one per handled frame). */
+  enum { READS = 10000000 };
+  volatile uint64_t sink = 0;
+  double c0 = seconds();
+  for (int i = 0; i < READS; i++) sink += gw_ticks();
+  double c1 = seconds();
+  for (int i = 0; i < READS; i++) sink += gw__clock_mono_ns();
+  double c2 = seconds();
+  printf("clock read: %s %.1f ns, clock_gettime(CLOCK_MONOTONIC) %.1f ns\n",
+         gw_clock_is_tsc() ? "TSC" : "CLOCK_MONOTONIC (no invariant TSC)",
+         (c1 - c0) / READS * 1e9, (c2 - c1) / READS * 1e9);
+  (void)sink;
+
   double base = 0;
   printf("%-32s %12s %10s %8s\n", "case (64-byte frames)", "frames/s", "ns/frame",
          "vs none");
