@@ -45,6 +45,43 @@ describe("gw.redis and gw.subscribe attacked", function()
     assert.matches("without NUL", err)
   end)
 
+  it("answers gw.redis and gw.redis_pipeline calls whose replies arrive with the scripts' memory at its limit (the replies and their messages are made under protection)", function()
+    local fake = testing.redis()
+    fake:latency(10)
+    fake:call("SET", "k", "v")
+    t = testing.new({ redis = fake, memory = 2 * 1024 * 1024, source = [[
+local gw = require "gangway"
+hog = {}
+gw.on("client", 1, function(pkt, session)
+  local v, err = gw.redis("GET", "k")
+  local r, perr = gw.redis_pipeline{ { "GET", "k" }, { "NOSUCH" } }
+  hog = nil
+  session:send_to_client(gw.writer():u32(0):str("gw"):str(table.concat({ tostring(v), tostring(err),
+    tostring(r and r[1]), tostring(r and r[2] and r[2].err), tostring(perr) }, "|")):packet(501))
+  return gw.DROP
+end)
+gw.on("client", 2, function()
+  local n = 0
+  while true do n = n + 1; hog[n] = { n } end
+end)
+]] })
+    local s, filler = t:connect(), t:connect()
+    s:from_client(top.say("get"))       -- waits 10 ms for its reply
+    filler:from_client(top.frame(2, "")) -- fills the memory to its limit meanwhile
+    assert.truthy(t:logged("client frame 2 of session 2: not enough memory"))
+    local used = t:stats().memory
+    assert.is_true(used > 2 * 1024 * 1024 - 4096, "memory used " .. used)
+    t:advance(10)
+    t:advance(10)
+    local out = s:to_client()
+    assert.equal(1, #out)
+    local got = said(out[1])
+    -- Each reply arrived whole or as a clean error: never a crash, never a
+    -- half-made value.
+    assert.is_true(got == "v|nil|v|ERR unknown command 'NOSUCH'|ERR unknown command 'NOSUCH'"
+                   or got:find("not enough memory", 1, true) ~= nil, got)
+  end)
+
   it("keeps the subscriptions a reload asks for, each once, among many", function()
     local fake = testing.redis()
     local function source(names)

@@ -59,12 +59,13 @@ static void push_value(lua_State *L, const redisReply *r, int depth) {
 }
 
 /* Protected: pushes (value, nil) or (nil, message) for the reply at 1 (a
- * light userdata; NULL with the message at 2). */
+ * light userdata; NULL with the message at 2, a light userdata: a C
+ * string, made a Lua one here, under protection). */
 static int push_reply(lua_State *L) {
   const redisReply *r = lua_touserdata(L, 1);
   if (!r) {
     lua_pushnil(L);
-    lua_pushvalue(L, 2);
+    lua_pushstring(L, lua_touserdata(L, 2));
     return 2;
   }
   if (r->type == REDIS_REPLY_ERROR) {
@@ -77,19 +78,23 @@ static int push_reply(lua_State *L) {
   return 2;
 }
 
-/* The two results of a reply onto co, through L (protected: converting
- * allocates). */
+/* (nil, the error object) for a conversion that failed: Lua's own "not
+ * enough memory", which needs no allocation, when memory ran out. */
+static void failed_pair(lua_State *L) {
+  lua_pushnil(L);
+  lua_insert(L, -2);
+}
+
+/* The two results of a reply onto co, through L. Everything that
+ * allocates (the value, the message) happens under protection: at the
+ * scripts' memory limit an allocation outside it would end the process.
+ * co has room: its stack keeps the slots of the function that waited. */
 static void reply_to(gw_script *s, lua_State *co, const redisReply *r, const char *err) {
   lua_State *L = s->L;
   lua_pushcfunction(L, push_reply);
   lua_pushlightuserdata(L, (void *)r);
-  lua_pushstring(L, err ? err : "redis: no reply");
-  if (lua_pcall(L, 2, 2, 0) != LUA_OK) {
-    lua_pop(L, 1);
-    lua_pushnil(L);
-    lua_pushliteral(L, "redis: not enough memory for the reply");
-  }
-  lua_checkstack(co, 2);
+  lua_pushlightuserdata(L, (void *)(err ? err : "redis: no reply"));
+  if (lua_pcall(L, 2, 2, 0) != LUA_OK) failed_pair(L);
   lua_xmove(L, co, 2);
 }
 
@@ -212,13 +217,13 @@ static void pipe_cancel(gw_script *s, void *wait) {
 }
 
 /* Protected: results[i] = the reply at 2 (light userdata, or NULL with
- * message 3). Arg 1: the results table. */
+ * message 3, a C string as a light userdata). Arg 1: the results table. */
 static int store_reply(lua_State *L) {
   const redisReply *r = lua_touserdata(L, 2);
   lua_Integer i = lua_tointeger(L, 4);
   if (!r) {
     lua_createtable(L, 0, 1);
-    lua_pushvalue(L, 3);
+    lua_pushstring(L, lua_touserdata(L, 3));
     lua_setfield(L, -2, "err");
   } else if (r->type == REDIS_REPLY_NIL) {
     lua_pushboolean(L, 0);
@@ -227,6 +232,12 @@ static int store_reply(lua_State *L) {
   }
   lua_rawseti(L, 1, i);
   return 0;
+}
+
+/* Protected: the C string at 1 (a light userdata) as a Lua string. */
+static int push_text(lua_State *L) {
+  lua_pushstring(L, lua_touserdata(L, 1));
+  return 1;
 }
 
 static void pipe_reply(void *ud, const struct redisReply *reply, const char *err) {
@@ -245,7 +256,7 @@ static void pipe_reply(void *ud, const struct redisReply *reply, const char *err
   lua_pushcfunction(L, store_reply);
   lua_rawgeti(L, LUA_REGISTRYINDEX, w->results_ref);
   lua_pushlightuserdata(L, (void *)reply);
-  lua_pushstring(L, err ? err : "");
+  lua_pushlightuserdata(L, (void *)(err ? err : ""));
   lua_pushinteger(L, (lua_Integer)i + 1);
   if (lua_pcall(L, 4, 0, 0) != LUA_OK) {
     lua_pop(L, 1);
@@ -257,10 +268,17 @@ static void pipe_reply(void *ud, const struct redisReply *reply, const char *err
   if (--w->left) return;
   gw_call *c = w->call;
   lua_State *co = gw__call_thread(c);
-  lua_checkstack(co, 2);
   lua_rawgeti(L, LUA_REGISTRYINDEX, w->results_ref);
-  if (w->failed) lua_pushstring(L, w->err);
-  else lua_pushnil(L);
+  if (!w->failed) {
+    lua_pushnil(L);
+  } else { /* the message made under protection, as in reply_to */
+    lua_pushcfunction(L, push_text);
+    lua_pushlightuserdata(L, w->err);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) { /* no results table then: nil, the error */
+      lua_remove(L, -2);
+      failed_pair(L);
+    }
+  }
   lua_xmove(L, co, 2);
   pipe_free(s, w);
   gw__call_resume(s, c, 2);
