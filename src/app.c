@@ -403,7 +403,7 @@ static void control_client_close(control_client *c) {
   a->ncontrol_clients--;
   if (c->capturing && a->capture.client == c) { /* the command went: so does its capture */
     a->capture.client = NULL;
-    capture_finish(a, 0, "command ended");
+    capture_finish(a, 0, "command stopped");
   }
   uv_close((uv_handle_t *)&c->pipe, control_client_closed); /* closes the fd now */
   uv_close((uv_handle_t *)&c->timer, control_client_closed);
@@ -546,7 +546,8 @@ static char *app_stats_text(app *a) {
  * gangway's user) may have gangway write a file as that user; the file is
  * created mode 0600 (it holds what players sent). The command stays
  * connected until the capture ends and gets the result as its answer; if
- * it goes away (Ctrl-C), the capture ends too. */
+ * it half-closes (the command's Ctrl-C) the capture ends and it still gets
+ * the answer; if it goes away, the capture ends too. */
 
 #define CAPTURE_DEFAULT_SECONDS 60
 #define CAPTURE_MAX_SECONDS 86400
@@ -699,6 +700,13 @@ static void control_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   (void)buf;
   control_client *c = st->data;
   app *a = st->loop->data;
+  if (nread == UV_EOF && c->capturing && a->capture.client == c) {
+    /* The command half-closed (its Ctrl-C) or went away: the capture
+     * ends, and the answer reaches it if it is still there, saying what
+     * was written. */
+    capture_finish(a, 0, "command stopped");
+    return;
+  }
   if (nread < 0) {
     control_client_close(c); /* a capture it waits for ends with it */
     return;

@@ -17,6 +17,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,8 +90,20 @@ static void print_usage(FILE *f, const char *default_path) {
 
 /* ---- commands that talk to a running gangway --------------------------- */
 
+/* SIGINT or SIGTERM while a command waits for its answer (a capture). */
+static volatile sig_atomic_t interrupted;
+
+static void on_interrupt(int sig) {
+  (void)sig;
+  interrupted = 1;
+}
+
+#define INTERRUPT_ANSWER_MS 10000 /* for a capture's end after Ctrl-C */
+
 /* Sends cmd to the control socket and prints the one-line answer; waits
- * up to wait_ms for it. */
+ * up to wait_ms for it. Interruptible: SIGINT or SIGTERM half-closes the
+ * connection (the running gangway ends a capture then) and waits a little
+ * more for the answer, which says what was written. */
 static int control_command(const char *config_path, const char *cmd, int wait_ms) {
   char err[2048];
   gw_config *cfg;
@@ -131,16 +144,32 @@ static int control_command(const char *config_path, const char *cmd, int wait_ms
   size_t len = 0, cap = 0;
   char *answer = NULL;
   struct pollfd pfd = {.fd = fd, .events = POLLIN};
-  while (poll(&pfd, 1, wait_ms) > 0) {
+  struct sigaction sa_int = {.sa_handler = on_interrupt}, old_int, old_term;
+  sigemptyset(&sa_int.sa_mask); /* no SA_RESTART: poll returns EINTR */
+  sigaction(SIGINT, &sa_int, &old_int);
+  sigaction(SIGTERM, &sa_int, &old_term);
+  bool half_closed = false;
+  for (;;) {
+    int r = poll(&pfd, 1, half_closed ? INTERRUPT_ANSWER_MS : wait_ms);
+    if (r < 0 && errno == EINTR && interrupted && !half_closed) {
+      shutdown(fd, SHUT_WR);
+      half_closed = true;
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
     if (cap - len < 4096) {
       char *grown = realloc(answer, cap = cap ? 2 * cap : 16384);
       if (!grown) break;
       answer = grown;
     }
     ssize_t k = read(fd, answer + len, cap - 1 - len);
+    if (k < 0 && errno == EINTR) continue;
     if (k <= 0) break;
     len += (size_t)k;
   }
+  sigaction(SIGINT, &old_int, NULL);
+  sigaction(SIGTERM, &old_term, NULL);
   close(fd);
   if (answer) answer[len] = '\0';
   if (!len) {

@@ -5,6 +5,7 @@
  * the demo's chat (topd, topbot, chat_filter.lua) as it left and as it
  * came. */
 #include <ctype.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -391,28 +392,76 @@ static void test_session_and_size_limit(void **state) {
   fx_stop(&f);
 }
 
-/* The command interrupted: the capture ends with it, the file whole. */
-static void test_command_goes_away(void **state) {
-  (void)state;
-  fx f;
-  fx_start(&f);
-  int fd = it_connect(f.port);
-  assert_true(fd >= 0);
-  uint8_t a[64];
-  size_t alen = top_frame(a, 1, "before the end");
+/* A session through f's gangway, a frame for it in a, and `gangway
+ * capture` started (its output to out_fd) once the capture has begun. */
+static pid_t command_start(fx *f, int *fd, uint8_t *a, size_t *alen, const char *text, int out_fd) {
+  fx_start(f);
+  *fd = it_connect(f->port);
+  assert_true(*fd >= 0);
+  *alen = top_frame(a, 1, text);
   pid_t cmd = fork();
   if (cmd == 0) {
-    int null = open("/dev/null", O_WRONLY);
-    dup2(null, 1), dup2(null, 2);
-    execl(GW_BIN, GW_BIN, "capture", "-c", f.g.config, "--seconds", "60", "-w", f.pcap,
+    dup2(out_fd, 1), dup2(out_fd, 2);
+    execl(GW_BIN, GW_BIN, "capture", "-c", f->g.config, "--seconds", "60", "-w", f->pcap,
           (char *)NULL);
     _exit(127);
   }
-  for (int i = 0; i < 100 && !it_log_count(&f.g, "capture to ", "started"); i++) usleep(20 * 1000);
+  for (int i = 0; i < 100 && !it_log_count(&f->g, "capture to ", "started"); i++) usleep(20 * 1000);
+  return cmd;
+}
+
+/* Ctrl-C (or SIGTERM) on the command: the capture ends at once, the file
+ * whole, and the command still prints what was written and exits 0. */
+static void test_command_interrupted(void **state) {
+  (void)state;
+  fx f;
+  int fd, out[2];
+  uint8_t a[64];
+  size_t alen;
+  assert_int_equal(pipe2(out, O_CLOEXEC), 0); /* the gangway started next keeps no end */
+  pid_t cmd = command_start(&f, &fd, a, &alen, "before ctrl-c", out[1]);
+  close(out[1]);
   exchange(fd, a, alen, a, alen);
-  kill(cmd, SIGTERM);
+  uint64_t t0 = it_now_ms();
+  kill(cmd, SIGINT);
+  char said[1024] = "";
+  size_t got = 0;
+  ssize_t k;
+  while (got < sizeof said - 1 && (k = read(out[0], said + got, sizeof said - 1 - got)) > 0)
+    got += (size_t)k;
+  close(out[0]);
+  int status = 0;
+  waitpid(cmd, &status, 0);
+  uint64_t took = it_now_ms() - t0;
+  printf("  interrupted: exit %d after %" PRIu64 " ms: %s", WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+         took, said);
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  assert_non_null(strstr(said, "ok: "));
+  assert_non_null(strstr(said, "(stopped: command stopped)"));
+  assert_non_null(strstr(said, f.pcap));
+  size_t n;
+  seg *v = read_pcap(f.pcap, &n);
+  assert_int_equal(n, 2); /* the frame, both ways */
+  free(v);
+  exchange(fd, a, alen, a, alen); /* the session goes on */
+  close(fd);
+  fx_stop(&f);
+}
+
+/* The command killed: the capture ends with it, the file whole. */
+static void test_command_goes_away(void **state) {
+  (void)state;
+  fx f;
+  int fd;
+  uint8_t a[64];
+  size_t alen;
+  int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  pid_t cmd = command_start(&f, &fd, a, &alen, "before the end", null);
+  close(null);
+  exchange(fd, a, alen, a, alen);
+  kill(cmd, SIGKILL);
   waitpid(cmd, NULL, 0);
-  assert_true(it_log_wait(&f.g, "(stopped: command ended)", 2000));
+  assert_true(it_log_wait(&f.g, "(stopped: command stopped)", 2000));
   size_t n;
   seg *v = read_pcap(f.pcap, &n);
   assert_int_equal(n, 2);
@@ -492,6 +541,7 @@ int main(void) {
       cmocka_unit_test(test_session_capture_from_lua),
       cmocka_unit_test(test_opcode_and_originals),
       cmocka_unit_test(test_session_and_size_limit),
+      cmocka_unit_test(test_command_interrupted),
       cmocka_unit_test(test_command_goes_away),
       cmocka_unit_test(test_demo_chat),
   };
