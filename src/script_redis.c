@@ -78,9 +78,21 @@ static int push_reply(lua_State *L) {
   return 2;
 }
 
-/* (nil, the error object) for a conversion that failed: Lua's own "not
- * enough memory", which needs no allocation, when memory ran out. */
-static void failed_pair(lua_State *L) {
+/* Protected: the C string at 1 (a light userdata) as a Lua string. */
+static int push_text(lua_State *L) {
+  lua_pushstring(L, lua_touserdata(L, 1));
+  return 1;
+}
+
+/* The error object of a conversion that failed on top: (nil, why), why
+ * made under protection (the failed conversion's memory is free again by
+ * then), or else (nil, the error object): Lua's own preallocated "not
+ * enough memory" when memory ran out. */
+static void failed_pair(lua_State *L, const char *why) {
+  lua_pushcfunction(L, push_text);
+  lua_pushlightuserdata(L, (void *)why);
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK) lua_remove(L, -2);
+  else lua_pop(L, 1);
   lua_pushnil(L);
   lua_insert(L, -2);
 }
@@ -94,7 +106,7 @@ static void reply_to(gw_script *s, lua_State *co, const redisReply *r, const cha
   lua_pushcfunction(L, push_reply);
   lua_pushlightuserdata(L, (void *)r);
   lua_pushlightuserdata(L, (void *)(err ? err : "redis: no reply"));
-  if (lua_pcall(L, 2, 2, 0) != LUA_OK) failed_pair(L);
+  if (lua_pcall(L, 2, 2, 0) != LUA_OK) failed_pair(L, "redis: not enough memory for the reply");
   lua_xmove(L, co, 2);
 }
 
@@ -234,12 +246,6 @@ static int store_reply(lua_State *L) {
   return 0;
 }
 
-/* Protected: the C string at 1 (a light userdata) as a Lua string. */
-static int push_text(lua_State *L) {
-  lua_pushstring(L, lua_touserdata(L, 1));
-  return 1;
-}
-
 static void pipe_reply(void *ud, const struct redisReply *reply, const char *err) {
   pipe_slot *slot = ud;
   pipe_wait *w = slot->w;
@@ -276,7 +282,7 @@ static void pipe_reply(void *ud, const struct redisReply *reply, const char *err
     lua_pushlightuserdata(L, w->err);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) { /* no results table then: nil, the error */
       lua_remove(L, -2);
-      failed_pair(L);
+      failed_pair(L, "redis: not enough memory for the replies");
     }
   }
   lua_xmove(L, co, 2);
