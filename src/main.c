@@ -103,7 +103,8 @@ static void on_interrupt(int sig) {
 /* Sends cmd to the control socket and prints the one-line answer; waits
  * up to wait_ms for it. Interruptible: SIGINT or SIGTERM half-closes the
  * connection (the running gangway ends a capture then) and waits a little
- * more for the answer, which says what was written. */
+ * more for the answer, which says what was written; a second one stops
+ * waiting. */
 static int control_command(const char *config_path, const char *cmd, int wait_ms) {
   char err[2048];
   gw_config *cfg;
@@ -154,8 +155,10 @@ static int control_command(const char *config_path, const char *cmd, int wait_ms
     if (r < 0 && errno == EINTR && interrupted && !half_closed) {
       shutdown(fd, SHUT_WR);
       half_closed = true;
+      interrupted = 0;
       continue;
     }
+    if (r < 0 && errno == EINTR && interrupted) break; /* a second Ctrl-C: no more waiting */
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) break;
     if (cap - len < 4096) {
