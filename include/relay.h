@@ -74,6 +74,10 @@ gw_script *gw_relay_script(gw_relay *r);
  * the last frame handed to handlers, null before any), player (null: not
  * known to gangway yet). A new reference; NULL when out of memory. */
 json_t *gw_relay_sessions_json(gw_relay *r);
+/* Each listener's upstream pool and its servers now (GET /upstreams):
+ * [{ listener, balance, health_checks, servers = [{ name, address,
+ * addresses, up, sessions, weight, backup, last_error, resolve_error }] }]. */
+json_t *gw_relay_upstreams_json(gw_relay *r);
 
 /* Closes session id softly (what is queued is written first) with reason.
  * 0, or -ENOENT when no open session has that id. */

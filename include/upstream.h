@@ -89,6 +89,19 @@ bool gw_upstream_server_up(const gw_upstream_server *s);
 int64_t gw_upstream_server_sessions(const gw_upstream_server *s);
 /* Pool u's i-th server in config order (NULL past the end). */
 gw_upstream_server *gw_upstream_server_at(gw_upstream *u, size_t i);
+/* As configured (address, weight, backup). */
+const gw_upstream_server_config *gw_upstream_server_config_of(const gw_upstream_server *s);
+/* The last failed connect's or check's error (a libuv code), 0 if none
+ * since it was up. */
+int gw_upstream_server_last_error(const gw_upstream_server *s);
+/* A name's addresses now (*n of them; none before its first resolution or
+ * after it failed: then its error, else 0). */
+const struct sockaddr_storage *gw_upstream_server_addrs(const gw_upstream_server *s, unsigned *n,
+                                                        int *resolve_error);
+/* The pool's balance ("round_robin", "least_sessions", "hash") and whether
+ * it runs health checks. */
+const char *gw_upstream_balance_name(const gw_upstream *u);
+bool gw_upstream_checks(const gw_upstream *u);
 /* A check's or a connect's result, as the loop would count it: toward
  * rise (ok) or fall. Exposed for the selection tests. */
 void gw_upstream_server_result(gw_upstream_server *s, bool ok, int status, bool from_check);

@@ -1047,6 +1047,14 @@ static void admin_sessions(void *ud, const gw_admin_request *req, gw_admin_respo
   else gw_admin_reply_error(res, 500, "out of memory");
 }
 
+static void admin_upstreams(void *ud, const gw_admin_request *req, gw_admin_response *res) {
+  (void)req;
+  app *a = ud;
+  json_t *j = gw_relay_upstreams_json(a->relay);
+  if (j) gw_admin_reply_json(res, 200, j);
+  else gw_admin_reply_error(res, 500, "out of memory");
+}
+
 static void admin_session_close(void *ud, const gw_admin_request *req, gw_admin_response *res) {
   app *a = ud;
   const char *id = gw_admin_param(req, "id");
@@ -1090,6 +1098,7 @@ static void admin_script(void *ud, const gw_admin_request *req, gw_admin_respons
 static const gw_admin_route admin_routes[] = {
     {"GET", "/metrics", admin_metrics},
     {"GET", "/sessions", admin_sessions},
+    {"GET", "/upstreams", admin_upstreams},
     {"DELETE", "/sessions/{id}", admin_session_close},
     {"POST", "/reload", admin_reload},
     {"GET", "/scripts/{name}", admin_script},

@@ -1971,6 +1971,58 @@ json_t *gw_relay_sessions_json(gw_relay *r) {
   return a;
 }
 
+/* A server of a pool: what an admin needs to see why sessions go where
+ * they go. */
+static json_t *server_json(gw_upstream_server *sv) {
+  const gw_upstream_server_config *c = gw_upstream_server_config_of(sv);
+  unsigned n;
+  int resolve_error;
+  const struct sockaddr_storage *addrs = gw_upstream_server_addrs(sv, &n, &resolve_error);
+  json_t *list = json_array();
+  for (unsigned i = 0; list && i < n; i++) {
+    char a[GW_ADDR_MAX];
+    gw_format_addr((const struct sockaddr *)&addrs[i], a, sizeof a);
+    if (json_array_append_new(list, json_string(a)) < 0) {
+      json_decref(list);
+      list = NULL;
+    }
+  }
+  int err = gw_upstream_server_last_error(sv);
+  json_t *o = json_pack("{ss ss so sb sI si sb so so}", "name", gw_upstream_server_name(sv),
+                        "address", c->addr, "addresses", list ? list : json_null(), "up",
+                        gw_upstream_server_up(sv), "sessions",
+                        (json_int_t)gw_upstream_server_sessions(sv), "weight", (int)c->weight,
+                        "backup", c->backup, "last_error",
+                        err ? json_string(uv_strerror(err)) : json_null(), "resolve_error",
+                        resolve_error ? json_string(uv_strerror(resolve_error)) : json_null());
+  return o;
+}
+
+json_t *gw_relay_upstreams_json(gw_relay *r) {
+  json_t *a = json_array();
+  for (gw_listener *l = r->listeners; a && l; l = l->next) {
+    if (!l->pool) continue;
+    json_t *servers = json_array();
+    gw_upstream_server *sv;
+    for (size_t i = 0; servers && (sv = gw_upstream_server_at(l->pool, i)); i++) {
+      json_t *o = server_json(sv);
+      if (!o || json_array_append_new(servers, o) < 0) {
+        json_decref(servers);
+        servers = NULL;
+      }
+    }
+    json_t *o = servers ? json_pack("{ss ss sb so}", "listener", l->name, "balance",
+                                    gw_upstream_balance_name(l->pool), "health_checks",
+                                    gw_upstream_checks(l->pool), "servers", servers)
+                        : NULL;
+    if (!o || json_array_append_new(a, o) < 0) {
+      json_decref(a);
+      return NULL;
+    }
+  }
+  return a;
+}
+
 int gw_relay_close_session(gw_relay *r, uint64_t id, const char *reason) {
   for (gw_session *s = r->sessions; s; s = s->next) {
     if (s->ss.id != id || s->state == S_CLOSING) continue;

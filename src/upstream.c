@@ -118,6 +118,34 @@ gw_upstream_server *gw_upstream_server_at(gw_upstream *u, size_t i) {
   return i < u->n ? &u->servers[i] : NULL;
 }
 
+const gw_upstream_server_config *gw_upstream_server_config_of(const gw_upstream_server *s) {
+  return &s->cfg;
+}
+
+int gw_upstream_server_last_error(const gw_upstream_server *s) { return s->last_error; }
+
+const struct sockaddr_storage *gw_upstream_server_addrs(const gw_upstream_server *s, unsigned *n,
+                                                        int *resolve_error) {
+  if (!s->named) {
+    *n = 1;
+    *resolve_error = 0;
+    return &s->cfg.sockaddr;
+  }
+  *n = s->naddrs;
+  *resolve_error = s->resolve_error;
+  return s->addrs;
+}
+
+const char *gw_upstream_balance_name(const gw_upstream *u) {
+  switch (u->balance) {
+  case GW_BALANCE_LEAST_SESSIONS: return "least_sessions";
+  case GW_BALANCE_HASH: return "hash";
+  default: return "round_robin";
+  }
+}
+
+bool gw_upstream_checks(const gw_upstream *u) { return u->health; }
+
 static void set_up(gw_upstream_server *s, bool up, const char *why) {
   if (s->up == up) return;
   s->up = up;
@@ -136,6 +164,7 @@ void gw_upstream_server_result(gw_upstream_server *s, bool ok, int status, bool 
   gw_upstream *u = s->pool;
   if (from_check) (*(ok ? s->m_checks_ok : s->m_checks_failed))++;
   else if (!ok) (*s->m_connect_failures)++;
+  s->last_error = ok ? 0 : status; /* for GET /upstreams */
   if (!u->health) return; /* no checks: servers stay up, failures fail over */
   char why[160];
   if (ok) {
@@ -148,7 +177,6 @@ void gw_upstream_server_result(gw_upstream_server *s, bool ok, int status, bool 
     return;
   }
   s->successes = 0;
-  s->last_error = status;
   if (++s->failures >= u->fall && s->up) {
     snprintf(why, sizeof why, "%u failed %s in a row, the last: %s", s->failures,
              from_check ? "checks" : "connects or checks", uv_strerror(status));

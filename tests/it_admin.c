@@ -1,7 +1,8 @@
 /* it_admin.c: the admin HTTP endpoint of a real gangway (issue 13): GET
  * /metrics in Prometheus text that promtool accepts and whose counters
  * follow the traffic sent, the token on every change, 404/405, GET
- * /sessions and DELETE /sessions/{id} (that session only), POST /reload,
+ * /sessions and DELETE /sessions/{id} (that session only), GET
+ * /upstreams (the pools' servers, up or down and why), POST /reload,
  * script endpoints, no endpoint without `admin`, and answers at the
  * open-files limit. */
 #include <errno.h>
@@ -465,12 +466,79 @@ static void test_at_the_fd_limit(void **state) {
   it_server_stop(up);
 }
 
+/* GET /upstreams: each listener's pool as it stands, the server that
+ * answers up with its session, the one nothing listens on down with the
+ * error that took it down. */
+static void test_upstreams(void **state) {
+  (void)state;
+  int up_port, dead = it_free_port(), port = it_free_port(), admin = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  it_gangway_prepare(&g);
+  it_write(g.dir, "config.lua",
+           "return { listeners = { { name = \"game\", listen = \"127.0.0.1:%d\", framing = \"top\",\n"
+           "  upstream = { balance = \"least_sessions\",\n"
+           "    health = { interval_ms = 100, timeout_ms = 100, rise = 1, fall = 1 },\n"
+           "    servers = { { name = \"live\", addr = \"127.0.0.1:%d\", weight = 3 },\n"
+           "                { name = \"dead\", addr = \"127.0.0.1:%d\", backup = true } } } } },\n"
+           "  control = \"ctl.sock\", admin = { listen = \"127.0.0.1:%d\", token = \"" TOKEN "\" } }\n",
+           port, up_port, dead, admin);
+  it_gangway_run(&g, port);
+  assert_true(it_log_wait(&g, "admin: listening on http://127.0.0.1:", 2000));
+  assert_true(it_log_wait(&g, "server dead", 3000));
+  assert_true(it_log_wait(&g, "is down", 3000));
+  int fd = it_connect(port);
+  assert_true(fd >= 0);
+  round_trip(fd, 1, 1);
+  static http_res r;
+  assert_int_equal(http(admin, "GET", "/upstreams", NULL, NULL, &r), 200);
+  json_error_t jerr;
+  json_t *j = json_loads(r.body, 0, &jerr);
+  if (!j) fail_msg("GET /upstreams: not JSON (%s): %s", jerr.text, r.body);
+  printf("  GET /upstreams: %s\n", r.body);
+  assert_int_equal(json_array_size(j), 1);
+  json_t *pool = json_array_get(j, 0);
+  assert_string_equal(json_string_value(json_object_get(pool, "listener")), "game");
+  assert_string_equal(json_string_value(json_object_get(pool, "balance")), "least_sessions");
+  assert_true(json_is_true(json_object_get(pool, "health_checks")));
+  json_t *servers = json_object_get(pool, "servers");
+  assert_int_equal(json_array_size(servers), 2);
+  json_t *live = json_array_get(servers, 0), *down = json_array_get(servers, 1);
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", up_port);
+  assert_string_equal(json_string_value(json_object_get(live, "name")), "live");
+  assert_string_equal(json_string_value(json_object_get(live, "address")), addr);
+  assert_string_equal(json_string_value(json_array_get(json_object_get(live, "addresses"), 0)), addr);
+  assert_true(json_is_true(json_object_get(live, "up")));
+  assert_int_equal(json_integer_value(json_object_get(live, "sessions")), 1);
+  assert_int_equal(json_integer_value(json_object_get(live, "weight")), 3);
+  assert_true(json_is_false(json_object_get(live, "backup")));
+  assert_true(json_is_null(json_object_get(live, "last_error")));
+  assert_string_equal(json_string_value(json_object_get(down, "name")), "dead");
+  assert_true(json_is_false(json_object_get(down, "up")));
+  assert_true(json_is_true(json_object_get(down, "backup")));
+  assert_int_equal(json_integer_value(json_object_get(down, "sessions")), 0);
+  assert_string_equal(json_string_value(json_object_get(down, "last_error")), "connection refused");
+  json_decref(j);
+  close(fd);
+  /* The session's end shows too (the answer is compact JSON). */
+  for (int i = 0; i < 100; i++) {
+    assert_int_equal(http(admin, "GET", "/upstreams", NULL, NULL, &r), 200);
+    if (!strstr(r.body, "\"sessions\":1")) break;
+    usleep(20 * 1000);
+  }
+  assert_null(strstr(r.body, "\"sessions\":1"));
+  assert_int_equal(it_gangway_stop(&g, SIGTERM, 10000), 0);
+  it_server_stop(up);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_metrics),
       cmocka_unit_test(test_auth_and_routes),
       cmocka_unit_test(test_token_for_reads),
       cmocka_unit_test(test_sessions),
+      cmocka_unit_test(test_upstreams),
       cmocka_unit_test(test_reload_moves_and_stops),
       cmocka_unit_test(test_cannot_listen),
       cmocka_unit_test(test_absent),
