@@ -15,7 +15,8 @@
 #endif
 
 /* Chooses the source and calibrates it (about 2 ms the first time, by
- * watching CLOCK_MONOTONIC). gw_ticks calls it on first use; call it at
+ * watching CLOCK_MONOTONIC; longer where clock reads are slow, as under
+ * valgrind, up to 200 ms). gw_ticks calls it on first use; call it at
  * start so that no timed span pays for it. */
 void gw_clock_init(void);
 

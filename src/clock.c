@@ -29,7 +29,27 @@ static bool kernel_uses_tsc(void) {
   return tsc;
 }
 
-#define CALIBRATE_NS 2000000 /* long enough for 0.1 %, short at start */
+#define CALIBRATE_NS 2000000      /* at least: short at start */
+#define CALIBRATE_MAX_NS 200000000 /* at most */
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The TSC and a monotonic reading at the same moment: the TSC read
+ * between two clock reads, their midpoint; the tightest of a few tries.
+ * Returns how far apart the two clock reads were (ns): a slow
+ * clock_gettime (under valgrind, a system call) or a preemption widens it. */
+static uint64_t paired_read(uint64_t *mono, uint64_t *tsc) {
+  uint64_t best = UINT64_MAX;
+  for (int i = 0; i < 5; i++) {
+    uint64_t a = gw__clock_mono_ns(), t = __rdtsc(), b = gw__clock_mono_ns();
+    if (b - a < best) {
+      best = b - a;
+      *mono = a + (b - a) / 2;
+      *tsc = t;
+    }
+  }
+  return best;
+}
+#endif
 
 void gw_clock_init(void) {
   if (gw__clock_tsc >= 0) return;
@@ -39,12 +59,20 @@ void gw_clock_init(void) {
    * power state (Linux's nonstop_tsc); without it, spans could shrink. */
   unsigned a, b, c, d;
   if (!__get_cpuid(0x80000007, &a, &b, &c, &d) || !(d & (1u << 8)) || !kernel_uses_tsc()) return;
-  uint64_t m0 = gw__clock_mono_ns(), t0 = __rdtsc(), m1, t1;
-  do {
-    m1 = gw__clock_mono_ns();
-    t1 = __rdtsc();
-  } while (m1 - m0 < CALIBRATE_NS);
-  if (t1 <= t0) return;
+  uint64_t m0 = 0, t0 = 0, m1 = 0, t1 = 0;
+  uint64_t err = paired_read(&m0, &t0);
+  /* Long enough that both ends' uncertainty is 0.1 % of the span. */
+  for (;;) {
+    uint64_t now = gw__clock_mono_ns();
+    uint64_t want = 1000 * 2 * err;
+    if (want < CALIBRATE_NS) want = CALIBRATE_NS;
+    if (now - m0 >= want || now - m0 >= CALIBRATE_MAX_NS) {
+      uint64_t err1 = paired_read(&m1, &t1);
+      if (err1 > err) err = err1;
+      if (m1 - m0 >= 1000 * 2 * err || m1 - m0 >= CALIBRATE_MAX_NS) break;
+    }
+  }
+  if (t1 <= t0 || m1 <= m0) return;
   ns_per_tick_q32 = (uint64_t)(((unsigned __int128)(m1 - m0) << 32) / (t1 - t0));
   if (ns_per_tick_q32) gw__clock_tsc = 1;
 #endif

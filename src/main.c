@@ -19,6 +19,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,7 +91,7 @@ static void print_usage(FILE *f, const char *default_path) {
 
 /* ---- commands that talk to a running gangway --------------------------- */
 
-/* SIGINT or SIGTERM while a command waits for its answer (a capture). */
+/* SIGINT or SIGTERM while `gangway capture` waits for its answer. */
 static volatile sig_atomic_t interrupted;
 
 static void on_interrupt(int sig) {
@@ -99,13 +100,25 @@ static void on_interrupt(int sig) {
 }
 
 #define INTERRUPT_ANSWER_MS 10000 /* for a capture's end after Ctrl-C */
+/* One stop can arrive twice: timeout(1) signals the command and its own
+ * process group. Only a signal this long after the first gives up. */
+#define SECOND_INTERRUPT_MS 500
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
 
 /* Sends cmd to the control socket and prints the one-line answer; waits
- * up to wait_ms for it. Interruptible: SIGINT or SIGTERM half-closes the
- * connection (the running gangway ends a capture then) and waits a little
- * more for the answer, which says what was written; a second one stops
- * waiting. */
-static int control_command(const char *config_path, const char *cmd, int wait_ms) {
+ * up to wait_ms for it. interruptible (a capture): SIGINT or SIGTERM
+ * half-closes the connection (the running gangway ends the capture then)
+ * and waits a little more for the answer, which says what was written; a
+ * second one, half a second later or more, stops waiting. The signals are
+ * taken only inside ppoll, so none falls between two waits. Other
+ * commands keep the signals' default actions. */
+static int control_command(const char *config_path, const char *cmd, int wait_ms,
+                           bool interruptible) {
   char err[2048];
   gw_config *cfg;
   if (gw_app_load_config(config_path, &cfg, err, sizeof err) < 0) {
@@ -146,20 +159,35 @@ static int control_command(const char *config_path, const char *cmd, int wait_ms
   char *answer = NULL;
   struct pollfd pfd = {.fd = fd, .events = POLLIN};
   struct sigaction sa_int = {.sa_handler = on_interrupt}, old_int, old_term;
-  sigemptyset(&sa_int.sa_mask); /* no SA_RESTART: poll returns EINTR */
-  sigaction(SIGINT, &sa_int, &old_int);
-  sigaction(SIGTERM, &sa_int, &old_term);
-  bool half_closed = false;
+  sigset_t block, old_mask;
+  if (interruptible) {
+    sigemptyset(&sa_int.sa_mask);
+    sigaction(SIGINT, &sa_int, &old_int);
+    sigaction(SIGTERM, &sa_int, &old_term);
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    sigprocmask(SIG_BLOCK, &block, &old_mask);
+  }
+  bool half_closed = false, gave_up = false;
+  uint64_t half_closed_at = 0;
   for (;;) {
-    int r = poll(&pfd, 1, half_closed ? INTERRUPT_ANSWER_MS : wait_ms);
-    if (r < 0 && errno == EINTR && interrupted && !half_closed) {
-      shutdown(fd, SHUT_WR);
-      half_closed = true;
+    int ms = half_closed ? INTERRUPT_ANSWER_MS : wait_ms;
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    int r = interruptible ? ppoll(&pfd, 1, &ts, &old_mask) : poll(&pfd, 1, ms);
+    if (r < 0 && errno == EINTR) {
+      if (!interrupted) continue;
       interrupted = 0;
+      if (!half_closed) {
+        shutdown(fd, SHUT_WR);
+        half_closed = true;
+        half_closed_at = mono_ms();
+      } else if (mono_ms() - half_closed_at >= SECOND_INTERRUPT_MS) {
+        gave_up = true;
+        break;
+      }
       continue;
     }
-    if (r < 0 && errno == EINTR && interrupted) break; /* a second Ctrl-C: no more waiting */
-    if (r < 0 && errno == EINTR) continue;
     if (r <= 0) break;
     if (cap - len < 4096) {
       char *grown = realloc(answer, cap = cap ? 2 * cap : 16384);
@@ -167,13 +195,21 @@ static int control_command(const char *config_path, const char *cmd, int wait_ms
       answer = grown;
     }
     ssize_t k = read(fd, answer + len, cap - 1 - len);
-    if (k < 0 && errno == EINTR) continue;
     if (k <= 0) break;
     len += (size_t)k;
   }
-  sigaction(SIGINT, &old_int, NULL);
-  sigaction(SIGTERM, &old_term, NULL);
+  if (interruptible) { /* unmasked first: a late signal only sets the flag */
+    sigprocmask(SIG_SETMASK, &old_mask, NULL);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+  }
   close(fd);
+  if (gave_up && !len) {
+    free(answer);
+    fprintf(stderr, "gangway: interrupted again: stopped waiting for the answer (the running "
+                    "gangway ends the capture and logs what it wrote)\n");
+    return EXIT_RUNTIME;
+  }
   if (answer) answer[len] = '\0';
   if (!len) {
     free(answer);
@@ -239,7 +275,7 @@ static int capture(const char *config_path, const capture_args *ca) {
     return EXIT_USAGE;
   }
   int wait = seconds > 86400 ? CONTROL_ANSWER_MS : (int)(seconds * 1000) + CONTROL_ANSWER_MS;
-  return control_command(config_path, cmd, wait);
+  return control_command(config_path, cmd, wait, true);
 }
 
 /* The script layer needs a host even to only load scripts. */
@@ -459,7 +495,7 @@ int main(int argc, char **argv) {
   }
   if (strcmp(cmd, "check") == 0) return check(config_path, json);
   if (strcmp(cmd, "reload") == 0 || strcmp(cmd, "stats") == 0)
-    return control_command(config_path, cmd, CONTROL_ANSWER_MS);
+    return control_command(config_path, cmd, CONTROL_ANSWER_MS, false);
   if (strcmp(cmd, "capture") == 0) return capture(config_path, &ca);
   if (is_dissector) return dissector(config_path, ca.listener, dissector_out);
   fprintf(stderr, "gangway: unknown command \"%s\"\n", cmd);

@@ -2000,8 +2000,10 @@ static json_t *server_json(gw_upstream_server *sv) {
 
 json_t *gw_relay_upstreams_json(gw_relay *r) {
   json_t *a = json_array();
+  /* Listeners a reload removed or moved drain their sessions with their
+   * old pool: those sessions count in the current pool's servers already. */
   for (gw_listener *l = r->listeners; a && l; l = l->next) {
-    if (!l->pool) continue;
+    if (!l->pool || l->removed) continue;
     json_t *servers = json_array();
     gw_upstream_server *sv;
     for (size_t i = 0; servers && (sv = gw_upstream_server_at(l->pool, i)); i++) {
@@ -2015,7 +2017,7 @@ json_t *gw_relay_upstreams_json(gw_relay *r) {
                                     gw_upstream_balance_name(l->pool), "health_checks",
                                     gw_upstream_checks(l->pool), "servers", servers)
                         : NULL;
-    if (!o || json_array_append_new(a, o) < 0) {
+    if (!o || json_array_insert_new(a, 0, o) < 0) { /* listeners are kept newest first */
       json_decref(a);
       return NULL;
     }

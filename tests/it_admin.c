@@ -466,16 +466,10 @@ static void test_at_the_fd_limit(void **state) {
   it_server_stop(up);
 }
 
-/* GET /upstreams: each listener's pool as it stands, the server that
- * answers up with its session, the one nothing listens on down with the
- * error that took it down. */
-static void test_upstreams(void **state) {
-  (void)state;
-  int up_port, dead = it_free_port(), port = it_free_port(), admin = it_free_port();
-  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
-  it_gangway g;
-  it_gangway_prepare(&g);
-  it_write(g.dir, "config.lua",
+/* A listener on port whose pool has "live" (up_port, weight 3) and the
+ * backup "dead" (nothing listens), checked every 100 ms. */
+static void write_pool_config(it_gangway *g, int port, int up_port, int dead, int admin) {
+  it_write(g->dir, "config.lua",
            "return { listeners = { { name = \"game\", listen = \"127.0.0.1:%d\", framing = \"top\",\n"
            "  upstream = { balance = \"least_sessions\",\n"
            "    health = { interval_ms = 100, timeout_ms = 100, rise = 1, fall = 1 },\n"
@@ -483,6 +477,19 @@ static void test_upstreams(void **state) {
            "                { name = \"dead\", addr = \"127.0.0.1:%d\", backup = true } } } } },\n"
            "  control = \"ctl.sock\", admin = { listen = \"127.0.0.1:%d\", token = \"" TOKEN "\" } }\n",
            port, up_port, dead, admin);
+}
+
+/* GET /upstreams: each listener's pool as it stands, the server that
+ * answers up with its session, the one nothing listens on down with the
+ * error that took it down; after a reload that moves the listener, still
+ * one pool. */
+static void test_upstreams(void **state) {
+  (void)state;
+  int up_port, dead = it_free_port(), port = it_free_port(), admin = it_free_port();
+  it_server *up = it_server_start(IT_ECHO, 0, &up_port);
+  it_gangway g;
+  it_gangway_prepare(&g);
+  write_pool_config(&g, port, up_port, dead, admin);
   it_gangway_run(&g, port);
   assert_true(it_log_wait(&g, "admin: listening on http://127.0.0.1:", 2000));
   assert_true(it_log_wait(&g, "server dead", 3000));
@@ -519,6 +526,18 @@ static void test_upstreams(void **state) {
   assert_true(json_is_true(json_object_get(down, "backup")));
   assert_int_equal(json_integer_value(json_object_get(down, "sessions")), 0);
   assert_string_equal(json_string_value(json_object_get(down, "last_error")), "connection refused");
+  json_decref(j);
+  /* A reload that moves the listener: the old one drains its session with
+   * its old pool, listed once, the session counted once. */
+  int port2 = it_free_port();
+  write_pool_config(&g, port2, up_port, dead, admin);
+  assert_int_equal(http(admin, "POST", "/reload", TOKEN, NULL, &r), 200);
+  round_trip(fd, 1, 2); /* the old session goes on */
+  assert_int_equal(http(admin, "GET", "/upstreams", NULL, NULL, &r), 200);
+  assert_non_null(j = json_loads(r.body, 0, &jerr));
+  if (json_array_size(j) != 1) fail_msg("after the move: %s", r.body);
+  live = json_array_get(json_object_get(json_array_get(j, 0), "servers"), 0);
+  assert_int_equal(json_integer_value(json_object_get(live, "sessions")), 1);
   json_decref(j);
   close(fd);
   /* The session's end shows too (the answer is compact JSON). */

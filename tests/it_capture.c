@@ -410,8 +410,9 @@ static pid_t command_start(fx *f, int *fd, uint8_t *a, size_t *alen, const char 
   return cmd;
 }
 
-/* Ctrl-C (or SIGTERM) on the command: the capture ends at once, the file
- * whole, and the command still prints what was written and exits 0. */
+/* Ctrl-C (or SIGTERM, or both at once) on the command: the capture ends
+ * at once, the file whole, and the command still prints what was written
+ * and exits 0. */
 static void test_command_interrupted(void **state) {
   (void)state;
   fx f;
@@ -423,6 +424,9 @@ static void test_command_interrupted(void **state) {
   close(out[1]);
   exchange(fd, a, alen, a, alen);
   uint64_t t0 = it_now_ms();
+  /* One stop, delivered twice at once (timeout(1) signals the command and
+   * its own group): still one answer. */
+  kill(cmd, SIGTERM);
   kill(cmd, SIGINT);
   char said[1024] = "";
   size_t got = 0;
@@ -445,6 +449,35 @@ static void test_command_interrupted(void **state) {
   free(v);
   exchange(fd, a, alen, a, alen); /* the session goes on */
   close(fd);
+  fx_stop(&f);
+}
+
+/* Commands other than capture keep Ctrl-C's default: `gangway stats`
+ * against a gangway that does not answer ends at once. */
+static void test_stats_interrupted(void **state) {
+  (void)state;
+  fx f;
+  fx_start(&f);
+  kill(f.g.pid, SIGSTOP);
+  pid_t cmd = fork();
+  if (cmd == 0) {
+    int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1), dup2(null, 2);
+    execl(GW_BIN, GW_BIN, "stats", "-c", f.g.config, (char *)NULL);
+    _exit(127);
+  }
+  usleep(300 * 1000);
+  uint64_t t0 = it_now_ms();
+  kill(cmd, SIGINT);
+  int status = 0;
+  pid_t got = 0;
+  while ((got = waitpid(cmd, &status, WNOHANG)) == 0 && it_now_ms() - t0 < 5000) usleep(10 * 1000);
+  if (!got) kill(cmd, SIGKILL), waitpid(cmd, &status, 0);
+  uint64_t took = it_now_ms() - t0;
+  kill(f.g.pid, SIGCONT);
+  printf("  stats interrupted: ended after %" PRIu64 " ms by %s\n", took,
+         WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "an exit");
+  assert_true(got == cmd && WIFSIGNALED(status) && WTERMSIG(status) == SIGINT);
   fx_stop(&f);
 }
 
@@ -542,6 +575,7 @@ int main(void) {
       cmocka_unit_test(test_opcode_and_originals),
       cmocka_unit_test(test_session_and_size_limit),
       cmocka_unit_test(test_command_interrupted),
+      cmocka_unit_test(test_stats_interrupted),
       cmocka_unit_test(test_command_goes_away),
       cmocka_unit_test(test_demo_chat),
   };
