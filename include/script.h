@@ -214,6 +214,13 @@ typedef void (*gw_opstat_fn)(void *ud, const char *listener, gw_side side, bool 
                              uint32_t opcode, const gw_opstat_counts *c);
 void gw_script_foreach_opstat(gw_script *s, gw_opstat_fn fn, void *ud);
 
+/* Counters the host keeps per listener (its metrics), counted by the
+ * script layer at each failed call of that listener's scripts, wherever
+ * it runs: a frame's handler, one that waited and failed later, a timer,
+ * on_connect, on_close. NULL: none. The counters must outlive s. */
+void gw_script_count_errors(gw_script *s, const char *listener, uint64_t *errors,
+                            uint64_t *timeouts);
+
 /* Each call of gw_script_frame is timed (microseconds) into h, when set. */
 struct gw_histogram;
 void gw_script_set_handler_histogram(gw_script *s, struct gw_histogram *h);

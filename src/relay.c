@@ -906,19 +906,13 @@ static inline void process_frames(gw_session *s, gw_side side) {
     session_close(s, "handler failed: %s", strerror(-rc));
 }
 
-/* Handlers may run: their time goes to this listener's histogram, and the
- * errors and timeouts they raise to its counters. Apart, so that frames
- * nobody handles do not pay for it. */
+/* Handlers may run: their time goes to this listener's histogram (their
+ * errors and timeouts the script layer counts itself, wherever they
+ * happen: gw_script_count_errors). Apart, so that frames nobody handles
+ * do not pay for it. */
 static __attribute__((noinline)) void process_handled(gw_session *s, gw_side side) {
-  gw_listener_counters *lc = &s->listener->lc;
-  gw_script *script = s->relay->script;
-  gw_script_stats before, after;
-  gw_script_set_handler_histogram(script, lc->handler_time);
-  gw_script_get_stats(script, &before);
+  gw_script_set_handler_histogram(s->relay->script, s->listener->lc.handler_time);
   process_frames(s, side);
-  gw_script_get_stats(script, &after);
-  *lc->handler_errors += after.errors - before.errors;
-  *lc->handler_timeouts += after.timeouts - before.timeouts;
 }
 
 /* Runs what was read from side through the session's pipeline: frames
@@ -1654,6 +1648,7 @@ static void listener_update(gw_relay *r, gw_listener *l, const gw_listener_confi
     l->nphases[i] = ph ? n : 0;
   }
   l->handlers = gw_script_handlers(r->script, lc->name);
+  gw_script_count_errors(r->script, lc->name, l->lc.handler_errors, l->lc.handler_timeouts);
   l->removed = false;
   /* A new pool for new sessions; sessions keep the servers they have. */
   gw_upstream *pool = gw_upstream_new(r->loop, lc->name, &lc->pool, r->registry, l->pool);

@@ -260,6 +260,9 @@ static void report(gw_script *s, const char *listener, const char *what,
                    const char *msg, bool timeout) {
   s->stats.errors++;
   if (timeout) s->stats.timeouts++;
+  gw_listener_rt *rt = gw__find_rt(s, listener);
+  if (rt && rt->errors_slot) (*rt->errors_slot)++;
+  if (rt && timeout && rt->timeouts_slot) (*rt->timeouts_slot)++;
   uint64_t now = s->ops.now_ms ? s->ops.now_ms(s->host) : 0;
   if (now - s->errlog_window >= 1000 || now < s->errlog_window) {
     s->errlog_window = now;

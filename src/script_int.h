@@ -185,6 +185,7 @@ typedef struct gw_listener_rt {
   gw_opstat *ops;        /* per-opcode counters, open addressing */
   size_t nops, capops;
   gw_opstat *last_op;    /* the last one looked up: runs of one opcode */
+  uint64_t *errors_slot, *timeouts_slot; /* the host's counters, or NULL */
 } gw_listener_rt;
 
 typedef struct gw_outmsg {
@@ -335,6 +336,8 @@ void *gw__grow(gw_script *s, void *p, size_t *cap, size_t need, size_t elem);
 /* The state's memory limit in words for messages ("64 MiB"). */
 void gw__format_bytes(char *out, size_t outlen, size_t bytes);
 gw_listener_rt *gw__rt_of(const gw_handlers *h);
+/* The listener named name's, or NULL (a linear search: for errors). */
+gw_listener_rt *gw__find_rt(gw_script *s, const char *name);
 /* Counters of one opcode of a listener (NULL if it could not grow). */
 gw_opstat *gw__opstat(gw_listener_rt *rt, gw_side side, bool has_opcode,
                       uint32_t opcode);

@@ -985,6 +985,16 @@ static gw_listener_rt *find_rt(gw_script *s, const char *name) {
   return NULL;
 }
 
+void gw_script_count_errors(gw_script *s, const char *listener, uint64_t *errors,
+                            uint64_t *timeouts) {
+  gw_listener_rt *rt = find_rt(s, listener);
+  if (!rt) return;
+  rt->errors_slot = errors;
+  rt->timeouts_slot = timeouts;
+}
+
+gw_listener_rt *gw__find_rt(gw_script *s, const char *name) { return find_rt(s, name); }
+
 gw_handlers *gw_script_handlers(gw_script *s, const char *name) {
   gw_listener_rt *rt = find_rt(s, name);
   return rt && rt->published ? &rt->h : NULL;

@@ -105,7 +105,7 @@ static int setup(void **state) {
            "  redis = { addr = '127.0.0.1:%d', timeout_ms = 3000 },\n"
            "  timeouts = { wait_ms = 400 },\n"
            "  limits = { wait_bytes = 2000, handler_instructions = 200000 },\n"
-           "  control = '',\n"
+           "  control = 'ctl.sock',\n"
            "}\n",
            f->echo_port, f->port[0], f->port[1], f->port[2], f->port[3], f->port[4],
            GW_SOURCE_DIR, f->redis.port);
@@ -334,11 +334,20 @@ static void test_on_connect_and_timer_wait(void **state) {
   assert_true(it_log_wait(&f->g, "timer waited: ticks 3", 3000));
 }
 
+/* gangway stats' total of a counter. */
+static long long stat_total(fixture *f, const char *key) {
+  char sock[600], js[16384];
+  snprintf(sock, sizeof sock, "%s/ctl.sock", f->g.dir);
+  if (it_control(sock, "stats", js, sizeof js, 3000) < 0) fail_msg("gangway stats did not answer");
+  return it_json_int(js, key);
+}
+
 static void test_instruction_limit_across_waits(void **state) {
   fixture *f = *state;
   int fd = it_connect(f->port[0]);
   char body[64];
   uint16_t op;
+  long long errors0 = stat_total(f, "handler_errors"), timeouts0 = stat_total(f, "handler_timeouts");
   /* 50,000 + 50,000 of 200,000: done */
   send_text(fd, 36, "light");
   assert_true(read_text(fd, &op, body, sizeof body, 3000) >= 0);
@@ -351,6 +360,10 @@ static void test_instruction_limit_across_waits(void **state) {
   assert_true(read_text(fd, &op, body, sizeof body, 3000) >= 0);
   assert_string_equal(body, "next"); /* "heavy done" never came */
   assert_true(it_log_wait(&f->g, "instruction limit exceeded (200000 per call)", 2000));
+  /* Counted for the listener, though it failed after its wait, outside
+   * the read that brought its frame. */
+  assert_int_equal(stat_total(f, "handler_errors") - errors0, 1);
+  assert_int_equal(stat_total(f, "handler_timeouts") - timeouts0, 1);
   close(fd);
 }
 
