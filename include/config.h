@@ -166,6 +166,14 @@ typedef struct gw_config {
  * Scripts are only checked for existence here; loading them is the script
  * layer's job. */
 int gw_config_load(const char *path, gw_config *cfg, char *err, size_t errlen);
+
+/* A framing given as listeners[i].framing takes it (nil for raw, a preset
+ * name, or a table), read from the value at idx of L into f: 0, or
+ * -EINVAL with the message in err ("WHO: framing.length_size: expected
+ * ..."). Runs protected on L; for session:set_framing. */
+struct lua_State;
+int gw_config_framing(struct lua_State *L, int idx, gw_framing *f, const char *who, char *err,
+                      size_t errlen);
 void gw_config_free(gw_config *cfg);
 
 /* Splits "host:port" / "[v6]:port" into host (without brackets) and port.

@@ -50,6 +50,48 @@ describe("phases", function()
     t:close()
   end)
 
+  it("switches to a framing table of its own after a handshake, checked as config.lua checks it", function()
+    local t = testing.inline([[
+      gw.on("client", "*", function(pkt, session)
+        if pkt.opcode then -- a frame of the framing switched to
+          session:send_to_client(gw.packet(nil, "op " .. pkt.opcode .. " " .. pkt:body()))
+        elseif pkt:body() == "HELLO" then
+          -- after the handshake: a tag byte, a u8 length (of what follows it),
+          -- a little-endian u16 opcode
+          session:set_framing("client", { length_offset = 1, length_size = 1,
+                                          opcode_offset = 2, opcode_size = 2, byte_order = "little" })
+        elseif pkt:body() == "BAD" then
+          local ok, err = pcall(session.set_framing, session, "client", { length_size = 5 })
+          session:send_to_client(gw.packet(nil, err))
+          ok, err = pcall(session.set_framing, session, "client", { lenght_size = 2 })
+          session:send_to_client(gw.packet(nil, err))
+          ok, err = pcall(session.set_framing, session, "client", "u16bee")
+          session:send_to_client(gw.packet(nil, err))
+          return gw.DROP
+        end
+      end)
+    ]], { framing = "u16be" })
+    local s = t:connect()
+    s:from_client(u16("BAD"))
+    local errs = s:to_client()
+    assert.matches('session:set_framing: framing.length_size: expected 1, 2, 3, 4 or "varint", got 5',
+                   errs[1], 1, true)
+    assert.matches('session:set_framing: framing.lenght_size: unknown key (did you mean "length_size"?)',
+                   errs[2], 1, true)
+    assert.matches('session:set_framing: framing: unknown preset "u16bee" (did you mean "u16be"?',
+                   errs[3], 1, true)
+    assert.same({}, s:to_server())
+    s:from_client(u16("HELLO"))
+    assert.same({ u16("HELLO") }, s:to_server())
+    -- a frame of the new framing: tag, length 4, opcode 0x0201, body "xy"
+    local frame = "\9\4\1\2xy"
+    s:from_client(frame .. frame:sub(1, 3))
+    assert.same({ frame }, s:to_server())
+    assert.same({ u16("op 513 xy") }, s:to_client())
+    assert.is_nil(s:closed())
+    t:close()
+  end)
+
   it("switches to raw after STARTTLS and back to frames", function()
     local t = testing.inline([[
       gw.on("client", "*", function(pkt, session)

@@ -769,6 +769,34 @@ static void listener_framing(cfg_ctx *c, int l, gw_framing *f) {
   leave(c, mark);
 }
 
+/* Protected: the framing at 3 (a preset name or a table) into the
+ * gw_framing at 2, as listeners[i].framing, with the cfg_ctx at 1. */
+static int framing_value(lua_State *L) {
+  cfg_ctx *c = lua_touserdata(L, 1);
+  gw_framing *f = lua_touserdata(L, 2);
+  lua_createtable(L, 0, 1);
+  lua_pushvalue(L, 3);
+  lua_setfield(L, -2, "framing");
+  listener_framing(c, lua_gettop(L), f);
+  return 0;
+}
+
+int gw_config_framing(lua_State *L, int idx, gw_framing *f, const char *who, char *err,
+                      size_t errlen) {
+  cfg_ctx c = {.L = L, .file = who, .err = err, .errlen = errlen};
+  idx = lua_absindex(L, idx);
+  lua_pushcfunction(L, framing_value);
+  lua_pushlightuserdata(L, &c);
+  lua_pushlightuserdata(L, f);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 3, 0, 0) == LUA_OK) return 0;
+  if (!c.failed) /* not ours: Lua's (memory) */
+    snprintf(err, errlen, "%s: %s", who,
+             lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error");
+  lua_pop(L, 1);
+  return -EINVAL;
+}
+
 /* ---- listeners ---- */
 
 static const char *const listener_keys[] = {

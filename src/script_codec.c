@@ -22,6 +22,7 @@
 
 #include "log.h"
 #include "pipe.h"
+#include "config.h"
 #include "script_int.h"
 
 #define CODEC_MT "gangway.codec"
@@ -220,14 +221,18 @@ int gw__session_set_codec(lua_State *L) {
   return 0;
 }
 
-/* session:set_framing(side, "preset" | "raw") */
+/* session:set_framing(side, "preset" | "raw" | { framing table }): the
+ * framing as config.lua's listeners[i].framing takes it, checked the same
+ * way (a handshake that ends in a length-prefixed protocol of its own). */
 int gw__session_set_framing(lua_State *L) {
   gw_script_session *ss = piped(L, "set_framing");
   gw_side side = check_side(L, 2);
-  const char *name = luaL_checkstring(L, 3);
+  if (!lua_isstring(L, 3) && !lua_istable(L, 3))
+    luaL_typeerror(L, 3, "a preset name or a framing table");
   gw_framing f;
-  if (gw_framing_preset(name, &f) < 0)
-    luaL_error(L, "session:set_framing: unknown framing \"%s\"", name);
+  char err[512];
+  if (gw_config_framing(L, 3, &f, "session:set_framing", err, sizeof err) < 0)
+    return luaL_error(L, "%s", err);
   gw_pipe_op op = {.kind = GW_PIPE_OP_FRAMING, .side = side, .framing = &f};
   gw__pipe_request(L, ss, &op);
   return 0;
