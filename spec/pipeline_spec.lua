@@ -92,6 +92,28 @@ describe("phases", function()
     t:close()
   end)
 
+  it("charges a framing table's reading to the instruction limit (a loop of them ends as any loop does)", function()
+    local t = testing.inline([[
+      n = 0
+      gw.on("client", "*", function(pkt, session)
+        if pkt:body() == "count" then return session:send_to_client(gw.packet(nil, tostring(n))) end
+        while true do
+          session:set_framing("server", { length_size = 2 })
+          n = n + 1
+        end
+      end)
+    ]], { framing = "u16be", instructions = 100000 })
+    local s = t:connect()
+    s:from_client(u16("loop"))
+    assert.truthy(t:logged("instruction limit exceeded"))
+    s:from_client(u16("count"))
+    local n = tonumber(s:to_client()[1]:sub(3))
+    -- about 100 instructions a table (and a few for the loop itself): at most
+    -- 1,000 tables in 100,000 instructions, where uncharged it read ~8,000
+    assert.is_true(n > 0 and n <= 1000, tostring(n))
+    t:close()
+  end)
+
   it("switches to raw after STARTTLS and back to frames", function()
     local t = testing.inline([[
       gw.on("client", "*", function(pkt, session)

@@ -20,9 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "log.h"
 #include "pipe.h"
-#include "config.h"
 #include "script_int.h"
 
 #define CODEC_MT "gangway.codec"
@@ -224,15 +224,22 @@ int gw__session_set_codec(lua_State *L) {
 /* session:set_framing(side, "preset" | "raw" | { framing table }): the
  * framing as config.lua's listeners[i].framing takes it, checked the same
  * way (a handshake that ends in a length-prefixed protocol of its own). */
+#define FRAMING_TABLE_COST 100 /* instructions: reading a table costs ~2.5 us */
+
 int gw__session_set_framing(lua_State *L) {
   gw_script_session *ss = piped(L, "set_framing");
   gw_side side = check_side(L, 2);
-  if (!lua_isstring(L, 3) && !lua_istable(L, 3))
+  if (lua_type(L, 3) != LUA_TSTRING && !lua_istable(L, 3))
     luaL_typeerror(L, 3, "a preset name or a framing table");
   gw_framing f;
-  char err[512];
-  if (gw_config_framing(L, 3, &f, "session:set_framing", err, sizeof err) < 0)
-    return luaL_error(L, "%s", err);
+  /* A preset by name is a look-up; a table is walked by the config's own
+   * code, charged to the instruction limit like the C work it is. */
+  if (lua_type(L, 3) != LUA_TSTRING || gw_framing_preset(lua_tostring(L, 3), &f) < 0) {
+    if (lua_istable(L, 3)) gw__charge(L, FRAMING_TABLE_COST);
+    char err[512];
+    if (gw_config_framing(L, 3, &f, "session:set_framing", err, sizeof err) < 0)
+      return luaL_error(L, "%s", err);
+  }
   gw_pipe_op op = {.kind = GW_PIPE_OP_FRAMING, .side = side, .framing = &f};
   gw__pipe_request(L, ss, &op);
   return 0;
