@@ -7,7 +7,7 @@
 local cjson = require("cjson")
 
 local path, meta = arg[1], arg[2] or ""
-local order = { "direct", "haproxy", "nginx", "gw-raw", "gw-top", "gw-demo", "gw-lua", "gw-rewrite" }
+local order = { "direct", "floor", "haproxy", "nginx", "gw-raw", "gw-top", "gw-demo", "gw-lua", "gw-rewrite" }
 
 -- A side whose CPU share reaches this (in cores: 1.0 = one core busy all
 -- the window) is saturated. gangway, HAProxy (nbthread 1) and nginx (one
@@ -290,6 +290,21 @@ if seen["gw-top"] and seen.haproxy then
   cpu_target("haproxy", 0.85)
 end
 if seen["gw-top"] and seen.nginx then cpu_target("nginx", 1.0) end
+-- Not a target: how far above the floor (bench/floor.c, the least a relay
+-- can do) each relay is, which bounds what any target can ask.
+if seen.floor then
+  local f = med("small", "floor", "cpu_ns_per_frame")
+  local parts = {}
+  for _, c in ipairs({ "haproxy", "nginx", "gw-top" }) do
+    local r = seen[c] and ratio(med("small", c, "cpu_ns_per_frame"), f)
+    if r then parts[#parts + 1] = string.format("%s %.2f ×", c, r) end
+  end
+  local fh = seen.haproxy and ratio(f, med("small", "haproxy", "cpu_ns_per_frame"))
+  if fh then parts[#parts + 1] = string.format("(the floor is %.2f × haproxy)", fh) end
+  if f and #parts > 0 then
+    target("the floor: CPU per small frame over the floor's", nil, table.concat(parts, ", "))
+  end
+end
 for _, peer in ipairs({ "haproxy", "nginx" }) do
   if seen["gw-top"] and seen[peer] then
     for _, s in ipairs({ "lat1", "lat1000" }) do

@@ -31,7 +31,7 @@ PROFILE=""
 NOISE_MAX=""     # % of a CPU of other work a run may see (-1: no check)
 NOISE_WAIT=20    # s to wait for a quiet machine before each run
 SCENARIOS="bulk small lat1 lat1000 idle"
-CONTENDERS="direct haproxy nginx gw-raw gw-top gw-demo gw-lua gw-rewrite"
+CONTENDERS="direct floor haproxy nginx gw-raw gw-top gw-demo gw-lua gw-rewrite"
 # nginx and its stream module: Debian's (tools/install-deps.sh), or from the
 # environment.
 NGINX=${NGINX:-/usr/sbin/nginx}
@@ -97,6 +97,7 @@ JSONL="${OUT%.md}.jsonl"
 
 LOADGEN="$BUILD/bench/gw-loadgen"
 ECHO="$BUILD/bench/gw-echo"
+FLOOR="$BUILD/bench/gw-floor"
 GANGWAY="$BUILD/gangway"
 SCRIPTS="$ROOT/bench/scripts"
 REWRITE_VALUE=67617779 # what bench/scripts/rewrite.lua writes, in hex
@@ -206,7 +207,7 @@ scenario_args() {
 if [ "$BUILD_FIRST" = 1 ]; then
   echo "== building (Release) in $BUILD" >&2
   cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$BUILD" --target gw-loadgen gw-echo -j "$NCPU" >/dev/null
+  cmake --build "$BUILD" --target gw-loadgen gw-echo gw-floor -j "$NCPU" >/dev/null
   if [ "$MODE" != smoke ] && ! cmake --build "$BUILD" --target gangway -j "$NCPU" \
        >"$WORK/gangway-build.log" 2>&1; then
     echo "run.sh: gangway does not build; its contenders are skipped" >&2
@@ -225,6 +226,7 @@ have_nginx=0
 active=()
 for c in $CONTENDERS; do
   case "$c" in
+    floor) [ -x "$FLOOR" ] || { echo "run.sh: no $FLOOR, floor skipped" >&2; continue; } ;;
     haproxy) [ "$have_haproxy" = 1 ] || { echo "run.sh: no haproxy, skipped" >&2; continue; } ;;
     nginx) [ "$have_nginx" = 1 ] || {
       echo "run.sh: no nginx ($NGINX) with its stream module ($NGINX_STREAM): nginx skipped (tools/install-deps.sh installs both)" >&2
@@ -244,6 +246,11 @@ start_proxy() {
   [ "$c" = direct ] && return 0
   mkdir -p "$dir"
   case "$c" in
+    floor)
+      # bench/floor.c: epoll, one recv and one send per wake-up, nothing
+      # else; what any relay on this kernel costs at the least.
+      "${PIN_PROXY[@]+"${PIN_PROXY[@]}"}" "$FLOOR" "$port" "$up" >"$dir/log" 2>&1 &
+      ;;
     haproxy)
       # maxconn leaves room for the idle scenario; timeouts outlast any run.
       # Buffers of 64 KiB, as gangway reads (HAProxy's default, 16 KiB,
