@@ -42,8 +42,8 @@ usage() {
 usage: bench/run.sh [options]
   --rounds N          rounds per scenario (default $ROUNDS); medians are reported
   --quick             one short round of everything (about a minute)
-  --smoke             checks the tools only: loadgen against its echo, direct
-                      and through nginx (skipped if not installed), every
+  --smoke             checks the tools only: loadgen against its echo, direct,
+                      through gw-floor and through nginx (skipped if not installed), every
                       mode, echoes verified, a wrong echo caught (under 30 s);
                       for ctest
   --scenarios "A B"   subset of: $SCENARIOS
@@ -181,8 +181,9 @@ case "$MODE" in
   quick) DUR=0.8; WARM=0.3; IDLE_N=1000;      HOLD=0.5; ROUNDS=1; : "${NOISE_MAX:=-1}" ;;
   smoke) DUR=0.5; WARM=0.2; IDLE_N=200;       HOLD=0.2; ROUNDS=1; NOISE_MAX=-1
          # nginx too: its generated configuration is the one run.sh's own
-         # code writes, and nothing else would check it.
-         CONTENDERS="direct nginx" ;;
+         # code writes, and nothing else would check it; the floor relay,
+         # whose echoes nothing else checks.
+         CONTENDERS="direct floor nginx" ;;
 esac
 
 # loadgen arguments per scenario (after --target).
