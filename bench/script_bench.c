@@ -204,9 +204,10 @@ int main(int argc, char **argv) {
           gw_frame_info fi;
           if (gw_frame_next(&f, GW_CLIENT, work + pos, sizeof work - pos, &fi) != 1)
             return fprintf(stderr, "framing failed\n"), 1;
-          if (gw_handlers_want(h, GW_CLIENT, &fi))
+          if (gw_handlers_want(h, GW_CLIENT, &fi)) {
             gw_script_frame(s, &ss, GW_CLIENT, work + pos, &fi);
-          else
+            gw_script_run_end(s); /* a run of one */
+          } else
             emit(&ss, GW_SERVER, work + pos, fi.len);
           pos += fi.len;
         }

@@ -27,6 +27,7 @@
 #define GW_METRICS_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -56,12 +57,35 @@ typedef struct gw_histogram {
   uint64_t counts[];
 } gw_histogram;
 
-static inline void gw_histogram_observe(gw_histogram *h, uint64_t v) {
+static inline size_t gw_histogram_bucket(const gw_histogram *h, uint64_t v) {
   size_t i = 0;
   while (i < h->nbounds && v > h->bounds[i]) i++;
-  h->counts[i]++;
+  return i;
+}
+
+static inline void gw_histogram_observe(gw_histogram *h, uint64_t v) {
+  h->counts[gw_histogram_bucket(h, v)]++;
   h->sum += v;
   h->count++;
+}
+
+/* n observations that took total together, each unknown: when total is
+ * within the first bucket, so is each of them, and the histogram is what n
+ * observe calls would have made it; else they are taken as equal shares of
+ * total (in whole units, the remainder spread one each), which only
+ * approximates how they were spread. Returns whether it was exact. */
+static inline bool gw_histogram_observe_run(gw_histogram *h, uint64_t n, uint64_t total) {
+  if (!n) return true;
+  h->sum += total;
+  h->count += n;
+  if (!h->nbounds || total <= h->bounds[0]) {
+    h->counts[0] += n;
+    return true;
+  }
+  uint64_t q = total / n, r = total % n;
+  h->counts[gw_histogram_bucket(h, q)] += n - r;
+  if (r) h->counts[gw_histogram_bucket(h, q + 1)] += r;
+  return false;
 }
 
 gw_metrics *gw_metrics_new(void);

@@ -221,13 +221,18 @@ void gw_script_foreach_opstat(gw_script *s, gw_opstat_fn fn, void *ud);
 void gw_script_count_errors(gw_script *s, const char *listener, uint64_t *errors,
                             uint64_t *timeouts);
 
-/* Each call of gw_script_frame is timed (microseconds) into h, when set. */
+/* Each call of gw_script_frame is timed (microseconds) into h, when set
+ * (a run of them is entered when it ends: gw_script_run_end). */
 struct gw_histogram;
 void gw_script_set_handler_histogram(gw_script *s, struct gw_histogram *h);
 /* The next gw_script_frame follows the last one back to back, with only
- * the framing of its frame between them: its time starts where the last
- * one's ended (one clock read per frame, not two). */
+ * the framing of its frame between them: the same run, timed as a whole
+ * (two clock reads per run, not one per frame). */
 void gw_script_frame_follows(gw_script *s);
+/* The run of frames handled back to back ended: its time is taken now.
+ * Call it after the last gw_script_frame of a run (else the next frame
+ * that does not follow ends it, its time then counting the gap). */
+void gw_script_run_end(gw_script *s);
 
 /* A script endpoint, gw.admin(name, fn): calls fn(req) with req = { method
  * = "GET" | "POST" | "DELETE", body = the request's JSON decoded (nil if

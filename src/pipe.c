@@ -307,8 +307,21 @@ static void log_long_wait(gw_pipe *p, gw_side from, const uint8_t *at, size_t n)
  * *start at the first byte not consumed, when the driver holds or when a
  * handler installed a stream decoder on `from` (the rest must be decoded
  * first: the caller looks again). */
+/* Frames base[*start, end) until it runs out or must stop, the frames
+ * handled back to back one run of the handler time (gw_script_run_end
+ * when anything else comes between them, and at the end). */
+static int frame_loop_in(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, uint32_t end,
+                         bool in_input);
+
 static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, uint32_t end,
                       bool in_input) {
+  int rc = frame_loop_in(p, from, base, start, end, in_input);
+  if (p->script) gw_script_run_end(p->script);
+  return rc;
+}
+
+static int frame_loop_in(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, uint32_t end,
+                         bool in_input) {
   gw_pipe_side *ps = &p->side[from];
   gw_side to = other(from);
   const gw_handlers *h = p->ss->handlers;
@@ -325,10 +338,16 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
   /* Runs may go out as they are only if nothing on the way changes bytes. */
   bool plain = !ps->body_in && !p->side[to].body_out;
   bool follows = false; /* the last thing done was a handled frame */
+  /* Something other than a handled frame comes next: the run ends. */
+#define RUN_ENDS()                                                                    \
+  do {                                                                                \
+    if (follows) gw_script_run_end(p->script);                                        \
+    follows = false;                                                                  \
+  } while (0)
   while (*start < end) {
     uint32_t avail = end - *start;
     if (ps->raw_left) { /* expect_raw: bytes no framing applies to */
-      follows = false;
+      RUN_ENDS();
       uint32_t n = ps->raw_left >= avail ? avail : (uint32_t)ps->raw_left;
       ps->raw_left -= n;
       if (ps->raw_step) phase_done_one(ps);
@@ -354,7 +373,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     ps->need = 0;
     if (!ps->framing.raw) ps->frames++; /* a raw chunk is no frame */
     if (plain && !gw_handlers_want(h, from, &fi)) { /* the fast path: it stays in the run */
-      follows = false;
+      RUN_ENDS();
       *start += (uint32_t)fi.len;
       ps->offset += fi.len;
       if (ps->frames_left) phase_done_one(ps);
@@ -365,7 +384,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     size_t len = fi.len, wire_len = fi.len;
     bool frame_in_input = in_input;
     if (ps->body_in) { /* handlers see the clear frame (its opcode too) */
-      follows = false; /* a codec's work is no handler's time */
+      RUN_ENDS(); /* a codec's work is no handler's time */
       char err[160];
       rc = body_transform(p, ps->body_in, true, &ps->framing, from, frame, len, &p->scratch, err,
                           sizeof err);
@@ -380,7 +399,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
     ps->offset += wire_len;
     run = *start;
     if (!gw_handlers_want(h, from, &fi)) {
-      follows = false;
+      RUN_ENDS();
       if (ps->frames_left) phase_done_one(ps);
       if ((rc = output(p, to, frame, len, true, frame_in_input)) < 0) return rc;
       continue;
@@ -408,6 +427,7 @@ static int frame_loop(gw_pipe *p, gw_side from, uint8_t *base, uint32_t *start, 
   }
   FLUSH_RUN();
 #undef FLUSH_RUN
+#undef RUN_ENDS
   return rc;
 }
 

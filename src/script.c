@@ -1357,29 +1357,67 @@ static int make_session(lua_State *L) {
 static int frame_handlers(gw_script *s, gw_script_session *ss, gw_side from, uint8_t *data,
                           const gw_frame_info *fi);
 
-/* A clock read (gw_ticks: the TSC, 9.5 ns here; clock_gettime costs 23)
- * costs a third of a trivial handler's call: frames handled back to back
- * share one, the end of one the start of the next
- * (gw_script_frame_follows). */
+/* The handler time (gangway_handler_seconds). A clock read (gw_ticks:
+ * the TSC, 10 ns here) is a sixth of a trivial handler's call, so frames
+ * handled back to back (a run: one read's frames, only their framing
+ * between them, gw_script_frame_follows) are timed as a whole, two reads
+ * per run, and gw_script_run_end enters them: when the run took at most
+ * the first bucket's bound, every frame of it did, and the histogram is
+ * what timing each would have made it. A run that took longer is entered
+ * as equal shares (gw_histogram_observe_run), and the next PRECISE_RUNS
+ * runs are timed frame by frame, as every frame was before: exact, one
+ * read per frame (the end of one the start of the next). */
+#define PRECISE_RUNS 64
+
+/* Whole microseconds between two reads: the difference of whole-us
+ * timestamps, not a span cut to them, so that sub-microsecond frames add
+ * up to their true time in the sum. */
+static inline uint64_t span_us(uint64_t t0, uint64_t t1) {
+  return gw_ticks_ns(t1) / 1000u - gw_ticks_ns(t0) / 1000u;
+}
+
+static void run_close(gw_script *s) {
+  uint64_t n = s->run_frames;
+  s->run_frames = 0;
+  if (s->precise_runs) { /* its frames went in one by one */
+    s->precise_runs--;
+    return;
+  }
+  if (!gw_histogram_observe_run(s->handler_time, n, span_us(s->run_start, gw_ticks())))
+    s->precise_runs = PRECISE_RUNS;
+}
+
 int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
                     uint8_t *data, const gw_frame_info *fi) {
-  uint64_t t0 = 0;
-  if (s->handler_time) t0 = s->follows && s->frame_end ? s->frame_end : gw_ticks();
+  bool follows = s->follows;
   s->follows = false;
-  int rc = frame_handlers(s, ss, from, data, fi);
-  if (s->handler_time) {
-    uint64_t t1 = gw_ticks();
-    /* The difference of whole microseconds, not a span cut to them: a
-     * run of sub-microsecond frames adds up to its true time in the sum. */
-    gw_histogram_observe(s->handler_time, gw_ticks_ns(t1) / 1000u - gw_ticks_ns(t0) / 1000u);
-    s->frame_end = t1;
+  /* untimed: none asked, or a host callback came back in (refused) */
+  if (!s->handler_time || s->depth) return frame_handlers(s, ss, from, data, fi);
+  if (!follows && s->run_frames) run_close(s); /* nobody ended it */
+  if (!s->precise_runs) {
+    if (!s->run_frames) s->run_start = gw_ticks();
+    s->run_frames++;
+    return frame_handlers(s, ss, from, data, fi);
   }
+  uint64_t t0 = follows && s->frame_end ? s->frame_end : gw_ticks();
+  s->run_frames++;
+  int rc = frame_handlers(s, ss, from, data, fi);
+  uint64_t t1 = gw_ticks();
+  gw_histogram_observe(s->handler_time, span_us(t0, t1));
+  s->frame_end = t1;
   return rc;
 }
 
-void gw_script_frame_follows(gw_script *s) { s->follows = true; }
+void gw_script_frame_follows(gw_script *s) { s->follows = s->run_frames != 0; }
+
+void gw_script_run_end(gw_script *s) {
+  if (s->run_frames && s->handler_time) run_close(s);
+  s->follows = false;
+}
 
 void gw_script_set_handler_histogram(gw_script *s, struct gw_histogram *h) {
+  if (s->run_frames && s->handler_time) run_close(s); /* into the one it began in */
+  s->run_frames = 0;
   s->handler_time = h;
   s->frame_end = 0; /* a new batch: its first frame reads the clock */
   s->follows = false;

@@ -234,6 +234,9 @@ struct gw_script {
   struct gw_histogram *handler_time; /* gw_script_frame's, in us, or NULL */
   uint64_t frame_end;    /* when the last gw_script_frame ended (gw_ticks), 0: unknown */
   bool follows;          /* the next one starts then (gw_script_frame_follows) */
+  uint64_t run_start;    /* gw_ticks when the open run began (timed as a whole) */
+  uint32_t run_frames;   /* frames in the open run, 0: none open */
+  uint32_t precise_runs; /* runs left to time frame by frame */
   int cjson_ref;         /* cjson for gw_script_admin, made on first use */
 
   unsigned gen;          /* generation the relay runs */

@@ -41,8 +41,10 @@ static void stop_gangway(it_gangway *g, it_server *up) {
 static int ctl_connect(const char *dir, const char *name) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
-  snprintf(sa.sun_path, sizeof sa.sun_path, "%s/%s", dir, name);
-  if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+  /* a path too long for sun_path is refused, not cut to another one */
+  int n = snprintf(sa.sun_path, sizeof sa.sun_path, "%s/%s", dir, name);
+  if (fd < 0 || n < 0 || (size_t)n >= sizeof sa.sun_path ||
+      connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
     if (fd >= 0) close(fd);
     return -1;
   }

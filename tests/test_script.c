@@ -605,6 +605,7 @@ static void test_opstats_and_handler_time(void **state) {
   uint8_t buf[64];
   for (int i = 0; i < 3; i++) feed(f, GW_CLIENT, buf, frame(buf, sizeof buf, 1, "a"));
   for (int i = 0; i < 2; i++) feed(f, GW_CLIENT, buf, frame(buf, sizeof buf, 2, "b"));
+  gw_script_run_end(f->s); /* as the pipeline does after each read */
   opseen o = {0};
   gw_script_foreach_opstat(f->s, count_op, &o);
   assert_int_equal(o.frames[1], 3);
@@ -614,6 +615,80 @@ static void test_opstats_and_handler_time(void **state) {
   assert_int_equal(o.injected[3], 2); /* counted under the sent frame's opcode */
   assert_int_equal(h->count, 5);
   gw_script_set_handler_histogram(f->s, NULL);
+  free(h);
+  stop(f);
+}
+
+/* One run of n frames of opcode op then, back to back, m of opcode 2, as
+ * the pipeline hands a read's frames over; ended as it ends them. */
+static void feed_run(fixture *f, uint32_t op, int n, int m) {
+  uint8_t buf[64];
+  for (int i = 0; i < n + m; i++) {
+    if (i) gw_script_frame_follows(f->s);
+    host.nemits = 0; /* what passes is not looked at here */
+    assert_int_equal(feed(f, GW_CLIENT, buf, frame(buf, sizeof buf, i < n ? op : 2, "x")), 0);
+  }
+  gw_script_run_end(f->s);
+}
+
+/* Frames handled back to back are timed as a run: when the run took at
+ * most the first bucket's bound, so did each frame, and all go there (what
+ * timing each would give); a run that took longer is spread in equal
+ * shares, and the runs after it are timed frame by frame, until
+ * PRECISE_RUNS (64) of them have gone by. Timing on a shared machine: what
+ * a preempted run changes is allowed for, never assumed away. */
+static void test_handler_time_runs(void **state) {
+  (void)state;
+  fixture *f = start("gw.on('client', 1, function() local x = 0; for i = 1, 300000 do x = x + i end end)\n"
+                     "gw.on('client', 2, function() end)",
+                     GW_ON_ERROR_PASS, 100000000, 0);
+  assert_int_equal(gw_script_session_open(f->s, f->h, &f->ss), 0);
+  static const uint64_t bounds[] = {10, 100, 1000, 1000000};
+  gw_histogram *h = calloc(1, sizeof *h + 5 * sizeof h->counts[0]);
+  h->bounds = bounds;
+  h->nbounds = 4;
+  gw_script_set_handler_histogram(f->s, h);
+
+  /* Every run: all its frames counted, its time in the sum; one that took
+   * at most 10 us has all its frames in the first bucket. */
+  for (int i = 0; i < 100; i++) {
+    uint64_t n0 = h->count, s0 = h->sum, c0 = h->counts[0];
+    feed_run(f, 2, 0, 16);
+    assert_int_equal(h->count - n0, 16);
+    if (h->sum - s0 <= 10) assert_int_equal(h->counts[0] - c0, 16);
+  }
+
+  /* After 64 quick runs, a run with a slow frame (300,000 loop turns:
+   * milliseconds) and 3 trivial ones is spread: 4 equal shares, none in
+   * the first bucket. The run after it is timed frame by frame: the 3
+   * trivial frames in the first bucket, the slow one alone above. */
+  bool spread = false, precise = false;
+  for (int attempt = 0; attempt < 3 && !(spread && precise); attempt++) {
+    for (int i = 0; i < 65; i++) feed_run(f, 2, 0, 1);
+    uint64_t n0 = h->count, s0 = h->sum, c0 = h->counts[0];
+    feed_run(f, 1, 1, 3);
+    assert_int_equal(h->count - n0, 4);
+    assert_true(h->sum - s0 > 4 * 10);
+    spread = h->counts[0] == c0;
+    c0 = h->counts[0];
+    feed_run(f, 1, 1, 3);
+    assert_int_equal(h->count - n0, 8);
+    precise = h->counts[0] - c0 == 3;
+  }
+  assert_true(spread);
+  assert_true(precise);
+
+  /* A run nobody ended is ended by the next frame that does not follow,
+   * and by a change of histogram: no frame goes uncounted. */
+  uint64_t before = h->count;
+  uint8_t buf[64];
+  host.nemits = 0;
+  assert_int_equal(feed(f, GW_CLIENT, buf, frame(buf, sizeof buf, 2, "x")), 0);
+  assert_in_range(h->count, before, before + 1); /* open, or timed alone */
+  assert_int_equal(feed(f, GW_CLIENT, buf, frame(buf, sizeof buf, 2, "x")), 0);
+  assert_in_range(h->count, before + 1, before + 2);
+  gw_script_set_handler_histogram(f->s, NULL);
+  assert_int_equal(h->count, before + 2);
   free(h);
   stop(f);
 }
@@ -635,6 +710,7 @@ int main(void) {
     cmocka_unit_test(test_refused_session),
     cmocka_unit_test(test_free_with_open_sessions),
     cmocka_unit_test(test_opstats_and_handler_time),
+    cmocka_unit_test(test_handler_time_runs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
