@@ -485,10 +485,6 @@ static inline gw_opstat *opstat(gw_listener_rt *rt, gw_side side, bool has_opcod
   return gw__opstat(rt, side, has_opcode, opcode);
 }
 
-/* gw__timers_wake, skipped when there is no timer nor wait to wake for. */
-static inline void timers_wake(gw_script *s) {
-  if (s->nheap || gw__calls_next(s) != UINT64_MAX) gw__timers_wake(s);
-}
 
 void gw_script_get_stats(const gw_script *s, gw_script_stats *st) {
   *st = s->stats;
@@ -705,6 +701,12 @@ static bool wheap_add(gw_waits *w, gw_call *c) {
 uint64_t gw__calls_next(const gw_script *s) {
   const gw_waits *w = s->waits;
   return w->nheap ? call_key(w->heap[0]) : UINT64_MAX;
+}
+
+/* gw__timers_wake, skipped when there is no timer nor wait to wake for
+ * (inline: every handled frame asks). */
+static inline void timers_wake(gw_script *s) {
+  if (s->nheap || s->waits->nheap) gw__timers_wake(s);
 }
 
 /* Protected: a new runner thread, anchored (results: the ref). */
