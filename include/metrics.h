@@ -71,9 +71,11 @@ static inline void gw_histogram_observe(gw_histogram *h, uint64_t v) {
 
 /* n observations that took total together, each unknown: when total is
  * within the first bucket, so is each of them, and the histogram is what n
- * observe calls would have made it; else they are taken as equal shares of
- * total (in whole units, the remainder spread one each), which only
- * approximates how they were spread. Returns whether it was exact. */
+ * observe calls would have made it. Else they are entered as one
+ * observation of total and n - 1 of none: one slow frame among quick ones
+ * (the usual outlier) stays in the bucket it belongs to, where equal
+ * shares would hide it; frames all slow alike are overstated as one
+ * slower. Returns whether it was exact. */
 static inline bool gw_histogram_observe_run(gw_histogram *h, uint64_t n, uint64_t total) {
   if (!n) return true;
   h->sum += total;
@@ -82,9 +84,8 @@ static inline bool gw_histogram_observe_run(gw_histogram *h, uint64_t n, uint64_
     h->counts[0] += n;
     return true;
   }
-  uint64_t q = total / n, r = total % n;
-  h->counts[gw_histogram_bucket(h, q)] += n - r;
-  if (r) h->counts[gw_histogram_bucket(h, q + 1)] += r;
+  h->counts[gw_histogram_bucket(h, total)]++;
+  h->counts[0] += n - 1;
   return false;
 }
 

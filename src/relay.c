@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -497,10 +498,19 @@ static void write_cb(uv_write_t *req, int status) {
  * relayed small frame is mostly such syscalls). Only while libuv has
  * nothing queued for the stream, so that bytes keep their order;
  * uv_buf_t is laid out as struct iovec on Unix (uv/unix.h). */
+_Static_assert(sizeof(uv_buf_t) == sizeof(struct iovec) &&
+                   offsetof(uv_buf_t, base) == offsetof(struct iovec, iov_base) &&
+                   offsetof(uv_buf_t, len) == offsetof(struct iovec, iov_len),
+               "uv_buf_t is a struct iovec");
+
 static int try_send(uv_stream_t *st, const uv_buf_t *bufs, unsigned n) {
   uv_os_fd_t fd;
-  if (uv_stream_get_write_queue_size(st) || uv_fileno((uv_handle_t *)st, &fd) < 0)
-    return UV_EAGAIN; /* behind queued bytes, or not open: libuv's path */
+  /* Behind queued bytes, shut down (uv_shutdown clears writable) or not
+   * open: libuv's path, which queues or refuses as it always did. Never
+   * connecting: flush_out waits for the upstream's connect. */
+  if (uv_stream_get_write_queue_size(st) || !uv_is_writable(st) ||
+      uv_fileno((uv_handle_t *)st, &fd) < 0)
+    return UV_EAGAIN;
   ssize_t r;
   do {
     if (n == 1) {
@@ -510,7 +520,8 @@ static int try_send(uv_stream_t *st, const uv_buf_t *bufs, unsigned n) {
       r = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
     }
   } while (r < 0 && errno == EINTR);
-  if (r < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
+  if (r < 0) /* ENOBUFS: no room for now, as libuv takes it */
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS ? UV_EAGAIN : -errno;
   return (int)r;
 }
 

@@ -1366,9 +1366,11 @@ static int frame_handlers(gw_script *s, gw_script_session *ss, gw_side from, uin
  * per run, and gw_script_run_end enters them: when the run took at most
  * the first bucket's bound, every frame of it did, and the histogram is
  * what timing each would have made it. A run that took longer is entered
- * as equal shares (gw_histogram_observe_run), and the next PRECISE_RUNS
- * runs are timed frame by frame, as every frame was before: exact, one
- * read per frame (the end of one the start of the next). */
+ * as one observation of its time and the rest of none
+ * (gw_histogram_observe_run: the slow frame keeps its bucket), and runs
+ * are timed frame by frame, exactly, one read per frame (the end of one
+ * the start of the next), until PRECISE_RUNS of them in a row had no
+ * frame past the bound. */
 #define PRECISE_RUNS 64
 
 /* Whole microseconds between two reads: the difference of whole-us
@@ -1405,7 +1407,10 @@ int gw_script_frame(gw_script *s, gw_script_session *ss, gw_side from,
   s->run_frames++;
   int rc = frame_handlers(s, ss, from, data, fi);
   uint64_t t1 = gw_ticks();
-  gw_histogram_observe(s->handler_time, span_us(t0, t1));
+  uint64_t us = span_us(t0, t1);
+  gw_histogram_observe(s->handler_time, us);
+  if (s->handler_time->nbounds && us > s->handler_time->bounds[0])
+    s->precise_runs = PRECISE_RUNS + 1; /* slow still: this run ends at 64 to go */
   s->frame_end = t1;
   return rc;
 }

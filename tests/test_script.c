@@ -631,12 +631,31 @@ static void feed_run(fixture *f, uint32_t op, int n, int m) {
   gw_script_run_end(f->s);
 }
 
+/* Frames above the first bucket: how many of the histogram's are. */
+static uint64_t above_first(const gw_histogram *h) { return h->count - h->counts[0]; }
+
+/* Two slow frames (300,000 loop turns each: milliseconds) as one run:
+ * returns how many went into the first bucket. Timed as a run, it is one
+ * observation of their time and one of none (1); frame by frame, none (0). */
+static uint64_t slow_pair(fixture *f, gw_histogram *h) {
+  uint64_t n0 = h->count, s0 = h->sum, c0 = h->counts[0];
+  feed_run(f, 1, 2, 0);
+  assert_int_equal(h->count - n0, 2);
+  assert_true(h->sum - s0 > 2 * 10);
+  return h->counts[0] - c0;
+}
+
+static void quick_runs(fixture *f, int n) {
+  for (int i = 0; i < n; i++) feed_run(f, 2, 0, 1);
+}
+
 /* Frames handled back to back are timed as a run: when the run took at
  * most the first bucket's bound, so did each frame, and all go there (what
- * timing each would give); a run that took longer is spread in equal
- * shares, and the runs after it are timed frame by frame, until
- * PRECISE_RUNS (64) of them have gone by. Timing on a shared machine: what
- * a preempted run changes is allowed for, never assumed away. */
+ * timing each would give); a run that took longer goes in as one
+ * observation of its time and the rest of none, and runs are timed frame
+ * by frame until 64 in a row had no frame past the bound. Timing on a
+ * shared machine: what a preempted run changes is allowed for, never
+ * assumed away. */
 static void test_handler_time_runs(void **state) {
   (void)state;
   fixture *f = start("gw.on('client', 1, function() local x = 0; for i = 1, 300000 do x = x + i end end)\n"
@@ -658,25 +677,32 @@ static void test_handler_time_runs(void **state) {
     if (h->sum - s0 <= 10) assert_int_equal(h->counts[0] - c0, 16);
   }
 
-  /* After 64 quick runs, a run with a slow frame (300,000 loop turns:
-   * milliseconds) and 3 trivial ones is spread: 4 equal shares, none in
-   * the first bucket. The run after it is timed frame by frame: the 3
-   * trivial frames in the first bucket, the slow one alone above. */
-  bool spread = false, precise = false;
-  for (int attempt = 0; attempt < 3 && !(spread && precise); attempt++) {
-    for (int i = 0; i < 65; i++) feed_run(f, 2, 0, 1);
-    uint64_t n0 = h->count, s0 = h->sum, c0 = h->counts[0];
-    feed_run(f, 1, 1, 3);
-    assert_int_equal(h->count - n0, 4);
-    assert_true(h->sum - s0 > 4 * 10);
-    spread = h->counts[0] == c0;
-    c0 = h->counts[0];
-    feed_run(f, 1, 1, 3);
-    assert_int_equal(h->count - n0, 8);
-    precise = h->counts[0] - c0 == 3;
+  /* One slow frame among quick ones keeps its bucket, however the run is
+   * timed: exactly one more above the first. */
+  quick_runs(f, 70);
+  uint64_t up = above_first(h), c0 = h->counts[0];
+  feed_run(f, 1, 1, 3);
+  assert_int_equal(above_first(h) - up, 1);
+  assert_in_range(h->counts[0] - c0, 2, 3); /* 2: a quick one preempted */
+
+  /* The switch: after 64 quick runs a run is timed as a whole (1 in the
+   * first bucket); the run after it frame by frame (0), and so are runs
+   * for 64 after the last one with a slow frame (63 quick runs later,
+   * still 0); 64 quick runs after that, as a whole again (1). A quick run
+   * preempted past 10 us counts as slow: tried 3 times. */
+  bool ok = false;
+  for (int attempt = 0; attempt < 3 && !ok; attempt++) {
+    quick_runs(f, 65);
+    uint64_t d1 = slow_pair(f, h), d2 = slow_pair(f, h);
+    quick_runs(f, 63);
+    uint64_t d3 = slow_pair(f, h);
+    quick_runs(f, 64);
+    uint64_t d4 = slow_pair(f, h);
+    ok = d1 == 1 && d2 == 0 && d3 == 0 && d4 == 1;
+    if (!ok) fprintf(stderr, "attempt %d: %lu %lu %lu %lu\n", attempt, (unsigned long)d1,
+                     (unsigned long)d2, (unsigned long)d3, (unsigned long)d4);
   }
-  assert_true(spread);
-  assert_true(precise);
+  assert_true(ok);
 
   /* A run nobody ended is ended by the next frame that does not follow,
    * and by a change of histogram: no frame goes uncounted. */
