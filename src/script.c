@@ -1423,11 +1423,9 @@ void gw_script_run_end(gw_script *s) {
 }
 
 void gw_script_set_handler_histogram(gw_script *s, struct gw_histogram *h) {
-  if (s->run_frames && s->handler_time) run_close(s); /* into the one it began in */
-  s->run_frames = 0;
+  gw_script_run_end(s); /* an open run goes into the one it began in */
   s->handler_time = h;
   s->frame_end = 0; /* a new batch: its first frame reads the clock */
-  s->follows = false;
 }
 
 void gw_script_foreach_opstat(gw_script *s, gw_opstat_fn fn, void *ud) {
